@@ -1,0 +1,113 @@
+"""Structured configs shared by every package, registered in Hydra's ConfigStore.
+
+Packages compose them in their own ``conf/config.yaml``::
+
+    defaults:
+      - run_layout
+      - trainer: default
+      - paths: default
+      - logger: default
+      - _self_
+
+The dataclasses are plain Python too: library code takes a ``TrainerConfig`` (or any object with the
+same attributes, such as an OmegaConf node) and never needs Hydra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class TrainerConfig:
+    """Options of ``common.trainer.Trainer`` (and of the custom loops where they apply)."""
+
+    seed: int = 0
+    """Seeds python, numpy and torch; also the seed of the data order (epoch e uses seed + e)."""
+    device: str = "auto"
+    """auto (cuda when available, else cpu), cpu or cuda."""
+    precision: str = "fp32"
+    """fp32, or bf16 autocast (on CPU and CUDA; master weights stay fp32)."""
+    max_epochs: Optional[int] = 1
+    """Stop after this many epochs (null: no epoch limit)."""
+    max_steps: Optional[int] = None
+    """Stop after this many optimizer steps (null: no step limit). The earlier of the two limits wins."""
+    batch_size: int = 32
+    """Global batch per optimizer micro-step; split over ranks under torchrun."""
+    eval_batch_size: Optional[int] = None
+    """Batch size for evaluation (null: batch_size)."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated into one optimizer step."""
+    clip_grad_norm: Optional[float] = None
+    """Clip the global gradient L2 norm to this value (null: no clipping)."""
+    log_every_steps: int = 10
+    """Write training metrics every N optimizer steps."""
+    eval_every_steps: Optional[int] = None
+    """Evaluate every N optimizer steps (null: at the end of every epoch)."""
+    checkpoint_every_steps: Optional[int] = None
+    """Checkpoint every N optimizer steps, in addition to the end of every epoch (null: epochs only)."""
+    keep_last_checkpoints: int = 2
+    """How many step checkpoints to keep (best.pt is kept apart)."""
+    monitor: Optional[str] = None
+    """Validation metric that selects best.pt and drives early stopping (null: last epoch is best)."""
+    monitor_mode: str = "max"
+    """max or min: whether a larger monitored value is better."""
+    early_stopping_patience: Optional[int] = None
+    """Stop after this many evaluations without improvement of ``monitor`` (null: never)."""
+    num_workers: int = 0
+    """DataLoader worker processes (0 keeps runs bit-reproducible and light on 2 cores)."""
+    num_threads: Optional[int] = None
+    """torch.set_num_threads for this run (null: leave torch's default)."""
+    progress_bar: bool = True
+    """Show a tqdm bar with rate and ETA (rank 0 only)."""
+
+
+@dataclass
+class PathsConfig:
+    """Where data is read from and runs are written to."""
+
+    data_dir: Optional[str] = None
+    """Data root. null: $PAPERS_DATA_DIR, then ./data, then ../shared/data (see common.data)."""
+    output_dir: str = "runs"
+    """Parent of every run directory; a run lives in <output_dir>/<name>."""
+    reports_dir: str = "reports"
+    """Where reproduce scripts write <pkg>/report.md, results.json and plots."""
+
+
+@dataclass
+class LoggerConfig:
+    """Metric sinks; text logs always go to the console."""
+
+    jsonl: bool = True
+    """Append every logged metric dict to <run_dir>/metrics.jsonl."""
+    tensorboard: bool = True
+    """Write TensorBoard scalars to <run_dir>/tb."""
+
+
+# Merged at the config root: a stable run directory (so resume=auto finds it) and the resume switch.
+RUN_LAYOUT: dict[str, Any] = {
+    "name": "???",
+    "resume": "never",
+    "hydra": {
+        "run": {"dir": "${paths.output_dir}/${name}"},
+        "sweep": {"dir": "${paths.output_dir}/${name}/multirun", "subdir": "${hydra:job.override_dirname}"},
+        "job": {"chdir": False},
+    },
+}
+
+
+def register_configs() -> None:
+    """Register the shared groups with Hydra. Safe to call more than once."""
+    cs = ConfigStore.instance()
+    cs.store(group="trainer", name="default", node=TrainerConfig)
+    cs.store(group="paths", name="default", node=PathsConfig)
+    cs.store(group="logger", name="default", node=LoggerConfig)
+    cs.store(name="run_layout", node=RUN_LAYOUT)
+
+
+register_configs()
+
+__all__ = ["TrainerConfig", "PathsConfig", "LoggerConfig", "register_configs", "RUN_LAYOUT", "field"]

@@ -1,0 +1,98 @@
+"""Metric logging to JSONL and TensorBoard (rank 0 only), and a console logger."""
+
+from __future__ import annotations
+
+import json
+import logging as _pylogging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+
+def get_logger(name: str) -> _pylogging.Logger:
+    """A console logger with one consistent format across packages."""
+    log = _pylogging.getLogger(name)
+    if not log.handlers and not _pylogging.getLogger().handlers:
+        h = _pylogging.StreamHandler()
+        h.setFormatter(_pylogging.Formatter("[%(asctime)s %(name)s] %(message)s", "%H:%M:%S"))
+        log.addHandler(h)
+        log.setLevel(_pylogging.INFO)
+    return log
+
+
+def _is_rank0() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _scalar(v: Any) -> Any:
+    if hasattr(v, "item") and getattr(v, "numel", lambda: 1)() == 1:
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/inf; keep them visible as strings
+    return v
+
+
+class MetricLogger:
+    """Append metric dicts to ``<run_dir>/metrics.jsonl`` and TensorBoard ``<run_dir>/tb``.
+
+    Each JSONL line is ``{"step": N, "time": unix, **metrics}``. Non-rank-0 processes log nothing.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, *, jsonl: bool = True, tensorboard: bool = True,
+                 enabled: bool | None = None):
+        self.run_dir = Path(run_dir)
+        self.enabled = _is_rank0() if enabled is None else enabled
+        self._jsonl = None
+        self._tb = None
+        if not self.enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if jsonl:
+            self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+
+    @classmethod
+    def from_config(cls, run_dir, logger_cfg) -> "MetricLogger":
+        return cls(run_dir, jsonl=logger_cfg.jsonl, tensorboard=logger_cfg.tensorboard)
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), "time": time.time(), **{k: _scalar(v) for k, v in metrics.items()}}
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for k, v in row.items():
+                if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, int(step))
+
+    def flush(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.flush()
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """All rows of a metrics.jsonl file (for plots and tests)."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
