@@ -1,0 +1,198 @@
+"""Deterministic evaluation, the robustness grid (relative mass x relative friction), aggregation over
+training seeds with 95% confidence intervals, and the plots.
+
+Protocol (a deliberate, documented deviation from the reference, which pooled partial episodes from
+random env seeds and random snapshots): each cell runs ``episodes`` complete episodes of the
+deterministic policy tanh(mu(s)) from reset seeds ``seed, seed+1, ...``, the *same* seeds in every
+cell and for every method; an episode ends on termination or at the 1,000-step time limit.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scpo_rl.envs import make_env, perturbed
+
+Policy = Callable[[np.ndarray], np.ndarray]
+
+
+def agent_policy(agent) -> Policy:
+    """The deterministic evaluation policy of an :class:`~scpo_rl.algorithm.Agent` as a numpy function."""
+    return lambda obs: agent.act(obs, deterministic=True).cpu().numpy()
+
+
+def run_episodes(env, policy: Policy, episodes: int, seed: int, max_steps: int | None = None) -> list[float]:
+    """Returns of ``episodes`` complete episodes from reset seeds seed, seed+1, ... (no RNG is consumed
+    besides the env's own, which each reset re-seeds)."""
+    returns = []
+    for k in range(episodes):
+        obs, _ = env.reset(seed=seed + k)
+        total, steps, done = 0.0, 0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(policy(obs))
+            total += float(reward)
+            steps += 1
+            done = terminated or truncated or (max_steps is not None and steps >= max_steps)
+        returns.append(total)
+    return returns
+
+
+def evaluate_policy(policy: Policy, env_id: str, episodes: int = 5, seed: int = 10_000, *, mass: float = 1.0,
+                    friction: float = 1.0, scale_inertia: bool = False, bodies: Sequence[str] | None = None,
+                    max_steps: int | None = None, env=None) -> list[float]:
+    """Episode returns on the (optionally perturbed) task; the env's model is restored afterwards."""
+    own_env = env is None
+    env = make_env(env_id) if own_env else env
+    try:
+        with perturbed(env, mass, friction, bodies=bodies, scale_inertia=scale_inertia):
+            return run_episodes(env, policy, episodes, seed, max_steps)
+    finally:
+        if own_env:
+            env.close()
+
+
+def robustness_grid(policy: Policy, env_id: str, masses: Sequence[float], frictions: Sequence[float], *,
+                    episodes: int = 5, seed: int = 10_000, scale_inertia: bool = False,
+                    bodies: Sequence[str] | None = None, max_steps: int | None = None,
+                    progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """One row per (mass, friction, episode) with its return; one env, restored after every cell."""
+    env = make_env(env_id)
+    rows = []
+    try:
+        for m in masses:
+            for f in frictions:
+                rets = evaluate_policy(policy, env_id, episodes, seed, mass=m, friction=f, scale_inertia=scale_inertia,
+                                       bodies=bodies, max_steps=max_steps, env=env)
+                rows += [{"mass": float(m), "friction": float(f), "episode": k, "return": r} for k, r in enumerate(rets)]
+                if progress is not None:
+                    progress(1)
+    finally:
+        env.close()
+    return rows
+
+
+# ----- aggregation ------------------------------------------------------------------------------------
+def t_critical_95(n: int) -> float:
+    """Two-sided 95% Student-t quantile for n samples (n - 1 degrees of freedom)."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, n - 1)) if n > 1 else float("nan")
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% t confidence interval (nan half-width for a single value)."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("mean_ci95 of an empty sequence")
+    if x.size == 1:
+        return float(x[0]), float("nan")
+    return float(x.mean()), float(t_critical_95(x.size) * x.std(ddof=1) / math.sqrt(x.size))
+
+
+def cell_means(rows: Sequence[dict[str, Any]]) -> dict[tuple[float, float], float]:
+    """Mean return per (mass, friction) cell for one policy."""
+    acc: dict[tuple[float, float], list[float]] = {}
+    for r in rows:
+        acc.setdefault((r["mass"], r["friction"]), []).append(r["return"])
+    return {k: float(np.mean(v)) for k, v in acc.items()}
+
+
+def summarize_grid(per_seed_rows: dict[int, Sequence[dict[str, Any]]]) -> dict[str, Any]:
+    """Over training seeds: per-cell mean and CI, the grid average and the worst cell (each computed per
+    seed first, then mean +- 95% CI across seeds)."""
+    seeds = sorted(per_seed_rows)
+    per_seed_cells = {s: cell_means(per_seed_rows[s]) for s in seeds}
+    cells = sorted(per_seed_cells[seeds[0]])
+    grid_avg = [float(np.mean(list(per_seed_cells[s].values()))) for s in seeds]
+    worst = [float(np.min(list(per_seed_cells[s].values()))) for s in seeds]
+    cell_summary = {c: mean_ci95([per_seed_cells[s][c] for s in seeds]) for c in cells}
+    return {
+        "seeds": seeds, "cells": cell_summary, "grid_average": mean_ci95(grid_avg), "worst_cell": mean_ci95(worst),
+        "grid_average_per_seed": grid_avg, "worst_cell_per_seed": worst,
+    }
+
+
+def write_rows_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def read_rows_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
+    with open(path) as f:
+        return [{k: (int(v) if k in ("episode", "seed") else float(v)) if k not in ("method", "env") else v
+                 for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+# ----- plots ------------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_heatmap(summary: dict[str, Any], path: str | os.PathLike, title: str) -> Path:
+    """Mean return over seeds per (mass, friction) cell; a 1-D mass sweep becomes a line plot."""
+    plt = _plt()
+    cells = summary["cells"]
+    masses = sorted({m for m, _ in cells})
+    frictions = sorted({f for _, f in cells})
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    if len(frictions) == 1:
+        mean = [cells[(m, frictions[0])][0] for m in masses]
+        ci = [cells[(m, frictions[0])][1] for m in masses]
+        ax.errorbar(masses, mean, yerr=np.nan_to_num(ci), marker="o", capsize=3)
+        ax.set_xlabel("relative mass")
+        ax.set_ylabel("return")
+    else:
+        grid = np.array([[cells[(m, f)][0] for m in masses] for f in frictions])
+        im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(masses)), [f"{m:.2g}" for m in masses], rotation=45)
+        ax.set_yticks(range(len(frictions)), [f"{f:.2g}" for f in frictions])
+        ax.set_xlabel("relative mass")
+        ax.set_ylabel("relative friction")
+        fig.colorbar(im, ax=ax, label="return")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_learning_curves(curves: dict[str, dict[int, list[tuple[int, float]]]], path: str | os.PathLike,
+                         title: str) -> Path:
+    """``curves[method][seed] = [(step, eval_return), ...]``: mean over seeds with a 95% CI band."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, per_seed in curves.items():
+        steps = sorted(set.intersection(*[{s for s, _ in c} for c in per_seed.values()])) if per_seed else []
+        if not steps:
+            continue
+        lookup = [dict(c) for c in per_seed.values()]
+        stats = [mean_ci95([d[s] for d in lookup]) for s in steps]
+        mean = np.array([m for m, _ in stats])
+        half = np.nan_to_num(np.array([h for _, h in stats]))
+        ax.plot(steps, mean, label=f"{method} ({len(lookup)} seeds)")
+        ax.fill_between(steps, mean - half, mean + half, alpha=0.2)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("deterministic eval return")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
