@@ -1,0 +1,1 @@
+"""Worked examples of the core; `digits` is the template for a new supervised package."""

@@ -1,0 +1,62 @@
+"""Small glue between Hydra shells and the Hydra-free library code."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+
+from common.checkpoint import ResumeError
+from common.data import DataFormatError, DatasetNotFoundError
+
+T = TypeVar("T")
+
+# Errors caused by the user's input or setup: printed as one line, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (DatasetNotFoundError, DataFormatError, ResumeError)
+
+
+def run_dir_from(cfg: DictConfig) -> Path:
+    """The run directory: Hydra's output dir inside a Hydra app (multirun-aware), else paths/name."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # not inside @hydra.main
+        return Path(cfg.paths.output_dir) / cfg.name
+
+
+def to_dataclass(node: Any, cls: type[T]) -> T:
+    """Build dataclass ``cls`` from an OmegaConf node or dict (unknown keys are an error)."""
+    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown keys for {cls.__name__}: {sorted(unknown)}")
+    return cls(**data)
+
+
+def to_plain(cfg: DictConfig) -> dict:
+    """The resolved config as plain containers (for checkpoints and run_info.json)."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def report_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Decorate a Hydra task: a user error (missing dataset, malformed file, resume conflict, NaN loss)
+    exits with status 1 and one clear line instead of a traceback."""
+    from common.trainer import NonFiniteLossError
+
+    errors = USER_ERRORS + (NonFiniteLossError,)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except errors as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+
+    return wrapper

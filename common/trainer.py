@@ -1,0 +1,298 @@
+"""The plain supervised training loop every supervised package uses.
+
+Read top to bottom: `Trainer.fit` seeds, builds the optimizer and scheduler, resumes if asked, then runs
+epochs of micro-batches -> (accumulate) -> optimizer step -> log / evaluate / checkpoint, until
+max_epochs, max_steps or early stopping. Everything a resumed run needs is in the checkpoint, and the data
+order is a pure function of (seed, epoch), so a run killed at any step and resumed with `resume=auto`
+ends bit-identical to an uninterrupted run on CPU.
+
+Under `torchrun` (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel, each rank reads a
+strided shard of every global batch (like DistributedSampler), and only rank 0 logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from common.checkpoint import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state, seed_everything
+from common.logging import MetricLogger, get_logger
+from common.progress import progress
+from common.runinfo import RunInfo
+
+log = get_logger("common.trainer")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or the gradient norm became NaN/inf; the last good checkpoint is left untouched."""
+
+
+@dataclass
+class FitResult:
+    step: int
+    epoch: int
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    best_metrics: dict[str, float] | None = None
+    best_checkpoint: Path | None = None
+    stopped_reason: str = ""
+    wall_seconds: float = 0.0
+
+
+def move_to(obj: Any, device: torch.device) -> Any:
+    """Move every tensor inside nested dicts/lists/tuples to ``device``."""
+    if torch.is_tensor(obj):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, Mapping):
+        return {k: move_to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        moved = [move_to(v, device) for v in obj]
+        return type(obj)(*moved) if hasattr(obj, "_fields") else type(obj)(moved)
+    return obj
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu")
+        return torch.device("cuda", local_rank)
+    if name != "cpu":
+        raise ValueError(f"trainer.device must be auto, cpu or cuda, not {name!r}")
+    return torch.device("cpu")
+
+
+def _dist_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank), initializing the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+class Trainer:
+    def __init__(self, cfg, run_dir: str | os.PathLike, *, logger_cfg=None, resume: str | None = "never",
+                 config: Mapping | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.config = dict(config) if config is not None else None
+        self.rank, self.world_size, local_rank = _dist_env()
+        self.is_main = self.rank == 0
+        self.device = resolve_device(cfg.device, local_rank)
+        if cfg.precision not in ("fp32", "bf16"):
+            raise ValueError(f"trainer.precision must be fp32 or bf16, not {cfg.precision!r}")
+        if cfg.batch_size % self.world_size:
+            raise ValueError(f"trainer.batch_size={cfg.batch_size} must divide by WORLD_SIZE={self.world_size}")
+        if cfg.max_epochs is None and cfg.max_steps is None:
+            raise ValueError("set trainer.max_epochs or trainer.max_steps (both are null)")
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        self.ckpt = CheckpointManager(self.run_dir, cfg.keep_last_checkpoints, enabled=self.is_main)
+        self.logger_cfg = logger_cfg
+
+    # ------------------------------------------------------------------ helpers
+    def autocast(self):
+        if self.cfg.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _epoch_batches(self, n: int, epoch: int) -> list[list[int]]:
+        """This rank's micro-batches of epoch ``epoch``: a permutation seeded by (seed, epoch), cut into
+        global batches, each split strided over ranks."""
+        g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=g).tolist()
+        b = self.cfg.batch_size
+        batches = [order[i:i + b] for i in range(0, n, b)]
+        if self.world_size > 1:  # every rank must take part in every step (DDP all-reduce)
+            batches = [bt for bt in batches if len(bt) >= self.world_size]
+        return [bt[self.rank::self.world_size] for bt in batches if len(bt[self.rank::self.world_size])]
+
+    def _better(self, value: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        return value > best if self.cfg.monitor_mode == "max" else value < best
+
+    def load_best(self, model: nn.Module) -> nn.Module:
+        """Load best.pt's weights into ``model`` (falls back to the newest step checkpoint)."""
+        path = self.ckpt.best_path if self.ckpt.best_path.exists() else self.ckpt.latest()
+        if path is None:
+            raise FileNotFoundError(f"no checkpoint in {self.ckpt.dir}")
+        model.load_state_dict(load_checkpoint(path)["model"])
+        return model
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, model: nn.Module, train_data: Dataset, loss_fn: Callable, *, optimizer_fn: Callable,
+            scheduler_fn: Callable | None = None, eval_fn: Callable | None = None,
+            collate_fn: Callable | None = None) -> FitResult:
+        cfg, t_start = self.cfg, time.time()
+        seed_everything(cfg.seed)
+        model.to(self.device)
+        optimizer = optimizer_fn(model)
+        n_micro = len(self._epoch_batches(len(train_data), 0))
+        steps_per_epoch = math.ceil(n_micro / cfg.grad_accum_steps)
+        limits = [x for x in (cfg.max_steps, cfg.max_epochs and cfg.max_epochs * steps_per_epoch) if x]
+        total_steps = min(limits)
+        scheduler = scheduler_fn(optimizer, total_steps) if scheduler_fn else None
+
+        # Counters that a checkpoint restores. `micro` = micro-batches of `epoch` already consumed.
+        st = {"step": 0, "epoch": 0, "micro": 0, "best_value": None, "bad_evals": 0,
+              "best_metrics": None, "last_metrics": {}, "stopped_reason": ""}
+        ckpt_path = self.ckpt.resolve_resume(self.resume)
+        if ckpt_path is not None:
+            ck = load_checkpoint(ckpt_path, map_location=self.device)
+            model.load_state_dict(ck["model"])
+            optimizer.load_state_dict(ck["optimizer"])
+            if scheduler is not None and ck.get("scheduler") is not None:
+                scheduler.load_state_dict(ck["scheduler"])
+            restore_rng_state(ck["rng"])
+            st.update(ck["trainer_state"])
+            log.info("resumed from %s (step %d, epoch %d)", ckpt_path, st["step"], st["epoch"])
+
+        net = model
+        if self.world_size > 1:
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        logger = MetricLogger(self.run_dir, jsonl=getattr(self.logger_cfg, "jsonl", True),
+                              tensorboard=getattr(self.logger_cfg, "tensorboard", True), enabled=self.is_main)
+        run_info = RunInfo(self.run_dir, {"config": self.config} if self.config else None, enabled=self.is_main)
+
+        def checkpoint_state() -> dict:
+            return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "rng": capture_rng_state(), "trainer_state": dict(st), "config": self.config,
+                    "step": st["step"], "epoch": st["epoch"]}
+
+        def save() -> None:
+            self.ckpt.save(st["step"], checkpoint_state())
+            if self.world_size > 1:
+                dist.barrier()
+
+        def evaluate() -> bool:
+            """Run eval_fn, track the best, return True when early stopping says stop."""
+            if eval_fn is None:
+                return False
+            net.eval()
+            with torch.no_grad(), self.autocast():
+                metrics = {k: float(v) for k, v in eval_fn(model).items()} if self.is_main else {}
+            net.train()
+            if self.world_size > 1:
+                box = [metrics]
+                dist.broadcast_object_list(box, src=0)
+                metrics = box[0]
+            st["last_metrics"] = metrics
+            logger.log(st["step"], {f"val/{k}": v for k, v in metrics.items()} | {"epoch": st["epoch"]})
+            if cfg.monitor is None:
+                st["best_metrics"] = metrics
+                return False
+            if cfg.monitor not in metrics:
+                raise KeyError(f"trainer.monitor={cfg.monitor!r} is not among eval metrics {sorted(metrics)}")
+            if self._better(metrics[cfg.monitor], st["best_value"]):
+                st.update(best_value=metrics[cfg.monitor], bad_evals=0, best_metrics=metrics)
+                self.ckpt.save_best(checkpoint_state())
+            else:
+                st["bad_evals"] += 1
+            patience = cfg.early_stopping_patience
+            return patience is not None and st["bad_evals"] >= patience
+
+        bar = progress(total=total_steps, initial=st["step"], desc=f"train {self.run_dir.name}",
+                       enabled=cfg.progress_bar, unit="step")
+        net.train()
+        window_loss, window_items, t_window = [], 0, time.time()
+        done = st["step"] >= total_steps or st["stopped_reason"] == "early_stopping"
+        while not done:
+            batches = self._epoch_batches(len(train_data), st["epoch"])
+            loader = DataLoader(train_data, batch_sampler=batches[st["micro"]:], num_workers=cfg.num_workers,
+                                collate_fn=collate_fn or default_collate)
+            optimizer.zero_grad(set_to_none=True)
+            accum_loss, accum_n, extra = 0.0, 0, {}
+            for batch in loader:
+                st["micro"] += 1
+                accum_n += 1
+                last_of_epoch = st["micro"] == len(batches)
+                stepping = accum_n == cfg.grad_accum_steps or last_of_epoch
+                sync = nullcontext() if (stepping or self.world_size == 1) else net.no_sync()
+                batch = move_to(batch, self.device)
+                with sync:
+                    with self.autocast():
+                        out = loss_fn(net, batch)
+                    loss = out["loss"] if isinstance(out, Mapping) else out
+                    (loss / cfg.grad_accum_steps).backward()
+                accum_loss += float(loss.detach())
+                window_items += len(batches[st["micro"] - 1]) * self.world_size
+                if isinstance(out, Mapping):
+                    extra = {k: float(v) for k, v in out.items() if k != "loss"}
+                if not stepping:
+                    continue
+
+                # ---- optimizer step: NaN guard, clipping, update
+                grad_norm = None
+                if cfg.clip_grad_norm is not None:
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm))
+                step_loss = accum_loss / accum_n
+                bad = torch.tensor(float(not math.isfinite(step_loss) or
+                                         (grad_norm is not None and not math.isfinite(grad_norm))))
+                if self.world_size > 1:
+                    dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+                if bad.item() > 0:
+                    logger.close()
+                    bar.close()
+                    raise NonFiniteLossError(
+                        f"non-finite loss ({step_loss}) or gradient norm ({grad_norm}) at step {st['step'] + 1}, "
+                        f"epoch {st['epoch']}; nothing was saved from this step. Last good checkpoint: "
+                        f"{self.ckpt.latest()}. Try a lower learning rate, trainer.clip_grad_norm or "
+                        "trainer.precision=fp32.")
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                st["step"] += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.4f}", epoch=st["epoch"], refresh=False)
+                window_loss.append(step_loss)
+                accum_loss, accum_n = 0.0, 0
+
+                at_epoch_end = last_of_epoch
+                if at_epoch_end:
+                    st["epoch"], st["micro"] = st["epoch"] + 1, 0
+                if st["step"] % cfg.log_every_steps == 0 or at_epoch_end:
+                    dt = max(time.time() - t_window, 1e-9)
+                    logger.log(st["step"], {"train/loss": sum(window_loss) / len(window_loss),
+                                            "train/lr": optimizer.param_groups[0]["lr"],
+                                            "train/samples_per_s": window_items / dt, "epoch": st["epoch"],
+                                            **({"train/grad_norm": grad_norm} if grad_norm is not None else {}),
+                                            **{f"train/{k}": v for k, v in extra.items()}})
+                    window_loss, window_items, t_window = [], 0, time.time()
+                eval_due = (st["step"] % cfg.eval_every_steps == 0) if cfg.eval_every_steps else at_epoch_end
+                stop = evaluate() if eval_due else False
+                reached = st["step"] >= total_steps
+                if stop:
+                    st["stopped_reason"] = "early_stopping"
+                elif reached:
+                    st["stopped_reason"] = "max_steps" if cfg.max_steps == total_steps else "max_epochs"
+                every = cfg.checkpoint_every_steps
+                if at_epoch_end or stop or reached or (every and st["step"] % every == 0):
+                    save()
+                if stop or reached:
+                    done = True
+                    break
+        bar.close()
+        if not st["last_metrics"] and eval_fn is not None:
+            evaluate()  # e.g. max_steps hit between eval points: report final metrics
+        logger.close()
+        wall = time.time() - t_start
+        run_info.finish(final_step=st["step"], stopped_reason=st["stopped_reason"])
+        best_ckpt = self.ckpt.best_path if self.ckpt.best_path.exists() else None
+        return FitResult(step=st["step"], epoch=st["epoch"], last_metrics=st["last_metrics"],
+                         best_metrics=st["best_metrics"], best_checkpoint=best_ckpt,
+                         stopped_reason=st["stopped_reason"], wall_seconds=wall)
