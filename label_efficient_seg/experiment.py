@@ -1,0 +1,470 @@
+"""One baseline run, end to end and without Hydra: data and weak labels -> model -> ``common.trainer``
+-> best checkpoint -> test scores (``final_metrics.json`` in the run directory).
+
+The configuration is three small dataclasses (``DataConfig``, ``MethodConfig``, ``ModelConfig``, plus
+``OptimConfig``); the Hydra shell fills them from ``conf/`` and ``reproduce.py`` builds them directly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.checkpoint import seed_everything
+from common.logging import get_logger
+
+from . import data as D
+from . import methods as Mth
+from .evaluate import evaluate_label_maps, evaluate_model
+from .losses import cam_pseudo_labels, class_activation_maps
+from .model import ClusterNet, DualNet, MeanTeacher, UNet, count_parameters
+from .weak_labels import ANNOTATION_SECONDS, image_tags, labelled_subset
+
+log = get_logger("label_efficient_seg")
+
+METHODS = {
+    # name: (supervision type of the survey, label kind used for training)
+    "full": ("full (upper bound)", "full"),
+    "subset": ("full on the labelled subset (lower bound)", "full"),
+    "fixmatch": ("incomplete: semi-supervised", "full"),
+    "mean_teacher": ("incomplete: semi-supervised", "full"),
+    "cps": ("incomplete: semi-supervised", "full"),
+    "cam": ("inexact: image tags", "tags"),
+    "boxinst": ("inexact: boxes", "boxes"),
+    "filled_boxes": ("inexact: boxes (box = mask)", "boxes"),
+    "scribbles": ("inexact: scribbles", "scribbles"),
+    "points": ("inexact: points", "points"),
+    "noisy": ("inaccurate: noisy masks", "noisy"),
+    "source_only": ("incomplete: domain adaptation (source only)", "full"),
+    "minent": ("incomplete: domain adaptation (MinEnt)", "full"),
+    "oracle": ("incomplete: domain adaptation (target oracle)", "full"),
+    "iic": ("none: unsupervised (IIC)", "none"),
+}
+SEMI = ("fixmatch", "mean_teacher", "cps")
+DA = ("source_only", "minent", "oracle")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "camvid"
+    """camvid | kvasir | cvc | dsb | shapes (synthetic, for tests and smoke runs)."""
+    size: int = 128
+    """Side to which polyp images are resized (256 on disk)."""
+    crop: int = 128
+    """Training crop side (CamVid 240x180 -> 128x128 crops; full images at evaluation)."""
+    scale_min: float = 0.75
+    scale_max: float = 1.25
+    train_limit: int | None = None
+    """Keep only the first N training images (smoke / quick profiles)."""
+    eval_limit: int | None = None
+    """Evaluate on the first N images of the validation / test split."""
+    split_seed: int = 0
+    """Seed of the fixed train/val/test split of the polyp sets and of the DSB folds."""
+    fold: int = 0
+    """DSB2018 5-fold cross-validation fold."""
+    target: str | None = None
+    """Domain adaptation target: cvc (from kvasir) or camvid_dusk (from CamVid day sequences)."""
+    shapes_n: int = 48
+    shapes_size: int = 32
+    shapes_classes: int = 3
+
+
+@dataclass
+class MethodConfig:
+    name: str = "full"
+    """One of METHODS."""
+    labelled_fraction: float = 1.0
+    """Fraction of training images with masks (subset and semi-supervised methods: 1/8 by default)."""
+    loss: str = "ce"
+    """Noisy labels: ce | gce | sce."""
+    gce_q: float = 0.7
+    sce_alpha: float = 0.1
+    sce_beta: float = 1.0
+    noise_level: str = "medium"
+    pairwise_weight: float = 1.0
+    pairwise_threshold: float = 0.3
+    warmup_fraction: float = 0.1
+    """Pairwise / consistency terms ramp in linearly over this fraction of the training steps."""
+    scribble_erosion: int = 3
+    scribble_drop: float = 0.0
+    click_mode: str = "centroid"
+    n_background_clicks: int = 3
+    tau: float = 0.95
+    """FixMatch confidence threshold (from-scratch runs may need a lower one; a deviation if changed)."""
+    ema_alpha: float = 0.99
+    consistency_weight: float = 10.0
+    cps_weight: float = 1.5
+    entropy_weight: float = 0.001
+    tag_crop: int = 96
+    tag_min_fraction: float = 0.01
+    cam_fg: float = 0.3
+    cam_bg: float = 0.05
+    cam_classifier_epochs: int | None = None
+    """Epochs of the CAM classifier (null: the trainer's max_epochs)."""
+    overcluster_factor: int = 4
+    iic_displacement: int = 1
+
+
+@dataclass
+class ModelConfig:
+    base: int = 16
+    depth: int = 4
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+
+
+def from_mapping(cls, node) -> Any:
+    """A dataclass from a dict or OmegaConf node, ignoring unknown keys' absence (defaults fill in)."""
+    if node is None:
+        return cls()
+    if isinstance(node, cls):
+        return node
+    get = node.get if hasattr(node, "get") else (lambda k, d=None: getattr(node, k, d))
+    known = {f.name for f in fields(cls)}
+    keys = list(node.keys()) if hasattr(node, "keys") else []
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} option(s) {unknown}; known: {sorted(known)}")
+    return cls(**{f.name: get(f.name) for f in fields(cls) if f.name in keys})
+
+
+# ----------------------------------------------------------------------------- data assembly
+
+@dataclass
+class Splits:
+    train: D.SegSet
+    val: D.SegSet
+    test: D.SegSet
+    target_train: D.SegSet | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _split_indices(n: int, seed: int, fractions=(0.7, 0.1, 0.2)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    a, b = int(round(n * fractions[0])), int(round(n * (fractions[0] + fractions[1])))
+    return np.sort(perm[:a]), np.sort(perm[a:b]), np.sort(perm[b:])
+
+
+def load_splits(dc: DataConfig, data_dir=None, seed: int = 0) -> Splits:
+    """Train / val / test (and the unlabelled DA target) for a data config."""
+    lim = lambda s, n: s if n is None else s.subset(range(min(n, len(s))))
+    if dc.dataset == "shapes":
+        mk = lambda n, s: D.synthetic_shapes(n, dc.shapes_size, dc.shapes_classes, seed=s)
+        splits = Splits(mk(dc.shapes_n, 1000 + seed), mk(max(8, dc.shapes_n // 4), 2000),
+                        mk(max(8, dc.shapes_n // 4), 3000))
+        if dc.target is not None:  # a synthetic domain shift: darker, lower-contrast images
+            splits.target_train = D.shift_domain(mk(dc.shapes_n, 4000 + seed))
+            splits.test = D.shift_domain(splits.test)
+        return splits
+    if dc.dataset == "camvid":
+        if dc.target == "camvid_dusk":
+            day = ["0006R0", "0016E5"]
+            train = D.read_camvid("train", data_dir, sequences=day)
+            tgt = D.read_camvid("train", data_dir, sequences=["0001TP"])
+            test = D.read_camvid("test", data_dir, sequences=["0001TP"])
+            return Splits(lim(train, dc.train_limit), lim(test, dc.eval_limit), lim(test, dc.eval_limit),
+                          lim(tgt, dc.train_limit),
+                          ["target 0001TP (dusk): val = test frames, since CamVid val has no 0001TP frames"])
+        return Splits(lim(D.read_camvid("train", data_dir), dc.train_limit),
+                      lim(D.read_camvid("val", data_dir), dc.eval_limit),
+                      lim(D.read_camvid("test", data_dir), dc.eval_limit))
+    if dc.dataset in ("kvasir", "cvc"):
+        full = D.read_kvasir(data_dir, dc.size) if dc.dataset == "kvasir" else D.read_cvc(data_dir, dc.size)
+        tr, va, te = _split_indices(len(full), dc.split_seed)
+        splits = Splits(lim(full.subset(tr), dc.train_limit), lim(full.subset(va), dc.eval_limit),
+                        lim(full.subset(te), dc.eval_limit),
+                        notes=[f"{dc.dataset}: fixed 70/10/20 split, seed {dc.split_seed}"])
+        if dc.target is not None:
+            if dc.dataset != "kvasir" or dc.target != "cvc":
+                raise ValueError(f"unsupported domain-adaptation pair {dc.dataset} -> {dc.target}")
+            tgt = D.read_cvc(data_dir, dc.size)
+            ttr, tva, tte = _split_indices(len(tgt), dc.split_seed)
+            splits.target_train = lim(tgt.subset(ttr), dc.train_limit)
+            # model selection stays on held-out *source* data: target labels are for the test only
+            splits.test = lim(tgt.subset(tte), dc.eval_limit)
+            splits.notes.append("DA: val = Kvasir (source) val; test = CVC-ClinicDB test split")
+        return splits
+    if dc.dataset == "dsb":
+        full = D.read_dsb(data_dir)
+        folds = np.array_split(np.random.default_rng(dc.split_seed).permutation(len(full)), 5)
+        test_idx = np.sort(folds[dc.fold % 5])
+        train_idx = np.sort(np.concatenate([f for k, f in enumerate(folds) if k != dc.fold % 5]))
+        test = lim(full.subset(test_idx), dc.eval_limit)
+        return Splits(lim(full.subset(train_idx), dc.train_limit), test, test,
+                      notes=[f"DSB2018: 5-fold CV, fold {dc.fold}; val = test fold (65 images only)"])
+    raise ValueError(f"unknown dataset {dc.dataset!r} (camvid | kvasir | cvc | dsb | shapes)")
+
+
+# ----------------------------------------------------------------------------- the run
+
+def build_model(mc: MethodConfig, model_cfg: ModelConfig, num_classes: int) -> torch.nn.Module:
+    if mc.name == "iic":
+        net = ClusterNet(num_classes, mc.overcluster_factor * num_classes, model_cfg.base, model_cfg.depth)
+    elif mc.name == "mean_teacher":
+        net = MeanTeacher(UNet(num_classes, model_cfg.base, model_cfg.depth))
+    elif mc.name == "cps":
+        net = DualNet(UNet(num_classes, model_cfg.base, model_cfg.depth),
+                      UNet(num_classes, model_cfg.base, model_cfg.depth))
+    else:
+        net = UNet(num_classes, model_cfg.base, model_cfg.depth)
+    return Mth.attach_step_counter(net)
+
+
+def optimizer_factory(oc: OptimConfig) -> Callable:
+    def make(model):
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=oc.lr, weight_decay=oc.weight_decay)
+    return make
+
+
+def poly_scheduler_factory(oc: OptimConfig) -> Callable:
+    """Poly decay ``(1 - it / T)^power`` stepped per optimizer step."""
+    def make(optimizer, total_steps):
+        t = max(1, int(total_steps))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / t) ** oc.poly_power)
+    return make
+
+
+def _score_key(num_classes: int) -> str:
+    return "mdice" if num_classes == 2 else "miou"
+
+
+def make_eval_fn(ds: D.SegSet, device, num_clusters: int | None = None, prefix: str = "val_") -> Callable:
+    key = _score_key(ds.num_classes) if num_clusters is None else "miou"
+
+    def eval_fn(model):
+        res = evaluate_model(model, ds, device, num_clusters=num_clusters)
+        res.pop("predictions")
+        return {f"{prefix}{k}": v for k, v in res.items()} | {f"{prefix}score": res[key]}
+    return eval_fn
+
+
+def _trainer_cls():
+    from common.trainer import Trainer  # imported lazily: the core trainer is the only loop we use
+    return Trainer
+
+
+def _estimate_steps(n_items: int, tc) -> int:
+    per_epoch = max(1, n_items // max(1, tc.batch_size * tc.grad_accum_steps))
+    total = per_epoch * (tc.max_epochs or 10**9)
+    return min(total, tc.max_steps) if tc.max_steps else total
+
+
+def _objective(mc: MethodConfig, warmup: int):
+    n = mc.name
+    if n in ("full", "subset", "filled_boxes", "source_only", "oracle"):
+        return Mth.Supervised("weak")
+    if n == "noisy":
+        return Mth.Supervised("weak", mc.loss, mc.gce_q, mc.sce_alpha, mc.sce_beta)
+    if n in ("scribbles", "points"):
+        return Mth.PartialCEPairwise(mc.pairwise_weight, mc.pairwise_threshold, warmup_steps=warmup)
+    if n == "boxinst":
+        return Mth.BoxSupervision(mc.pairwise_weight, mc.pairwise_threshold, warmup_steps=warmup)
+    if n == "fixmatch":
+        return Mth.FixMatch(mc.tau)
+    if n == "mean_teacher":
+        return Mth.MeanTeacherObjective(mc.consistency_weight, mc.ema_alpha, warmup_steps=warmup)
+    if n == "cps":
+        return Mth.CrossPseudoSupervision(mc.cps_weight)
+    if n == "minent":
+        return Mth.EntropyMinimization(mc.entropy_weight)
+    if n == "iic":
+        return Mth.IIC(mc.iic_displacement)
+    raise ValueError(f"unknown method {n!r}; choose one of {sorted(METHODS)}")
+
+
+def _weak_for(mc: MethodConfig, train: D.SegSet, seed: int) -> tuple[list[np.ndarray], bool]:
+    """The weak label maps of the training split and whether they are sparse."""
+    kind = METHODS[mc.name][1]
+    if kind in ("full", "tags"):
+        return D.make_weak_labels(train, "full", seed), False
+    if kind == "boxes":
+        return D.make_weak_labels(train, "boxes", seed), False
+    if kind == "scribbles":
+        return D.make_weak_labels(train, "scribbles", seed, erosion_radius=mc.scribble_erosion,
+                                  drop_fraction=mc.scribble_drop), True
+    if kind == "points":
+        return D.make_weak_labels(train, "points", seed, mode=mc.click_mode,
+                                  n_background=mc.n_background_clicks), True
+    if kind == "noisy":
+        return D.make_weak_labels(train, "noisy", seed, level=mc.noise_level), False
+    return D.make_weak_labels(train, "none", seed), False
+
+
+def _annotation_cost(mc: MethodConfig, train: D.SegSet, weak) -> float:
+    """Seconds of annotation for the training split under this supervision (ANNOTATION_SECONDS)."""
+    kind = METHODS[mc.name][1]
+    n = len(train)
+    if mc.name in SEMI or mc.name == "subset":
+        return ANNOTATION_SECONDS["full"] * max(1, round(n * mc.labelled_fraction))
+    if kind == "boxes":
+        return ANNOTATION_SECONDS["boxes_per_object"] * sum(
+            len(b) for b in (train.boxes or [[0]] * n)) if train.boxes else ANNOTATION_SECONDS["boxes_per_object"] * n
+    if mc.name in ("source_only", "minent"):
+        return ANNOTATION_SECONDS["full"] * n  # labelled source only; target is free
+    return ANNOTATION_SECONDS.get(kind, 0.0) * n
+
+
+def run_experiment(data_cfg, method_cfg, model_cfg, optim_cfg, trainer_cfg, run_dir, *, logger_cfg=None,
+                   resume: str = "never", data_dir=None, keep_predictions: int = 0) -> dict:
+    """Train one baseline and score it on the test split; returns (and writes) ``final_metrics.json``.
+
+    Resumable: the trainer continues from ``run_dir/checkpoints`` with ``resume="auto"``; the CAM
+    baseline's two stages live in ``run_dir/classifier`` and ``run_dir/segmenter``.
+    """
+    dc, mc = from_mapping(DataConfig, data_cfg), from_mapping(MethodConfig, method_cfg)
+    model_cfg, oc = from_mapping(ModelConfig, model_cfg), from_mapping(OptimConfig, optim_cfg)
+    if mc.name not in METHODS:
+        raise ValueError(f"unknown method {mc.name!r}; choose one of {sorted(METHODS)}")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed = int(trainer_cfg.seed)
+    seed_everything(seed)
+    t0 = time.time()
+    if mc.name in DA and dc.target is None:
+        dc.target = "cvc" if dc.dataset == "kvasir" else "camvid_dusk"
+    splits = load_splits(dc, data_dir, seed)
+    train = splits.train
+    if mc.name == "oracle":  # the target-supervised upper bound of domain adaptation
+        train = splits.target_train
+    num_classes = train.num_classes
+    weak, sparse = _weak_for(mc, train, seed)
+    info: dict[str, Any] = {"method": mc.name, "supervision": METHODS[mc.name][0], "dataset": dc.dataset,
+                            "num_classes": num_classes, "train_images": len(train), "notes": list(splits.notes)}
+    if sparse:
+        info["labelled_pixel_share"] = D.labelled_share(weak)
+    if METHODS[mc.name][1] in ("boxes", "noisy", "scribbles", "points"):
+        q = evaluate_label_maps(weak, train)
+        info["weak_label_quality"] = q
+
+    augment = dict(crop=dc.crop, scale_range=(dc.scale_min, dc.scale_max))
+    if mc.name == "subset" or mc.name in SEMI:
+        lab_idx = labelled_subset(len(train), mc.labelled_fraction, dc.split_seed)
+        np.savetxt(run_dir / "labelled_split.txt", lab_idx, fmt="%d")  # the fixed split file
+        info["labelled_images"] = len(lab_idx)
+        lab_ds = D.SegDataset(train.subset(lab_idx), [weak[i] for i in lab_idx], **augment)
+        if mc.name == "subset":
+            train_data = lab_ds
+        else:
+            train_data = D.PairedDataset(lab_ds, D.SegDataset(train, None, **augment))
+    elif mc.name == "minent":
+        train_data = D.PairedDataset(D.SegDataset(train, weak, **augment),
+                                     D.SegDataset(splits.target_train, None, **augment))
+    elif mc.name == "cam":
+        return _run_cam(dc, mc, model_cfg, oc, trainer_cfg, run_dir, splits, info, logger_cfg, resume, t0,
+                        keep_predictions)
+    else:
+        train_data = D.SegDataset(train, weak, weak_is_sparse=sparse, **augment)
+
+    Trainer = _trainer_cls()
+    trainer = Trainer(trainer_cfg, run_dir, logger_cfg=logger_cfg, resume=resume, config=_cfg_dict(
+        dc, mc, model_cfg, oc))
+    model = build_model(mc, model_cfg, num_classes)
+    warmup = int(mc.warmup_fraction * _estimate_steps(len(train_data), trainer_cfg))
+    clusters = num_classes if mc.name == "iic" else None
+    result = trainer.fit(model, train_data, _objective(mc, warmup), optimizer_fn=optimizer_factory(oc),
+                         scheduler_fn=poly_scheduler_factory(oc),
+                         eval_fn=make_eval_fn(splits.val, trainer.device, clusters))
+    return _finish(trainer, model, result, splits.test, clusters, info, run_dir, t0, keep_predictions, mc, train,
+                   weak)
+
+
+def _cfg_dict(*cfgs) -> dict:
+    return {type(c).__name__: asdict(c) for c in cfgs}
+
+
+def _finish(trainer, model, result, test, clusters, info, run_dir: Path, t0, keep_predictions, mc, train, weak
+            ) -> dict:
+    if getattr(result, "best_checkpoint", None):
+        trainer.load_best(model)
+    res = evaluate_model(model, test, trainer.device, num_clusters=clusters, keep_predictions=keep_predictions)
+    preds = res.pop("predictions")
+    info.update({
+        "test": res, "score_name": _score_key(test.num_classes) if clusters is None else "miou (Hungarian)",
+        "score": res[_score_key(test.num_classes) if clusters is None else "miou"],
+        "parameters": count_parameters(model), "steps": int(result.step), "epochs": int(result.epoch),
+        "stopped_reason": str(result.stopped_reason), "wall_seconds": time.time() - t0,
+        "annotation_seconds": _annotation_cost(mc, train, weak),
+    })
+    (run_dir / "final_metrics.json").write_text(json.dumps(info, indent=2, default=float))
+    info["predictions"] = preds
+    return info
+
+
+# ----------------------------------------------------------------------------- CAM (two stages)
+
+@torch.no_grad()
+def cam_pseudo_masks(model: UNet, ds: D.SegSet, mc: MethodConfig, device) -> list[np.ndarray]:
+    """Pseudo-masks of a training split from the tag classifier's CAMs, restricted to each image's tags
+    (whole-image tags with the same 1 % rule as the crop tags)."""
+    model.eval()
+    out = []
+    binary = ds.num_classes == 2
+    for img, gt in zip(ds.images, ds.masks):
+        x = D.to_tensor_image(img)[None].to(device)
+        feats = model.features(x)
+        cams = class_activation_maps(feats, model.head.weight[:, :, 0, 0]).cpu()
+        tags = torch.from_numpy(image_tags(gt, ds.num_classes, mc.tag_min_fraction))[None]
+        out.append(cam_pseudo_labels(cams, tags, mc.cam_fg, mc.cam_bg, binary=binary)[0].numpy())
+    return out
+
+
+def _run_cam(dc, mc, model_cfg, oc, trainer_cfg, run_dir: Path, splits: Splits, info, logger_cfg, resume, t0,
+             keep_predictions) -> dict:
+    train = splits.train
+    Trainer = _trainer_cls()
+    # stage 1: multi-label classifier on crop-level tags
+    tc1 = _with(trainer_cfg, max_epochs=mc.cam_classifier_epochs or trainer_cfg.max_epochs, monitor=None,
+                early_stopping_patience=None)
+    t1 = Trainer(tc1, run_dir / "classifier", logger_cfg=logger_cfg, resume=resume,
+                 config=_cfg_dict(dc, mc, model_cfg, oc))
+    clf = Mth.attach_step_counter(UNet(train.num_classes, model_cfg.base, model_cfg.depth))
+    tag_ds = D.SegDataset(train, None, crop=mc.tag_crop, scale_range=(dc.scale_min, dc.scale_max), tags=True,
+                          tag_min_fraction=mc.tag_min_fraction)
+    t1.fit(clf, tag_ds, Mth.TagClassifier(), optimizer_fn=optimizer_factory(oc),
+           scheduler_fn=poly_scheduler_factory(oc))
+    pseudo_file = run_dir / "pseudo_masks.npz"
+    if pseudo_file.is_file():
+        z = np.load(pseudo_file)
+        pseudo = [z[f"m{i}"] for i in range(len(train))]
+    else:
+        pseudo = cam_pseudo_masks(clf, train, mc, t1.device)
+        np.savez_compressed(pseudo_file, **{f"m{i}": m for i, m in enumerate(pseudo)})
+    info["pseudo_mask_quality_train"] = evaluate_label_maps(pseudo, train)
+    info["pseudo_mask_miou_all_pixels"] = evaluate_label_maps(
+        [np.where(p == 255, 0 if train.num_classes == 2 else 255, p) for p in pseudo], train,
+        ignore_unlabelled=False)["miou"]
+    # stage 2: the segmenter trained on the pseudo-masks (unsure pixels ignored)
+    t2 = Trainer(trainer_cfg, run_dir / "segmenter", logger_cfg=logger_cfg, resume=resume,
+                 config=_cfg_dict(dc, mc, model_cfg, oc))
+    seg = Mth.attach_step_counter(UNet(train.num_classes, model_cfg.base, model_cfg.depth))
+    result = t2.fit(seg, D.SegDataset(train, pseudo, crop=dc.crop, scale_range=(dc.scale_min, dc.scale_max)),
+                    Mth.Supervised("weak"), optimizer_fn=optimizer_factory(oc),
+                    scheduler_fn=poly_scheduler_factory(oc), eval_fn=make_eval_fn(splits.val, t2.device))
+    return _finish(t2, seg, result, splits.test, None, info, run_dir, t0, keep_predictions, mc, train, pseudo)
+
+
+def _with(cfg, **changes):
+    """A copy of a trainer config (dataclass or OmegaConf node) with some fields changed."""
+    from dataclasses import is_dataclass, replace
+
+    if is_dataclass(cfg):
+        return replace(cfg, **changes)
+    from omegaconf import OmegaConf
+
+    c = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    for k, v in changes.items():
+        c[k] = v
+    return c
