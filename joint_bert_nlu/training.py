@@ -20,15 +20,12 @@ from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
 from common.bench import peak_rss_bytes
 from common.checkpoint import CheckpointManager, load_checkpoint, seed_everything
-from common.logging import get_logger
 from common.trainer import FitResult, Trainer
 
 from .data import EncodedDataset, NLUDataset, collate, load_dataset
 from .evaluate import evaluate_examples
 from .inference import save_joint_model
 from .model import JointBertModel, resolve_encoder_path
-
-log = get_logger("joint_bert_nlu")
 
 
 @dataclass
@@ -131,7 +128,6 @@ def train_joint(trainer_cfg, run_dir: str | os.PathLike, model_opts: ModelOption
         results[split] = evaluate_examples(model, encoded[split], eval_bs, trainer.device, pad_id)
     save_joint_model(model, tokenizer, run_dir / "model")
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
-    log.info("%s test: %s", ds.name, {k: round(v, 4) for k, v in results["test"].items()})
     return results
 
 

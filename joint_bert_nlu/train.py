@@ -1,0 +1,36 @@
+"""Hydra shell: ``python -m joint_bert_nlu.train [model=minilm_crf] [data=snips] [key=value ...]``.
+
+Examples:
+    python -m joint_bert_nlu.train                                  # ATIS, MiniLM, softmax slots
+    python -m joint_bert_nlu.train experiment=snips model=minilm_crf
+    python -m joint_bert_nlu.train model.encoder=/models/bert-base-uncased experiment=paper_parity
+    python -m joint_bert_nlu.train resume=auto                      # continue runs/joint_bert_nlu_atis
+The trained model lands in <run_dir>/model (load it with joint_bert_nlu.predict --model <run_dir>/model).
+"""
+
+from __future__ import annotations
+
+import json
+
+import hydra
+from omegaconf import DictConfig
+
+import common.config  # noqa: F401  (registers trainer/paths/logger/run_layout)
+from common.hydra_utils import report_user_errors, run_dir_from, to_dataclass, to_plain
+from joint_bert_nlu.training import DataOptions, ModelOptions, OptimOptions, train_joint
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@report_user_errors
+def main(cfg: DictConfig) -> float:
+    results = train_joint(
+        cfg.trainer, run_dir_from(cfg), to_dataclass(cfg.model, ModelOptions),
+        to_dataclass(cfg.data, DataOptions), to_dataclass(cfg.optim, OptimOptions),
+        data_dir=cfg.paths.data_dir, logger_cfg=cfg.logger, resume=cfg.resume, config=to_plain(cfg))
+    print(json.dumps({"dataset": results["dataset"], "best_dev_epoch": results["best_dev_epoch"],
+                      "dev": results["dev"], "test": results["test"]}))
+    return results["dev"]["sentence_acc"]
+
+
+if __name__ == "__main__":
+    main()
