@@ -32,6 +32,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from common.data import DatasetNotFoundError
+
 NETS = ("alex", "vgg", "squeeze")
 VERSIONS = ("0.0", "0.1")
 EPS_NORM = 1e-10
@@ -59,8 +61,11 @@ TRUNKS: dict[str, TrunkSpec] = {
 }
 
 
-class TrunkWeightsNotFoundError(FileNotFoundError):
-    """ImageNet weights for a trunk are not on disk (and nothing here may download them)."""
+class TrunkWeightsNotFoundError(DatasetNotFoundError):
+    """ImageNet weights for a trunk are not on disk (and nothing here may download them).
+
+    A :class:`common.data.DatasetNotFoundError` (hence a FileNotFoundError), so Hydra shells report it as one
+    clear line like any other missing input."""
 
 
 class HeadLoadError(RuntimeError):
