@@ -16,7 +16,7 @@ same attributes, such as an OmegaConf node) and never needs Hydra.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -31,35 +31,35 @@ class TrainerConfig:
     """auto (cuda when available, else cpu), cpu or cuda."""
     precision: str = "fp32"
     """fp32, or bf16 autocast (on CPU and CUDA; master weights stay fp32)."""
-    max_epochs: Optional[int] = 1
+    max_epochs: int | None = 1
     """Stop after this many epochs (null: no epoch limit)."""
-    max_steps: Optional[int] = None
+    max_steps: int | None = None
     """Stop after this many optimizer steps (null: no step limit). The earlier of the two limits wins."""
     batch_size: int = 32
     """Global batch per optimizer micro-step; split over ranks under torchrun."""
-    eval_batch_size: Optional[int] = None
+    eval_batch_size: int | None = None
     """Batch size for evaluation (null: batch_size)."""
     grad_accum_steps: int = 1
     """Micro-batches accumulated into one optimizer step."""
-    clip_grad_norm: Optional[float] = None
+    clip_grad_norm: float | None = None
     """Clip the global gradient L2 norm to this value (null: no clipping)."""
     log_every_steps: int = 10
     """Write training metrics every N optimizer steps."""
-    eval_every_steps: Optional[int] = None
+    eval_every_steps: int | None = None
     """Evaluate every N optimizer steps (null: at the end of every epoch)."""
-    checkpoint_every_steps: Optional[int] = None
+    checkpoint_every_steps: int | None = None
     """Checkpoint every N optimizer steps, in addition to the end of every epoch (null: epochs only)."""
     keep_last_checkpoints: int = 2
     """How many step checkpoints to keep (best.pt is kept apart)."""
-    monitor: Optional[str] = None
+    monitor: str | None = None
     """Validation metric that selects best.pt and drives early stopping (null: last epoch is best)."""
     monitor_mode: str = "max"
     """max or min: whether a larger monitored value is better."""
-    early_stopping_patience: Optional[int] = None
+    early_stopping_patience: int | None = None
     """Stop after this many evaluations without improvement of ``monitor`` (null: never)."""
     num_workers: int = 0
     """DataLoader worker processes (0 keeps runs bit-reproducible and light on 2 cores)."""
-    num_threads: Optional[int] = None
+    num_threads: int | None = None
     """torch.set_num_threads for this run (null: leave torch's default)."""
     progress_bar: bool = True
     """Show a tqdm bar with rate and ETA (rank 0 only)."""
@@ -69,7 +69,7 @@ class TrainerConfig:
 class PathsConfig:
     """Where data is read from and runs are written to."""
 
-    data_dir: Optional[str] = None
+    data_dir: str | None = None
     """Data root. null: $PAPERS_DATA_DIR, then ./data, then ../shared/data (see common.data)."""
     output_dir: str = "runs"
     """Parent of every run directory; a run lives in <output_dir>/<name>."""
@@ -89,7 +89,7 @@ class LoggerConfig:
 
 # Merged at the config root: a stable run directory (so resume=auto finds it) and the resume switch.
 RUN_LAYOUT: dict[str, Any] = {
-    "name": "???",
+    "name": "run",  # every package sets its own; experiment files set theirs
     "resume": "never",
     "hydra": {
         "run": {"dir": "${paths.output_dir}/${name}"},

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -52,9 +53,14 @@ def report_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
     errors = USER_ERRORS + (NonFiniteLossError,)
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(cfg, *args, **kwargs):
+        missing = sorted(OmegaConf.missing_keys(cfg)) if isinstance(cfg, DictConfig) else []
+        if missing:
+            print(f"error: missing required value(s): {', '.join(missing)}; set them as key=value overrides",
+                  file=sys.stderr)
+            sys.exit(1)
         try:
-            return fn(*args, **kwargs)
+            return fn(cfg, *args, **kwargs)
         except errors as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)

@@ -7,8 +7,9 @@ import logging as _pylogging
 import math
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 
 def get_logger(name: str) -> _pylogging.Logger:
@@ -57,7 +58,7 @@ class MetricLogger:
             self._tb = SummaryWriter(str(self.run_dir / "tb"))
 
     @classmethod
-    def from_config(cls, run_dir, logger_cfg) -> "MetricLogger":
+    def from_config(cls, run_dir, logger_cfg) -> MetricLogger:
         return cls(run_dir, jsonl=logger_cfg.jsonl, tensorboard=logger_cfg.tensorboard)
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:

@@ -15,17 +15,24 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from common.checkpoint import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state, seed_everything
+from common.checkpoint import (
+    CheckpointManager,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    seed_everything,
+)
 from common.logging import MetricLogger, get_logger
 from common.progress import progress
 from common.runinfo import RunInfo

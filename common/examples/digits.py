@@ -66,9 +66,10 @@ def accuracy(model: nn.Module, data: TensorDataset) -> float:
     return float((model(x.to(device)).argmax(-1).cpu() == y).float().mean())
 
 
-def train_digits(trainer_cfg, run_dir, model_cfg: DigitsModelConfig = DigitsModelConfig(), *,
+def train_digits(trainer_cfg, run_dir, model_cfg: DigitsModelConfig | None = None, *,
                  logger_cfg=None, resume: str = "never", config=None) -> tuple[MLP, FitResult]:
     """Train the MLP with the common Trainer; returns the final model and the fit result."""
+    model_cfg = model_cfg or DigitsModelConfig()
     train, val = load_digits_split(model_cfg.n_val)
     torch.manual_seed(trainer_cfg.seed)
     model = MLP(hidden=model_cfg.hidden)

@@ -12,7 +12,7 @@ import torch
 
 from common.checkpoint import CheckpointManager, ResumeError, load_checkpoint
 from common.config import TrainerConfig
-from common.examples.digits import MLP, DigitsModelConfig, load_digits_split, loss_fn, train_digits
+from common.examples.digits import MLP, load_digits_split, loss_fn, train_digits
 from common.logging import read_jsonl
 from common.trainer import NonFiniteLossError, Trainer
 

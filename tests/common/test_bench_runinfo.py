@@ -1,0 +1,35 @@
+"""Benchmark helpers and run info."""
+
+import json
+
+import numpy as np
+
+from common.bench import compare, format_bytes, peak_rss_bytes, ratio, reset_peak_rss, time_fn
+from common.runinfo import hardware_summary, write_run_info
+
+
+def test_peak_rss_sees_a_large_allocation():
+    reset_peak_rss()
+    before = peak_rss_bytes()
+    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    assert peak_rss_bytes() >= before + 60 * 2**20
+    del block
+
+
+def test_time_fn_and_compare():
+    t = time_fn(lambda: sum(range(1000)), warmup=1, repeats=3, items_per_call=1000)
+    assert len(t.times) == 3 and t.throughput > 0
+    res = compare({"fast": lambda: sum(range(100)), "slow": lambda: sum(range(200_000))}, repeats=3)
+    assert ratio(res, "fast", "slow") > 1
+    assert format_bytes(3 * 2**30) == "3.0 GiB"
+
+
+def test_run_info_records_commit_versions_hardware_and_wall_clock(tmp_path):
+    info = write_run_info(tmp_path, extra={"note": "x"})
+    info.finish(final_step=3)
+    data = json.loads((tmp_path / "run_info.json").read_text())
+    assert {"commit", "versions", "hardware", "sessions", "wall_seconds_total"} <= set(data)
+    assert data["versions"]["torch"] and data["final_step"] == 3 and data["note"] == "x"
+    write_run_info(tmp_path).finish()  # a resumed run appends a session
+    assert len(json.loads((tmp_path / "run_info.json").read_text())["sessions"]) == 2
+    assert "cores" in hardware_summary()
