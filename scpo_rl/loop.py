@@ -96,6 +96,8 @@ class Trainer:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         if cfg.agent.algo == "dr_sac" and not cfg.domain_randomization:
             raise ValueError("algo=dr_sac needs domain_randomization ranges (mass, friction)")
+        if cfg.normalization not in ("warmup", "paper", "none"):
+            raise ValueError(f"normalization must be warmup, paper or none, got {cfg.normalization!r}")
         if cfg.learning_starts < 1 or cfg.total_steps < 1:
             raise ValueError("learning_starts and total_steps must be >= 1")
         if cfg.num_threads:
