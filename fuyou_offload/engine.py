@@ -46,7 +46,7 @@ from common.checkpoint import CheckpointManager, capture_rng_state, load_checkpo
 
 from .memory import HostBuffer, HostPool
 from .model import GPT, Block, Ends, GPTConfig
-from .planner import BlockPlan
+from .planner import BlockPlan, stash_bytes
 from .storage import ALIGN, DirectFile, IOEngine, align_up, check_offload_dir, wait_all
 
 aten = torch.ops.aten
@@ -229,6 +229,8 @@ class OffloadEngine:
         self.plans = plans
         grad_bytes = 4 * self.n_params
         self.grad_tier = cfg.grad_tier if cfg.grad_tier != "auto" else ("host" if grad_bytes <= cfg.host_budget // 4 else "ssd")
+        if cfg.schedule == "zero_infinity":
+            self.grad_tier = "host"  # as ZeRO-3 offload: gradients accumulate in host buffers until step()
         self.pool = HostPool(cfg.host_budget, pin=self.device.type == "cuda")
         self.io = IOEngine(cfg.queue_depth, cfg.request_bytes, cfg.throttle_bytes_per_s)
         self.run_dir = Path(run_dir)
@@ -269,15 +271,12 @@ class OffloadEngine:
         return units
 
     def _act_file_bytes(self) -> int:
-        per = 0
+        total = 0
         for p in self.plans:
-            if p.ckpt_tier == "ssd":
-                per += align_up(self.batch * self.seq * self.mcfg.hidden * self.dtype.itemsize + 64)
-            if p.cache_tier == "ssd" and p.cached:
-                from .planner import group_bytes
-
-                per += align_up(sum(group_bytes(self.mcfg, g, self.batch, self.seq, self.dtype.itemsize) for g in p.cached) + 64 * 8)
-        return per
+            sb = stash_bytes(self.mcfg, p, self.batch, self.seq, self.dtype.itemsize)
+            total += align_up(sb["ckpt"]) if p.ckpt_tier == "ssd" else 0
+            total += align_up(sb["cache"]) if p.cache_tier == "ssd" and p.cached else 0
+        return total
 
     def _file_specs(self) -> dict[str, int]:
         specs = {}
@@ -290,7 +289,7 @@ class OffloadEngine:
             specs["grad"] = self._bytes32
         act = self._act_file_bytes()
         if act:
-            specs["act"] = act * 2 + (16 << 20)  # headroom for stride padding
+            specs["act"] = act
         return specs
 
     def state_bytes(self) -> int:
@@ -381,7 +380,7 @@ class OffloadEngine:
             for ci, (a, b) in enumerate(self._chunks(u)):
                 n = b - a
                 buf = self.pool.alloc(align_up(4 * n), "verify")
-                for j, kind in enumerate(("p32", "m", "v")):
+                for kind in ("p32", "m", "v"):
                     wait_all(self.files[f"{kind}.{self.slot}"].read(u.file_off32 + 4 * a, buf.memview(0, align_up(4 * n))))
                     crc = zlib.crc32(buf.memview(0, 4 * n))
                     if crc != self.checksums[u.name][kind][ci]:
@@ -420,7 +419,7 @@ class OffloadEngine:
         stash.ssd_off = self._act_cursor
         self._act_cursor += nb
         stash.futures = self.files["act"].write(stash.ssd_off, stash.buf.memview(0, nb))
-        self.counted["activation_ssd_write"] += stash.nbytes
+        self.counted["activation_ssd_write"] += nb
 
     def _stash_release_after_write(self, stash: TensorStash) -> None:
         wait_all(stash.futures)
@@ -431,7 +430,7 @@ class OffloadEngine:
         nb = align_up(stash.nbytes)
         stash.buf = self.pool.alloc(nb, tag)
         stash.futures = self.files["act"].read(stash.ssd_off, stash.buf.memview(0, nb))
-        self.counted["activation_ssd_read"] += stash.nbytes
+        self.counted["activation_ssd_read"] += nb
 
     # ------------------------------------------------------------------ optimizer
     def _grad_norms(self, u: Unit, grads: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -495,6 +494,7 @@ class OffloadEngine:
             for h in hb:
                 h.release()
         with self.stats_lock:
+            self.updates_log.append((u, grad_buf is None))
             self.new_checksums[u.name] = sums
             self.busy["optimizer"] += time.perf_counter() - t0
 
@@ -508,6 +508,7 @@ class OffloadEngine:
         io0 = self.io.stats.snapshot()
         self.counted = {"activation_ssd_read": 0, "activation_ssd_write": 0}
         self.new_checksums = {}
+        self.updates_log: list[tuple[Unit, bool]] = []
         self._act_cursor = 0
         self.pool.peak_bytes = self.pool.used_bytes
         self.busy = {"compute": 0.0, "optimizer": 0.0}
@@ -660,7 +661,35 @@ class OffloadEngine:
             "ssd_write_bytes": io1["write_bytes"] - io0["write_bytes"],
             "activation_ssd_bytes": self.counted["activation_ssd_write"],
             "host_pool_peak_bytes": self.pool.peak_bytes, "tokens": int(tokens.numel()),
+            **{f"expected_{k}": v for k, v in self.expected_bytes(self.updates_log).items()},
         }
+
+    def expected_bytes(self, updates: list[tuple[Unit, bool]] | None = None) -> dict[str, int]:
+        """SSD bytes one step moves, counted from the layout and the plan (requests are 4 KiB padded).
+
+        ``updates`` lists the optimizer passes made (unit, gradient read from SSD); by default one pass
+        per unit, i.e. a step without a clip replay.
+        """
+        if updates is None:
+            updates = [(u, self.stores_grads and self.grad_tier == "ssd") for u in self.units]
+        w = 2 if self.bf16 else 4
+        blocks = self.units[1:]
+        reloaded = blocks[:-1] if self.cfg.overlap else blocks
+        read = sum(align_up(w * u.numel) for u in self.units) + sum(align_up(w * u.numel) for u in reloaded)
+        write = 0
+        for u, grad_from_ssd in updates:
+            for a, b in self._chunks(u):
+                r = align_up(4 * (b - a))
+                read += r * (4 if grad_from_ssd else 3)
+                write += 3 * r + (align_up(2 * (b - a)) if self.bf16 else 0)
+        if self.stores_grads and self.grad_tier == "ssd":
+            write += sum(align_up(4 * u.numel) for u in self.units)
+        act = 0
+        for p in self.plans:
+            sb = stash_bytes(self.mcfg, p, self.batch, self.seq, self.dtype.itemsize)
+            act += align_up(sb["ckpt"]) if p.ckpt_tier == "ssd" else 0
+            act += align_up(sb["cache"]) if p.cache_tier == "ssd" and p.cached else 0
+        return {"ssd_read_bytes": read + act, "ssd_write_bytes": write + act, "activation_ssd_bytes": act}
 
     def _drop(self, kept: dict[str, HostBuffer]) -> None:
         for b in kept.values():

@@ -63,16 +63,28 @@ class StepPrediction:
     terms: dict = field(default_factory=dict)
 
 
+def op_output_bytes(cfg: GPTConfig, batch: int, seq: int, elem: int) -> dict[int, list[int]]:
+    """Bytes of each tensor output of the recorded ops (indices as in ``OP_GROUPS``)."""
+    t, h, kv, i = batch * seq, cfg.hidden, cfg.kv_heads * cfg.head_dim, cfg.intermediate
+    return {0: [t * h * elem], 1: [t * kv * elem], 2: [t * kv * elem],
+            3: [t * h * elem, batch * cfg.heads * seq * 4],  # attention output + fp32 logsumexp
+            4: [t * h * elem], 5: [t * i * elem], 6: [t * i * elem], 7: [t * h * elem]}
+
+
+def _align(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
 def group_bytes(cfg: GPTConfig, group: str, batch: int, seq: int, elem: int) -> int:
-    t, h, kv = batch * seq, cfg.hidden, cfg.kv_heads * cfg.head_dim
-    sizes = {
-        "qkv": t * (h + 2 * kv) * elem,
-        "attn_core": t * h * elem + batch * cfg.heads * seq * 4,  # output + fp32 logsumexp
-        "attn_out": t * h * elem,
-        "mlp_up": t * 2 * cfg.intermediate * elem,
-        "mlp_down": t * h * elem,
-    }
-    return sizes[group]
+    out = op_output_bytes(cfg, batch, seq, elem)
+    return sum(_align(b, 64) for i in OP_GROUPS[group] for b in out[i])
+
+
+def stash_bytes(cfg: GPTConfig, plan: BlockPlan, batch: int, seq: int, elem: int) -> dict[str, int]:
+    """Host bytes of one block's checkpoint and cache stashes (as the engine lays them out)."""
+    ck = _align(batch * seq * cfg.hidden * elem, 64)
+    cache = sum(group_bytes(cfg, g, batch, seq, elem) for g in plan.cached)
+    return {"ckpt": ck, "cache": cache}
 
 
 def ranked_groups(cfg: GPTConfig, batch: int, seq: int, elem: int) -> list[tuple[str, float]]:
@@ -80,26 +92,6 @@ def ranked_groups(cfg: GPTConfig, batch: int, seq: int, elem: int) -> list[tuple
     flops = cfg.block_matmul_flops(batch * seq, seq)
     obs = [(g, flops[g] / group_bytes(cfg, g, batch, seq, elem)) for g in OP_GROUPS]
     return sorted(obs, key=lambda kv: -kv[1])
-
-
-def analytic_bytes(cfg: GPTConfig, plans: list[BlockPlan], *, batch: int, seq: int, compute_elem: int,
-                   clip: bool, grad_tier: str, bf16_weights: bool) -> dict[str, int]:
-    """SSD bytes read and written per step by the engine for this plan (what the run prints beside the
-    measured counters). Excludes padding to 4 KiB, which the engine also excludes from its count.
-    """
-    n = cfg.num_params()
-    w_elem = 2 if bf16_weights else 4
-    read = 2 * n * w_elem + 12 * n            # weights in forward and backward; P32, m, v
-    write = 12 * n + (2 * n if bf16_weights else 0)
-    if clip and grad_tier == "ssd":
-        write += 4 * n
-    act_bytes = 0
-    for p in plans:
-        if p.ckpt_tier == "ssd":
-            act_bytes += batch * seq * cfg.hidden * compute_elem
-        if p.cache_tier == "ssd":
-            act_bytes += sum(group_bytes(cfg, g, batch, seq, compute_elem) for g in p.cached)
-    return {"ssd_read": read + act_bytes, "ssd_write": write + act_bytes, "activation_ssd": act_bytes}
 
 
 def predict_step(cfg: GPTConfig, plans: list[BlockPlan], prof: Profile, *, batch: int, seq: int,

@@ -1,0 +1,95 @@
+"""This machine's floors, measured: O_DIRECT read/write bandwidth, GEMM rate, memcpy, AdamW rate.
+
+They feed the planner's cost model (``planner.Profile``) and the benchmark's "physical limit" ratios.
+Sizes are parameters so tests and the planner's profiling step stay short.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from .engine import OptimConfig, adamw_update
+from .memory import HostPool
+from .planner import Profile
+from .storage import DirectFile, IOEngine, check_offload_dir, wait_all
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+def ssd_bandwidth(directory: str | os.PathLike, nbytes: int = 64 << 20, *, queue_depth: int = 4,
+                  request_bytes: int = 4 << 20, repeats: int = 3, throttle: float | None = None) -> dict[str, float]:
+    """O_DIRECT sequential write then read of ``nbytes`` through the engine's own I/O path (bytes/s)."""
+    directory = check_offload_dir(directory, nbytes)
+    io = IOEngine(queue_depth, request_bytes, throttle)
+    pool = HostPool(nbytes)
+    buf = pool.alloc(nbytes, "bench")
+    buf.view(torch.uint8, nbytes).random_(0, 255)
+    f = DirectFile(Path(directory) / "bandwidth_probe.bin", nbytes, io)
+    w, r = [], []
+    try:
+        for _ in range(repeats):
+            t = time.perf_counter()
+            wait_all(f.write(0, buf.memview()))
+            f.fsync()
+            w.append(nbytes / (time.perf_counter() - t))
+            t = time.perf_counter()
+            wait_all(f.read(0, buf.memview()))
+            r.append(nbytes / (time.perf_counter() - t))
+    finally:
+        f.close()
+        io.close()
+        (Path(directory) / "bandwidth_probe.bin").unlink(missing_ok=True)
+        buf.release()
+        pool.trim()
+    return {"ssd_write_bps": _median(w), "ssd_read_bps": _median(r)}
+
+
+def gemm_rate(n: int = 512, dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
+    """FLOP/s of an n x n x n matmul (median of ``repeats``)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t)
+    return 2.0 * n**3 / _median(ts)
+
+
+def memcpy_rate(nbytes: int = 64 << 20, repeats: int = 5) -> float:
+    src, dst = torch.empty(nbytes, dtype=torch.uint8).fill_(1), torch.empty(nbytes, dtype=torch.uint8)
+    dst.copy_(src)
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        dst.copy_(src)
+        ts.append(time.perf_counter() - t)
+    return nbytes / _median(ts)
+
+
+def adam_rate(numel: int = 1 << 22, impl: str = "single", repeats: int = 3) -> float:
+    p, g, m, v = (torch.randn(numel) for _ in range(4))
+    v.abs_()
+    cfg = OptimConfig(impl=impl)
+    ts = []
+    for k in range(repeats):
+        t = time.perf_counter()
+        adamw_update([p], [g], [m], [v], step=k + 1, lr=1e-3, cfg=cfg, wd=0.0)
+        ts.append(time.perf_counter() - t)
+    return numel / _median(ts)
+
+
+def measure_floors(directory: str | os.PathLike, *, io_bytes: int = 64 << 20, gemm_n: int = 512,
+                   dtype: torch.dtype = torch.float32, queue_depth: int = 4, request_bytes: int = 4 << 20,
+                   throttle: float | None = None, adam_impl: str = "single") -> tuple[Profile, dict[str, float]]:
+    bw = ssd_bandwidth(directory, io_bytes, queue_depth=queue_depth, request_bytes=request_bytes, throttle=throttle)
+    raw = {**bw, "flops_per_s": gemm_rate(gemm_n, dtype), "memcpy_bps": memcpy_rate(min(io_bytes, 64 << 20)),
+           "adam_params_per_s": adam_rate(1 << 20, adam_impl)}
+    return Profile(**raw), raw

@@ -1,0 +1,245 @@
+"""The fine-tuning loop behind ``python -m fuyou_offload.train`` (importable and runnable without Hydra).
+
+One loop for the three schedules: ``fuyou`` and ``zero_infinity`` drive an ``OffloadEngine`` (state on
+SSD, committed every step), ``in_memory`` drives ``InMemoryTrainer`` with ``common.checkpoint``. Every
+step logs loss, tokens/s, SSD bytes moved beside the analytic count, host pool peak and peak RSS;
+the run ends with predicted against measured step time.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from common.bench import peak_rss_bytes
+from common.checkpoint import (
+    CheckpointManager,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    seed_everything,
+)
+from common.logging import MetricLogger, get_logger
+from common.progress import progress
+from common.runinfo import write_run_info
+
+from .baseline import InMemoryTrainer
+from .data import ByteTokenizer, HFTokenizer, batch_for_step, load_corpus
+from .engine import EngineConfig, OffloadEngine, OptimConfig
+from .model import GPT, GPTConfig, init_gpt, load_smollm2
+from .planner import BlockPlan, Profile, choose_plan, plan_for_fraction, predict_step
+
+log = get_logger("fuyou_offload")
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "MIB": 1 << 20,
+          "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TIB": 1 << 40}
+
+
+def parse_bytes(v: Any) -> int:
+    """``2GiB``, ``512MiB``, ``1.5G`` or a plain number of bytes."""
+    if isinstance(v, (int, float)):
+        return int(v)
+    s = str(v).strip().upper().replace(" ", "")
+    num = s.rstrip("KMGTIB")
+    unit = s[len(num):]
+    if unit not in _UNITS or not num:
+        raise ValueError(f"cannot read {v!r} as a size (examples: 2GiB, 512MiB, 1073741824)")
+    return int(float(num) * _UNITS[unit])
+
+
+def build_model(mcfg, seed: int):
+    """(GPT, tokenizer) for ``model.source``: smollm2 (the shipped SmolLM2-135M) or random."""
+    if mcfg.source == "smollm2":
+        model, tok = load_smollm2()
+        return model, HFTokenizer(tok)
+    if mcfg.source == "random":
+        fields = {k: mcfg[k] for k in ("vocab_size", "hidden", "layers", "heads", "kv_heads", "intermediate",
+                                       "rope_theta", "tie_embeddings") if k in mcfg and mcfg[k] is not None}
+        cfg = GPTConfig(**fields)
+        return init_gpt(cfg, seed), ByteTokenizer()
+    raise ValueError(f"model.source must be smollm2 or random, not {mcfg.source!r}")
+
+
+def optim_config(cfg) -> OptimConfig:
+    o = cfg.optim
+    return OptimConfig(lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
+                       clip_grad_norm=cfg.trainer.clip_grad_norm, warmup_steps=o.warmup_steps, decay=o.decay,
+                       total_steps=cfg.trainer.max_steps, impl=o.impl)
+
+
+def engine_config(cfg) -> EngineConfig:
+    off = cfg.offload
+    thr = off.throttle_mb_s
+    return EngineConfig(
+        schedule=cfg.schedule, compute_dtype=cfg.trainer.precision, host_budget=parse_bytes(cfg.memory.host_budget),
+        queue_depth=off.queue_depth, request_bytes=parse_bytes(off.request_bytes),
+        throttle_bytes_per_s=thr * 1e6 if thr else None, prefetch_depth=off.prefetch_depth,
+        opt_chunk_elems=off.opt_chunk_elems, grad_tier=off.grad_tier, verify_on_resume=off.verify_on_resume,
+        device=_device(cfg.trainer.device),
+    )
+
+
+def _device(d: str) -> str:
+    if d == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return d
+
+
+def fixed_host_bytes(mcfg: GPTConfig, ec: EngineConfig, stores_grads_on_host: bool) -> int:
+    """Host bytes the engine needs besides activations: weight window, gradients, optimizer chunks."""
+    el = 2 if ec.compute_dtype == "bf16" else 4
+    nb, ne = mcfg.block_params(), mcfg.ends_params()
+    weights = el * (ne + (ec.prefetch_depth + 2) * nb)
+    grads = 4 * (ne + 2 * nb) if not stores_grads_on_host else 4 * mcfg.num_params()
+    opt = 2 * 4 * 4 * ec.opt_chunk_elems + 2 * 2 * ec.opt_chunk_elems
+    return weights + grads + opt
+
+
+def make_plans(cfg, mcfg: GPTConfig, ec: EngineConfig, optim: OptimConfig, batch: int, seq: int,
+               state_dir: Path) -> tuple[list[BlockPlan], Profile, dict]:
+    spec = str(cfg.offload.plan)
+    el = 2 if ec.compute_dtype == "bf16" else 4
+    stores_host = (bool(optim.clip_grad_norm) or ec.schedule != "fuyou") and ec.grad_tier == "host"
+    free = int(0.8 * (ec.host_budget - fixed_host_bytes(mcfg, ec, stores_host)))
+    prof, raw = Profile(), {}
+    if ec.schedule == "fuyou" and spec == "auto" or cfg.offload.profile:
+        from .profiling import measure_floors
+
+        prof, raw = measure_floors(state_dir / "profile", io_bytes=parse_bytes(cfg.offload.profile_io_bytes),
+                                   gemm_n=min(1024, max(128, mcfg.hidden)),
+                                   dtype=torch.bfloat16 if el == 2 else torch.float32,
+                                   queue_depth=ec.queue_depth, request_bytes=ec.request_bytes,
+                                   throttle=ec.throttle_bytes_per_s, adam_impl=optim.impl)
+    if ec.schedule != "fuyou" or spec == "recompute":
+        plans = [BlockPlan() for _ in range(mcfg.layers)]
+    elif spec == "auto":
+        plans, _ = choose_plan(mcfg, prof, batch=batch, seq=seq, compute_elem=el, host_bytes_free=max(0, free),
+                               clip=bool(optim.clip_grad_norm))
+    else:
+        plans = plan_for_fraction(mcfg, int(spec), batch=batch, seq=seq, compute_elem=el,
+                                  host_bytes_free=max(0, free), ckpt_tier=cfg.offload.ckpt_tier)
+    return plans, prof, raw
+
+
+def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
+    """Train per ``cfg`` into ``run_dir``; returns a summary (also written to ``summary.json``)."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tr = cfg.trainer
+    if tr.num_threads:
+        torch.set_num_threads(tr.num_threads)
+    if not tr.max_steps:
+        raise ValueError("trainer.max_steps must be set: fuyou_offload trains by steps (random windows of the corpus)")
+    if tr.grad_accum_steps != 1:
+        raise ValueError("trainer.grad_accum_steps must be 1 (the layer-by-layer engine has no accumulation yet)")
+    seed_everything(tr.seed)
+    model, tok = build_model(cfg.model, tr.seed)
+    mcfg = model.cfg
+    stream = load_corpus(cfg.data.corpus, tok, data_dir=cfg.paths.data_dir, limit_docs=cfg.data.limit_docs,
+                         synthetic_tokens=cfg.data.synthetic_tokens, seed=tr.seed)
+    batch, seq = tr.batch_size, cfg.seq_len
+    optim = optim_config(cfg)
+    schedule = cfg.schedule
+    if schedule not in ("fuyou", "zero_infinity", "in_memory"):
+        raise ValueError(f"schedule must be fuyou, zero_infinity or in_memory, not {schedule!r}")
+    log.info("model: %.1fM parameters, %d layers, hidden %d; schedule=%s precision=%s; clip=%s (option %s)",
+             mcfg.num_params() / 1e6, mcfg.layers, mcfg.hidden, schedule, tr.precision, optim.clip_grad_norm,
+             "c: speculate-then-validate" if optim.clip_grad_norm and schedule == "fuyou" else
+             ("none" if not optim.clip_grad_norm else "serial clip after backward"))
+    logger = MetricLogger.from_config(run_dir, cfg.logger)
+    info = write_run_info(run_dir, extra={"schedule": cfg.schedule})
+    prediction = None
+    if schedule == "in_memory":
+        trainer = InMemoryTrainer(model, optim, tr.precision, _device(tr.device))
+        ckpt = CheckpointManager(run_dir, keep_last=tr.keep_last_checkpoints)
+        path = ckpt.resolve_resume(cfg.resume)
+        if path is not None:
+            state = load_checkpoint(path)
+            trainer.load_state(state)
+            restore_rng_state(state["rng"])
+        save_every = tr.checkpoint_every_steps or 1
+    else:
+        ec = engine_config(cfg)
+        state_dir = Path(cfg.offload.dir).expanduser() / cfg.name if cfg.offload.dir else run_dir / "offload"
+        plans, prof, floors = make_plans(cfg, mcfg, ec, optim, batch, seq, state_dir)
+        prediction = predict_step(mcfg, plans, prof, batch=batch, seq=seq, compute_elem=2 if ec.compute_dtype == "bf16" else 4,
+                                  overlap=ec.overlap, clip=bool(optim.clip_grad_norm))
+        trainer = OffloadEngine(mcfg, ec, optim, state_dir=state_dir, run_dir=run_dir, plans=plans, batch=batch, seq=seq)
+        log.info("offload state: %.2f GiB in %s; host budget %.2f GiB; plan: %s", trainer.state_bytes() / 2**30,
+                 state_dir, ec.host_budget / 2**30, _plan_summary(plans))
+        if floors:
+            log.info("measured floors: %s", {k: f"{v:.3g}" for k, v in floors.items()})
+        trainer.open(model, resume=cfg.resume)
+        if trainer.step:
+            log.info("resumed from committed step %d (state checksums verified: %s)", trainer.step, ec.verify_on_resume)
+    del model
+    start = trainer.step
+    rows = []
+    bar = progress(range(start + 1, tr.max_steps + 1), total=tr.max_steps - start, desc=schedule,
+                   enabled=tr.progress_bar)
+    try:
+        for step in bar:
+            tokens, targets = batch_for_step(stream, step, batch, seq, tr.seed)
+            m = trainer.train_step(tokens, targets)
+            m["tokens_per_s"] = m["tokens"] / m["step_s"]
+            m["peak_rss_bytes"] = peak_rss_bytes()
+            if prediction is not None:
+                m["predicted_step_s"] = prediction.total_s
+            rows.append(m)
+            if step % tr.log_every_steps == 0 or step == tr.max_steps:
+                logger.log(step, m)
+            if schedule == "in_memory" and (step % save_every == 0 or step == tr.max_steps):
+                ckpt.save(step, {**trainer.state(), "rng": capture_rng_state(), "config": OmegaConf.to_container(cfg)})
+    finally:
+        logger.close()
+        if schedule != "in_memory":
+            trainer.close()
+    summary = _summary(rows, prediction, trainer.step, schedule)
+    info.finish(summary={k: v for k, v in summary.items() if k != "losses"})
+    (run_dir / "summary.json").write_text(__import__("json").dumps(summary, indent=2))
+    if rows:
+        log.info("step time: measured median %.3fs vs predicted %s; %.0f tokens/s; peak RSS %.0f MiB; "
+                 "SSD per step read %s (analytic %s) write %s (analytic %s)",
+                 summary["median_step_s"], f"{summary['predicted_step_s']:.3f}s" if prediction else "n/a",
+                 summary["tokens_per_s"], summary["peak_rss_bytes"] / 2**20, summary.get("ssd_read_bytes"),
+                 summary.get("expected_ssd_read_bytes"), summary.get("ssd_write_bytes"),
+                 summary.get("expected_ssd_write_bytes"))
+    return summary
+
+
+def _plan_summary(plans: list[BlockPlan]) -> str:
+    from collections import Counter
+
+    c = Counter((p.ckpt_tier, p.cached, p.cache_tier) for p in plans)
+    return "; ".join(f"{n} x [ckpt {ck}, cache {list(g) or 'none'}@{t}]" for (ck, g, t), n in c.items())
+
+
+def _summary(rows: list[dict], prediction, step: int, schedule: str) -> dict[str, Any]:
+    if not rows:
+        return {"step": step, "schedule": schedule}
+    steady = rows[1:] or rows
+    med = statistics.median(r["step_s"] for r in steady)
+    out = {
+        "step": step, "schedule": schedule, "final_loss": rows[-1]["loss"], "first_loss": rows[0]["loss"],
+        "median_step_s": med, "tokens_per_s": rows[-1]["tokens"] / med,
+        "predicted_step_s": prediction.total_s if prediction else None,
+        "peak_rss_bytes": max(r["peak_rss_bytes"] for r in rows),
+        "median_compute_s": statistics.median(r["compute_s"] for r in steady),
+        "losses": [r["loss"] for r in rows],
+    }
+    for k in ("ssd_read_bytes", "ssd_write_bytes", "expected_ssd_read_bytes", "expected_ssd_write_bytes",
+              "activation_ssd_bytes", "host_pool_peak_bytes", "rolled_back"):
+        if k in rows[-1]:
+            out[k] = rows[-1][k]
+    out["wall_clock_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    return out
+
+
+__all__ = ["run", "parse_bytes", "build_model", "GPT"]
