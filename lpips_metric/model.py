@@ -183,7 +183,8 @@ class LPIPS(nn.Module):
         net: trunk, one of alex | vgg | squeeze.
         version: "0.1" (with :class:`ScalingLayer`) or "0.0" (the arXiv-v1 release without it; it has its
             own heads).
-        trunk: "imagenet" | "random" | path (see :func:`build_trunk`).
+        trunk: "imagenet" | "random" | path (see :func:`build_trunk`), or an already built ``nn.Sequential``
+            (used as is, shared, e.g. by the parity tests and the benchmark).
         heads: "official" (the ``lpips`` package's calibrated heads for ``net`` and ``version``),
             "random" (PyTorch's default conv initialisation clamped to >= 0: the start of training), or the
             path of a head file (the official key layout ``lin{l}.model.1.weight`` or ours ``heads.{l}.weight``,
@@ -194,7 +195,7 @@ class LPIPS(nn.Module):
         tune_trunk: make the trunk trainable (variants "tune" and "scratch").
     """
 
-    def __init__(self, net: str = "alex", version: str = "0.1", *, trunk: str | os.PathLike = "imagenet",
+    def __init__(self, net: str = "alex", version: str = "0.1", *, trunk: str | os.PathLike | nn.Module = "imagenet",
                  heads: str | os.PathLike | None = "official", lpips: bool = True, spatial: bool = False,
                  dropout: float = 0.0, tune_trunk: bool = False):
         super().__init__()
@@ -205,7 +206,7 @@ class LPIPS(nn.Module):
         self.channels = spec.channels
         self.tap_ends = spec.tap_ends
         self.scaling = ScalingLayer() if version == "0.1" else None
-        self.trunk = build_trunk(net, trunk)
+        self.trunk = trunk if isinstance(trunk, nn.Module) else build_trunk(net, trunk)
         self.trunk.requires_grad_(tune_trunk)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.heads = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in spec.channels) if lpips else None
