@@ -338,10 +338,11 @@ def labelled_share(weak: list[np.ndarray]) -> float:
 # ----------------------------------------------------------------------------- augmentation
 
 def resize_sparse(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour resize of a partial label map that never loses a labelled pixel: every labelled
-    source pixel is also written at its mapped position (plain nearest resizing drops single clicks)."""
+    """Resize a partial label map by moving every labelled pixel to its scaled position (collisions keep
+    one). Plain nearest resizing drops single clicks when shrinking and fattens them when growing; here
+    an isolated click is always kept, as exactly one pixel."""
     h, w = label.shape
-    out = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
+    out = torch.full(size, IGNORE_INDEX, dtype=label.dtype)
     ys, xs = torch.nonzero(label != IGNORE_INDEX, as_tuple=True)
     if len(ys):
         ny = ((ys.float() + 0.5) * size[0] / h).long().clamp(0, size[0] - 1)
@@ -368,7 +369,7 @@ def weak_augment(image: torch.Tensor, maps: dict[str, torch.Tensor], crop: int |
         size = (max(8, round(h * s)), max(8, round(w * s)))
         image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
         maps = {k: resize_sparse(v, size) if k in sparse else
-                F.interpolate(v[None, None].float(), size=size, mode="nearest")[0, 0].long()
+                F.interpolate(v[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
                 for k, v in maps.items()}
     if crop is not None:
         h, w = image.shape[-2:]

@@ -147,7 +147,7 @@ def pairwise_affinity_loss(logits: torch.Tensor, similarity: torch.Tensor, thres
                            pixel_mask: torch.Tensor | None = None, kernel_size: int = 3,
                            dilation: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Colour-gated pairwise term: mean of ``-log P(y_i = y_j)`` over pairs with ``S_ij >= threshold``
-    (and pixel i inside ``pixel_mask`` when given), where ``P(y_i = y_j) = sum_c p_ic p_jc``, computed in
+    (and pixel i inside ``pixel_mask`` when given; pairs leaving the image never count), where ``P(y_i = y_j) = sum_c p_ic p_jc``, computed in
     log space (log-softmax + log-sum-exp). With two classes this is BoxInst's
     ``-log(m_i m_j + (1 - m_i)(1 - m_j))``. Returns ``(loss, number of selected pairs)``; the mean divides
     by the count clamped at 1, so no selected pair gives 0, not NaN.
@@ -155,7 +155,8 @@ def pairwise_affinity_loss(logits: torch.Tensor, similarity: torch.Tensor, thres
     logp = logits.log_softmax(1)
     logp_nb = unfold_neighbours(logp, kernel_size, dilation)
     log_same = torch.logsumexp(logp.unsqueeze(2) + logp_nb, dim=1)  # [B, K*K-1, H, W]
-    sel = (similarity >= threshold).float()
+    sel = (similarity >= threshold).float() * neighbour_validity(logits.shape[-2:], kernel_size, dilation,
+                                                                   logits.device)
     if pixel_mask is not None:
         sel = sel * pixel_mask.unsqueeze(1).float()
     count = sel.sum()
