@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,18 +44,31 @@ def student_config(vocab_size: int, hidden: int, layers: int, *, heads: int | No
                       hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
 
 
-def load_teacher_mlm(model_dir: str | os.PathLike) -> BertForMaskedLM:
-    """The teacher as ``BertForMaskedLM``. MiniLM ships no MLM head: the transform and decoder bias start
-    random (stage 0 trains them); the decoder weight is tied to E_t."""
+@contextmanager
+def quiet_transformers():
+    """Silence transformers' load reports where missing/unexpected keys are expected (a new head, an MLM
+    folder loaded as a bare encoder)."""
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the "newly initialised cls.predictions.*" warning is expected here
+    hf_logging.set_verbosity_error()
     try:
-        model = BertForMaskedLM.from_pretrained(str(model_dir), local_files_only=True)
+        yield
     finally:
         hf_logging.set_verbosity(verbosity)
-    return model
+
+
+def load_teacher_mlm(model_dir: str | os.PathLike) -> BertForMaskedLM:
+    """The teacher as ``BertForMaskedLM``. MiniLM ships no MLM head: the transform and decoder bias start
+    random (stage 0 trains them); the decoder weight is tied to E_t."""
+    with quiet_transformers():
+        return BertForMaskedLM.from_pretrained(str(model_dir), local_files_only=True)
+
+
+def load_encoder(model_dir: str | os.PathLike) -> BertModel:
+    """The bare encoder of any BERT folder (an MLM head, if present, is dropped)."""
+    with quiet_transformers():
+        return BertModel.from_pretrained(str(model_dir), local_files_only=True)
 
 
 # ----------------------------------------------------------------------------- stage I
@@ -212,12 +226,12 @@ class SharedProjection(nn.Module):
     def pairs(self, teacher: BertModel, student: BertModel):
         """Yield (name, teacher tensor, student tensor, dimension types) for every projected tensor."""
         th, tf = self.t_dims["h"], self.t_dims["f"]
-        for l, (lt, ls) in enumerate(zip(teacher.encoder.layer, student.encoder.layer)):
+        for li, (lt, ls) in enumerate(zip(teacher.encoder.layer, student.encoder.layer)):
             s_params = dict(ls.named_parameters())
             for name, wt in lt.named_parameters():
                 ws = s_params[name]
                 types = tuple(_dim_type(s, th, tf) for s in wt.shape)
-                yield f"layer{l}.{name}", wt, ws, types
+                yield f"layer{li}.{name}", wt, ws, types
 
     def project_down(self, wt: torch.Tensor, types: tuple[str, ...]) -> torch.Tensor:
         if len(types) == 1:
@@ -268,6 +282,19 @@ def logit_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, la
 
 
 # ----------------------------------------------------------------------------- export
+
+
+def make_tiny_teacher(out_dir: str | os.PathLike, vocab_file: str | os.PathLike, *, hidden: int = 32,
+                      layers: int = 2, seed: int = 0) -> Path:
+    """A random, tiny BERT MLM folder over a real vocabulary: a stand-in teacher for smoke runs and tests
+    (it exercises every code path in seconds and says nothing about quality)."""
+    n_vocab = len(Path(vocab_file).read_text(encoding="utf-8").splitlines())
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=n_vocab, hidden_size=hidden, num_hidden_layers=layers,
+                     num_attention_heads=max(1, hidden // 16), intermediate_size=4 * hidden,
+                     max_position_embeddings=512)
+    return save_bert_folder(BertForMaskedLM(cfg), vocab_file, out_dir)
+
 
 
 def save_bert_folder(model: BertForMaskedLM, vocab_file: str | os.PathLike, out_dir: str | os.PathLike) -> Path:

@@ -1,0 +1,348 @@
+"""The whole experiment, stage by stage, resumable: corpus -> V_s -> stage 0 -> stage I -> stage II and the
+baselines -> exports -> fine-tuning -> size/speed table. Used by ``train.py`` (Hydra) and ``reproduce.py``.
+
+Layout of ``work_dir``::
+
+    corpus_stats.json, vocab/student_vocab.txt, match_rate.json
+    stage0/ (Trainer run) + stage0/teacher_mlm/          teacher with a trained MLM head
+    stage1_d{d}/ (Trainer run) + export/                 mixed-vocabulary teacher and E_s for width d
+    stage2_{method}_d{d}/ (Trainer run) + export/        students: dual_proj, scratch, logit_kd
+    finetune/{model}/{task}/seed{s}/ (Trainer run) + result.json
+    results.json
+
+A finished stage leaves its ``export`` folder or ``result.json``; a rerun skips it. An unfinished one
+continues from its last checkpoint when ``resume="auto"``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import BertForMaskedLM, BertModel
+
+from common.bench import peak_rss_bytes
+from common.logging import get_logger
+
+from .corpus import ALL_SOURCES, build_corpus, read_nlu_intents, read_sst2
+from .evaluate import compression_ratios, size_report, speed_table
+from .finetune import TASKS, finetune
+from .mixed import MixedVocabCodec, StudentCodec
+from .model import (
+    MixedVocabMLM,
+    SharedProjection,
+    load_encoder,
+    load_teacher_mlm,
+    make_tiny_teacher,
+    save_bert_folder,
+    student_config,
+)
+from .pretrain import (
+    MixedMLMOptions,
+    StudentDistiller,
+    StudentOptions,
+    eval_mixed_mlm,
+    train_mixed_teacher,
+    train_student,
+    with_overrides,
+)
+from .vocab import (
+    load_teacher_wordpiece,
+    load_wordpiece,
+    save_vocab_txt,
+    segmentation_match_rate,
+    teacher_model_path,
+    train_student_wordpiece,
+)
+
+log = get_logger("vocab_distill")
+
+STUDENT_METHODS = ("dual_proj", "scratch", "logit_kd")
+"""dual_proj: stage I + stage II (the paper); scratch: same student, MLM only; logit_kd: student of the
+same width with the teacher's vocabulary, MLM + logit distillation from the stage-0 teacher."""
+
+
+@dataclass
+class PipelineConfig:
+    teacher_dir: str | None = None
+    """A local BERT folder (null: the offline all-MiniLM-L6-v2)."""
+    tiny_teacher: bool = False
+    """A random 2 x 32 BERT over the teacher's vocabulary instead of the real teacher (smoke runs only)."""
+    sources: list[str] = field(default_factory=lambda: list(ALL_SOURCES))
+    limit_per_source: int | None = None
+    """Read at most this many documents/sentences per corpus source (null: all)."""
+    max_words: int = 64
+    """Corpus segments hold at most this many whitespace words."""
+    max_len: int = 128
+    """Sequence length in tokens, [CLS] and [SEP] included."""
+    max_train_segments: int | None = None
+    """Cap on the pre-training segments (after dedup and shuffling; null: all)."""
+    n_eval_segments: int = 500
+    """Held-out corpus segments for the MLM evaluations."""
+    student_vocab_size: int = 4928
+    vocab_min_frequency: int = 2
+    widths: list[int] = field(default_factory=lambda: [48, 96, 192])
+    student_layers: int | None = None
+    """null: the teacher's depth (the method pairs layer l with layer l)."""
+    methods: list[str] = field(default_factory=lambda: list(STUDENT_METHODS))
+    pretrain_batch_size: int = 64
+    stage0_steps: int = 200
+    stage1_steps: int = 1000
+    stage2_steps: int = 2000
+    eval_every_steps: int | None = None
+    checkpoint_every_steps: int | None = 100
+    alpha: float = 1.0
+    """Weight of the projection loss."""
+    direction: str = "down"
+    """Projection loss: down, up or both."""
+    projection_init: str = "orthogonal"
+    kd_weight: float = 0.5
+    kd_temperature: float = 2.0
+    tasks: list[str] = field(default_factory=lambda: ["sst2", "snips_intent"])
+    finetune_teacher: bool = True
+    finetune_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    finetune_epochs: int = 3
+    finetune_max_steps: int | None = None
+    finetune_batch_size: int = 32
+    finetune_train_limit: int | None = 20000
+    """Fixed train subset for every model (the paper note's 20k SST-2 sentences; null: all)."""
+    finetune_max_len: int = 64
+    finetune_eval_limit: int | None = None
+    """Cap on dev/test sentences (smoke runs; null: all)."""
+    lr_finetune_teacher: float = 5e-5
+    lr_finetune_student: float = 1e-3
+    speed_repeats: int = 20
+
+
+def _json_dump(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=str))
+
+
+def _stage_cfg(base, steps: int, batch_size: int, pc: PipelineConfig, **extra):
+    return with_overrides(base, max_epochs=None, max_steps=steps, batch_size=batch_size,
+                          eval_every_steps=pc.eval_every_steps, checkpoint_every_steps=pc.checkpoint_every_steps,
+                          monitor=None, early_stopping_patience=None, **extra)
+
+
+class Pipeline:
+    def __init__(self, pc: PipelineConfig, trainer_cfg, work_dir: str | Path, *, mixed: MixedMLMOptions,
+                 student: StudentOptions, data_dir=None, resume: str = "auto", logger_cfg=None):
+        unknown = set(pc.methods) - set(STUDENT_METHODS)
+        if unknown:
+            raise ValueError(f"unknown student methods {sorted(unknown)}; choose from {STUDENT_METHODS}")
+        self.pc, self.base, self.work = pc, trainer_cfg, Path(work_dir)
+        self.mixed_opts, self.student_opts = mixed, student
+        self.data_dir, self.resume, self.logger_cfg = data_dir, resume, logger_cfg
+        self.teacher_dir = Path(pc.teacher_dir) if pc.teacher_dir else teacher_model_path()
+        if pc.tiny_teacher:
+            tiny = self.work / "tiny_teacher"
+            if not tiny.exists():
+                make_tiny_teacher(tiny, self.teacher_dir / "vocab.txt", seed=trainer_cfg.seed)
+            self.teacher_dir = tiny
+        self.results: dict = {"stages": {}}
+        self.work.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ data
+    def prepare_data(self) -> None:
+        pc = self.pc
+        t0 = time.time()
+        segments, stats = build_corpus(pc.sources, data_dir=self.data_dir, max_words=pc.max_words,
+                                       limit_per_source=pc.limit_per_source)
+        random.Random(0).shuffle(segments)
+        n_eval = min(pc.n_eval_segments, max(1, len(segments) // 10))
+        self.eval_texts, train_texts = segments[:n_eval], segments[n_eval:]
+        if pc.max_train_segments:
+            train_texts = train_texts[: pc.max_train_segments]
+        self.train_texts = train_texts
+        log.info("corpus: %s", stats.summary())
+
+        self.teacher_tok = load_teacher_wordpiece(self.teacher_dir)
+        vocab_file = self.work / "vocab" / "student_vocab.txt"
+        if not vocab_file.exists():
+            tok = train_student_wordpiece(segments[n_eval:], pc.student_vocab_size, pc.vocab_min_frequency)
+            save_vocab_txt(tok, vocab_file)
+        self.student_vocab_file = vocab_file
+        self.student_tok = load_wordpiece(vocab_file)
+
+        # Segmentation agreement on held-out task text (SST-2 dev, SNIPS test), never trained on.
+        held_out = [t for t, _ in read_sst2("dev", self.data_dir)] + \
+                   [t for t, _ in read_nlu_intents("snips", "test", self.data_dir)]
+        m = segmentation_match_rate(self.teacher_tok, self.student_tok, held_out)
+        self.results["corpus"] = {"summary": stats.summary(), "segments": stats.total_segments,
+                                  "words": stats.total_words, "train_segments": len(train_texts),
+                                  "eval_segments": n_eval, "per_source_words": stats.words_kept}
+        self.results["vocab"] = {"student_vocab_size": self.student_tok.get_vocab_size(),
+                                 "word_match_rate": m.word_match_rate, "token_match_rate": m.token_match_rate,
+                                 "heldout_words": m.words, "teacher_tokens": m.teacher_tokens,
+                                 "student_tokens": m.student_tokens}
+        self.codec = MixedVocabCodec(self.teacher_tok, self.student_tok, pc.max_len)
+        self.train_mixed = self.codec.encode_all(train_texts)
+        self.eval_mixed = self.codec.encode_all(self.eval_texts)
+        self.s_codec = StudentCodec(self.student_tok, pc.max_len)
+        self.t_codec = StudentCodec(self.teacher_tok, pc.max_len)
+        n_tokens_t = sum(len(e.t_ids) for e in self.train_mixed)
+        n_tokens_s = sum(len(e.s_ids) for e in self.train_mixed)
+        self.results["corpus"].update(train_teacher_tokens=n_tokens_t, train_student_tokens=n_tokens_s)
+        self.results["stages"]["data"] = {"seconds": time.time() - t0}
+        log.info("data ready: %d train segments (%d V_t / %d V_s tokens), V_s word match %.3f",
+                 len(train_texts), n_tokens_t, n_tokens_s, m.word_match_rate)
+
+    # ------------------------------------------------------------------ stage 0
+    def stage0(self) -> Path:
+        out = self.work / "stage0" / "teacher_mlm"
+        if out.exists():
+            self.results["stages"]["stage0"] = json.loads((out.parent / "stage0.json").read_text())
+            return out
+        t0 = time.time()
+        torch.manual_seed(self.base.seed)
+        model = MixedVocabMLM(load_teacher_mlm(self.teacher_dir), self.student_tok.get_vocab_size(), 8)
+        before = eval_mixed_mlm(model, self.codec, self.eval_mixed, p=0.0)
+        cfg = _stage_cfg(self.base, self.pc.stage0_steps, self.pc.pretrain_batch_size, self.pc)
+        fit = train_mixed_teacher(model, self.codec, self.train_mixed, self.eval_mixed, cfg, out.parent,
+                                  stage="stage0", opts=self.mixed_opts, resume=self.resume,
+                                  logger_cfg=self.logger_cfg)
+        model.eval()
+        after = eval_mixed_mlm(model, self.codec, self.eval_mixed, p=0.0)
+        model.teacher.save_pretrained(out)
+        info = {"before": before, "after": after, "steps": fit.step, "seconds": time.time() - t0}
+        _json_dump(out.parent / "stage0.json", info)
+        self.results["stages"]["stage0"] = info
+        return out
+
+    # ------------------------------------------------------------------ stage I
+    def stage1(self, width: int, teacher0: Path) -> Path:
+        out = self.work / f"stage1_d{width}" / "export"
+        key = f"stage1_d{width}"
+        if out.exists():
+            self.results["stages"][key] = json.loads((out / "stage1.json").read_text())
+            return out
+        t0 = time.time()
+        torch.manual_seed(self.base.seed)
+        model = MixedVocabMLM(load_teacher_mlm(teacher0), self.student_tok.get_vocab_size(), width)
+        cfg = _stage_cfg(self.base, self.pc.stage1_steps, self.pc.pretrain_batch_size, self.pc)
+        fit = train_mixed_teacher(model, self.codec, self.train_mixed, self.eval_mixed, cfg, out.parent,
+                                  stage="stage1", opts=self.mixed_opts, resume=self.resume,
+                                  logger_cfg=self.logger_cfg)
+        model.eval()
+        metrics = {f"p{p}": eval_mixed_mlm(model, self.codec, self.eval_mixed, p=p) for p in (0.0, 0.5, 1.0)}
+        model.teacher.save_pretrained(out / "teacher")
+        torch.save(model.student_embeddings.weight.detach().cpu(), out / "student_embeddings.pt")
+        info = {"heldout": metrics, "steps": fit.step, "seconds": time.time() - t0}
+        _json_dump(out / "stage1.json", info)
+        self.results["stages"][key] = info
+        return out
+
+    # ------------------------------------------------------------------ stage II and baselines
+    def student(self, method: str, width: int, teacher0: Path, stage1_dir: Path | None) -> Path:
+        out = self.work / f"stage2_{method}_d{width}" / "export"
+        key = f"stage2_{method}_d{width}"
+        if out.exists():
+            self.results["stages"][key] = json.loads((out / "stage2.json").read_text())
+            return out
+        t0 = time.time()
+        torch.manual_seed(self.base.seed)
+        teacher_cfg = BertModel.config_class.from_pretrained(str(teacher0))
+        layers = self.pc.student_layers or teacher_cfg.num_hidden_layers
+        codec, vocab_file = self.s_codec, self.student_vocab_file
+        if method == "dual_proj":
+            teacher = load_teacher_mlm(stage1_dir / "teacher")
+            student = BertForMaskedLM(student_config(codec.vocab_size, width, layers,
+                                                     max_positions=teacher_cfg.max_position_embeddings))
+            with torch.no_grad():
+                student.bert.embeddings.word_embeddings.weight.copy_(
+                    torch.load(stage1_dir / "student_embeddings.pt"))
+            proj = SharedProjection(teacher.config, student.config, init=self.pc.projection_init)
+            distiller = StudentDistiller(student, teacher, projection=proj, alpha=self.pc.alpha,
+                                         direction=self.pc.direction)
+        elif method == "scratch":
+            student = BertForMaskedLM(student_config(codec.vocab_size, width, layers,
+                                                     max_positions=teacher_cfg.max_position_embeddings))
+            distiller = StudentDistiller(student)
+        else:  # logit_kd: the teacher's vocabulary and segmentation
+            codec = self.t_codec
+            vocab_file = self.teacher_dir / "vocab.txt"
+            teacher = load_teacher_mlm(teacher0)
+            student = BertForMaskedLM(student_config(codec.vocab_size, width, layers,
+                                                     max_positions=teacher_cfg.max_position_embeddings))
+            distiller = StudentDistiller(student, teacher, kd_weight=self.pc.kd_weight,
+                                         temperature=self.pc.kd_temperature)
+        train = codec.encode_all(self.train_texts)
+        held = codec.encode_all(self.eval_texts)
+        cfg = _stage_cfg(self.base, self.pc.stage2_steps, self.pc.pretrain_batch_size, self.pc)
+        fit = train_student(distiller, codec, train, held, cfg, out.parent, opts=self.student_opts,
+                            resume=self.resume, logger_cfg=self.logger_cfg)
+        save_bert_folder(student.cpu().eval(), vocab_file, out)
+        info = {"heldout": fit.last_metrics, "steps": fit.step, "seconds": time.time() - t0,
+                "vocab": codec.vocab_size}
+        _json_dump(out / "stage2.json", info)
+        self.results["stages"][key] = info
+        return out
+
+    # ------------------------------------------------------------------ downstream
+    def finetune_all(self, models: dict[str, Path]) -> dict:
+        pc = self.pc
+        tasks = {t: TASKS[t](self.data_dir, train_limit=pc.finetune_train_limit, eval_limit=pc.finetune_eval_limit)
+                 for t in pc.tasks}
+        scores: dict = {}
+        for name, folder in models.items():
+            lr = pc.lr_finetune_teacher if name == "teacher" else pc.lr_finetune_student
+            for tname, task in tasks.items():
+                runs = []
+                for seed in pc.finetune_seeds:
+                    run_dir = self.work / "finetune" / name / tname / f"seed{seed}"
+                    done = run_dir / "result.json"
+                    if done.exists():
+                        runs.append(json.loads(done.read_text()))
+                        continue
+                    cfg = with_overrides(self.base, seed=seed, max_epochs=pc.finetune_epochs,
+                                         max_steps=pc.finetune_max_steps, batch_size=pc.finetune_batch_size,
+                                         eval_every_steps=None, checkpoint_every_steps=None,
+                                         early_stopping_patience=None)
+                    r = finetune(folder, task, cfg, run_dir, lr=lr, max_len=pc.finetune_max_len,
+                                 resume=self.resume, logger_cfg=self.logger_cfg)
+                    _json_dump(done, r)
+                    runs.append(r)
+                metric = "test_acc" if task.test is not None else "dev_acc"
+                values = [r[metric] for r in runs]
+                scores.setdefault(name, {})[tname] = {
+                    "metric": metric, "mean": statistics.mean(values),
+                    "std": statistics.stdev(values) if len(values) > 1 else 0.0, "runs": values}
+        return scores
+
+    def sizes_and_speed(self, models: dict[str, Path]) -> dict:
+        encoders = {name: load_encoder(folder).eval() for name, folder in models.items()}
+        teacher_params = sum(p.numel() for p in encoders["teacher"].parameters()) if "teacher" in encoders else None
+        table = {}
+        for name, enc in encoders.items():
+            size = size_report(enc)
+            table[name] = size.as_dict() | compression_ratios(size.params, teacher_params or size.params)
+        speed = speed_table(encoders, repeats=self.pc.speed_repeats)
+        for name in table:
+            table[name].update(speed[name])
+        return table
+
+    # ------------------------------------------------------------------ all
+    def run(self) -> dict:
+        t0 = time.time()
+        self.prepare_data()
+        teacher0 = self.stage0()
+        models: dict[str, Path] = {"teacher": self.teacher_dir}
+        for width in self.pc.widths:
+            s1 = self.stage1(width, teacher0) if "dual_proj" in self.pc.methods else None
+            for method in self.pc.methods:
+                models[f"{method}_d{width}"] = self.student(method, width, teacher0, s1)
+        self.results["models"] = {k: str(v) for k, v in models.items()}
+        ft_models = models if self.pc.finetune_teacher else {k: v for k, v in models.items() if k != "teacher"}
+        self.results["finetune"] = self.finetune_all(ft_models)
+        self.results["size_speed"] = self.sizes_and_speed(models)
+        self.results["config"] = asdict(self.pc)
+        self.results["wall_seconds"] = time.time() - t0
+        self.results["peak_rss_bytes"] = peak_rss_bytes()
+        _json_dump(self.work / "results.json", self.results)
+        return self.results

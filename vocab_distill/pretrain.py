@@ -1,0 +1,301 @@
+"""The pre-training stages on the common Trainer: stage 0 (teacher MLM head), stage I (mixed-vocabulary
+teacher), stage II (student with shared projections) and the two student baselines (scratch, logit KD).
+
+Every stage is one ``common.trainer.Trainer.fit`` in its own run directory, so ``resume="auto"`` continues
+any stage exactly. The dataset is the list of pre-encoded segments; a batch is a tensor of their indices
+and the loss function segments (stage I: with the ramped mixing probability) and masks it. The mixing
+schedule position lives in a buffer of the model, so it is checkpointed with the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from transformers import BertForMaskedLM
+
+from common.config import TrainerConfig
+from common.trainer import FitResult, Trainer
+
+from .mixed import (
+    IGNORE_INDEX,
+    EncodedText,
+    MixedVocabCodec,
+    StudentCodec,
+    mask_tokens,
+    mix_probability,
+    mixed_vocab_ranges,
+)
+from .model import MixedVocabMLM, SharedProjection, logit_kd_loss, set_encoder_trainable
+
+
+class IndexDataset(Dataset):
+    """Items are the indices 0..n-1; the loss function looks the segments up."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def index_collate(items: Sequence[int]) -> torch.Tensor:
+    return torch.tensor(list(items), dtype=torch.long)
+
+
+def _unwrap(net: nn.Module) -> nn.Module:
+    return getattr(net, "module", net)
+
+
+def total_micro_batches(trainer_cfg, n_items: int) -> int:
+    """Micro-batches the Trainer will run (what the mixing ramp is measured in)."""
+    per_epoch = math.ceil(n_items / trainer_cfg.batch_size)
+    limits = []
+    if trainer_cfg.max_epochs:
+        limits.append(trainer_cfg.max_epochs * per_epoch)
+    if trainer_cfg.max_steps:
+        limits.append(trainer_cfg.max_steps * trainer_cfg.grad_accum_steps)
+    return min(limits)
+
+
+def with_overrides(trainer_cfg, **overrides) -> TrainerConfig:
+    """A ``TrainerConfig`` copy of ``trainer_cfg`` (a dataclass or an OmegaConf node) with ``overrides``."""
+    if not dataclasses.is_dataclass(trainer_cfg):
+        from common.hydra_utils import to_dataclass
+
+        trainer_cfg = to_dataclass(trainer_cfg, TrainerConfig)
+    return dataclasses.replace(trainer_cfg, **overrides)
+
+
+def warmup_linear_decay(warmup_fraction: float = 0.06):
+    """scheduler_fn: linear warm-up over ``warmup_fraction`` of the steps, then linear decay to 0."""
+
+    def build(optimizer, total_steps):
+        warm = max(1, int(warmup_fraction * total_steps))
+
+        def factor(step):
+            if step < warm:
+                return (step + 1) / warm
+            return max(0.0, (total_steps - step) / max(1, total_steps - warm))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    return build
+
+
+@dataclass
+class MixedMLMOptions:
+    """Stage 0 / stage I options (paper-note defaults; the paper leaves all of them open)."""
+
+    lr_teacher: float = 5e-5
+    """AdamW learning rate of the pre-trained teacher encoder and E_t."""
+    lr_new: float = 1e-3
+    """AdamW learning rate of the new parameters: E_s, P_e, Q, the MLM transform and biases."""
+    p_max: float = 0.5
+    """Final probability that a word is segmented with V_s."""
+    ramp_fraction: float = 0.5
+    """Share of stage I over which p rises linearly from 0 to p_max."""
+    mask_prob: float = 0.15
+    eval_p: float = 0.5
+    """Mixing probability of the held-out evaluation (fixed, so evaluations are comparable)."""
+    warmup_fraction: float = 0.06
+    weight_decay: float = 0.01
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def eval_mixed_mlm(model: MixedVocabMLM, codec: MixedVocabCodec, encs: Sequence[EncodedText], *, p: float,
+                   batch_size: int = 64, mask_prob: float = 0.15, seed: int = 1234) -> dict[str, float]:
+    """Held-out masked-token loss and accuracy per vocabulary, with a fixed mixing and masking draw."""
+    g = torch.Generator().manual_seed(seed)
+    dev = next(model.parameters()).device
+    loss_sum = n_t = n_s = c_t = c_s = 0.0
+    for i in range(0, len(encs), batch_size):
+        b = codec.batch(encs[i : i + batch_size], p, generator=g)
+        ids, labels = mask_tokens(b["input_ids"], b["special_mask"], mask_id=codec.mask_id,
+                                  vocab_ranges=mixed_vocab_ranges(codec), mask_prob=mask_prob, generator=g)
+        out = model.mlm_loss(ids.to(dev), b["attention_mask"].to(dev), labels.to(dev))
+        n = out.n_teacher + out.n_student
+        loss_sum += float(out.loss) * n
+        n_t, n_s, c_t, c_s = n_t + out.n_teacher, n_s + out.n_student, c_t + out.correct_teacher, c_s + out.correct_student
+    n = max(n_t + n_s, 1)
+    return {"mlm_loss": loss_sum / n, "acc": (c_t + c_s) / n, "acc_teacher_vocab": c_t / max(n_t, 1),
+            "acc_student_vocab": c_s / max(n_s, 1), "share_student_targets": n_s / n}
+
+
+@torch.no_grad()
+def eval_student_mlm(student: BertForMaskedLM, codec: StudentCodec, encs: Sequence, *, batch_size: int = 64,
+                     mask_prob: float = 0.15, seed: int = 1234) -> dict[str, float]:
+    """Held-out masked-token loss and accuracy of a single-vocabulary MLM."""
+    g = torch.Generator().manual_seed(seed)
+    dev = next(student.parameters()).device
+    loss_sum = correct = total = 0.0
+    for i in range(0, len(encs), batch_size):
+        b = codec.masked_batch(encs[i : i + batch_size], mask_prob, generator=g)
+        logits = student(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev)).logits
+        y = b["labels"].to(dev)
+        sel = y != IGNORE_INDEX
+        if not bool(sel.any()):
+            continue
+        loss_sum += float(nn.functional.cross_entropy(logits[sel].float(), y[sel], reduction="sum"))
+        correct += float((logits[sel].argmax(-1) == y[sel]).sum())
+        total += float(sel.sum())
+    return {"mlm_loss": loss_sum / max(total, 1), "acc": correct / max(total, 1)}
+
+
+# ----------------------------------------------------------------------------- stage 0 and stage I
+
+
+def train_mixed_teacher(model: MixedVocabMLM, codec: MixedVocabCodec, train_encs: Sequence[EncodedText],
+                        eval_encs: Sequence[EncodedText], trainer_cfg, run_dir: str | Path, *, stage: str,
+                        opts: MixedMLMOptions = MixedMLMOptions(), resume: str = "never", logger_cfg=None,
+                        config=None) -> FitResult:
+    """Stage 0 (``stage="stage0"``): V_t-only MLM with the encoder frozen, training the MLM transform and
+    the output bias of the head MiniLM lacks. Stage I (``stage="stage1"``): everything trainable, each
+    word segmented with V_s with the ramped probability, two softmaxes."""
+    if stage not in ("stage0", "stage1"):
+        raise ValueError(f"stage must be stage0 or stage1, got {stage!r}")
+    set_encoder_trainable(model, stage == "stage1")
+    total_micro = total_micro_batches(trainer_cfg, len(train_encs))
+    ranges = mixed_vocab_ranges(codec)
+
+    def p_at(step: int) -> float:
+        if stage == "stage0":
+            return 0.0
+        return mix_probability(step, total_micro, opts.p_max, opts.ramp_fraction)
+
+    def loss_fn(net, idx):
+        m = _unwrap(net)
+        p = p_at(int(m.mix_step))
+        m.mix_step += 1
+        b = codec.batch([train_encs[i] for i in idx.tolist()], p)
+        ids, labels = mask_tokens(b["input_ids"], b["special_mask"], mask_id=codec.mask_id, vocab_ranges=ranges,
+                                  mask_prob=opts.mask_prob)
+        dev = idx.device
+        out = net(ids.to(dev), b["attention_mask"].to(dev), labels.to(dev))
+        n = max(out.n_teacher + out.n_student, 1)
+        return {"loss": out.loss, "p_student": p, "share_student_targets": out.n_student / n,
+                "acc": (out.correct_teacher + out.correct_student) / n}
+
+    def optimizer_fn(m: MixedVocabMLM):
+        new_ids = {id(p) for p in m.teacher.cls.parameters()} | {
+            id(p) for mod in (m.student_embeddings, m.embed_up, m.student_down) for p in mod.parameters()
+        } | {id(m.student_bias)}
+        new_ids.discard(id(m.teacher_embeddings.weight))  # the teacher decoder is tied to E_t: a teacher weight
+        trainable = [p for p in m.parameters() if p.requires_grad]
+        old = [p for p in trainable if id(p) not in new_ids]
+        new = [p for p in trainable if id(p) in new_ids]
+        groups = [{"params": new, "lr": opts.lr_new}]
+        if old:
+            groups.append({"params": old, "lr": opts.lr_teacher})
+        return torch.optim.AdamW(groups, weight_decay=opts.weight_decay)
+
+    eval_p = 0.0 if stage == "stage0" else opts.eval_p
+    trainer = Trainer(trainer_cfg, run_dir, logger_cfg=logger_cfg, resume=resume, config=config)
+    return trainer.fit(model, IndexDataset(len(train_encs)), loss_fn, optimizer_fn=optimizer_fn,
+                       scheduler_fn=warmup_linear_decay(opts.warmup_fraction), collate_fn=index_collate,
+                       eval_fn=lambda m: eval_mixed_mlm(m, codec, eval_encs, p=eval_p,
+                                                        batch_size=trainer_cfg.eval_batch_size or trainer_cfg.batch_size,
+                                                        mask_prob=opts.mask_prob))
+
+
+# ----------------------------------------------------------------------------- stage II and the baselines
+
+
+class StudentDistiller(nn.Module):
+    """A student MLM plus what it learns from: shared projections of a frozen teacher (stage II), the
+    teacher's logits (KD baseline) or nothing (scratch baseline).
+
+    Loss: ``(1 - kd_weight) MLM + kd_weight KD + alpha L_proj`` (kd_weight = 0 without KD). The teacher is a
+    constant: frozen, always in eval mode.
+    """
+
+    def __init__(self, student: BertForMaskedLM, teacher: BertForMaskedLM | None = None, *,
+                 projection: SharedProjection | None = None, alpha: float = 1.0, direction: str = "down",
+                 kd_weight: float = 0.0, temperature: float = 2.0):
+        super().__init__()
+        if projection is not None and teacher is None:
+            raise ValueError("shared projections need a teacher")
+        if kd_weight > 0:
+            if teacher is None:
+                raise ValueError("logit KD needs a teacher")
+            if teacher.config.vocab_size != student.config.vocab_size:
+                raise ValueError("logit KD needs teacher and student to share a vocabulary")
+        self.student, self.teacher, self.projection = student, teacher, projection
+        self.alpha, self.direction, self.kd_weight, self.temperature = alpha, direction, kd_weight, temperature
+        if teacher is not None:
+            teacher.requires_grad_(False)
+            teacher.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def forward(self, input_ids, attention_mask, labels) -> dict[str, torch.Tensor]:
+        # Logits only at the masked positions: the full-vocabulary softmax at every position would dominate
+        # the cost of a small student (and of the teacher in the KD baseline).
+        sel = labels != IGNORE_INDEX
+        y = labels[sel]
+        h = self.student.bert(input_ids=input_ids, attention_mask=attention_mask)[0][sel]
+        logits = self.student.cls(h)
+        mlm = nn.functional.cross_entropy(logits.float(), y) if y.numel() else logits.sum() * 0
+        out = {"mlm": mlm}
+        loss = mlm
+        if self.kd_weight > 0:
+            with torch.no_grad():
+                ht = self.teacher.bert(input_ids=input_ids, attention_mask=attention_mask)[0][sel]
+                t_logits = self.teacher.cls(ht)
+            loss = logit_kd_loss(logits, t_logits, y, self.temperature, self.kd_weight)
+            out["kd_total"] = loss
+        if self.projection is not None and self.alpha > 0:
+            proj = self.projection.loss(self.teacher.bert, self.student.bert, self.direction)
+            out["proj"] = proj
+            loss = loss + self.alpha * proj
+        out["loss"] = loss
+        return out
+
+
+@dataclass
+class StudentOptions:
+    lr: float = 5e-4
+    """AdamW learning rate of the student (and of the projections)."""
+    mask_prob: float = 0.15
+    warmup_fraction: float = 0.06
+    weight_decay: float = 0.01
+
+
+def train_student(distiller: StudentDistiller, codec: StudentCodec, train_encs: Sequence, eval_encs: Sequence,
+                  trainer_cfg, run_dir: str | Path, *, opts: StudentOptions = StudentOptions(),
+                  resume: str = "never", logger_cfg=None, config=None) -> FitResult:
+    """Stage II (or a baseline): single-vocabulary MLM on ``codec``'s segmentation plus the distiller's terms."""
+
+    def loss_fn(net, idx):
+        b = codec.masked_batch([train_encs[i] for i in idx.tolist()], opts.mask_prob)
+        dev = idx.device
+        out = net(b["input_ids"].to(dev), b["attention_mask"].to(dev), b["labels"].to(dev))
+        return {k: (v if k == "loss" else v.detach()) for k, v in out.items()}
+
+    trainer = Trainer(trainer_cfg, run_dir, logger_cfg=logger_cfg, resume=resume, config=config)
+    return trainer.fit(
+        distiller, IndexDataset(len(train_encs)), loss_fn,
+        optimizer_fn=lambda m: torch.optim.AdamW(m.trainable_parameters(), lr=opts.lr, weight_decay=opts.weight_decay),
+        scheduler_fn=warmup_linear_decay(opts.warmup_fraction), collate_fn=index_collate,
+        eval_fn=lambda m: eval_student_mlm(m.student, codec, eval_encs,
+                                           batch_size=trainer_cfg.eval_batch_size or trainer_cfg.batch_size,
+                                           mask_prob=opts.mask_prob))
