@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from rdkit import Chem, DataStructs, RDConfig, RDLogger
-from rdkit.Chem import AllChem, Crippen, Descriptors, rdFingerprintGenerator
 from rdkit.Chem import QED as _QED
+from rdkit.Chem import AllChem, Crippen, Descriptors, rdFingerprintGenerator
 
 # ---------------------------------------------------------------------------------------------------
 # Molecules
@@ -67,10 +67,11 @@ class Template:
     def __init__(self, smarts: str, index: int = -1):
         self.smarts = smarts.strip()
         self.index = index
-        rxn = AllChem.ReactionFromSmarts(self.smarts)
-        if rxn is None:
-            raise ValueError(f"unparsable reaction SMARTS: {smarts!r}")
-        rxn.Initialize()
+        with quiet_rdkit():  # RDKit warns about unmapped atoms in several HB templates; they are fine
+            rxn = AllChem.ReactionFromSmarts(self.smarts)
+            if rxn is None:
+                raise ValueError(f"unparsable reaction SMARTS: {smarts!r}")
+            rxn.Initialize()
         if rxn.GetNumProductTemplates() != 1:
             raise ValueError(f"template must have one product, has {rxn.GetNumProductTemplates()}: {smarts!r}")
         if rxn.GetNumReactantTemplates() not in (1, 2):

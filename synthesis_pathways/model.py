@@ -1,0 +1,177 @@
+"""The four SynNet networks and their training on the common core.
+
+Layout of each net (the reference's ``MLP`` with ``num_layers=5``, one dropout layer)::
+
+    Linear(in, h) - BN - ReLU
+    3 x [Linear(h, h) - BN - ReLU], Dropout(p) after the last of these only
+    Linear(h, out)
+
+act and rxn are classifiers (cross-entropy; softmax only at inference), rt1 and rt2 regress the
+256-bit block embedding (MSE). Paper widths: act 1000, rt1 1200, rxn 3000, rt2 3000 (~188M parameters
+at 4096-bit states).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.config import TrainerConfig
+from common.trainer import FitResult, Trainer
+
+from .featurize import NETWORKS, FeatureConfig, NetworkData, SparseRowDataset
+
+PAPER_HIDDEN = {"act": 1000, "rt1": 1200, "rxn": 3000, "rt2": 3000}
+CLASSIFIERS = ("act", "rxn")
+
+
+class MLP(nn.Sequential):
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, *, num_layers: int = 5, dropout: float = 0.5,
+                 num_dropout_layers: int = 1):
+        layers: list[nn.Module] = [nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU()]
+        n_hidden_blocks = num_layers - 2
+        for i in range(n_hidden_blocks):
+            layers += [nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU()]
+            if i >= n_hidden_blocks - num_dropout_layers:  # dropout on the last block(s) only
+                layers.append(nn.Dropout(dropout))
+        layers.append(nn.Linear(hidden, out_dim))
+        super().__init__(*layers)
+
+
+def n_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass
+class NetConfig:
+    hidden: dict[str, int] = field(default_factory=lambda: dict(PAPER_HIDDEN))
+    num_layers: int = 5
+    dropout: float = 0.5
+    lr: float = 1e-4
+
+
+def build_networks(feat: FeatureConfig, n_templates: int, cfg: NetConfig) -> dict[str, MLP]:
+    return {net: MLP(feat.input_dim(net, n_templates), cfg.hidden[net], feat.output_dim(net, n_templates),
+                     num_layers=cfg.num_layers, dropout=cfg.dropout) for net in NETWORKS}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Losses and validation
+
+
+def loss_fn_for(net: str):
+    if net in CLASSIFIERS:
+        def classification_loss(model, batch):
+            logits = model(batch["x"])
+            return {"loss": nn.functional.cross_entropy(logits, batch["y"]),
+                    "acc": (logits.argmax(-1) == batch["y"]).float().mean()}
+        return classification_loss
+
+    def regression_loss(model, batch):
+        return nn.functional.mse_loss(model(batch["x"]), batch["y"])
+    return regression_loss
+
+
+@torch.no_grad()
+def validate(model: nn.Module, data: NetworkData, net: str, *, batch_size: int = 512,
+             device: torch.device | str = "cpu") -> dict[str, float]:
+    """act/rxn: accuracy and CE; rt1/rt2: MSE."""
+    was_training = model.training
+    model.eval()
+    ds = SparseRowDataset(data)
+    total, n, correct = 0.0, 0, 0
+    for start in range(0, len(ds), batch_size):
+        batch = ds.collate(list(range(start, min(start + batch_size, len(ds)))))
+        x, y = batch["x"].to(device), batch["y"].to(device)
+        out = model(x)
+        if net in CLASSIFIERS:
+            total += float(nn.functional.cross_entropy(out, y, reduction="sum"))
+            correct += int((out.argmax(-1) == y).sum())
+        else:
+            total += float(nn.functional.mse_loss(out, y, reduction="sum")) / y.shape[1]
+        n += len(y)
+    model.train(was_training)
+    if n == 0:
+        return {}
+    if net in CLASSIFIERS:
+        return {"accuracy": correct / n, "loss": total / n}
+    return {"mse": total / n, "loss": total / n}
+
+
+MONITOR = {"act": ("accuracy", "max"), "rxn": ("accuracy", "max"), "rt1": ("mse", "min"), "rt2": ("mse", "min")}
+
+
+def fit_network(net: str, model: nn.Module, train: NetworkData, valid: NetworkData | None, *,
+                trainer_cfg: TrainerConfig, run_dir: str | os.PathLike, lr: float, logger_cfg=None,
+                resume: str = "never", config: Mapping | None = None) -> FitResult:
+    """Train one net with ``common.trainer``: Adam, best checkpoint and early stopping on the net's
+    validation metric (wired in, unlike the reference), resumable with ``resume=auto``."""
+    monitor, mode = MONITOR[net]
+    cfg = dataclasses.replace(trainer_cfg, monitor=monitor if valid is not None else None, monitor_mode=mode)
+    trainer = Trainer(cfg, run_dir, logger_cfg=logger_cfg, resume=resume, config=config)
+    ds = SparseRowDataset(train)
+    eval_fn = None
+    if valid is not None and len(valid):
+        eval_fn = lambda m: validate(m, valid, net, batch_size=cfg.eval_batch_size or 512, device=trainer.device)
+    result = trainer.fit(model, ds, loss_fn_for(net), optimizer_fn=lambda m: torch.optim.Adam(m.parameters(), lr=lr),
+                         eval_fn=eval_fn, collate_fn=ds.collate)
+    if result.best_checkpoint is not None:
+        trainer.load_best(model)
+    model.to("cpu").eval()
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# The bundle used by decoding: four nets + the featurization they were trained with
+
+
+@dataclass
+class SynNetModel:
+    nets: dict[str, MLP]
+    feat: FeatureConfig
+    n_templates: int
+    net_cfg: NetConfig
+
+    def eval(self) -> SynNetModel:
+        for m in self.nets.values():
+            m.eval()
+        return self
+
+    def save(self, path: str | os.PathLike) -> None:
+        save_checkpoint(path, {"nets": {k: m.state_dict() for k, m in self.nets.items()},
+                               "feat": dataclasses.asdict(self.feat), "n_templates": self.n_templates,
+                               "net_cfg": dataclasses.asdict(self.net_cfg)})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SynNetModel:
+        ck = load_checkpoint(Path(path), map_location="cpu")
+        feat, net_cfg = FeatureConfig(**ck["feat"]), NetConfig(**ck["net_cfg"])
+        nets = build_networks(feat, ck["n_templates"], net_cfg)
+        for k, m in nets.items():
+            m.load_state_dict(ck["nets"][k])
+        return cls(nets, feat, ck["n_templates"], net_cfg).eval()
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {k: n_parameters(m) for k, m in self.nets.items()}
+
+
+def paper_parameter_counts(n_templates: int = 91) -> dict[str, int]:
+    """Parameter counts of the paper-sized nets (4096-bit states, 256-bit embeddings), no allocation."""
+    feat = FeatureConfig()
+    out = {}
+    for net, h in PAPER_HIDDEN.items():
+        i, o = feat.input_dim(net, n_templates), feat.output_dim(net, n_templates)
+        out[net] = (i * h + h) + 2 * h + 3 * (h * h + h + 2 * h) + (h * o + o)
+    return out
+
+
+def as_numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy()

@@ -1,0 +1,158 @@
+"""The end-to-end training pipeline: sample trees -> split -> featurize -> fit act, rt1, rxn, rt2.
+
+Every stage writes into the run directory and is skipped when its output exists, so a killed run
+continues with ``resume=auto``:
+
+    <run_dir>/cache/                   block-template match matrix (keyed by pool + templates)
+    <run_dir>/trees/shard_*.jsonl      sampled trees (one file per seeded shard, atomic)
+    <run_dir>/features/{train,valid,test}.npz and split.json
+    <run_dir>/nets/<net>/              common.trainer run of each network (checkpoints, metrics.jsonl, tb/)
+    <run_dir>/model.pt                 the four trained nets + feature config (what decoding loads)
+    <run_dir>/pipeline.json            stage statistics and wall-clock per stage
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.checkpoint import ResumeError
+from common.config import TrainerConfig
+from common.logging import get_logger
+
+from .data import load_building_blocks, load_templates
+from .featurize import NETWORKS, FeatureConfig, Featurizer, StepData, network_data
+from .model import NetConfig, SynNetModel, build_networks, fit_network, n_parameters
+from .sampling import iter_trees, sample_to_disk, split_indices
+from .space import ReactionSpace
+from .syntree import SyntheticTree
+
+log = get_logger(__name__)
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class PipelineConfig:
+    templates: str = "hb"
+    """Template file or dataset key (hb, synformer)."""
+    blocks: str = "enamine_1913"
+    """Building-block file (.smi/.txt/.csv/.sdf[.gz]) or dataset key (enamine_1913, wuxi)."""
+    blocks_column: str | None = None
+    """SMILES column of a CSV pool (default: smiles)."""
+    attempts: int = 2000
+    """Sampling attempts (trees are dropped on failure and by the QED filter)."""
+    shard_size: int = 250
+    """Attempts per seeded shard: the unit of parallelism and of resume."""
+    workers: int = 1
+    """Sampling processes (results do not depend on it)."""
+    max_steps: int = 15
+    qed_filter: bool = True
+    split: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])
+    nbits: int = 4096
+    radius: int = 2
+    emb_bits: int = 256
+    rt2_keep_unimolecular: bool = False
+    """True: train rt2 on unimolecular steps with a zero target, as the reference does."""
+    hidden: dict[str, int] = field(default_factory=lambda: {"act": 1000, "rt1": 1200, "rxn": 3000, "rt2": 3000})
+    num_layers: int = 5
+    dropout: float = 0.5
+    lr: float = 1e-4
+    networks: list[str] = field(default_factory=lambda: list(NETWORKS))
+    """Which networks to fit (all four are needed to decode)."""
+    stages: list[str] = field(default_factory=lambda: ["sample", "featurize", "fit"])
+
+    @property
+    def feat(self) -> FeatureConfig:
+        return FeatureConfig(self.nbits, self.radius, self.emb_bits, self.radius)
+
+    @property
+    def net_cfg(self) -> NetConfig:
+        return NetConfig(dict(self.hidden), self.num_layers, self.dropout, self.lr)
+
+
+def load_space(templates: str = "hb", blocks: str = "enamine_1913", *, blocks_column: str | None = None,
+               data_dir=None, cache_dir=None) -> ReactionSpace:
+    tpl = load_templates(templates, data_dir)
+    bbs = load_building_blocks(blocks, column=blocks_column, data_dir=data_dir)
+    return ReactionSpace(tpl, bbs.smiles, cache_dir=cache_dir)
+
+
+def load_trees(run_dir: str | os.PathLike, split: str) -> list[SyntheticTree]:
+    """Trees of one split (the split indices are saved by the featurize stage)."""
+    run_dir = Path(run_dir)
+    idx = set(json.loads((run_dir / "features" / "split.json").read_text())[split])
+    return [t for i, t in enumerate(iter_trees(run_dir / "trees")) if i in idx]
+
+
+def run_pipeline(cfg: PipelineConfig, run_dir: str | os.PathLike, *, trainer_cfg: TrainerConfig,
+                 data_dir=None, resume: str = "never", logger_cfg=None, progress: bool = True) -> dict:
+    run_dir = Path(run_dir)
+    if resume == "never" and any((run_dir / "trees").glob("shard_*.jsonl")):
+        raise ResumeError(f"{run_dir} already holds sampled trees; pass resume=auto to continue it, "
+                          "or choose another name=... / paths.output_dir=...")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    info_path = run_dir / "pipeline.json"
+    info: dict = json.loads(info_path.read_text()) if info_path.exists() else {}
+    info["config"] = dataclasses.asdict(cfg)
+
+    def save_info():
+        info_path.write_text(json.dumps(info, indent=1, default=str))
+
+    space = load_space(cfg.templates, cfg.blocks, blocks_column=cfg.blocks_column, data_dir=data_dir,
+                       cache_dir=run_dir / "cache")
+    info["space"] = {"templates": space.n_templates, "blocks": len(space.blocks),
+                     "usable_templates": int(space.usable_templates().sum()),
+                     "match_seconds": space.match_seconds}
+
+    if "sample" in cfg.stages:
+        t0 = time.time()
+        stats = sample_to_disk(space, run_dir / "trees", attempts=cfg.attempts, seed=trainer_cfg.seed,
+                               shard_size=cfg.shard_size, workers=cfg.workers, max_steps=cfg.max_steps,
+                               qed_filter=cfg.qed_filter, progress=progress)
+        info["sample"] = stats.to_dict() | {"wall_seconds": time.time() - t0,
+                                            "trees_per_process_second": stats.attempts / max(stats.seconds, 1e-9)}
+        save_info()
+        log.info("sampling: %s", info["sample"])
+
+    feat_dir = run_dir / "features"
+    featurizer = Featurizer(cfg.feat, space.bimolecular_mask())
+    if "featurize" in cfg.stages and not all((feat_dir / f"{s}.npz").exists() for s in SPLITS):
+        t0 = time.time()
+        trees = list(iter_trees(run_dir / "trees"))
+        parts = split_indices(len(trees), cfg.split, seed=trainer_cfg.seed)
+        feat_dir.mkdir(parents=True, exist_ok=True)
+        (feat_dir / "split.json").write_text(json.dumps({s: p.tolist() for s, p in zip(SPLITS, parts)}))
+        rows = {}
+        for name, part in zip(SPLITS, parts):
+            data = featurizer.featurize(trees[i] for i in part)
+            data.save(feat_dir / f"{name}.npz")
+            rows[name] = {"trees": len(part), "steps": len(data)}
+        dt = time.time() - t0
+        info["featurize"] = {"rows": rows, "wall_seconds": dt, "trees_per_second": len(trees) / max(dt, 1e-9)}
+        save_info()
+
+    if "fit" in cfg.stages:
+        train = StepData.load(feat_dir / "train.npz")
+        valid = StepData.load(feat_dir / "valid.npz")
+        nets = build_networks(cfg.feat, space.n_templates, cfg.net_cfg)
+        info.setdefault("fit", {})
+        for net in cfg.networks:
+            tr = network_data(train, net, space.n_templates, rt2_keep_unimolecular=cfg.rt2_keep_unimolecular)
+            va = network_data(valid, net, space.n_templates, rt2_keep_unimolecular=cfg.rt2_keep_unimolecular)
+            if len(tr) == 0:
+                raise ValueError(f"no training rows for {net}: sample more trees (attempts={cfg.attempts})")
+            result = fit_network(net, nets[net], tr, va if len(va) else None, trainer_cfg=trainer_cfg,
+                                 run_dir=run_dir / "nets" / net, lr=cfg.lr, logger_cfg=logger_cfg, resume=resume,
+                                 config={"pipeline": dataclasses.asdict(cfg), "net": net})
+            info["fit"][net] = {"rows": [len(tr), len(va)], "parameters": n_parameters(nets[net]),
+                                "step": result.step, "epoch": result.epoch, "stopped": result.stopped_reason,
+                                "best": result.best_metrics, "wall_seconds": result.wall_seconds}
+            save_info()
+        if set(cfg.networks) == set(NETWORKS):
+            SynNetModel(nets, cfg.feat, space.n_templates, cfg.net_cfg).save(run_dir / "model.pt")
+    save_info()
+    return info

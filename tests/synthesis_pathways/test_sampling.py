@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+from synthesis_pathways.sampling import TreeSampler, iter_trees, sample_shard, sample_to_disk, split_indices
+from synthesis_pathways.space import ReactionSpace, compute_matches
+from synthesis_pathways.syntree import ADD, SyntheticTree
+
+
+def test_sampling_is_seeded(space):
+    a, sa = sample_shard(space, seed=1, shard=2, attempts=15)
+    b, sb = sample_shard(space, seed=1, shard=2, attempts=15)
+    c, _ = sample_shard(space, seed=1, shard=3, attempts=15)
+    assert [t.to_json() for t in a] == [t.to_json() for t in b]
+    assert sa.to_dict()["failures"] == sb.to_dict()["failures"]
+    assert [t.to_json() for t in a] != [t.to_json() for t in c]
+
+
+def test_action_mask(space):
+    s = TreeSampler(space, np.random.default_rng(0))
+    t = SyntheticTree()
+    assert s.action_mask(t).tolist() == [True, False, False, False]
+    t.update(ADD, 76, "CC(=O)O", "CN", "CNC(C)=O")
+    assert s.action_mask(t).tolist() == [True, True, False, True]
+    t.update(ADD, 76, "OC(=O)c1ccccc1", "NCCO", "O=C(NCCO)c1ccccc1")
+    m = s.action_mask(t)
+    assert not m[0] and m[1] and not m[3]  # two roots: no Add, no End
+    assert m[2] == bool(space.merge_pattern_mask("O=C(NCCO)c1ccccc1", "CNC(C)=O").any())
+
+
+def test_results_do_not_depend_on_workers(space, tmp_path):
+    one = sample_to_disk(space, tmp_path / "w1", attempts=20, seed=0, shard_size=5, workers=1, progress=False)
+    two = sample_to_disk(space, tmp_path / "w2", attempts=20, seed=0, shard_size=5, workers=2, progress=False)
+    assert [t.to_json() for t in iter_trees(tmp_path / "w1")] == [t.to_json() for t in iter_trees(tmp_path / "w2")]
+    assert one.kept == two.kept and one.attempts == 20
+
+
+def test_sampling_resumes_from_finished_shards(space, tmp_path):
+    full = sample_to_disk(space, tmp_path / "a", attempts=20, seed=0, shard_size=5, progress=False)
+    sample_to_disk(space, tmp_path / "b", attempts=20, seed=0, shard_size=5, progress=False)
+    (tmp_path / "b" / "shard_00001.jsonl").unlink()  # a run killed before shard 1 was written
+    resumed = sample_to_disk(space, tmp_path / "b", attempts=20, seed=0, shard_size=5, progress=False)
+    assert resumed.kept == full.kept
+    assert [t.to_json() for t in iter_trees(tmp_path / "a")] == [t.to_json() for t in iter_trees(tmp_path / "b")]
+
+
+def test_screened_matches_equal_plain_matching(templates, pool_a, space):
+    sub = pool_a[:150]
+    plain = np.array([[[t.matches(s, 0), t.bimolecular and t.matches(s, 1)] for t in templates] for s in sub])
+    assert (compute_matches(sub, templates) == plain).all()
+    assert (space.matches[:150] == plain).all()
+
+
+def test_partner_lists_and_reaction_mask(space):
+    acid = "CC(=O)O"
+    m = space.reaction_mask(acid)
+    assert m[76]
+    partners = space.partner_candidates(76, acid)
+    assert len(partners) > 0 and all(space.templates[76].matches(space.blocks[i], 1) for i in partners[:20])
+    assert not space.reaction_mask("C").any()
+
+
+def test_match_cache_roundtrip(templates, pool_a, tmp_path):
+    a = ReactionSpace(templates, pool_a[:50], cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+    b = ReactionSpace(templates, pool_a[:50], cache_dir=tmp_path)
+    assert (a.matches == b.matches).all()
+    with pytest.raises(ValueError, match="shape"):
+        ReactionSpace(templates, pool_a[:50], matches=a.matches[:10])
+
+
+def test_split():
+    parts = split_indices(10, (0.6, 0.2, 0.2), seed=0)
+    assert [len(p) for p in parts] == [6, 2, 2]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(10))
