@@ -1,0 +1,139 @@
+"""Batched inference benchmark: our predictor against a plain transformers pipeline-style loop.
+
+    python -m joint_bert_nlu.bench --model runs/joint_bert_nlu_atis/model --n 512
+    python -m joint_bert_nlu.bench --n 256          # untrained MiniLM joint model: same compute
+
+"Ours" is :class:`JointNLUPredictor`: sentences sorted by length, batched with dynamic padding, one
+forward per batch under ``torch.inference_mode``. The reference is what a ``transformers.pipeline``
+does by default: one sentence at a time (tokenise, forward, post-process). Both run the same weights
+in the same process, interleaved by ``common.bench.compare`` so background load hits them alike; both
+produce the same predictions (``prediction_agreement``). Throughput is sentences per second at the median repeat;
+latency percentiles are per call (one sentence for the loop, one batch for ours).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from common.bench import compare, format_bytes, peak_rss_bytes
+from common.runinfo import hardware_summary
+
+from .data import load_dataset, split_words
+from .inference import JointNLUPredictor, load_joint_model
+
+
+class PipelineStyleLoop:
+    """One sentence per forward pass, as ``transformers.pipeline(...)(texts)`` runs by default."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model.eval(), tokenizer
+
+    @torch.inference_mode()
+    def __call__(self, texts):
+        out = []
+        vocab = self.model.vocab
+        for text in texts:
+            words, _ = split_words(text)
+            enc = self.tokenizer(words, is_split_into_words=True, truncation=True,
+                                 max_length=self.model.config.max_seq_length, return_tensors="pt")
+            first, seen = [], set()
+            for pos, w in enumerate(enc.word_ids()):
+                if w is not None and w not in seen:
+                    seen.add(w)
+                    first.append(pos)
+            word_index = torch.tensor([first])
+            intent, _, slots = self.model.decode(enc["input_ids"], enc["attention_mask"], word_index,
+                                                 torch.ones_like(word_index, dtype=torch.bool))
+            tags = [vocab.slots[s] for s in slots[0]] + ["O"] * (len(words) - len(slots[0]))
+            out.append((vocab.intents[int(intent[0])], tags))
+        return out
+
+
+def _percentiles(times: list[float]) -> dict[str, float]:
+    q = statistics.quantiles(times, n=100, method="inclusive") if len(times) > 1 else times * 99
+    return {"p50_ms": 1e3 * q[49], "p90_ms": 1e3 * q[89], "p99_ms": 1e3 * q[98]}
+
+
+def run_benchmark(model, tokenizer, texts: list[str], batch_size: int = 64, repeats: int = 3) -> dict:
+    ours = JointNLUPredictor(model, tokenizer, batch_size=batch_size)
+    loop = PipelineStyleLoop(model, tokenizer)
+    got = [(r["intent"], r["tags"]) for r in ours(texts)]
+    agreement = sum(a == b for a, b in zip(got, loop(texts))) / len(texts)  # 1.0 up to float near-ties
+    timings = compare({"ours": lambda: ours(texts), "reference": lambda: loop(texts)}, warmup=1,
+                      repeats=repeats, items_per_call=len(texts))
+    # Per-call latency: each batch of ours, each sentence of the loop (one extra pass, after warm-up).
+    batch_times = []
+    order = sorted(texts, key=len)
+    for s in range(0, len(order), batch_size):
+        t0 = time.perf_counter()
+        ours(order[s:s + batch_size])
+        batch_times.append(time.perf_counter() - t0)
+    sentence_times = []
+    for text in texts:
+        t0 = time.perf_counter()
+        loop([text])
+        sentence_times.append(time.perf_counter() - t0)
+    result = {"n_sentences": len(texts), "batch_size": batch_size, "repeats": repeats,
+              "threads": torch.get_num_threads(), "hardware": hardware_summary(),
+              "peak_rss_bytes": peak_rss_bytes(), "prediction_agreement": agreement,
+              "ours": {"sentences_per_s": timings["ours"].throughput, **timings["ours"].as_dict(),
+                       "latency_per_batch": _percentiles(batch_times)},
+              "reference": {"sentences_per_s": timings["reference"].throughput, **timings["reference"].as_dict(),
+                            "latency_per_sentence": _percentiles(sentence_times)}}
+    result["speedup"] = result["ours"]["sentences_per_s"] / result["reference"]["sentences_per_s"]
+    return result
+
+
+def benchmark_sentences(n: int, data_dir=None) -> list[str]:
+    test = load_dataset("atis", data_dir=data_dir, splits=("train", "test")).splits["test"]
+    return [" ".join(ex.words) for ex in test[:n]]
+
+
+def benchmark_saved_model(model_dir, n_sentences: int = 256, batch_size: int = 64, repeats: int = 3,
+                          data_dir=None) -> dict:
+    model, tokenizer = load_joint_model(model_dir)
+    return run_benchmark(model, tokenizer, benchmark_sentences(n_sentences, data_dir), batch_size, repeats)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m joint_bert_nlu.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="saved joint model folder (default: untrained MiniLM joint model)")
+    ap.add_argument("--n", type=int, default=256, help="ATIS test sentences to run")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default="reports/joint_bert_nlu/bench.json")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.model:
+        model, tokenizer = load_joint_model(args.model)
+    else:
+        from transformers import AutoTokenizer
+
+        from .model import JointBertModel, minilm_path
+
+        vocab = load_dataset("atis", splits=("train",)).vocab
+        model, tokenizer = JointBertModel.from_encoder("minilm", vocab).eval(), AutoTokenizer.from_pretrained(minilm_path())
+    res = run_benchmark(model, tokenizer, benchmark_sentences(args.n), args.batch_size, args.repeats)
+    res["model"] = args.model or "untrained MiniLM joint model"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2))
+    o, r = res["ours"], res["reference"]
+    print(f"ours:      {o['sentences_per_s']:8.1f} sentences/s  batch latency p50 {o['latency_per_batch']['p50_ms']:.1f} ms"
+          f"  p99 {o['latency_per_batch']['p99_ms']:.1f} ms")
+    print(f"reference: {r['sentences_per_s']:8.1f} sentences/s  sentence latency p50 "
+          f"{r['latency_per_sentence']['p50_ms']:.1f} ms  p99 {r['latency_per_sentence']['p99_ms']:.1f} ms")
+    print(f"speed-up {res['speedup']:.2f}x, peak RSS {format_bytes(res['peak_rss_bytes'])}, {res['threads']} threads;"
+          f" wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
