@@ -11,14 +11,16 @@ from omegaconf import DictConfig
 
 import common.config  # noqa: F401  (registers trainer/paths/logger/run_layout)
 from common.hydra_utils import report_user_errors, run_dir_from, to_plain
-from common.runinfo import write_run_info
-from scpo_rl.config import run_config_from
-from scpo_rl.loop import Trainer
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 @report_user_errors
 def main(cfg: DictConfig) -> float:
+    # heavy imports (torch, MuJoCo) here, so that --help answers at once
+    from common.runinfo import write_run_info
+    from scpo_rl.config import run_config_from
+    from scpo_rl.loop import Trainer
+
     run_dir = run_dir_from(cfg)
     trainer = Trainer(run_config_from(cfg), run_dir, resume=cfg.resume, logger_cfg=cfg.logger)
     info = write_run_info(run_dir, extra={"config": to_plain(cfg)})
