@@ -47,9 +47,10 @@ def parse_bytes(v: Any) -> int:
     s = str(v).strip().upper().replace(" ", "")
     num = s.rstrip("KMGTIB")
     unit = s[len(num):]
-    if unit not in _UNITS or not num:
-        raise ValueError(f"cannot read {v!r} as a size (examples: 2GiB, 512MiB, 1073741824)")
-    return int(float(num) * _UNITS[unit])
+    try:
+        return int(float(num) * _UNITS[unit])
+    except (KeyError, ValueError):
+        raise ValueError(f"cannot read {v!r} as a size (examples: 2GiB, 512MiB, 1073741824)") from None
 
 
 def build_model(mcfg, seed: int):
@@ -212,6 +213,25 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
                  summary.get("expected_ssd_read_bytes"), summary.get("ssd_write_bytes"),
                  summary.get("expected_ssd_write_bytes"))
     return summary
+
+
+def committed_params(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The fp32 weights of the last committed step of an offload run, as a ``GPT`` state dict."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(cfg)
+    run_dir = Path(run_dir)
+    model, _ = build_model(cfg.model, cfg.trainer.seed)
+    ec = engine_config(cfg)
+    state_dir = Path(cfg.offload.dir).expanduser() / cfg.name if cfg.offload.dir else run_dir / "offload"
+    eng = OffloadEngine(model.cfg, ec, optim_config(cfg), state_dir=state_dir, run_dir=run_dir,
+                        batch=cfg.trainer.batch_size, seq=cfg.seq_len)
+    try:
+        eng.open(resume="auto")
+        from .engine import read_unit_params
+
+        return read_unit_params(eng)
+    finally:
+        eng.close()
 
 
 def _plan_summary(plans: list[BlockPlan]) -> str:
