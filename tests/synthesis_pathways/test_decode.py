@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+
+from synthesis_pathways.chem import morgan_bits
+from synthesis_pathways.decode import Decoder, RandomPolicy, build_decoder
+from synthesis_pathways.evaluate import mean_reciprocal_rank, plan_targets, summarize
+from synthesis_pathways.featurize import FeatureConfig, Featurizer
+from synthesis_pathways.knn import CosineKNN
+from synthesis_pathways.sampling import sample_shard
+from synthesis_pathways.syntree import END, MERGE, replay_tree
+
+CFG = FeatureConfig(nbits=512, emb_bits=64)
+
+
+class OraclePolicy:
+    """Makes the choices of a known tree (to test the decoding loop without a trained model)."""
+
+    def __init__(self, tree, space):
+        self.steps = list(tree.steps)
+        self.space = space
+        self.i = -1
+
+    def action_probs(self, state):
+        self.i += 1
+        p = np.full(4, 0.01)
+        p[self.steps[self.i].action] = 1.0
+        return p
+
+    def first_reactant(self, state, k):
+        return self.space.block_index[self.steps[self.i].reactant1]
+
+    def template_probs(self, state, z_m1):
+        p = np.full(self.space.n_templates, 0.001)
+        p[self.steps[self.i].template] = 1.0
+        return p
+
+    def second_reactant(self, state, z_m1, template, candidates):
+        j = self.space.block_index[self.steps[self.i].reactant2]
+        assert j in set(candidates.tolist()), "the true partner must be in the template's partner list"
+        return j
+
+
+def _decoder(space, policy):
+    return Decoder(space, Featurizer(CFG, space.bimolecular_mask()), policy)
+
+
+def test_action_mask_forbids_illegal_actions(space):
+    d = _decoder(space, None)
+    assert d.action_mask([]).tolist() == [1, 0, 0, 0]
+    assert d.action_mask(["CNC(C)=O"]).tolist() == [1, 1, 0, 1]
+    two = d.action_mask(["OC(=O)c1ccccc1", "NCCO"])
+    assert two[0] == 0 and two[3] == 0 and two[1] == 1 and two[2] == 1  # an amide coupling merges them
+    assert d.action_mask(["CCCC", "CCCCC"])[2] == 0  # nothing reacts alkanes
+
+
+def test_oracle_policy_recovers_sampled_trees(space):
+    trees, _ = sample_shard(space, seed=7, shard=0, attempts=30, qed_filter=False)
+    # keep trees whose every step has a single product, so the canonical product rule is the tree's
+    trees = [t for t in trees if all(len(space.templates[s.template].run(s.reactant1, s.reactant2)) == 1
+                                     for s in t.reactions)]
+    assert len(trees) >= 3
+    for tree in trees[:6]:
+        d = _decoder(space, OraclePolicy(tree, space))
+        res = d.decode(morgan_bits(tree.root, 2, CFG.nbits), target=tree.root)
+        assert res.finished and res.best == tree.root and res.similarity == 1.0
+        assert res.tree.products() == tree.products()
+
+
+def test_random_policy_trees_are_valid(space):
+    d = _decoder(space, RandomPolicy(len(space.blocks), space.n_templates, seed=0))
+    targets = ["CC(C)(C)OC(=O)N1CCC(C(=O)NCc2ccccc2)CC1", "O=C(Nc1ccccc1)c1ccco1", "CCOC(=O)c1cn[nH]c1"]
+    results = plan_targets(d, targets + ["not a smiles"], beam=2, progress_bar=False)
+    finished = [r for r in results if r.finished]
+    assert finished, "the random policy should finish at least one of three targets"
+    from synthesis_pathways.syntree import SyntheticTree
+
+    for r in finished:
+        tree = SyntheticTree.from_json(r.route)
+        assert tree.steps[-1].action == END and r.best in tree.nodes()
+        assert replay_tree(tree, space.templates, set(space.blocks)).ok
+        assert 0 < r.similarity <= 1
+    assert not results[-1].finished and results[-1].similarity == 0
+    s = summarize(results)
+    assert s["n"] == 4 and s["similarity_all"] == pytest.approx(sum(r.similarity for r in results) / 4)
+
+
+def test_merge_run_mask_runs_templates(space):
+    m = space.merge_run_mask("OC(=O)c1ccccc1", "NCCO")
+    assert m[76] and m.sum() >= 1
+    assert all(space.templates[t].run("OC(=O)c1ccccc1", "NCCO") for t in np.flatnonzero(m))
+    assert MERGE == 2
+
+
+def test_summary_definitions():
+    from synthesis_pathways.evaluate import TargetResult
+
+    rs = [TargetResult("A", "A", 1.0, True, True, True, 1, 0.1),
+          TargetResult("B", "C", 0.5, True, False, False, 1, 0.1),
+          TargetResult("D", None, 0.0, False, False, False, 0, 0.1)]
+    s = summarize(rs)
+    assert s["recovery_fp"] == pytest.approx(1 / 3) and s["similarity_all"] == pytest.approx(0.5)
+    assert s["similarity_unrecovered_finished"] == pytest.approx(0.5) and s["unfinished"] == pytest.approx(1 / 3)
+
+
+def test_mrr():
+    emb = np.eye(4, dtype=np.float32)
+    knn = CosineKNN(emb)
+    pred = np.array([[1, 0.5, 0, 0], [1, 0.5, 0, 0]], dtype=np.float32)
+    assert mean_reciprocal_rank(pred, np.array([0, 1]), knn) == pytest.approx((1 + 0.5) / 2)
+
+
+def test_build_decoder_needs_model(space):
+    with pytest.raises(ValueError, match="trained"):
+        build_decoder(space, None, policy="model")

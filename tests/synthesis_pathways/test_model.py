@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from common.config import TrainerConfig
+from synthesis_pathways.featurize import FeatureConfig, Featurizer, network_data
+from synthesis_pathways.model import (
+    MLP,
+    NetConfig,
+    SynNetModel,
+    build_networks,
+    fit_network,
+    n_parameters,
+    paper_parameter_counts,
+    validate,
+)
+from synthesis_pathways.sampling import sample_shard
+
+
+def test_mlp_layout():
+    m = MLP(10, 8, 3)
+    kinds = [type(x).__name__ for x in m]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU"] * 4 + ["Dropout", "Linear"]
+    assert m[-2].p == 0.5
+
+
+def test_parameter_counts_match_the_paper():
+    counts = paper_parameter_counts(91)
+    # act 15.3M, rt1 19.4M, rxn 76.4M, rt2 77.2M; about 188M in all
+    assert counts["act"] == pytest.approx(15.3e6, rel=0.01) and counts["rt1"] == pytest.approx(19.4e6, rel=0.01)
+    assert counts["rxn"] == pytest.approx(76.4e6, rel=0.01) and counts["rt2"] == pytest.approx(77.2e6, rel=0.01)
+    assert n_parameters(MLP(12288, 1000, 4)) == counts["act"]  # the formula is the real module's
+
+
+@pytest.fixture(scope="module")
+def rxn_rows(space):
+    trees = []
+    for shard in range(3):
+        trees += sample_shard(space, seed=11, shard=shard, attempts=25, qed_filter=False)[0]
+    feat = FeatureConfig(nbits=256, emb_bits=64)
+    steps = Featurizer(feat, space.bimolecular_mask()).featurize(trees)
+    return network_data(steps, "rxn", space.n_templates), feat
+
+
+def test_learning_memorizes_templates(rxn_rows, tmp_path):
+    """rxn learns to predict the template of each training step (a solvable, memorizable task)."""
+    data, feat = rxn_rows
+    assert len(data) >= 30
+    torch.manual_seed(0)
+    model = MLP(feat.input_dim("rxn", 91), 64, 91, dropout=0.1)
+    before = validate(model, data, "rxn")["accuracy"]
+    cfg = TrainerConfig(max_epochs=40, batch_size=16, progress_bar=False, log_every_steps=100)
+    res = fit_network("rxn", model, data, None, trainer_cfg=cfg, run_dir=tmp_path / "rxn", lr=3e-3)
+    after = validate(model, data, "rxn")["accuracy"]
+    majority = np.bincount(data.y).max() / len(data)
+    assert after >= 0.9 and after > majority + 0.2 and after > before, (before, after, majority)
+    assert res.stopped_reason == "max_epochs"
+
+
+def test_early_stopping_stops(rxn_rows, tmp_path):
+    data, feat = rxn_rows
+    rng = np.random.default_rng(0)
+    from synthesis_pathways.featurize import NetworkData
+
+    noise = NetworkData(data.x, rng.integers(0, 91, size=len(data)))  # unlearnable validation labels
+    torch.manual_seed(0)
+    model = MLP(feat.input_dim("rxn", 91), 32, 91)
+    cfg = TrainerConfig(max_epochs=60, batch_size=16, progress_bar=False, early_stopping_patience=2)
+    res = fit_network("rxn", model, data, noise, trainer_cfg=cfg, run_dir=tmp_path / "es", lr=1e-3)
+    assert res.stopped_reason == "early_stopping" and res.epoch < 60
+    assert res.best_checkpoint is not None and res.best_checkpoint.exists()
+
+
+def test_model_bundle_roundtrip(tmp_path):
+    feat = FeatureConfig(nbits=128, emb_bits=32)
+    cfg = NetConfig(hidden={"act": 8, "rt1": 8, "rxn": 8, "rt2": 8})
+    nets = build_networks(feat, 91, cfg)
+    m = SynNetModel(nets, feat, 91, cfg).eval()
+    m.save(tmp_path / "model.pt")
+    back = SynNetModel.load(tmp_path / "model.pt")
+    x = torch.rand(2, feat.input_dim("rt2", 91))
+    assert torch.equal(back.nets["rt2"](x), m.nets["rt2"](x))
+    assert back.feat == feat and isinstance(back.nets["act"], nn.Module)
