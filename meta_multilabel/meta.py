@@ -1,0 +1,455 @@
+"""The learning-to-learn-and-predict loop, the fixed-policy baselines, rewards and label states.
+
+One *episode* of the meta loop (paper note §4)::
+
+    s      = label states of f_θ on D_meta (with the previous w, τ)
+    (w, τ) ~ π_φ(· | s)                                  # GRU over labels, Gaussian actions
+    train f_θ for K epochs on D_train with L(θ; w)       # warm start (or reset, a switch)
+    R      = reward(f_θ, τ, D_meta)
+    φ     ← φ + η (R − b) ∇ log π_φ(w, τ);  b ← β b + (1 − β) R
+
+Both the meta loop and the baselines checkpoint after every episode / epoch into
+``<run_dir>/checkpoints`` (``common.checkpoint``) and log to ``metrics.jsonl`` / TensorBoard, so a killed
+run continues with ``resume="auto"`` and ends where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state, seed_everything
+from common.logging import MetricLogger, get_logger
+from common.progress import progress
+from meta_multilabel.evaluate import (
+    apply_thresholds,
+    headline_metric,
+    micro_f1,
+    per_label_f1,
+    task_metrics,
+    tune_global_threshold,
+    tune_thresholds_per_label,
+)
+from meta_multilabel.features import FeatureMatrix
+from meta_multilabel.model import (
+    STATE_DIM,
+    MetaLearner,
+    build_classifier,
+    inverse_frequency_weights,
+    reinforce_loss,
+    weighted_bce,
+)
+
+log = get_logger(__name__)
+
+REWARDS = ("prob", "f1", "label", "label_f1")
+
+
+@dataclass
+class ClassifierConfig:
+    """The base classifier on fixed features and its optimiser."""
+
+    name: str = "linear"
+    """linear | mlp | any 'package.module:Class' built as Class(in_dim, num_labels, **kwargs)."""
+    hidden: int = 256
+    dropout: float = 0.1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    epochs: int = 30
+    """Epochs of the baselines (B1–B4); the best epoch on D_meta (micro-F1 at 0.5) is kept."""
+
+
+@dataclass
+class MetaConfig:
+    """The meta-learner and its loop (defaults from the paper note's project column)."""
+
+    episodes: int = 200
+    inner_epochs: int = 3
+    warmup_epochs: int = 3
+    """Uniform-BCE epochs before episode 1, so the first label states describe a trained classifier."""
+    warm_start: bool = True
+    """Keep f_θ across episodes (True) or re-initialise it at every episode (False)."""
+    reward: str = "label_f1"
+    """prob | f1 | label | label_f1 (see rewards below and the README for why label_f1 is the default)."""
+    recurrence: str = "labels"
+    """labels: GRU over the label sequence; steps: GRU over meta-iterations emitting L-vectors."""
+    label_order: str = "auto"
+    """auto (hierarchy for typing, frequency for text) | frequency | hierarchy | shuffle | given."""
+    hidden: int = 64
+    label_dim: int = 32
+    w_max: float = 2.0
+    sigma_w: float = 0.2
+    sigma_tau: float = 0.05
+    learn_sigma: bool = False
+    lr: float = 1e-3
+    baseline_beta: float = 0.9
+    entropy_coef: float = 1e-3
+    learn_weights: bool = True
+    """False: w = 1 for every label (the M-τ ablation)."""
+    learn_thresholds: bool = True
+    """False: τ = 0.5 for every label (the M-w ablation)."""
+    weight_mode: str = "label"
+    """label: w_j scales label j's whole BCE term; pos: only its positive part (pos_weight)."""
+    threshold_samples: int = 8
+    """Threshold draws scored per episode on the same classifier (1 = one action per episode, the plain
+    loop of the paper; more lowers the variance of the threshold gradient at one D_meta scoring each)."""
+    select_metric: str = "micro_f1"
+    """D_meta metric (at the mean thresholds) that picks the kept (θ, τ)."""
+
+
+@dataclass
+class PreparedTask:
+    """Features and labels of D_train, D_meta and test for one corpus."""
+
+    name: str
+    task: str
+    label_names: list[str]
+    parents: list[int]
+    X: dict[str, FeatureMatrix]
+    Y: dict[str, np.ndarray]
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        return self.Y["train"].sum(0)
+
+
+# ---------------------------------------------------------------------------- classifier steps
+
+
+def train_epochs(model, optimizer, X: FeatureMatrix, Y: np.ndarray, *, epochs: int, batch_size: int,
+                 generator: torch.Generator, weights: torch.Tensor | None = None, mode: str = "label") -> float:
+    """``epochs`` passes of minibatch training with the weighted BCE; returns the last epoch's mean loss."""
+    model.train()
+    Yt = torch.from_numpy(Y.astype(np.float32))
+    mean = float("nan")
+    for _ in range(epochs):
+        perm = torch.randperm(len(X), generator=generator).numpy()
+        total, n = 0.0, 0
+        for s in range(0, len(perm), batch_size):
+            idx = perm[s:s + batch_size]
+            loss = weighted_bce(model(X.batch(idx)), Yt[idx], weights, mode)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+            n += len(idx)
+        mean = total / max(n, 1)
+    return mean
+
+
+@torch.no_grad()
+def predict_probs(model, X: FeatureMatrix, batch_size: int = 2048) -> np.ndarray:
+    model.eval()
+    out = [torch.sigmoid(model(X.batch(np.arange(s, min(s + batch_size, len(X))))))
+           for s in range(0, len(X), batch_size)]
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def label_states(probs: np.ndarray, Y: np.ndarray, tau: np.ndarray, w: np.ndarray, w_max: float) -> torch.Tensor:
+    """s_j = [prevalence, mean p on positives, mean p on negatives, F1_j at τ_j, w_j / w_max, τ_j] on D_meta."""
+    Yb = Y.astype(bool)
+    pos, neg = Yb.sum(0), (~Yb).sum(0)
+    mean_pos = np.where(pos > 0, (probs * Yb).sum(0) / np.maximum(pos, 1), 0.0)
+    mean_neg = np.where(neg > 0, (probs * ~Yb).sum(0) / np.maximum(neg, 1), 0.0)
+    f1 = per_label_f1(Y, apply_thresholds(probs, tau))
+    s = np.stack([Yb.mean(0), mean_pos, mean_neg, f1, np.asarray(w) / w_max, np.asarray(tau)], axis=1)
+    return torch.from_numpy(s.astype(np.float32))
+
+
+# ------------------------------------------------------------------------------------- rewards
+
+
+def compute_reward(kind: str, probs: np.ndarray, Y: np.ndarray, tau: np.ndarray) -> np.ndarray | float:
+    """The reward of an episode on D_meta (scalar, or one per label for the per-label kinds).
+
+    * ``prob``: (1/n) Σ_i (1/L) Σ_j (2y_ij − 1)(p_ij − τ_j), the paper note's reading of "a reward based on
+      the predicted probability distributions". It is *linear* in τ_j with slope (n_neg_j − n_pos_j)/(nL),
+      so it drives every rare label's threshold to the upper clip (predict nothing): kept for fidelity.
+    * ``f1``: micro-F1 at τ.
+    * ``label``: per-label r_j = (1/n) Σ_i (2y_ij − 1)(p_ij − τ_j) (same linearity caveat).
+    * ``label_f1``: per-label r_j = F1_j at τ_j (zero_division 0), each with its own baseline.
+    """
+    if kind == "prob":
+        return float(np.mean((2.0 * Y - 1.0) * (probs - tau[None, :])))
+    if kind == "f1":
+        return micro_f1(Y, apply_thresholds(probs, tau))
+    if kind == "label":
+        return np.mean((2.0 * Y - 1.0) * (probs - tau[None, :]), axis=0)
+    if kind == "label_f1":
+        return per_label_f1(Y, apply_thresholds(probs, tau))
+    raise ValueError(f"reward must be one of {REWARDS}, got {kind!r}")
+
+
+def label_order(kind: str, task: PreparedTask, seed: int) -> np.ndarray:
+    """The order in which the GRU visits the labels."""
+    L = task.num_labels
+    counts = task.train_counts
+    if kind == "auto":
+        kind = "hierarchy" if task.task == "typing" else "frequency"
+    if kind == "given":
+        return np.arange(L)
+    if kind == "frequency":
+        return np.argsort(-counts, kind="stable")
+    if kind == "shuffle":
+        return np.random.default_rng(seed).permutation(L)
+    if kind == "hierarchy":
+        # Pre-order walk: each parent, then its children; siblings by descending frequency.
+        children: dict[int, list[int]] = {}
+        for j, p in enumerate(task.parents):
+            children.setdefault(p, []).append(j)
+        out: list[int] = []
+
+        def visit(p: int) -> None:
+            for c in sorted(children.get(p, []), key=lambda j: (-counts[j], j)):
+                out.append(c)
+                visit(c)
+
+        visit(-1)
+        return np.array(out)
+    raise ValueError(f"label_order must be auto|frequency|hierarchy|shuffle|given, got {kind!r}")
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def _episode_generator(seed: int, episode: int) -> torch.Generator:
+    # Data order and action noise of episode e depend only on (seed, e): a resumed run replays them exactly.
+    return torch.Generator().manual_seed(seed * 1_000_003 + episode)
+
+
+def _new_classifier(task: PreparedTask, cfg: ClassifierConfig, seed: int):
+    torch.manual_seed(seed)
+    kwargs = {"hidden": cfg.hidden, "dropout": cfg.dropout} if cfg.name == "mlp" else {}
+    model = build_classifier(cfg.name, task.X["train"].dim, task.num_labels, **kwargs)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return model, opt
+
+
+def evaluate_policy(task: PreparedTask, probs: dict[str, np.ndarray], tau, *, split: str = "test") -> dict:
+    return task_metrics(task.task, task.Y[split], apply_thresholds(probs[split], tau), task.train_counts)
+
+
+def _select_score(task: PreparedTask, probs_meta: np.ndarray, tau, metric: str) -> float:
+    return task_metrics(task.task, task.Y["meta"], apply_thresholds(probs_meta, tau))[metric]
+
+
+# ------------------------------------------------------------------------------------ baselines
+
+
+def run_baseline(task: PreparedTask, kind: str, cfg: ClassifierConfig, run_dir: str | Path, *, seed: int = 0,
+                 resume: str = "never", logger: MetricLogger | None = None, progress_bar: bool = True,
+                 keep_last: int = 2) -> dict:
+    """Train one classifier with a fixed training policy and evaluate the fixed prediction policies.
+
+    ``kind="uniform"`` gives B1 (τ = 0.5), B2 (per-label τ tuned on D_meta) and B3 (one global τ tuned on
+    D_meta) from one uniformly trained classifier; ``kind="inverse_freq"`` gives B4 (pos_weight = neg/pos,
+    capped at 50; τ = 0.5). The epoch with the best D_meta micro-F1 at 0.5 is kept (early stopping on D_meta).
+    """
+    if kind not in ("uniform", "inverse_freq"):
+        raise ValueError(f"baseline kind must be uniform or inverse_freq, got {kind!r}")
+    run_dir = Path(run_dir)
+    ckpt = CheckpointManager(run_dir, keep_last=keep_last)
+    start = ckpt.resolve_resume(resume)
+    seed_everything(seed)
+    model, opt = _new_classifier(task, cfg, seed)
+    weights, mode = (None, "label") if kind == "uniform" else (inverse_frequency_weights(task.Y["train"]), "pos")
+    epoch, best = 0, {"score": -1.0, "model": copy.deepcopy(model.state_dict()), "epoch": 0}
+    if start is not None:
+        state = torch.load(start, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        restore_rng_state(state["rng"])
+        epoch, best = state["step"], state["best"]
+        log.info("resumed %s baseline from %s (epoch %d)", kind, start, epoch)
+    t0 = time.time()
+    bar = progress(total=cfg.epochs, initial=epoch, desc=f"baseline {kind}", enabled=progress_bar, unit="epoch")
+    while epoch < cfg.epochs:
+        loss = train_epochs(model, opt, task.X["train"], task.Y["train"], epochs=1, batch_size=cfg.batch_size,
+                            generator=_episode_generator(seed, epoch), weights=weights, mode=mode)
+        epoch += 1
+        score = _select_score(task, predict_probs(model, task.X["meta"]), 0.5, "micro_f1")
+        if score > best["score"]:
+            best = {"score": score, "model": copy.deepcopy(model.state_dict()), "epoch": epoch}
+        ckpt.save(epoch, {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": capture_rng_state(),
+                          "step": epoch, "best": best, "config": asdict(cfg), "kind": kind})
+        if logger is not None:
+            logger.log(epoch, {"train/loss": loss, "meta/micro_f1@0.5": score})
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", meta_f1=f"{score:.4f}")
+    bar.close()
+    model.load_state_dict(best["model"])
+    probs = {split: predict_probs(model, task.X[split]) for split in ("meta", "test")}
+    L = task.num_labels
+    results: dict[str, dict] = {}
+    if kind == "uniform":
+        tau_b2 = tune_thresholds_per_label(probs["meta"], task.Y["meta"])
+        tau_b3 = tune_global_threshold(probs["meta"], task.Y["meta"])
+        policies = {"B1": np.full(L, 0.5), "B2": tau_b2, "B3": np.full(L, tau_b3)}
+    else:
+        policies = {"B4": np.full(L, 0.5)}
+    for method, tau in policies.items():
+        results[method] = {"test": evaluate_policy(task, probs, tau), "meta": evaluate_policy(task, probs, tau,
+                                                                                             split="meta"),
+                           "thresholds": np.asarray(tau).tolist(), "best_epoch": best["epoch"]}
+    results["_model_state"] = best["model"]
+    results["_wall_seconds"] = time.time() - t0
+    return results
+
+
+# ------------------------------------------------------------------------------------ meta loop
+
+
+def run_meta(task: PreparedTask, meta_cfg: MetaConfig, clf_cfg: ClassifierConfig, run_dir: str | Path, *,
+             seed: int = 0, resume: str = "never", logger: MetricLogger | None = None, progress_bar: bool = True,
+             keep_last: int = 2, label_init: torch.Tensor | None = None) -> dict:
+    """Meta-learn per-label weights and thresholds for ``task``; evaluate the kept (θ, μ^τ) on test.
+
+    The method name follows the flags: M (both policies), M-w (``learn_thresholds=False``, τ = 0.5) or
+    M-τ (``learn_weights=False``, w = 1).
+    """
+    if meta_cfg.reward not in REWARDS:
+        raise ValueError(f"reward must be one of {REWARDS}, got {meta_cfg.reward!r}")
+    run_dir = Path(run_dir)
+    L = task.num_labels
+    ckpt = CheckpointManager(run_dir, keep_last=keep_last)
+    start = ckpt.resolve_resume(resume)
+    seed_everything(seed)
+    clf, clf_opt = _new_classifier(task, clf_cfg, seed)
+    torch.manual_seed(seed + 1)
+    meta = MetaLearner(L, recurrence=meta_cfg.recurrence, hidden=meta_cfg.hidden, label_dim=meta_cfg.label_dim,
+                       w_max=meta_cfg.w_max, sigma_w=meta_cfg.sigma_w, sigma_tau=meta_cfg.sigma_tau,
+                       learn_sigma=meta_cfg.learn_sigma, label_init=label_init)
+    meta_opt = torch.optim.Adam(meta.parameters(), lr=meta_cfg.lr)
+    order = torch.from_numpy(label_order(meta_cfg.label_order, task, seed).copy())
+    per_label = meta_cfg.reward in ("label", "label_f1")
+    weights_on = meta_cfg.learn_weights
+    episode, baseline = 0, None
+    prev_w, prev_tau = np.ones(L), np.full(L, 0.5)
+    best = {"score": -1.0}
+    history: list[dict] = []
+    t0 = time.time()
+    if start is not None:
+        state = torch.load(start, weights_only=False)
+        clf.load_state_dict(state["model"])
+        clf_opt.load_state_dict(state["optimizer"])
+        meta.load_state_dict(state["meta"])
+        meta_opt.load_state_dict(state["meta_optimizer"])
+        restore_rng_state(state["rng"])
+        episode, baseline, best, history = state["step"], state["baseline"], state["best"], state["history"]
+        prev_w, prev_tau = state["prev_w"], state["prev_tau"]
+        t0 -= state.get("wall_seconds", 0.0)
+        log.info("resumed meta run from %s (episode %d)", start, episode)
+    elif meta_cfg.warmup_epochs > 0:
+        train_epochs(clf, clf_opt, task.X["train"], task.Y["train"], epochs=meta_cfg.warmup_epochs,
+                     batch_size=clf_cfg.batch_size, generator=_episode_generator(seed, -1))
+    probs_meta = predict_probs(clf, task.X["meta"])
+    bar = progress(total=meta_cfg.episodes, initial=episode, desc="meta episodes", enabled=progress_bar,
+                   unit="ep")
+    while episode < meta_cfg.episodes:
+        gen = _episode_generator(seed, episode)
+        states = label_states(probs_meta, task.Y["meta"], prev_tau, prev_w, meta_cfg.w_max)
+        meta.train()
+        mu_w, mu_t = meta(states, order)
+        (raw_w, raw_t), (w, tau) = meta.sample(mu_w, mu_t, generator=gen)
+        if not weights_on:
+            w = torch.ones(L)
+        if not meta_cfg.learn_thresholds:
+            tau = torch.full((L,), 0.5)
+        if not meta_cfg.warm_start:
+            clf, clf_opt = _new_classifier(task, clf_cfg, seed + 7919 * (episode + 1))
+            if meta_cfg.warmup_epochs > 0:
+                train_epochs(clf, clf_opt, task.X["train"], task.Y["train"], epochs=meta_cfg.warmup_epochs,
+                             batch_size=clf_cfg.batch_size, generator=_episode_generator(seed, -1))
+        loss = train_epochs(clf, clf_opt, task.X["train"], task.Y["train"], epochs=meta_cfg.inner_epochs,
+                            batch_size=clf_cfg.batch_size, generator=gen,
+                            weights=w if weights_on else None, mode=meta_cfg.weight_mode)
+        probs_meta = predict_probs(clf, task.X["meta"])
+        # Thresholds do not change training, so extra threshold draws cost one D_meta scoring each.
+        draws = [(raw_t, tau)]
+        if meta_cfg.learn_thresholds:
+            for _ in range(meta_cfg.threshold_samples - 1):
+                (_, extra_raw_t), (_, extra_tau) = meta.sample(mu_w, mu_t, generator=gen)
+                draws.append((extra_raw_t, extra_tau))
+        rewards = [torch.as_tensor(compute_reward(meta_cfg.reward, probs_meta, task.Y["meta"],
+                                                  t.numpy().astype(np.float64)), dtype=torch.float32)
+                   for _, t in draws]
+        reward_t = torch.stack(rewards).mean(0)
+        if baseline is None:
+            baseline = reward_t.clone()  # first episode: zero advantage rather than a huge one
+        pg = torch.zeros(())
+        for (draw_raw_t, _), r in zip(draws, rewards):
+            lp_w, lp_t = meta.log_prob(raw_w, draw_raw_t, mu_w, mu_t)
+            log_prob = (lp_w if weights_on else 0) + (lp_t if meta_cfg.learn_thresholds else 0)
+            # Per-label rewards: label j's log-probability gets its own advantage r_j − b_j.
+            pg = pg + (reinforce_loss(log_prob, r - baseline) if per_label
+                       else reinforce_loss(torch.as_tensor(log_prob).sum(), r - baseline))
+        pg = pg / (len(draws) * L)
+        meta_loss = pg - meta_cfg.entropy_coef * meta.entropy() / L
+        meta_opt.zero_grad(set_to_none=True)
+        meta_loss.backward()
+        meta_opt.step()
+        meta.advance()
+        baseline = meta_cfg.baseline_beta * baseline + (1 - meta_cfg.baseline_beta) * reward_t
+        prev_w, prev_tau = w.numpy().astype(np.float64), tau.numpy().astype(np.float64)
+        episode += 1
+        # Kept policy: the mean thresholds for the classifier as it is now (no sampling at test time).
+        with torch.no_grad():
+            meta.eval()
+            mean_w, mean_t = meta(label_states(probs_meta, task.Y["meta"], prev_tau, prev_w, meta_cfg.w_max),
+                                  order)
+        test_tau = mean_t.numpy().astype(np.float64) if meta_cfg.learn_thresholds else np.full(L, 0.5)
+        score = _select_score(task, probs_meta, test_tau, meta_cfg.select_metric)
+        if score > best["score"]:
+            best = {"score": score, "episode": episode, "model": copy.deepcopy(clf.state_dict()),
+                    "tau": test_tau, "w": prev_w.copy(), "mean_w": mean_w.numpy().astype(np.float64)}
+        row = {"reward": float(reward_t.mean()), "baseline": float(baseline.mean()), "train/loss": loss,
+               "meta/loss": float(meta_loss.detach()), "meta/select_score": score,
+               "policy/w_mean": float(w.mean()), "policy/w_std": float(w.std()),
+               "policy/tau_mean": float(tau.mean()), "policy/tau_std": float(tau.std()),
+               "policy/mu_tau_mean": float(mean_t.mean()), "policy/mu_w_mean": float(mean_w.mean())}
+        history.append({"episode": episode, **row, "mu_tau": mean_t.tolist(), "mu_w": mean_w.tolist()})
+        ckpt.save(episode, {"model": clf.state_dict(), "optimizer": clf_opt.state_dict(), "meta": meta.state_dict(),
+                            "meta_optimizer": meta_opt.state_dict(), "rng": capture_rng_state(), "step": episode,
+                            "baseline": baseline, "best": best, "history": history, "prev_w": prev_w,
+                            "prev_tau": prev_tau, "wall_seconds": time.time() - t0,
+                            "config": {"meta": asdict(meta_cfg), "classifier": asdict(clf_cfg)}})
+        if logger is not None:
+            logger.log(episode, row)
+        bar.update(1)
+        bar.set_postfix(R=f"{row['reward']:.4f}", sel=f"{score:.4f}")
+    bar.close()
+    if "model" not in best:
+        raise RuntimeError("meta run finished without any episode (episodes must be >= 1)")
+    clf.load_state_dict(best["model"])
+    probs = {split: predict_probs(clf, task.X[split]) for split in ("meta", "test")}
+    method = "M" if (weights_on and meta_cfg.learn_thresholds) else ("M-w" if weights_on else "M-tau")
+    return {
+        method: {"test": evaluate_policy(task, probs, best["tau"]),
+                 "meta": evaluate_policy(task, probs, best["tau"], split="meta"),
+                 "thresholds": np.asarray(best["tau"]).tolist(), "weights": np.asarray(best["w"]).tolist(),
+                 "best_episode": best["episode"]},
+        "_history": history,
+        "_model_state": best["model"],
+        "_wall_seconds": time.time() - t0,
+    }
+
+
+def headline(task: PreparedTask) -> str:
+    return headline_metric(task.task)
+
+
+__all__ = [
+    "ClassifierConfig", "MetaConfig", "PreparedTask", "run_baseline", "run_meta", "compute_reward", "label_states",
+    "label_order", "train_epochs", "predict_probs", "STATE_DIM", "headline",
+]

