@@ -64,8 +64,9 @@ def read_reuters_training(data_dir=None, limit: int | None = None) -> Iterator[s
         raise DataFormatError(path, "no reuters/training/<id> documents in the archive")
 
 
-def read_sst2(split: str = "train", data_dir=None) -> list[tuple[str, int]]:
-    """GLUE SST-2 as (sentence, label) pairs; the file is ``label<TAB>sentence`` with a header row."""
+def read_sst2(split: str = "train", data_dir=None, limit: int | None = None) -> list[tuple[str, int]]:
+    """GLUE SST-2 as (sentence, label) pairs (the first ``limit`` rows if given); the file is
+    ``label<TAB>sentence`` with a header row."""
     if split not in ("train", "dev"):
         raise ValueError(f"SST-2 split must be train or dev, got {split!r}")
     path = dataset_path("SST-2", f"glue/sst2/{split}.tsv", source=SST2_SOURCE, data_dir=data_dir)
@@ -75,6 +76,8 @@ def read_sst2(split: str = "train", data_dir=None) -> list[tuple[str, int]]:
         if len(header) != 2 or header[0] != "label":
             raise DataFormatError(path, f"expected a header 'label<TAB>sentence', got {header!r}", line=1)
         for lineno, line in enumerate(f, start=2):
+            if limit is not None and len(rows) >= limit:
+                break
             line = line.rstrip("\n")
             if not line:
                 continue
@@ -141,8 +144,7 @@ def _source_texts(source: str, data_dir, limit: int | None) -> Iterable[str]:
     if source == "reuters":
         return read_reuters_training(data_dir, limit=limit)
     if source == "sst2":
-        rows = read_sst2("train", data_dir)
-        return [t for t, _ in (rows[:limit] if limit else rows)]
+        return [t for t, _ in read_sst2("train", data_dir, limit=limit)]
     if source in ("atis", "snips"):
         rows = read_nlu_intents(source, "train", data_dir)
         return [t for t, _ in (rows[:limit] if limit else rows)]

@@ -34,9 +34,8 @@ class TaskData:
 
 
 def load_sst2(data_dir=None, train_limit: int | None = None, eval_limit: int | None = None) -> TaskData:
-    train = read_sst2("train", data_dir)
-    return TaskData("sst2", ["negative", "positive"], train[:train_limit] if train_limit else train,
-                    read_sst2("dev", data_dir)[:eval_limit], None)
+    return TaskData("sst2", ["negative", "positive"], read_sst2("train", data_dir, limit=train_limit),
+                    read_sst2("dev", data_dir, limit=eval_limit), None)
 
 
 def load_snips_intent(data_dir=None, train_limit: int | None = None, eval_limit: int | None = None) -> TaskData:

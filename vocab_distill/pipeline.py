@@ -27,6 +27,7 @@ import torch
 from transformers import BertForMaskedLM, BertModel
 
 from common.bench import peak_rss_bytes
+from common.checkpoint import ResumeError
 from common.logging import get_logger
 
 from .corpus import ALL_SOURCES, build_corpus, read_nlu_intents, read_sst2
@@ -146,7 +147,20 @@ class Pipeline:
                 make_tiny_teacher(tiny, self.teacher_dir / "vocab.txt", seed=trainer_cfg.seed)
             self.teacher_dir = tiny
         self.results: dict = {"stages": {}}
+        self._check_resume()
         self.work.mkdir(parents=True, exist_ok=True)
+
+    def _check_resume(self) -> None:
+        """resume=never refuses a work directory that already holds stage outputs; auto continues it.
+        A checkpoint path makes no sense for a multi-stage pipeline (each stage has its own)."""
+        if self.resume not in ("never", "auto"):
+            raise ResumeError(f"resume={self.resume}: this multi-stage pipeline resumes with resume=auto "
+                              "(every stage continues from its own newest checkpoint)")
+        if self.resume == "never" and self.work.is_dir():
+            done = sorted(p.name for p in self.work.iterdir() if p.name.startswith(("stage", "finetune", "vocab")))
+            if done:
+                raise ResumeError(f"{self.work} already holds a run ({', '.join(done[:4])}...). Continue it with "
+                                  "resume=auto, or start fresh under another name=... (or delete the folder).")
 
     # ------------------------------------------------------------------ data
     def prepare_data(self) -> None:

@@ -159,13 +159,14 @@ def eval_student_mlm(student: BertForMaskedLM, codec: StudentCodec, encs: Sequen
 
 def train_mixed_teacher(model: MixedVocabMLM, codec: MixedVocabCodec, train_encs: Sequence[EncodedText],
                         eval_encs: Sequence[EncodedText], trainer_cfg, run_dir: str | Path, *, stage: str,
-                        opts: MixedMLMOptions = MixedMLMOptions(), resume: str = "never", logger_cfg=None,
+                        opts: MixedMLMOptions | None = None, resume: str = "never", logger_cfg=None,
                         config=None) -> FitResult:
     """Stage 0 (``stage="stage0"``): V_t-only MLM with the encoder frozen, training the MLM transform and
     the output bias of the head MiniLM lacks. Stage I (``stage="stage1"``): everything trainable, each
     word segmented with V_s with the ramped probability, two softmaxes."""
     if stage not in ("stage0", "stage1"):
         raise ValueError(f"stage must be stage0 or stage1, got {stage!r}")
+    opts = opts or MixedMLMOptions()
     set_encoder_trainable(model, stage == "stage1")
     total_micro = total_micro_batches(trainer_cfg, len(train_encs))
     ranges = mixed_vocab_ranges(codec)
@@ -281,9 +282,10 @@ class StudentOptions:
 
 
 def train_student(distiller: StudentDistiller, codec: StudentCodec, train_encs: Sequence, eval_encs: Sequence,
-                  trainer_cfg, run_dir: str | Path, *, opts: StudentOptions = StudentOptions(),
+                  trainer_cfg, run_dir: str | Path, *, opts: StudentOptions | None = None,
                   resume: str = "never", logger_cfg=None, config=None) -> FitResult:
     """Stage II (or a baseline): single-vocabulary MLM on ``codec``'s segmentation plus the distiller's terms."""
+    opts = opts or StudentOptions()
 
     def loss_fn(net, idx):
         b = codec.masked_batch([train_encs[i] for i in idx.tolist()], opts.mask_prob)

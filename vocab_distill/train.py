@@ -14,11 +14,12 @@ from omegaconf import DictConfig
 import common.config  # noqa: F401  (registers trainer/paths/logger/run_layout)
 from common.hydra_utils import report_user_errors, run_dir_from, to_dataclass
 
-from .pipeline import Pipeline, PipelineConfig
-from .pretrain import MixedMLMOptions, StudentOptions, with_overrides
 
+def build_pipeline(cfg: DictConfig, work_dir):
+    """The library pipeline for a composed config (imported lazily so that ``--help`` stays fast)."""
+    from .pipeline import Pipeline, PipelineConfig
+    from .pretrain import MixedMLMOptions, StudentOptions, with_overrides
 
-def build_pipeline(cfg: DictConfig, work_dir) -> Pipeline:
     return Pipeline(to_dataclass(cfg.pipeline, PipelineConfig), with_overrides(cfg.trainer), work_dir,
                     mixed=to_dataclass(cfg.stage1, MixedMLMOptions), student=to_dataclass(cfg.stage2, StudentOptions),
                     data_dir=cfg.paths.data_dir, resume=cfg.resume, logger_cfg=cfg.logger)
