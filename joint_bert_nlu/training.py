@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+from transformers import AutoTokenizer
 
 from common.bench import peak_rss_bytes
 from common.checkpoint import CheckpointManager, load_checkpoint, seed_everything
@@ -72,6 +72,20 @@ def build_optimizer(model, opts: OptimOptions) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=opts.lr, eps=opts.adam_eps)
 
 
+def linear_warmup_decay(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the base lr, then linear decay to 0 at ``total_steps``.
+
+    The same schedule as transformers' ``get_linear_schedule_with_warmup``, written out because importing
+    that function pulls in transformers' Trainer stack (and peft), which costs seconds per process here.
+    """
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def joint_loss(model, batch) -> dict[str, torch.Tensor]:
     out = model(**batch)
     return {"loss": out.loss, "intent_loss": out.intent_loss.detach(), "slot_loss": out.slot_loss.detach()}
@@ -105,7 +119,7 @@ def train_joint(trainer_cfg, run_dir: str | os.PathLike, model_opts: ModelOption
     trainer = Trainer(trainer_cfg, run_dir, logger_cfg=logger_cfg, resume=resume, config=config)
 
     def scheduler_fn(optimizer, total_steps):
-        return get_linear_schedule_with_warmup(optimizer, int(optim_opts.warmup_ratio * total_steps), total_steps)
+        return linear_warmup_decay(optimizer, int(optim_opts.warmup_ratio * total_steps), total_steps)
 
     t0 = time.time()
     fit: FitResult = trainer.fit(

@@ -135,3 +135,21 @@ def test_predictor_spans_and_empty_input():
     for span in first["slots"]:
         assert first["text"][span["start"]:span["end"]] == span["value"]
     assert out[1] == {"text": "", "intent": None, "confidence": 0.0, "slots": [], "tags": []}
+
+
+def test_linear_schedule_matches_transformers():
+    from transformers import get_linear_schedule_with_warmup
+
+    from joint_bert_nlu.training import linear_warmup_decay
+
+    lrs = []
+    for make in (linear_warmup_decay, get_linear_schedule_with_warmup):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        sched = make(opt, 3, 10)
+        seq = []
+        for _ in range(11):
+            seq.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        lrs.append(seq)
+    assert lrs[0] == pytest.approx(lrs[1])
