@@ -14,6 +14,7 @@ import torch
 
 from .engine import OptimConfig, adamw_update
 from .memory import HostPool
+from .model import Block, GPTConfig
 from .planner import Profile
 from .storage import DirectFile, IOEngine, check_offload_dir, wait_all
 
@@ -63,6 +64,25 @@ def gemm_rate(n: int = 512, dtype: torch.dtype = torch.float32, repeats: int = 5
     return 2.0 * n**3 / _median(ts)
 
 
+def block_rate(mcfg: GPTConfig, batch: int, seq: int, dtype: torch.dtype = torch.float32, repeats: int = 3) -> float:
+    """FLOP/s of one real decoder block, forward + backward, at the run's shapes (the profiling step):
+    includes attention, norms and elementwise work that a square GEMM rate leaves out."""
+    blk = Block(mcfg).to(dtype)
+    x = torch.randn(batch, seq, mcfg.hidden, dtype=dtype, requires_grad=True)
+    flops = 3 * sum(mcfg.block_matmul_flops(batch * seq, seq).values())
+
+    def once():
+        blk(x).sum().backward()
+
+    once()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        once()
+        ts.append(time.perf_counter() - t)
+    return flops / _median(ts)
+
+
 def memcpy_rate(nbytes: int = 64 << 20, repeats: int = 5) -> float:
     src, dst = torch.empty(nbytes, dtype=torch.uint8).fill_(1), torch.empty(nbytes, dtype=torch.uint8)
     dst.copy_(src)
@@ -88,8 +108,12 @@ def adam_rate(numel: int = 1 << 22, impl: str = "single", repeats: int = 3) -> f
 
 def measure_floors(directory: str | os.PathLike, *, io_bytes: int = 64 << 20, gemm_n: int = 512,
                    dtype: torch.dtype = torch.float32, queue_depth: int = 4, request_bytes: int = 4 << 20,
-                   throttle: float | None = None, adam_impl: str = "single") -> tuple[Profile, dict[str, float]]:
+                   throttle: float | None = None, adam_impl: str = "fused", model: GPTConfig | None = None,
+                   batch: int = 1, seq: int = 128) -> tuple[Profile, dict[str, float]]:
+    """The planner's inputs. With ``model`` the compute rate is that of a real block at (batch, seq);
+    otherwise that of an n x n GEMM."""
     bw = ssd_bandwidth(directory, io_bytes, queue_depth=queue_depth, request_bytes=request_bytes, throttle=throttle)
-    raw = {**bw, "flops_per_s": gemm_rate(gemm_n, dtype), "memcpy_bps": memcpy_rate(min(io_bytes, 64 << 20)),
+    rate = block_rate(model, batch, seq, dtype) if model is not None else gemm_rate(gemm_n, dtype)
+    raw = {**bw, "flops_per_s": rate, "memcpy_bps": memcpy_rate(min(io_bytes, 64 << 20)),
            "adam_params_per_s": adam_rate(1 << 20, adam_impl)}
     return Profile(**raw), raw

@@ -81,6 +81,7 @@ def engine_config(cfg) -> EngineConfig:
         queue_depth=off.queue_depth, request_bytes=parse_bytes(off.request_bytes),
         throttle_bytes_per_s=thr * 1e6 if thr else None, prefetch_depth=off.prefetch_depth,
         opt_chunk_elems=off.opt_chunk_elems, grad_tier=off.grad_tier, verify_on_resume=off.verify_on_resume,
+        checksum=off.checksum,
         device=_device(cfg.trainer.device),
     )
 
@@ -112,7 +113,7 @@ def make_plans(cfg, mcfg: GPTConfig, ec: EngineConfig, optim: OptimConfig, batch
         from .profiling import measure_floors
 
         prof, raw = measure_floors(state_dir / "profile", io_bytes=parse_bytes(cfg.offload.profile_io_bytes),
-                                   gemm_n=min(1024, max(128, mcfg.hidden)),
+                                   model=mcfg, batch=batch, seq=seq,
                                    dtype=torch.bfloat16 if el == 2 else torch.float32,
                                    queue_depth=ec.queue_depth, request_bytes=ec.request_bytes,
                                    throttle=ec.throttle_bytes_per_s, adam_impl=optim.impl)

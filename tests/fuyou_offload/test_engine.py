@@ -23,16 +23,17 @@ MIXED = [BlockPlan("ssd", ("qkv", "attn_core"), "ssd"), BlockPlan("host", ("mlp_
          BlockPlan()]
 
 
-@pytest.mark.parametrize(("schedule", "plans", "grad_tier", "clip"), [
-    ("fuyou", None, "host", 1.0),        # clipping active every step: speculation rolled back and replayed
-    ("fuyou", MIXED, "ssd", 1.0),        # activations on host and SSD, gradients waiting on SSD
-    ("fuyou", MIXED, "host", 100.0),     # clipping never binds: speculative updates are committed
-    ("fuyou", None, "host", None),       # no clipping (option a)
-    ("zero_infinity", None, "host", 1.0),
+@pytest.mark.parametrize(("schedule", "plans", "grad_tier", "clip", "impl"), [
+    ("fuyou", None, "host", 1.0, "fused"),      # clipping active every step: speculation rolled back, replayed
+    ("fuyou", None, "host", 1.0, "single"),     # the same against AdamW's per-tensor loop
+    ("fuyou", MIXED, "ssd", 1.0, "fused"),      # activations on host and SSD, gradients waiting on SSD
+    ("fuyou", MIXED, "host", 100.0, "fused"),   # clipping never binds: speculative updates are committed
+    ("fuyou", None, "host", None, "fused"),     # no clipping (option a)
+    ("zero_infinity", None, "host", 1.0, "fused"),
 ])
-def test_five_steps_equal_in_memory_adamw(tiny_cfg, batches, make_engine, schedule, plans, grad_tier, clip):
+def test_five_steps_equal_in_memory_adamw(tiny_cfg, batches, make_engine, schedule, plans, grad_tier, clip, impl):
     model = init_gpt(tiny_cfg, 0)
-    optim = OptimConfig(lr=1e-2, clip_grad_norm=clip, weight_decay=0.1)
+    optim = OptimConfig(lr=1e-2, clip_grad_norm=clip, weight_decay=0.1, impl=impl)
     eng = make_engine(tiny_cfg, model=model, schedule=schedule, plans=plans, grad_tier=grad_tier, optim=optim)
     ref = InMemoryTrainer(copy.deepcopy(model), optim)
     rolled = 0
