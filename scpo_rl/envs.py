@@ -158,6 +158,29 @@ def perturbed(env: gym.Env, mass: float = 1.0, friction: float = 1.0, *, bodies:
         p.restore()
 
 
+class PerturbedDynamics(gym.Wrapper):
+    """An env whose mass and friction stay scaled (relative to nominal) for the wrapper's lifetime;
+    ``set(...)`` changes the scales, ``restore()`` or ``close()`` puts the nominal model back."""
+
+    def __init__(self, env: gym.Env, mass: float = 1.0, friction: float = 1.0, *,
+                 bodies: Sequence[str] | None = None, scale_inertia: bool = False):
+        super().__init__(env)
+        self.set(mass, friction, bodies=bodies, scale_inertia=scale_inertia)
+
+    def set(self, mass: float = 1.0, friction: float = 1.0, *, bodies: Sequence[str] | None = None,
+            scale_inertia: bool = False) -> None:
+        perturber_of(self.env).apply(mass, friction, bodies=bodies, scale_inertia=scale_inertia)
+        self.scales = (float(mass), float(friction))
+
+    def restore(self) -> None:
+        perturber_of(self.env).restore()
+        self.scales = (1.0, 1.0)
+
+    def close(self):
+        self.restore()
+        return super().close()
+
+
 class DomainRandomization(gym.Wrapper):
     """DR-SAC's training env: mass and friction scales drawn uniformly per episode (at every reset)."""
 

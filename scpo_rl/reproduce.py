@@ -163,8 +163,10 @@ def grid_rows(study: Study, method: str, seed: int, runs_dir: Path, eval_seed: i
         return read_rows_csv(cache)
     ckpt = CheckpointManager(run_dir).latest()
     agent, env_id = load_agent(ckpt)
+    bar = progress(total=len(study.masses) * len(study.frictions), desc=f"grid {run_dir.name}", unit="cell")
     rows = robustness_grid(agent_policy(agent), env_id, study.masses, study.frictions, episodes=study.grid_episodes,
-                           seed=eval_seed, max_steps=study.eval_max_steps)
+                           seed=eval_seed, max_steps=study.eval_max_steps, progress=bar.update)
+    bar.close()
     rows = [{"method": method, "seed": seed, **r} for r in rows]
     write_rows_csv(cache, rows)
     return rows

@@ -7,6 +7,7 @@ import pytest
 
 from scpo_rl.envs import (
     FRICTIONLESS_ENVS,
+    PerturbedDynamics,
     capture_env_state,
     make_env,
     perturbed,
@@ -166,3 +167,16 @@ def test_env_names():
     with pytest.raises(ValueError, match="mass scale must be > 0"):
         with perturbed(make_env("inverted_pendulum"), mass=0.0):
             pass
+
+
+def test_perturbed_dynamics_wrapper(hopper):
+    nominal = rollout(hopper)
+    mass0 = hopper.unwrapped.model.body_mass.copy()
+    wrapped = PerturbedDynamics(hopper, mass=0.7, friction=1.2)
+    assert np.allclose(wrapped.unwrapped.model.body_mass, mass0 * 0.7) and wrapped.scales == (0.7, 1.2)
+    assert not np.array_equal(rollout(wrapped), nominal)
+    wrapped.set(mass=1.3)
+    assert np.allclose(wrapped.unwrapped.model.body_mass, mass0 * 1.3)
+    wrapped.restore()
+    assert np.array_equal(hopper.unwrapped.model.body_mass, mass0)
+    assert np.array_equal(rollout(hopper), nominal)
