@@ -1,0 +1,136 @@
+"""Retrieval-based generation as a kNN-LM (Khandelwal et al. 2020) over a causal LM.
+
+Keys are the input of the last layer's feed-forward block after its normalisation (for LLaMA: the output
+of ``layers[-1].post_attention_layernorm``), values the next token. At test time
+
+    p(y) = lam * p_kNN(y) + (1 - lam) * p_LM(y),   p_kNN(y) ∝ sum_{i in kNN(q), v_i = y} exp(-d_i / T)
+
+with exact squared L2 distances d_i = |q|^2 - 2 q.k + |k|^2 computed by matrix products in chunks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from common.progress import progress
+
+
+@dataclass
+class Encoded:
+    """Every scored position of a token stream: its key, the next token, and log p_LM(next token)."""
+
+    keys: torch.Tensor  # (N, d) float32
+    values: torch.Tensor  # (N,) long
+    lm_logp: torch.Tensor  # (N,) float32
+
+
+def _ffn_input_module(model):
+    layers = model.model.layers if hasattr(model, "model") else model.layers
+    return layers[-1].post_attention_layernorm
+
+
+def window_starts(n_tokens: int, window: int, stride: int) -> list[int]:
+    """Starts of the sliding windows, enough to reach the end of the stream."""
+    if n_tokens < 2:
+        return []
+    starts = [0]
+    while starts[-1] + window < n_tokens:
+        starts.append(starts[-1] + stride)
+    return starts
+
+
+@torch.no_grad()
+def encode_stream(model, ids: torch.Tensor, window: int = 512, stride: int = 256, show_progress: bool = True
+                  ) -> Encoded:
+    """Slide windows over a 1-D token stream and predict every token after the first exactly once, each
+    from the window that gives it the most context seen so far (at least window - stride tokens after
+    the first window)."""
+    captured = {}
+    hook = _ffn_input_module(model).register_forward_hook(lambda m, i, o: captured.__setitem__("h", o))
+    keys, values, lps = [], [], []
+    covered = 0  # stream index of the last token already predicted (token 0 never is)
+    try:
+        for s in progress(window_starts(len(ids), window, stride), desc="encode", enabled=show_progress,
+                          unit="win"):
+            chunk = ids[s: s + window]
+            logits = model(input_ids=chunk.unsqueeze(0)).logits[0, :-1].float()  # position t predicts s+t+1
+            sel = slice(max(covered - s, 0), len(chunk) - 1)
+            tgt = chunk[1:][sel]
+            keys.append(captured["h"][0, sel].float())
+            values.append(tgt)
+            lps.append(logits[sel].log_softmax(-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1))
+            covered = s + len(chunk) - 1
+    finally:
+        hook.remove()
+    return Encoded(torch.cat(keys), torch.cat(values), torch.cat(lps))
+
+
+@torch.no_grad()
+def nearest(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: int = 4096
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact k nearest keys by squared L2 distance: (distances ascending, indices), each (Q, k)."""
+    k = min(k, keys.shape[0])
+    k_sq = (keys * keys).sum(-1)  # (N,)
+    dists, idx = [], []
+    for i in range(0, queries.shape[0], chunk):
+        q = queries[i: i + chunk]
+        d = (q * q).sum(-1, keepdim=True) - 2 * q @ keys.T + k_sq  # (q, N)
+        top = d.topk(k, dim=-1, largest=False)
+        dists.append(top.values.clamp(min=0))
+        idx.append(top.indices)
+    return torch.cat(dists), torch.cat(idx)
+
+
+def knn_prob_of(targets: torch.Tensor, dists: torch.Tensor, neighbour_values: torch.Tensor, k: int,
+                temperature: float) -> torch.Tensor:
+    """p_kNN(target) per query from its (sorted) neighbours, using the first k of them."""
+    w = torch.softmax(-dists[:, :k] / temperature, dim=-1)  # (Q, k)
+    return (w * (neighbour_values[:, :k] == targets.unsqueeze(-1))).sum(-1)
+
+
+def knn_distribution(dists: torch.Tensor, neighbour_values: torch.Tensor, k: int, temperature: float,
+                     vocab: int) -> torch.Tensor:
+    """The full p_kNN over the vocabulary, (Q, V): rows sum to 1."""
+    w = torch.softmax(-dists[:, :k] / temperature, dim=-1)
+    return torch.zeros(dists.shape[0], vocab).scatter_add_(1, neighbour_values[:, :k], w)
+
+
+def interpolate_logp(lm_logp: torch.Tensor, knn_p: torch.Tensor, lam: float) -> torch.Tensor:
+    """log(lam * p_kNN + (1 - lam) * p_LM), exactly the LM's log-probability when lam = 0."""
+    if lam == 0:
+        return lm_logp
+    if lam == 1:
+        return knn_p.log()
+    return torch.logaddexp(math.log(lam) + knn_p.clamp(min=1e-30).log(), math.log(1 - lam) + lm_logp)
+
+
+def perplexity(logp: torch.Tensor) -> float:
+    return math.exp(-float(logp.mean()))
+
+
+@dataclass
+class Sweep:
+    rows: list[dict]
+
+    def best(self) -> dict:
+        return min(self.rows, key=lambda r: r["ppl"])
+
+
+def sweep(test: Encoded, store: Encoded, sizes: list[int], ks: list[int], lams: list[float],
+          temperatures: list[float]) -> Sweep:
+    """Perplexity over datastore size x k x lambda x T, reusing one neighbour search per size."""
+    rows = []
+    for n in sizes:
+        n = min(n, len(store.values))
+        dists, idx = nearest(test.keys, store.keys[:n], max(ks))
+        vals = store.values[:n][idx]
+        for k in ks:
+            for t in temperatures:
+                p = knn_prob_of(test.values, dists, vals, k, t)
+                for lam in lams:
+                    rows.append({"datastore": n, "k": k, "temperature": t, "lambda": lam,
+                                 "ppl": perplexity(interpolate_logp(test.lm_logp, p, lam))})
+    return Sweep(rows)

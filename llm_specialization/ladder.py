@@ -1,0 +1,225 @@
+"""The domain-specialization access ladder (Ling et al.'s taxonomy) on R8 topic classification.
+
+Every rung predicts the class whose verbalizer the LM scores highest after the prompt; they differ in
+what they may touch: nothing (R1 zero-shot, R2 few-shot), a retriever (R3 retrieval-augmented ICL), a
+soft prompt (R4 prompt tuning), low-rank adapters (R5 LoRA) or every weight (R6 full fine-tuning). R0 are
+classical references that never see the LM.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, f1_score
+
+from common.bench import peak_rss_bytes
+from common.progress import progress
+from llm_specialization.data import R8, R8_VERBALIZERS, Example
+from llm_specialization.scoring import score_candidates
+
+INSTRUCTION = ("Classify the news article into one of these topics: earnings, acquisition, crude oil, trade, "
+               "foreign exchange, interest rates, shipping, grain.\n\n")
+
+
+@dataclass
+class RungResult:
+    rung: str
+    accuracy: float
+    macro_f1: float
+    trainable_params: int = 0
+    train_seconds: float = 0.0
+    infer_ms_per_example: float = 0.0
+    peak_rss_gib: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def metrics(gold: list[str], pred: list[str], labels: list[str]) -> tuple[float, float]:
+    return (float(accuracy_score(gold, pred)),
+            float(f1_score(gold, pred, labels=labels, average="macro", zero_division=0)))
+
+
+def truncate(tokenizer, text: str, max_tokens: int) -> str:
+    ids = tokenizer(text, add_special_tokens=False).input_ids[:max_tokens]
+    return tokenizer.decode(ids)
+
+
+def article_block(tokenizer, ex: Example, max_tokens: int) -> str:
+    return f"Article: {truncate(tokenizer, ex.text, max_tokens)}\nTopic:"
+
+
+def demo_block(tokenizer, ex: Example, max_tokens: int) -> str:
+    return f"{article_block(tokenizer, ex, max_tokens)} {R8_VERBALIZERS[ex.label]}\n\n"
+
+
+def candidates(labels: list[str]) -> list[str]:
+    return [" " + R8_VERBALIZERS[lab] for lab in labels]
+
+
+# ----------------------------------------------------------------------------------------- R0
+def reference_rungs(r8: R8, test: list[Example], encoder=None, k: int = 8) -> list[RungResult]:
+    """Majority class, TF-IDF + logistic regression, and (with an encoder) MiniLM + LR and MiniLM k-NN."""
+    gold = [e.label for e in test]
+    train_y = [e.label for e in r8.train]
+    out = []
+    majority = max(set(train_y), key=train_y.count)
+    out.append(RungResult("R0 majority", *metrics(gold, [majority] * len(test), r8.labels)))
+    t0 = time.time()
+    vec = TfidfVectorizer(sublinear_tf=True, min_df=2)
+    x_train = vec.fit_transform([e.text for e in r8.train])
+    clf = LogisticRegression(max_iter=2000, C=10.0).fit(x_train, train_y)
+    train_s = time.time() - t0
+    t0 = time.time()
+    pred = list(clf.predict(vec.transform([e.text for e in test])))
+    out.append(RungResult("R0 TF-IDF + LR", *metrics(gold, pred, r8.labels),
+                          trainable_params=int(clf.coef_.size + clf.intercept_.size), train_seconds=train_s,
+                          infer_ms_per_example=1000 * (time.time() - t0) / len(test)))
+    if encoder is not None:
+        t0 = time.time()
+        e_train = encoder.encode([e.text for e in r8.train])
+        e_test = encoder.encode([e.text for e in test])
+        embed_s = time.time() - t0
+        lr = LogisticRegression(max_iter=2000).fit(e_train.numpy(), train_y)
+        out.append(RungResult("R0 MiniLM + LR", *metrics(gold, list(lr.predict(e_test.numpy())), r8.labels),
+                              trainable_params=int(lr.coef_.size + lr.intercept_.size), train_seconds=embed_s))
+        sims = e_test @ e_train.T
+        top = sims.topk(k, dim=-1).indices
+        votes = [max(set(v), key=v.count) for v in ([train_y[j] for j in row] for row in top.tolist())]
+        out.append(RungResult(f"R0 MiniLM {k}-NN vote", *metrics(gold, votes, r8.labels)))
+    return out
+
+
+# ----------------------------------------------------------------------------------------- R1-R3
+def predict_by_prompts(lm, prompts: list[str], labels: list[str], desc: str, show_progress: bool = True
+                       ) -> tuple[list[str], float]:
+    """Arg-max verbalizer after each prompt; returns predictions and ms per example."""
+    cands = candidates(labels)
+    preds, t0 = [], time.time()
+    for prompt in progress(prompts, desc=desc, enabled=show_progress, unit="doc"):
+        scores = score_candidates(lm.model, lm.tokenizer, prompt, cands)
+        preds.append(labels[int(scores.total.argmax())])
+    return preds, 1000 * (time.time() - t0) / max(len(prompts), 1)
+
+
+def zero_shot_prompts(lm, test: list[Example], max_tokens: int = 128) -> list[str]:
+    return [INSTRUCTION + article_block(lm.tokenizer, ex, max_tokens) for ex in test]
+
+
+def few_shot_prompts(lm, r8: R8, test: list[Example], seed: int = 0, demo_tokens: int = 48,
+                     max_tokens: int = 128) -> list[str]:
+    """One demonstration per class, drawn once with a fixed seed, the same for every test document."""
+    rng = random.Random(seed)
+    demos = [rng.choice(sorted((e for e in r8.train if e.label == lab), key=lambda e: e.fileid))
+             for lab in r8.labels]
+    rng.shuffle(demos)
+    prefix = INSTRUCTION + "".join(demo_block(lm.tokenizer, d, demo_tokens) for d in demos)
+    return [prefix + article_block(lm.tokenizer, ex, max_tokens) for ex in test]
+
+
+def retrieval_prompts(lm, r8: R8, test: list[Example], encoder, k: int = 4, demo_tokens: int = 48,
+                      max_tokens: int = 128) -> list[str]:
+    """The k nearest training documents by MiniLM cosine as demonstrations, most similar last."""
+    e_train = encoder.encode([e.text for e in r8.train])
+    e_test = encoder.encode([e.text for e in test])
+    top = (e_test @ e_train.T).topk(k, dim=-1).indices  # most similar first
+    prompts = []
+    for ex, row in zip(test, top.tolist()):
+        demos = "".join(demo_block(lm.tokenizer, r8.train[j], demo_tokens) for j in reversed(row))
+        prompts.append(INSTRUCTION + demos + article_block(lm.tokenizer, ex, max_tokens))
+    return prompts
+
+
+def prompting_rung(name: str, lm, prompts: list[str], test: list[Example], labels: list[str],
+                   show_progress: bool = True) -> RungResult:
+    preds, ms = predict_by_prompts(lm, prompts, labels, name, show_progress)
+    return RungResult(name, *metrics([e.label for e in test], preds, labels), infer_ms_per_example=ms,
+                      peak_rss_gib=peak_rss_bytes() / 2**30)
+
+
+# ----------------------------------------------------------------------------------------- R4-R6
+class VerbalizerDataset(torch.utils.data.Dataset):
+    """(prompt + verbalizer) token ids with labels -100 everywhere but the verbalizer tokens."""
+
+    def __init__(self, lm, examples: list[Example], max_tokens: int = 128):
+        self.items = []
+        for ex in examples:
+            p = lm.tokenizer(INSTRUCTION + article_block(lm.tokenizer, ex, max_tokens),
+                             add_special_tokens=False).input_ids
+            v = lm.tokenizer(" " + R8_VERBALIZERS[ex.label], add_special_tokens=False).input_ids
+            self.items.append((list(p) + list(v), [-100] * len(p) + list(v)))
+        self.pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+    def collate(self, batch):
+        n = max(len(ids) for ids, _ in batch)
+        ids = torch.full((len(batch), n), self.pad, dtype=torch.long)
+        labels = torch.full((len(batch), n), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), n), dtype=torch.long)
+        for i, (x, y) in enumerate(batch):
+            ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def verbalizer_loss(model, batch) -> torch.Tensor:
+    """Cross-entropy on the verbalizer tokens only (transformers shifts the labels)."""
+    return model(**batch).loss
+
+
+def adapt(lm, method: str, lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.05,
+          n_virtual_tokens: int = 20, target_modules: tuple[str, ...] = ("q_proj", "v_proj")):
+    """Wrap the LM for a trainable rung: prompt_tuning (PEFT), lora (PEFT) or full (every weight)."""
+    if method == "full":
+        for p in lm.model.parameters():
+            p.requires_grad_(True)
+        return lm.model
+    from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+
+    if method == "lora":
+        cfg = LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora_r, lora_alpha=lora_alpha,
+                         lora_dropout=lora_dropout, target_modules=list(target_modules))
+    elif method == "prompt_tuning":
+        cfg = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n_virtual_tokens,
+                                 prompt_tuning_init=PromptTuningInit.RANDOM)
+    else:
+        raise ValueError(f"method must be prompt_tuning, lora or full, not {method!r}")
+    return get_peft_model(lm.model, cfg)
+
+
+def trainable_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@torch.no_grad()
+def predict_trained(model, lm, test: list[Example], labels: list[str], max_tokens: int = 128,
+                    show_progress: bool = True) -> tuple[list[str], float]:
+    """Arg-max verbalizer with full (prompt + candidate) forwards, batched over candidates: works for
+    any wrapped model (a PEFT soft prompt changes positions, so the KV-cache shortcut is not used)."""
+    tok = lm.tokenizer
+    cand_ids = [tok(c, add_special_tokens=False).input_ids for c in candidates(labels)]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    model.eval()
+    preds, t0 = [], time.time()
+    for ex in progress(test, desc="predict", enabled=show_progress, unit="doc"):
+        p = list(tok(INSTRUCTION + article_block(tok, ex, max_tokens), add_special_tokens=False).input_ids)
+        seqs = [p + list(c) for c in cand_ids]
+        n = max(map(len, seqs))
+        ids = torch.full((len(seqs), n), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        logits = logits[:, -n:]  # drop virtual-token positions, if any
+        logp = logits.log_softmax(-1)
+        scores = [sum(float(logp[i, len(p) - 1 + j, t]) for j, t in enumerate(c)) for i, c in enumerate(cand_ids)]
+        preds.append(labels[int(np.argmax(scores))])
+    return preds, 1000 * (time.time() - t0) / max(len(test), 1)

@@ -1,0 +1,137 @@
+"""The comparisons as library calls (no Hydra): each returns rows of results and writes a JSON summary."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from common.bench import peak_rss_bytes
+from common.checkpoint import seed_everything
+from common.config import TrainerConfig
+from common.logging import get_logger
+from common.trainer import Trainer
+from llm_specialization import ladder
+from llm_specialization.data import balanced_sample, fixed_test_subset, ids_hash, load_r8
+from llm_specialization.models import MiniLMEncoder, load_smollm2, tiny_llama
+
+log = get_logger("llm_specialization")
+PROMPT_RUNGS = ("zero_shot", "few_shot", "retrieval")
+TRAINED_RUNGS = {"prompt_tuning": "R4 prompt tuning", "lora": "R5 LoRA", "full": "R6 full fine-tuning"}
+ALL_METHODS = ("references", *PROMPT_RUNGS, *TRAINED_RUNGS)
+
+
+def load_lm(name: str):
+    if name == "smollm2":
+        return load_smollm2()
+    if name == "tiny":
+        return tiny_llama()
+    raise ValueError(f"model must be smollm2 or tiny, not {name!r}")
+
+
+def run_domain_ladder(*, methods: list[str], model: str, run_dir: Path, trainer_cfg: TrainerConfig,
+                      logger_cfg=None, resume: str = "never", data_dir=None, n_test: int = 800,
+                      per_class: int = 32, max_tokens: int = 128, learning_rates: dict | None = None,
+                      use_encoder: bool = True, seed: int = 0, show_progress: bool = True) -> list[ladder.RungResult]:
+    """Run the chosen rungs on R8 and return one RungResult each (also saved to run_dir/ladder.json)."""
+    unknown = set(methods) - set(ALL_METHODS)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; choose from {ALL_METHODS}")
+    seed_everything(seed)
+    r8 = load_r8(data_dir, seed=seed)
+    test = fixed_test_subset(r8, n_test, seed)
+    encoder = MiniLMEncoder() if use_encoder and ({"references", "retrieval"} & set(methods)) else None
+    results: list[ladder.RungResult] = []
+    lrs = {"prompt_tuning": 3e-2, "lora": 2e-4, "full": 2e-5, **(learning_rates or {})}
+    if "references" in methods:
+        results += ladder.reference_rungs(r8, test, encoder)
+    lm = load_lm(model) if set(methods) - {"references"} else None
+    if "zero_shot" in methods:
+        results.append(ladder.prompting_rung("R1 zero-shot", lm, ladder.zero_shot_prompts(lm, test, max_tokens),
+                                             test, r8.labels, show_progress))
+    if "few_shot" in methods:
+        prompts = ladder.few_shot_prompts(lm, r8, test, seed, max_tokens=max_tokens)
+        results.append(ladder.prompting_rung("R2 few-shot ICL", lm, prompts, test, r8.labels, show_progress))
+    if "retrieval" in methods:
+        if encoder is None:
+            raise ValueError("the retrieval rung needs the MiniLM encoder (use_encoder=true)")
+        prompts = ladder.retrieval_prompts(lm, r8, test, encoder, max_tokens=max_tokens)
+        results.append(ladder.prompting_rung("R3 retrieval ICL", lm, prompts, test, r8.labels, show_progress))
+    for method, rung in TRAINED_RUNGS.items():
+        if method not in methods:
+            continue
+        lm = load_lm(model)  # every trained rung starts from the same pretrained weights
+        net = ladder.adapt(lm, method)
+        data = ladder.VerbalizerDataset(lm, balanced_sample(r8.train, per_class, seed), max_tokens)
+        trainer = Trainer(trainer_cfg, run_dir / method, logger_cfg=logger_cfg, resume=resume)
+        t0 = time.time()
+        trainer.fit(net, data, ladder.verbalizer_loss, collate_fn=data.collate,
+                    optimizer_fn=lambda m, lr=lrs[method]: torch.optim.AdamW(
+                        [p for p in m.parameters() if p.requires_grad], lr=lr))
+        train_s = time.time() - t0
+        preds, ms = ladder.predict_trained(net, lm, test, r8.labels, max_tokens, show_progress)
+        acc, f1 = ladder.metrics([e.label for e in test], preds, r8.labels)
+        results.append(ladder.RungResult(rung, acc, f1, ladder.trainable_parameters(net), train_s, ms,
+                                         peak_rss_bytes() / 2**30, {"lr": lrs[method], "n_train": len(data)}))
+    summary = {"model": lm.name if lm else None, "test_ids_hash": ids_hash(test), "n_test": len(test),
+               "results": [asdict(r) for r in results]}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "ladder.json").write_text(json.dumps(summary, indent=2))
+    return results
+
+
+
+def reuters_token_streams(tokenizer, data_dir=None, n_store_docs: int | None = None, n_eval_tokens: int = 20_000,
+                          seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(datastore stream, evaluation stream): Reuters training documents EOS-separated in a fixed shuffled
+    order, and the first ``n_eval_tokens`` of test documents (never in the datastore)."""
+    import random
+
+    from common.corpora import read_reuters
+
+    docs = read_reuters(data_dir=data_dir)
+    train = sorted((d for d in docs if d.split == "train"), key=lambda d: d.fileid)
+    test = sorted((d for d in docs if d.split == "test"), key=lambda d: d.fileid)
+    random.Random(seed).shuffle(train)
+    random.Random(seed + 1).shuffle(test)
+    eos = tokenizer.eos_token_id
+
+    def stream(ds, limit_tokens=None):
+        ids: list[int] = []
+        for d in ds:
+            ids += list(tokenizer(" ".join(d.text.split()), add_special_tokens=False).input_ids) + [eos]
+            if limit_tokens and len(ids) >= limit_tokens:
+                return torch.tensor(ids[:limit_tokens])
+        return torch.tensor(ids)
+
+    return stream(train[:n_store_docs] if n_store_docs else train), stream(test, n_eval_tokens)
+
+
+def run_knn_lm(*, model: str, run_dir: Path, data_dir=None, store_tokens: int = 100_000, n_eval_tokens: int = 20_000,
+               window: int = 512, stride: int = 256, sizes=(10_000, 30_000, 100_000), ks=(1, 8, 32, 128, 1024),
+               lams=(0.0, 0.1, 0.25, 0.4, 0.6, 0.8), temperatures=(1.0, 10.0, 100.0), seed: int = 0,
+               show_progress: bool = True) -> dict:
+    """Build the datastore, encode the evaluation stream once, sweep; returns the summary dict."""
+    from llm_specialization import knn_lm
+
+    seed_everything(seed)
+    lm = load_lm(model)
+    store_ids, eval_ids = reuters_token_streams(lm.tokenizer, data_dir, None, n_eval_tokens, seed)
+    store_ids = store_ids[: store_tokens + 1]
+    t0 = time.time()
+    store = knn_lm.encode_stream(lm.model, store_ids, window, stride, show_progress)
+    build_s = time.time() - t0
+    test = knn_lm.encode_stream(lm.model, eval_ids, window, stride, show_progress)
+    t0 = time.time()
+    sw = knn_lm.sweep(test, store, list(sizes), list(ks), list(lams), list(temperatures))
+    summary = {"model": lm.name, "datastore_tokens": len(store.values), "eval_tokens": len(test.values),
+               "lm_ppl": knn_lm.perplexity(test.lm_logp), "best": sw.best(), "rows": sw.rows,
+               "build_seconds": build_s, "sweep_seconds": time.time() - t0,
+               "peak_rss_gib": peak_rss_bytes() / 2**30}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "knn_lm.json").write_text(json.dumps(summary, indent=2))
+    log.info("kNN-LM: LM ppl %.3f -> best %.3f (%s)", summary["lm_ppl"], sw.best()["ppl"], sw.best())
+    return summary

@@ -1,0 +1,76 @@
+"""Scoring candidate continuations with a causal LM: the primitive behind every prompting rung.
+
+score(c | prompt) = sum_t log p(c_t | prompt, c_<t). The prompt runs once; its KV cache is repeated for
+all candidates, which then run as one right-padded batch (the candidates never see each other).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class CandidateScores:
+    total: torch.Tensor  # (C,) summed log-probability of each candidate
+    n_tokens: torch.Tensor  # (C,) candidate lengths in tokens
+
+    @property
+    def mean(self) -> torch.Tensor:  # length-normalised
+        return self.total / self.n_tokens
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+@torch.no_grad()
+def score_candidates(model, tokenizer, prompt: str | list[int], candidates: list[str] | list[list[int]]
+                     ) -> CandidateScores:
+    """Log-likelihood of each candidate after ``prompt``, with one prompt forward pass (KV cache)."""
+    p_ids = prompt if isinstance(prompt, list) else _ids(tokenizer, prompt)
+    c_ids = [c if isinstance(c, list) else _ids(tokenizer, c) for c in candidates]
+    if not p_ids or any(len(c) == 0 for c in c_ids):
+        raise ValueError("prompt and every candidate must tokenize to at least one token")
+    device = next(model.parameters()).device
+    out = model(input_ids=torch.tensor([p_ids], device=device), use_cache=True)
+    first = out.logits[0, -1].float().log_softmax(-1)  # (V,): distribution of every candidate's first token
+    n, longest = len(c_ids), max(len(c) for c in c_ids)
+    totals = torch.stack([first[c[0]] for c in c_ids]).cpu()
+    lengths = torch.tensor([len(c) for c in c_ids], dtype=torch.float32)
+    if longest == 1:
+        return CandidateScores(totals, lengths)
+    cache = out.cache
+    cache.batch_repeat_interleave(n)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    tokens = torch.full((n, longest), pad, dtype=torch.long)
+    mask = torch.zeros((n, longest), dtype=torch.long)
+    for i, c in enumerate(c_ids):
+        tokens[i, : len(c)] = torch.tensor(c)
+        mask[i, : len(c)] = 1
+    P = len(p_ids)
+    attn = torch.cat([torch.ones((n, P), dtype=torch.long), mask], dim=1).to(device)
+    pos = (P + torch.arange(longest)).unsqueeze(0).expand(n, -1).to(device)
+    logits = model(input_ids=tokens.to(device), attention_mask=attn, position_ids=pos,
+                   cache=cache, use_cache=True).logits.float()  # (n, L, V)
+    logp = logits[:, :-1].log_softmax(-1).cpu()  # position j predicts token j+1
+    nxt = tokens[:, 1:]
+    tok_lp = logp.gather(-1, nxt.unsqueeze(-1)).squeeze(-1) * mask[:, 1:]
+    return CandidateScores(totals + tok_lp.sum(1), lengths)
+
+
+@torch.no_grad()
+def score_candidates_naive(model, tokenizer, prompt: str, candidates: list[str]) -> CandidateScores:
+    """Reference: one full forward of prompt + candidate per candidate (slow, obviously right)."""
+    p_ids = _ids(tokenizer, prompt)
+    device = next(model.parameters()).device
+    totals, lengths = [], []
+    for cand in candidates:
+        c_ids = _ids(tokenizer, cand)
+        ids = torch.tensor([p_ids + c_ids], device=device)
+        logp = model(input_ids=ids).logits[0].float().log_softmax(-1).cpu()
+        P = len(p_ids)
+        totals.append(sum(float(logp[P - 1 + j, t]) for j, t in enumerate(c_ids)))
+        lengths.append(len(c_ids))
+    return CandidateScores(torch.tensor(totals), torch.tensor(lengths, dtype=torch.float32))

@@ -1,0 +1,47 @@
+"""Hydra shell: python -m llm_specialization.train task=domain_ladder|knn_lm method=... model=smollm2|tiny"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+import common.config  # noqa: F401  (registers trainer/paths/logger/run_layout)
+from common.hydra_utils import report_user_errors, run_dir_from
+from llm_specialization.run import ALL_METHODS, run_domain_ladder, run_knn_lm
+
+PLANNED = {"kg_fusion", "personalization"}
+
+
+@hydra.main(version_base="1.3", config_path=str(Path(__file__).parent / "conf"), config_name="config")
+@report_user_errors
+def main(cfg: DictConfig) -> None:
+    run_dir = run_dir_from(cfg)
+    task = cfg.task.name
+    if task in PLANNED:
+        raise SystemExit(f"error: task={task} is not implemented yet (see llm_specialization/README.md)")
+    if task == "domain_ladder":
+        methods = list(cfg.method) if OmegaConf.is_list(cfg.method) else [str(cfg.method)]
+        methods = list(ALL_METHODS) if methods == ["all"] else methods
+        results = run_domain_ladder(
+            methods=methods, model=cfg.model, run_dir=run_dir, trainer_cfg=cfg.trainer, logger_cfg=cfg.logger,
+            resume=cfg.resume, data_dir=cfg.paths.data_dir, n_test=cfg.task.n_test, per_class=cfg.task.per_class,
+            max_tokens=cfg.task.max_tokens, learning_rates=OmegaConf.to_container(cfg.task.learning_rates),
+            use_encoder=cfg.task.use_encoder, seed=cfg.trainer.seed, show_progress=cfg.trainer.progress_bar)
+        for r in results:
+            print(f"{r.rung:24s} acc {r.accuracy:.4f}  macro-F1 {r.macro_f1:.4f}  trainable {r.trainable_params:,}")
+    elif task == "knn_lm":
+        t = cfg.task
+        summary = run_knn_lm(model=cfg.model, run_dir=run_dir, data_dir=cfg.paths.data_dir,
+                             store_tokens=t.store_tokens, n_eval_tokens=t.eval_tokens, window=t.window,
+                             stride=t.stride, sizes=list(t.sizes), ks=list(t.ks), lams=list(t.lambdas),
+                             temperatures=list(t.temperatures), seed=cfg.trainer.seed,
+                             show_progress=cfg.trainer.progress_bar)
+        print(f"LM ppl {summary['lm_ppl']:.3f}; best kNN-LM {summary['best']}")
+    else:
+        raise SystemExit(f"error: unknown task {task!r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""llm_specialization: scoring, kNN-LM math, R8 data, LoRA isolation, a learning test, the CLI."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.config import TrainerConfig
+from common.trainer import Trainer
+from llm_specialization import knn_lm, ladder
+from llm_specialization.data import R8, Example, fixed_test_subset, load_r8
+from llm_specialization.models import exact_top_k, tiny_llama
+from llm_specialization.scoring import score_candidates, score_candidates_naive
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_llama(hidden=32, layers=2, seed=0)
+
+
+def test_kv_cache_scoring_equals_full_forward(lm):
+    cands = [" earnings", " crude oil", " x", " foreign exchange"]
+    fast = score_candidates(lm.model, lm.tokenizer, "Article: oil prices rose.\nTopic:", cands)
+    slow = score_candidates_naive(lm.model, lm.tokenizer, "Article: oil prices rose.\nTopic:", cands)
+    torch.testing.assert_close(fast.total, slow.total, rtol=1e-5, atol=1e-4)
+    assert fast.n_tokens.tolist() == [9, 10, 2, 17]  # byte tokenizer: one id per byte
+    with pytest.raises(ValueError):
+        score_candidates(lm.model, lm.tokenizer, "p", [""])
+
+
+def test_knn_lm_is_the_lm_at_lambda_zero_and_a_distribution(lm):
+    ids = torch.randint(3, 259, (200,), generator=torch.Generator().manual_seed(0))
+    enc = knn_lm.encode_stream(lm.model, ids, window=64, stride=32, show_progress=False)
+    assert torch.equal(enc.values, ids[1:])  # every token after the first predicted exactly once
+    # The sliding-window LM log-probs equal a direct forward for the first window.
+    direct = lm.model(input_ids=ids[:64].unsqueeze(0)).logits[0, :-1].log_softmax(-1)
+    torch.testing.assert_close(enc.lm_logp[:63], direct.gather(-1, ids[1:64].unsqueeze(-1)).squeeze(-1))
+    dists, idx = knn_lm.nearest(enc.keys[:50], enc.keys[50:], k=8)
+    vals = enc.values[50:][idx]
+    p = knn_lm.knn_prob_of(enc.values[:50], dists, vals, 8, 10.0)
+    assert torch.equal(knn_lm.interpolate_logp(enc.lm_logp[:50], p, 0.0), enc.lm_logp[:50])
+    full = knn_lm.knn_distribution(dists, vals, 8, 10.0, vocab=259)
+    torch.testing.assert_close(full.sum(-1), torch.ones(50))
+    torch.testing.assert_close(full.gather(-1, enc.values[:50].unsqueeze(-1)).squeeze(-1), p)
+    mixed = knn_lm.interpolate_logp(enc.lm_logp[:50], p, 0.25).exp()
+    assert ((mixed > 0) & (mixed <= 1)).all()
+
+
+def test_nearest_is_exact_against_brute_force():
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(7, 5, generator=g), torch.randn(40, 5, generator=g)
+    d, i = knn_lm.nearest(q, k, 3, chunk=3)
+    brute = torch.cdist(q, k).pow(2)
+    torch.testing.assert_close(d, brute.sort(-1).values[:, :3], rtol=1e-4, atol=1e-4)
+    assert torch.equal(i, brute.argsort(-1)[:, :3])
+    sims, idx = exact_top_k(torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1), 2)
+    cos = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(k, dim=-1).T
+    assert torch.equal(idx, cos.argsort(-1, descending=True)[:, :2])
+
+
+def test_r8_counts_and_fixed_subset():
+    r8 = load_r8()
+    assert r8.labels == ["acq", "crude", "earn", "grain", "interest", "money-fx", "ship", "trade"]
+    assert len(r8.train) + len(r8.dev) == 5501 and len(r8.test) == 2190
+    sub = fixed_test_subset(r8, 800)
+    assert len(sub) == 800 and {e.label for e in sub} == set(r8.labels)
+    assert [e.fileid for e in sub] == [e.fileid for e in fixed_test_subset(load_r8(), 800)]
+
+
+def test_lora_trains_only_adapter_parameters(lm):
+    fresh = tiny_llama(hidden=32, layers=2, seed=0)
+    before = {k: v.clone() for k, v in fresh.model.state_dict().items()}
+    net = ladder.adapt(fresh, "lora", lora_r=2, lora_alpha=4, lora_dropout=0.0)
+    names = [n for n, p in net.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.5)
+    ids = torch.randint(3, 259, (2, 12))
+    for _ in range(3):
+        net(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    after = net.base_model.model.state_dict()
+    for k, v in before.items():
+        key = k if k in after else k.replace(".weight", ".base_layer.weight")
+        assert torch.equal(after[key], v), k
+    assert any(not torch.equal(p, torch.zeros_like(p)) for n, p in net.named_parameters() if "lora_B" in n)
+
+
+def _toy_r8():
+    """Two classes whose articles share a tell-tale word, for the learning test."""
+    mk = lambda i, lab, word: Example(f"training/{i}", f"{word} {word} report number {i}", lab)
+    train = [mk(i, "earn" if i % 2 else "acq", "profit" if i % 2 else "merger") for i in range(16)]
+    test = [Example(f"test/{i}", ex.text, ex.label) for i, ex in enumerate(train[:8])]
+    return R8(train=train, dev=[], test=test, labels=["acq", "earn"])
+
+
+def test_learning_fine_tuning_on_verbalizers(tmp_path):
+    toy = _toy_r8()
+    lm = tiny_llama(hidden=32, layers=2, seed=0)
+    net = ladder.adapt(lm, "full")
+    data = ladder.VerbalizerDataset(lm, toy.train, max_tokens=32)
+    before, _ = ladder.predict_trained(net, lm, toy.test, toy.labels, 32, show_progress=False)
+    cfg = TrainerConfig(max_epochs=15, batch_size=8, progress_bar=False, seed=0)
+    Trainer(cfg, tmp_path / "run").fit(net, data, ladder.verbalizer_loss, collate_fn=data.collate,
+                                        optimizer_fn=lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2))
+    after, _ = ladder.predict_trained(net, lm, toy.test, toy.labels, 32, show_progress=False)
+    acc = lambda pred: sum(p == e.label for p, e in zip(pred, toy.test)) / len(toy.test)
+    assert acc(before) < 1.0 and acc(after) == 1.0
+
+
+def test_train_cli_smoke_and_planned_tasks(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "llm_specialization.train", "experiment=smoke",
+                                     f"paths.output_dir={tmp_path}", *a], cwd=REPO, capture_output=True,
+                                    text=True, timeout=600)
+    ok = run("method=[references,zero_shot,lora]")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "R0 TF-IDF + LR" in ok.stdout and "R5 LoRA" in ok.stdout
+    assert (tmp_path / "llm_specialization_smoke" / "ladder.json").exists()
+    bad = run("method=[telepathy]")
+    assert bad.returncode != 0 and "telepathy" in bad.stderr
