@@ -99,3 +99,31 @@ def test_logit_kd_requires_shared_vocabulary(setup):
     student = BertForMaskedLM(student_config(len(STUDENT_VOCAB), 8, 2, max_positions=64))
     with pytest.raises(ValueError, match="share a vocabulary"):
         StudentDistiller(student, model.teacher, kd_weight=0.5)
+
+
+@pytest.mark.gpu
+def test_mixed_loss_on_cuda_and_bf16_matches_cpu(setup):
+    codec, encs, model = setup
+    model.eval()
+    cpu = eval_mixed_mlm(model, codec, encs[:32], p=0.5)
+    model.cuda()
+    gpu = eval_mixed_mlm(model, codec, encs[:32], p=0.5)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        bf16 = eval_mixed_mlm(model, codec, encs[:32], p=0.5)
+    assert gpu["mlm_loss"] == pytest.approx(cpu["mlm_loss"], rel=1e-4)
+    assert bf16["mlm_loss"] == pytest.approx(cpu["mlm_loss"], rel=3e-2)
+
+
+@pytest.mark.slow
+def test_real_minilm_teacher_loads_with_tied_head_and_matches_formula():
+    from transformers import BertModel
+
+    from vocab_distill.model import bert_param_count, load_teacher_mlm
+    from vocab_distill.vocab import load_teacher_wordpiece, teacher_model_path
+
+    path = teacher_model_path()
+    teacher = load_teacher_mlm(path)
+    assert teacher.cls.predictions.decoder.weight is teacher.bert.embeddings.word_embeddings.weight
+    enc = BertModel.from_pretrained(str(path))
+    assert sum(p.numel() for p in enc.parameters()) == bert_param_count(30522, 384, 6) == 22_713_216
+    assert load_teacher_wordpiece(path).get_vocab_size() == 30522
