@@ -85,11 +85,18 @@ def psnr(x: torch.Tensor, y: torch.Tensor, *, quantize: bool = True) -> torch.Te
 
 
 @functools.lru_cache(maxsize=4)
-def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
+def _gaussian_1d(size: int, sigma: float) -> torch.Tensor:
     t = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(t**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :]).view(1, 1, size, size)
+    return g / g.sum()
+
+
+def _blur_valid(t: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """'valid' filtering with the separable size x size Gaussian (rows, then columns)."""
+    c = t.shape[1]
+    g = _gaussian_1d(size, sigma).to(t)
+    t = F.conv2d(t, g.view(1, 1, 1, size).expand(c, 1, 1, size), groups=c)
+    return F.conv2d(t, g.view(1, 1, size, 1).expand(c, 1, size, 1), groups=c)
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, colorspace: str = "gray", *, window: int = 11,
@@ -100,9 +107,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, colorspace: str = "gray", *, window: 
     b, _ = _to_space(y, colorspace)
     if min(a.shape[-2:]) < window:
         raise ValueError(f"SSIM needs images of at least {window} x {window}; got {tuple(a.shape[-2:])}")
-    c = a.shape[1]
-    w = _gaussian_window(window, sigma).to(a.device).expand(c, 1, window, window)
-    blur = lambda t: F.conv2d(t, w, groups=c)
+    blur = lambda t: _blur_valid(t, window, sigma)
     c1, c2 = (0.01 * rng) ** 2, (0.03 * rng) ** 2
     mu_a, mu_b = blur(a), blur(b)
     var_a = blur(a * a) - mu_a**2
