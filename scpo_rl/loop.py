@@ -20,6 +20,7 @@ import torch
 
 from common.checkpoint import (
     CheckpointManager,
+    ResumeError,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
@@ -140,8 +141,18 @@ class Trainer:
             "wall_seconds": self.wall_seconds, "config": asdict(self.cfg), "env_id": self.env_id,
         }
 
+    # settings that may change between sessions of one run; everything else must match the checkpoint
+    RESUMABLE_CHANGES = ("total_steps", "eval_every", "log_every", "checkpoint_every", "keep_last", "device",
+                         "num_threads", "progress_bar")
+
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path)
+        saved, now = dict(state["config"]), asdict(self.cfg)
+        changed = sorted(k for k in now if k not in self.RESUMABLE_CHANGES and saved.get(k) != now[k])
+        if changed:
+            raise ResumeError(f"{path} was written with other settings for {changed} "
+                              f"(checkpoint: {[saved.get(k) for k in changed]}, now: {[now[k] for k in changed]}); "
+                              "resume with the original settings or start a new run under another name")
         self.agent.load_state_dict(state["model"])
         self.buffer.load_state_dict(state["replay"])
         self.adv_rng.bit_generator.state = state["adv_rng"]

@@ -60,6 +60,13 @@ def test_metrics_and_load_agent(tmp_path):
     assert res["step"] == 120 and res["final_eval_return"] == res["eval_history"][-1][1]
 
 
+def test_resume_with_other_settings_is_refused(tmp_path):
+    Trainer(tiny("sac", total_steps=70), tmp_path / "r").run()
+    with pytest.raises(ResumeError, match="other settings for \\['agent'\\]"):
+        Trainer(tiny("scpo", total_steps=70), tmp_path / "r", resume="auto")
+    assert Trainer(tiny("sac", total_steps=90), tmp_path / "r", resume="auto").step == 70  # longer budget: fine
+
+
 def test_bad_configuration(tmp_path):
     with pytest.raises(ValueError, match="domain_randomization"):
         Trainer(tiny("dr_sac", domain_randomization=None), tmp_path / "a")
