@@ -318,7 +318,8 @@ def _annotation_cost(mc: MethodConfig, train: D.SegSet, weak) -> float:
 
 
 def run_experiment(data_cfg, method_cfg, model_cfg, optim_cfg, trainer_cfg, run_dir, *, logger_cfg=None,
-                   resume: str = "never", data_dir=None, keep_predictions: int = 0) -> dict:
+                   resume: str = "never", data_dir=None, keep_predictions: int = 0,
+                   config: dict | None = None) -> dict:
     """Train one baseline and score it on the test split; returns (and writes) ``final_metrics.json``.
 
     Resumable: the trainer continues from ``run_dir/checkpoints`` with ``resume="auto"``; the CAM
@@ -330,6 +331,7 @@ def run_experiment(data_cfg, method_cfg, model_cfg, optim_cfg, trainer_cfg, run_
         raise ValueError(f"unknown method {mc.name!r}; choose one of {sorted(METHODS)}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    full_config = config if config is not None else _cfg_dict(dc, mc, model_cfg, oc)
     seed = int(trainer_cfg.seed)
     seed_everything(seed)
     t0 = time.time()
@@ -364,13 +366,12 @@ def run_experiment(data_cfg, method_cfg, model_cfg, optim_cfg, trainer_cfg, run_
                                      D.SegDataset(splits.target_train, None, **augment))
     elif mc.name == "cam":
         return _run_cam(dc, mc, model_cfg, oc, trainer_cfg, run_dir, splits, info, logger_cfg, resume, t0,
-                        keep_predictions)
+                        keep_predictions, full_config)
     else:
         train_data = D.SegDataset(train, weak, weak_is_sparse=sparse, **augment)
 
     Trainer = _trainer_cls()
-    trainer = Trainer(trainer_cfg, run_dir, logger_cfg=logger_cfg, resume=resume, config=_cfg_dict(
-        dc, mc, model_cfg, oc))
+    trainer = Trainer(trainer_cfg, run_dir, logger_cfg=logger_cfg, resume=resume, config=full_config)
     model = build_model(mc, model_cfg, num_classes)
     warmup = int(mc.warmup_fraction * _estimate_steps(len(train_data), trainer_cfg))
     clusters = num_classes if mc.name == "iic" else None
@@ -422,14 +423,14 @@ def cam_pseudo_masks(model: UNet, ds: D.SegSet, mc: MethodConfig, device) -> lis
 
 
 def _run_cam(dc, mc, model_cfg, oc, trainer_cfg, run_dir: Path, splits: Splits, info, logger_cfg, resume, t0,
-             keep_predictions) -> dict:
+             keep_predictions, full_config) -> dict:
     train = splits.train
     Trainer = _trainer_cls()
     # stage 1: multi-label classifier on crop-level tags
     tc1 = _with(trainer_cfg, max_epochs=mc.cam_classifier_epochs or trainer_cfg.max_epochs, monitor=None,
                 early_stopping_patience=None)
     t1 = Trainer(tc1, run_dir / "classifier", logger_cfg=logger_cfg, resume=resume,
-                 config=_cfg_dict(dc, mc, model_cfg, oc))
+                 config=full_config)
     clf = Mth.attach_step_counter(UNet(train.num_classes, model_cfg.base, model_cfg.depth))
     tag_ds = D.SegDataset(train, None, crop=mc.tag_crop, scale_range=(dc.scale_min, dc.scale_max), tags=True,
                           tag_min_fraction=mc.tag_min_fraction)
@@ -447,8 +448,7 @@ def _run_cam(dc, mc, model_cfg, oc, trainer_cfg, run_dir: Path, splits: Splits, 
         [np.where(p == 255, 0 if train.num_classes == 2 else 255, p) for p in pseudo], train,
         ignore_unlabelled=False)["miou"]
     # stage 2: the segmenter trained on the pseudo-masks (unsure pixels ignored)
-    t2 = Trainer(trainer_cfg, run_dir / "segmenter", logger_cfg=logger_cfg, resume=resume,
-                 config=_cfg_dict(dc, mc, model_cfg, oc))
+    t2 = Trainer(trainer_cfg, run_dir / "segmenter", logger_cfg=logger_cfg, resume=resume, config=full_config)
     seg = Mth.attach_step_counter(UNet(train.num_classes, model_cfg.base, model_cfg.depth))
     result = t2.fit(seg, D.SegDataset(train, pseudo, crop=dc.crop, scale_range=(dc.scale_min, dc.scale_max)),
                     Mth.Supervised("weak"), optimizer_fn=optimizer_factory(oc),
