@@ -91,6 +91,7 @@ class ReactionSpace:
         self.blocks = list(blocks)
         self.block_index = {s: i for i, s in enumerate(self.blocks)}
         self.cache_key = _cache_key(self.blocks, self.templates)
+        self._cache_file: Path | None = None
         t0 = time.perf_counter()
         if matches is None:
             matches = self._load_or_compute(cache_dir)
@@ -108,6 +109,7 @@ class ReactionSpace:
 
     def _load_or_compute(self, cache_dir) -> np.ndarray:
         path = Path(cache_dir) / f"bb_template_matches_{self.cache_key}.npy" if cache_dir else None
+        self._cache_file = path
         if path is not None and path.exists():
             return np.load(path)
         matches = compute_matches(self.blocks, self.templates)

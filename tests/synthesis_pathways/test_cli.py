@@ -1,0 +1,94 @@
+"""Smoke runs of the command lines: train (subprocess, with resume), reproduce smoke, plan."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _seed_match_cache(space, dest: Path) -> None:
+    """Copy the session's pool-A match matrix (content-keyed) so the runs skip recomputing it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    src = Path(space._cache_file) if getattr(space, "_cache_file", None) else None
+    if src is not None and src.exists():
+        shutil.copy(src, dest / src.name)
+
+
+def _train(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "synthesis_pathways.train", "experiment=smoke", f"paths.output_dir={out}",
+           "name=t", "sampling.attempts=40", "sampling.shard_size=20", *extra]
+    return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def test_train_help_shows_groups():
+    r = subprocess.run([sys.executable, "-m", "synthesis_pathways.train", "--help"], cwd=REPO, env=ENV,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0
+    for group in ("data:", "model:", "sampling:", "experiment:", "trainer:"):
+        assert group in r.stdout
+
+
+def test_train_smoke_and_resume(tmp_path, space):
+    _seed_match_cache(space, tmp_path / "t" / "cache")
+    r = _train(tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "t"
+    assert (run / "model.pt").exists()
+    info = json.loads((run / "pipeline.json").read_text())
+    assert set(info["fit"]) == {"act", "rt1", "rxn", "rt2"} and info["sample"]["attempts"] == 40
+    for net in ("act", "rt1", "rxn", "rt2"):
+        assert (run / "nets" / net / "metrics.jsonl").exists()
+
+    # the same run in-process (no second interpreter start): resume=never refuses, resume=auto
+    # continues from what is on disk and ends with the same model
+    from common.checkpoint import ResumeError
+    from common.config import TrainerConfig
+    from synthesis_pathways.model import SynNetModel
+    from synthesis_pathways.pipeline import PipelineConfig, run_pipeline
+
+    cfg = PipelineConfig(**{k: v for k, v in info["config"].items()})
+    tcfg = TrainerConfig(max_epochs=1, batch_size=32, progress_bar=False, early_stopping_patience=3,
+                         eval_batch_size=512, log_every_steps=50, num_threads=1)
+    with pytest.raises(ResumeError, match="resume=auto"):
+        run_pipeline(cfg, run, trainer_cfg=tcfg, resume="never", progress=False)
+    before = SynNetModel.load(run / "model.pt")
+    again = run_pipeline(cfg, run, trainer_cfg=tcfg, resume="auto", progress=False)
+    assert again["sample"]["kept"] == info["sample"]["kept"]
+    after = SynNetModel.load(run / "model.pt")
+    for net in before.nets:
+        a, b = before.nets[net].state_dict(), after.nets[net].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_reproduce_smoke(tmp_path, space):
+    from synthesis_pathways.reproduce import main
+
+    _seed_match_cache(space, tmp_path / "work" / "train" / "cache")
+    path = main(["--profile", "smoke", "--reports-dir", str(tmp_path / "reports"), "--work-dir", str(tmp_path / "work")])
+    assert path.exists()
+    results = json.loads((tmp_path / "reports" / "synthesis_pathways" / "results.json").read_text())
+    assert results["headline"]["paper"] == pytest.approx(0.51)
+    metrics = {r["metric"] for r in results["rows"]}
+    assert "heldout: mean similarity (all, failures = 0)" in metrics
+    assert "chemprojector: random policy recovery / similarity" in metrics
+    assert (tmp_path / "reports" / "synthesis_pathways" / "similarity_smoke.png").exists()
+
+
+def test_plan_cli_random_policy(tmp_path, space, capsys):
+    from synthesis_pathways.plan import main
+
+    _seed_match_cache(space, tmp_path / "run" / "cache")
+    assert main(["O=C(NCCO)c1ccccc1", "--policy", "random", "--run-dir", str(tmp_path / "run"),
+                 "--image", str(tmp_path / "route.png")]) == 0
+    out = capsys.readouterr().out
+    assert "target: O=C(NCCO)c1ccccc1" in out
+    assert main(["C1CC", "--policy", "random", "--run-dir", str(tmp_path / "run")]) == 1
+    assert main(["CCO", "--run-dir", str(tmp_path / "missing")]) == 1  # no trained model: clear error
