@@ -112,6 +112,7 @@ class SamplingStats:
     failures: Counter = field(default_factory=Counter)
     depths: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
     def merge(self, other: SamplingStats) -> None:
         self.attempts += other.attempts
@@ -120,18 +121,20 @@ class SamplingStats:
         self.failures.update(other.failures)
         self.depths.update(other.depths)
         self.seconds += other.seconds
+        self.cpu_seconds += other.cpu_seconds
 
     def to_dict(self) -> dict:
         return {"attempts": self.attempts, "sampled": self.sampled, "kept": self.kept,
                 "success_rate": self.sampled / max(self.attempts, 1),
                 "qed_pass_rate": self.kept / max(self.sampled, 1),
                 "failures": dict(self.failures), "depths": {int(k): v for k, v in sorted(self.depths.items())},
-                "process_seconds": self.seconds}
+                "process_seconds": self.seconds, "cpu_seconds": self.cpu_seconds,
+                "attempts_per_cpu_second": self.attempts / self.cpu_seconds if self.cpu_seconds else None}
 
     @classmethod
     def from_dict(cls, d: dict) -> SamplingStats:
         return cls(d["attempts"], d["sampled"], d["kept"], Counter(d["failures"]),
-                   Counter({int(k): v for k, v in d["depths"].items()}), d["process_seconds"])
+                   Counter({int(k): v for k, v in d["depths"].items()}), d["process_seconds"], d.get("cpu_seconds", 0.0))
 
 
 def sample_shard(space: ReactionSpace, seed: int, shard: int, attempts: int, *, max_steps: int = 15,
@@ -141,7 +144,7 @@ def sample_shard(space: ReactionSpace, seed: int, shard: int, attempts: int, *, 
     sampler = TreeSampler(space, rng, max_steps=max_steps)
     stats = SamplingStats()
     kept: list[SyntheticTree] = []
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for _ in range(attempts):
         stats.attempts += 1
         try:
@@ -155,6 +158,7 @@ def sample_shard(space: ReactionSpace, seed: int, shard: int, attempts: int, *, 
             kept.append(tree)
             stats.kept += 1
     stats.seconds = time.perf_counter() - t0
+    stats.cpu_seconds = time.process_time() - cpu0
     return kept, stats
 
 

@@ -36,8 +36,9 @@ def main(cfg: DictConfig) -> None:
         print(f"{net}: {r['parameters']:,} params, {r['step']} steps ({r['stopped']}), best {r['best']}")
     if "sample" in info:
         s = info["sample"]
-        print(f"trees: {s['kept']} kept of {s['attempts']} attempts; "
-              f"{s['trees_per_process_second']:.1f} attempts per process-second")
+        rate = s.get("attempts_per_cpu_second")
+        print(f"trees: {s['kept']} kept of {s['attempts']} attempts"
+              + (f"; {rate:.1f} attempts per CPU-second" if rate else ""))
 
 
 if __name__ == "__main__":
