@@ -192,7 +192,15 @@ def adapt(lm, method: str, lora_r: int = 8, lora_alpha: int = 16, lora_dropout: 
                                  prompt_tuning_init=PromptTuningInit.RANDOM)
     else:
         raise ValueError(f"method must be prompt_tuning, lora or full, not {method!r}")
-    return get_peft_model(lm.model, cfg)
+    net = get_peft_model(lm.model, cfg)
+    if method == "prompt_tuning":
+        # Initialise the soft prompt from the instruction's token embeddings (PEFT's TEXT init, done here
+        # because PEFT would look the tokenizer up by name on a hub).
+        ids = list(lm.tokenizer(INSTRUCTION, add_special_tokens=False).input_ids)
+        ids = (ids * (n_virtual_tokens // max(len(ids), 1) + 1))[:n_virtual_tokens]
+        init = lm.model.get_input_embeddings().weight[torch.tensor(ids)].detach().clone()
+        net.prompt_encoder["default"].embedding.weight.data.copy_(init)
+    return net
 
 
 def trainable_parameters(model) -> int:

@@ -122,3 +122,22 @@ def test_train_cli_smoke_and_planned_tasks(tmp_path):
     assert (tmp_path / "llm_specialization_smoke" / "ladder.json").exists()
     bad = run("method=[telepathy]")
     assert bad.returncode != 0 and "telepathy" in bad.stderr
+
+
+def test_reproduce_smoke_writes_report(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "llm_specialization.reproduce", "--profile", "smoke",
+                          "--reports-dir", str(tmp_path / "rep"), "--work-dir", str(tmp_path / "work")],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = (tmp_path / "rep" / "llm_specialization" / "report.md").read_text()
+    assert "kNN-LM perplexity" in report and "R0 TF-IDF + LR" in report
+    assert (tmp_path / "rep" / "llm_specialization" / "knn_lm_smoke.png").exists()
+
+
+def test_prompt_tuning_starts_from_instruction_embeddings():
+    fresh = tiny_llama(hidden=32, layers=2, seed=0)
+    net = ladder.adapt(fresh, "prompt_tuning", n_virtual_tokens=5)
+    ids = fresh.tokenizer(ladder.INSTRUCTION).input_ids[:5]
+    want = fresh.model.get_input_embeddings().weight[torch.tensor(ids)]
+    assert torch.equal(net.prompt_encoder["default"].embedding.weight, want)
+    assert ladder.trainable_parameters(net) == 5 * 32
