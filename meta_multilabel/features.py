@@ -54,7 +54,8 @@ class FeatureMatrix:
             return torch.from_numpy(np.ascontiguousarray(part)).to(device)
         coo = part.tocoo()
         indices = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
-        return torch.sparse_coo_tensor(indices, torch.from_numpy(coo.data), coo.shape).coalesce().to(device)
+        return torch.sparse_coo_tensor(indices, torch.from_numpy(coo.data), coo.shape,
+                                       check_invariants=False).coalesce().to(device)
 
 
 def _mention_docs(items: Sequence[Mention]) -> list[str]:

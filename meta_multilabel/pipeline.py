@@ -173,3 +173,53 @@ def write_results(run_dir: str | Path, task: PreparedTask, results: dict, extra:
                "wall_seconds": results.get("_wall_seconds"), **(extra or {})}
     path.write_text(json.dumps(payload, indent=1, default=float) + "\n")
     return path
+
+
+def configs_from(cfg) -> tuple[DataConfig, FeaturesConfig, ClassifierConfig, MetaConfig]:
+    """The four typed configs from a Hydra/OmegaConf node or a plain dict with the same keys."""
+    from common.hydra_utils import to_dataclass
+
+    return (to_dataclass(cfg["data"], DataConfig), to_dataclass(cfg["features"], FeaturesConfig),
+            to_dataclass(cfg["classifier"], ClassifierConfig), to_dataclass(cfg["meta"], MetaConfig))
+
+
+def run_experiment(cfg, run_dir: str | Path, *, plain_config: dict | None = None) -> dict:
+    """One run of ``cfg.method`` on ``cfg.data``: the body of ``python -m meta_multilabel.train``.
+
+    Writes into ``run_dir``: checkpoints (every epoch / episode), ``metrics.jsonl`` + ``tb/``,
+    ``run_info.json``, ``results.json`` and, for meta methods, the policy plots.
+    """
+    import torch
+
+    from common.bench import peak_rss_bytes
+    from common.logging import MetricLogger
+    from common.runinfo import write_run_info
+    from meta_multilabel.plots import plot_policies, plot_rewards
+
+    data_cfg, feat_cfg, clf_cfg, meta_cfg = configs_from(cfg)
+    trainer = cfg["trainer"]
+    if trainer.get("num_threads"):
+        torch.set_num_threads(int(trainer["num_threads"]))
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    task = prepare_task(data_cfg, feat_cfg, data_dir=cfg["paths"].get("data_dir"),
+                        progress_bar=bool(trainer.get("progress_bar", True)))
+    logger = MetricLogger.from_config(run_dir, cfg["logger"])
+    try:
+        results = run_method(task, cfg["method"], clf_cfg, meta_cfg, run_dir, seed=int(trainer["seed"]),
+                             resume=str(cfg.get("resume", "never")), logger=logger,
+                             progress_bar=bool(trainer.get("progress_bar", True)),
+                             keep_last=int(trainer.get("keep_last_checkpoints", 2)))
+    finally:
+        logger.close()
+    extra = {"method": cfg["method"], "seed": int(trainer["seed"]), "reward": meta_cfg.reward,
+             "recurrence": meta_cfg.recurrence, "label_order": meta_cfg.label_order,
+             "peak_rss_bytes": peak_rss_bytes()}
+    write_results(run_dir, task, results, extra)
+    if "_history" in results:
+        plot_rewards(results["_history"], run_dir / "reward_curve.png")
+        name = next(k for k in results if not k.startswith("_"))
+        plot_policies(task, results[name].get("weights"), results[name]["thresholds"], run_dir / "policies.png",
+                      title=f"{task.name} {name}")
+    write_run_info(run_dir, extra={"config": plain_config} if plain_config else None)
+    return results

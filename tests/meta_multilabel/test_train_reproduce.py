@@ -1,0 +1,85 @@
+"""Smoke runs of the Hydra shell (one subprocess, others in-process) and of the reproduce smoke profile."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import common.config  # noqa: F401  (registers the shared config groups)
+from common.checkpoint import ResumeError
+from common.data import DatasetNotFoundError, dataset_path
+from meta_multilabel.pipeline import run_experiment
+
+REPO = Path(__file__).resolve().parents[2]
+CONF = REPO / "meta_multilabel" / "conf"
+SYNTHETIC = ["data=synthetic", "features=raw", "method=meta", "meta.episodes=2", "meta.inner_epochs=1",
+             "meta.warmup_epochs=1", "meta.hidden=8", "meta.label_dim=4", "classifier.batch_size=128",
+             "trainer.progress_bar=false", "logger.tensorboard=false"]
+
+
+def _cfg(tmp_path, *overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=[f"paths.output_dir={tmp_path}", *overrides])
+
+
+def test_train_main_in_process(tmp_path, monkeypatch):
+    """The Hydra shell itself (``@hydra.main`` + user-error handling), without a second interpreter."""
+    from meta_multilabel import train
+
+    monkeypatch.setattr(sys, "argv", ["train", f"paths.output_dir={tmp_path}", "name=syn", *SYNTHETIC])
+    train.main()
+    res = json.loads((tmp_path / "syn" / "results.json").read_text())
+    assert set(res["results"]) == {"M"}
+    with pytest.raises(SystemExit) as exc:  # resume=never over existing checkpoints: one-line error, status 1
+        train.main()
+    assert exc.value.code == 1
+
+
+@pytest.mark.slow  # a second Python interpreter costs ~10-30 s of imports on the shared 2-core machine
+def test_train_cli_smoke(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "meta_multilabel.train", f"paths.output_dir={tmp_path}", "name=syn",
+                          *SYNTHETIC], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "M test:" in out.stdout
+    run = tmp_path / "syn"
+    res = json.loads((run / "results.json").read_text())
+    assert set(res["results"]) == {"M"} and res["reward"] == "label_f1"
+    for f in ("checkpoints/step_2.pt", "policies.png", "reward_curve.png", "run_info.json", "metrics.jsonl"):
+        assert (run / f).exists(), f
+
+
+def test_run_experiment_refuses_then_resumes(tmp_path):
+    run_dir = tmp_path / "syn"
+    run_experiment(_cfg(tmp_path, *SYNTHETIC), run_dir)
+    with pytest.raises(ResumeError, match="resume=auto"):
+        run_experiment(_cfg(tmp_path, *SYNTHETIC), run_dir)
+    longer = [o.replace("episodes=2", "episodes=3") for o in SYNTHETIC]
+    run_experiment(_cfg(tmp_path, *longer, "resume=auto"), run_dir)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+
+
+def test_missing_dataset_names_it(tmp_path):
+    cfg = _cfg(tmp_path, "data=bbn", f"paths.data_dir={tmp_path / 'nowhere'}")
+    with pytest.raises(DatasetNotFoundError, match="bbn"):
+        run_experiment(cfg, tmp_path / "x")
+
+
+def test_reproduce_smoke_profile(tmp_path):
+    try:
+        dataset_path("Reuters-21578", "reuters21578/reuters.tar.gz", source="../shared/data")
+    except DatasetNotFoundError as e:
+        pytest.skip(str(e))
+    from meta_multilabel.reproduce import main
+
+    args = ["--profile", "smoke", "--reports-dir", str(tmp_path / "reports"), "--work-dir", str(tmp_path / "work")]
+    text = main(args).read_text()
+    assert "reuters: M − B2 micro_f1" in text
+    results = json.loads((tmp_path / "reports" / "meta_multilabel" / "results.json").read_text())
+    assert any(r["metric"].startswith("reuters B2 micro_f1") for r in results["rows"])
+    main(args)  # a second call reads the finished cells back instead of training again
