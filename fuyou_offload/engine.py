@@ -421,10 +421,13 @@ class OffloadEngine:
 
     def _params(self, u: Unit, buf: HostBuffer, grad: bool) -> dict[str, torch.Tensor]:
         flat = buf.view(self.dtype, u.numel)
-        if self.device.type == "cuda":
+        if self.device.type == "cuda":  # pinned host buffer -> device on the copy stream
             with torch.cuda.stream(self.h2d):
                 flat = flat.to(self.device, non_blocking=True)
-            torch.cuda.current_stream().wait_stream(self.h2d)
+                done = torch.cuda.Event()
+                done.record(self.h2d)
+            torch.cuda.current_stream().wait_event(done)
+            done.synchronize()  # the host buffer may be recycled for the next read once this returns
         out = {}
         for n, shp, off in zip(u.names, u.shapes, u.offsets):
             t = flat[off : off + shp.numel()].view(shp)
@@ -613,8 +616,9 @@ class OffloadEngine:
             u = blocks_u[i]
             params = self._params(u, buf, grad=True)
             tc = time.perf_counter()
-            x_in = st["ckpt"].get("x").detach().requires_grad_()
-            store = {k: (nm, _stash_get_op(st["cache"], k)) for k, nm in st["cache"].names.items()} if "cache" in st else {}
+            x_in = st["ckpt"].get("x").to(self.device).detach().requires_grad_()
+            store = {k: (nm, _stash_get_op(st["cache"], k, self.device)) for k, nm in st["cache"].names.items()} \
+                if "cache" in st else {}
             with _op_cache(self.plans[i].cached_ops(), store, replay=True):
                 y = functional_call(self.block_mod, params, (x_in,))
             y.backward(g)
@@ -793,9 +797,9 @@ def _ends_loss(ends: Ends, p: dict[str, torch.Tensor], x: torch.Tensor, targets:
     return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
-def _stash_get_op(stash: TensorStash, k: int):
+def _stash_get_op(stash: TensorStash, k: int, device: torch.device):
     n, is_tuple = stash.arity[k]
-    vals = tuple(stash.get((k, j)) for j in range(n))
+    vals = tuple(stash.get((k, j)).to(device) for j in range(n))
     return vals if is_tuple else vals[0]
 
 

@@ -147,13 +147,14 @@ def planner_sweep(sc: Scale, work: Path, prof) -> list[dict]:
 
 
 def _plots(out: Path, cap, tp, sweep) -> list[Path]:
+    """One figure, four panels: (a) capacity, (b) throughput, (c) bandwidth sweep, (d) planner."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    fig, ax = plt.subplots(1, 4, figsize=(18, 4))
+    fig.subplots_adjust(wspace=0.35, left=0.05, right=0.98, bottom=0.15)
     for s, by_budget in cap.items():
         xs = sorted(by_budget)
         ax[0].plot(xs, [by_budget[x] / 1e6 for x in xs], "o-", label=s)
@@ -169,20 +170,14 @@ def _plots(out: Path, cap, tp, sweep) -> list[Path]:
         ax[2].plot([r["tokens_per_step"] for r in sub], [r["fuyou_tok_s"] for r in sub], "o-", label=f"{frac:g} x SSD")
     ax[2].set(xlabel="tokens per step", ylabel="fuyou tokens/s", title="(c) bandwidth sweep")
     ax[2].legend()
-    fig.tight_layout()
-    paths.append(out / "figures_abc.png")
-    fig.savefig(paths[-1], dpi=90)
+    ax[3].plot([r["k"] for r in sweep], [r["measured_s"] for r in sweep], "o-", label="measured")
+    ax[3].plot([r["k"] for r in sweep], [r["predicted_s"] for r in sweep], "s--", label="predicted")
+    ax[3].set(xlabel="op groups cached per block (by OB)", ylabel="step time (s)", title="(d) planner")
+    ax[3].legend()
+    path = out / "figures.png"
+    fig.savefig(path, dpi=70)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.plot([r["k"] for r in sweep], [r["measured_s"] for r in sweep], "o-", label="measured")
-    ax.plot([r["k"] for r in sweep], [r["predicted_s"] for r in sweep], "s--", label="predicted")
-    ax.set(xlabel="op groups cached per block (by OB)", ylabel="step time (s)", title="(d) planner")
-    ax.legend()
-    fig.tight_layout()
-    paths.append(out / "figure_d_planner.png")
-    fig.savefig(paths[-1], dpi=90)
-    plt.close(fig)
-    return paths
+    return [path]
 
 
 def _profile(ctx: ProfileContext) -> ReproReport:
