@@ -60,22 +60,22 @@ def smoke_plan(seed: int) -> Plan:
     tiny_meta = MetaConfig(episodes=3, inner_epochs=1, warmup_epochs=1, hidden=16, label_dim=8)
     return Plan(
         datasets={"reuters": DatasetPlan(_reuters(max_train=300, max_test=200), FeaturesConfig(max_features=2000),
-                                         ClassifierConfig(lr=1e-2, epochs=2), tiny_meta)},
+                                         ClassifierConfig(lr=0.05, epochs=2), tiny_meta)},
         methods=["uniform", "meta"], seeds=[seed],
         notes=["smoke: 300 Reuters training documents, 2 epochs, 3 meta-episodes; numbers are meaningless."])
 
 
 def quick_plan(seed: int) -> Plan:
-    clf = ClassifierConfig(lr=1e-2, epochs=10)
+    clf = ClassifierConfig(lr=0.05, epochs=15)
     meta = MetaConfig(episodes=30, inner_epochs=1, warmup_epochs=5)
     return Plan(datasets={"reuters": DatasetPlan(_reuters(), FeaturesConfig(), clf, meta)},
                 methods=["uniform", "inverse_freq", "meta_tau", "meta"], seeds=[seed],
-                notes=["quick: full Reuters with TF-IDF features, 10 baseline epochs, 30 meta-episodes of one "
+                notes=["quick: full Reuters with TF-IDF features, 15 baseline epochs, 30 meta-episodes of one "
                        "inner epoch (warm start after 5 uniform epochs), one seed."])
 
 
 def full_plan(seed: int) -> Plan:
-    clf = ClassifierConfig(lr=1e-2, epochs=30)
+    clf = ClassifierConfig(lr=0.05, epochs=30)
     meta = MetaConfig(episodes=200, inner_epochs=3, warmup_epochs=5)
     return Plan(
         datasets={"reuters": DatasetPlan(_reuters(), FeaturesConfig(), clf, meta),
