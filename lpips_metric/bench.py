@@ -46,6 +46,15 @@ def _peak_growth(fn) -> int | None:
     return peak_rss_bytes() - base
 
 
+@torch.no_grad()
+def _measure(ours, ref, x, y, repeats: int):
+    """(max |diff|, interleaved timings, peak-RSS growth of ours, of the reference) for one input pair."""
+    err = float((ours(x, y) - ref(x, y)).abs().max())
+    timings = compare({"ours": lambda: ours(x, y), "lpips": lambda: ref(x, y)}, warmup=1, repeats=repeats,
+                      items_per_call=x.shape[0])
+    return err, timings, _peak_growth(lambda: ours(x, y)), _peak_growth(lambda: ref(x, y))
+
+
 def bench(nets=("alex", "squeeze"), batches=(1, 32), sizes=(64, 256), repeats: int = 3, seed: int = 0) -> list[dict]:
     rows = []
     for net in nets:
@@ -57,12 +66,7 @@ def bench(nets=("alex", "squeeze"), batches=(1, 32), sizes=(64, 256), repeats: i
                 g = torch.Generator().manual_seed(seed)
                 x = torch.rand(batch, 3, size, size, generator=g) * 2 - 1
                 y = (x + 0.3 * torch.randn(batch, 3, size, size, generator=g)).clamp(-1, 1)
-                with torch.no_grad():
-                    err = float((ours(x, y) - ref(x, y)).abs().max())
-                    timings = compare({"ours": lambda: ours(x, y), "lpips": lambda: ref(x, y)},
-                                      warmup=1, repeats=repeats, items_per_call=batch)
-                    mem_ours = _peak_growth(lambda: ours(x, y))
-                    mem_ref = _peak_growth(lambda: ref(x, y))
+                err, timings, mem_ours, mem_ref = _measure(ours, ref, x, y, repeats)
                 row = {"net": net, "size": size, "batch": batch, "max_abs_diff": err,
                        "ours_pairs_per_s": timings["ours"].throughput, "lpips_pairs_per_s": timings["lpips"].throughput,
                        "speedup": timings["lpips"].median / timings["ours"].median,
