@@ -220,6 +220,67 @@ def label_order(kind: str, task: PreparedTask, seed: int) -> np.ndarray:
     raise ValueError(f"label_order must be auto|frequency|hierarchy|shuffle|given, got {kind!r}")
 
 
+@dataclass
+class Proposal:
+    """One episode's policy: means, raw Gaussian draws (for log π) and the clipped actions in use."""
+
+    mu_w: torch.Tensor
+    mu_t: torch.Tensor
+    raw_w: torch.Tensor
+    raw_t: torch.Tensor
+    w: torch.Tensor
+    tau: torch.Tensor
+
+
+def propose_policy(meta: MetaLearner, states: torch.Tensor, order: torch.Tensor, cfg: MetaConfig,
+                   gen: torch.Generator) -> Proposal:
+    """(w, τ) ~ π_φ(· | states); a policy that is switched off is replaced by its fixed value (1 or 0.5)."""
+    meta.train()
+    mu_w, mu_t = meta(states, order)
+    (raw_w, raw_t), (w, tau) = meta.sample(mu_w, mu_t, generator=gen)
+    L = meta.num_labels
+    if not cfg.learn_weights:
+        w = torch.ones(L)
+    if not cfg.learn_thresholds:
+        tau = torch.full((L,), 0.5)
+    return Proposal(mu_w, mu_t, raw_w, raw_t, w, tau)
+
+
+def policy_gradient_step(meta: MetaLearner, meta_opt, proposal: Proposal, probs_meta: np.ndarray,
+                         Y_meta: np.ndarray, baseline: torch.Tensor | None, cfg: MetaConfig, gen: torch.Generator):
+    """Score the proposal on D_meta, take one REINFORCE step on φ, update the moving baseline.
+
+    Returns (mean reward, new baseline, meta loss). Thresholds do not change training, so with
+    ``threshold_samples`` > 1 extra threshold draws are scored on the same classifier (one scoring each).
+    """
+    L = meta.num_labels
+    per_label = cfg.reward in ("label", "label_f1")
+    draws = [(proposal.raw_t, proposal.tau)]
+    if cfg.learn_thresholds:
+        for _ in range(cfg.threshold_samples - 1):
+            (_, extra_raw_t), (_, extra_tau) = meta.sample(proposal.mu_w, proposal.mu_t, generator=gen)
+            draws.append((extra_raw_t, extra_tau))
+    rewards = [torch.as_tensor(compute_reward(cfg.reward, probs_meta, Y_meta, t.numpy().astype(np.float64)),
+                               dtype=torch.float32) for _, t in draws]
+    reward_t = torch.stack(rewards).mean(0)
+    if baseline is None:
+        baseline = reward_t.clone()  # first episode: zero advantage rather than a huge one
+    pg = torch.zeros(())
+    for (draw_raw_t, _), r in zip(draws, rewards):
+        lp_w, lp_t = meta.log_prob(proposal.raw_w, draw_raw_t, proposal.mu_w, proposal.mu_t)
+        log_prob = (lp_w if cfg.learn_weights else 0) + (lp_t if cfg.learn_thresholds else 0)
+        # Per-label rewards: label j's log-probability gets its own advantage r_j − b_j.
+        pg = pg + (reinforce_loss(log_prob, r - baseline) if per_label
+                   else reinforce_loss(torch.as_tensor(log_prob).sum(), r - baseline))
+    meta_loss = pg / (len(draws) * L) - cfg.entropy_coef * meta.entropy() / L
+    meta_opt.zero_grad(set_to_none=True)
+    meta_loss.backward()
+    meta_opt.step()
+    meta.advance()
+    baseline = cfg.baseline_beta * baseline + (1 - cfg.baseline_beta) * reward_t
+    return reward_t, baseline, meta_loss.detach()
+
+
 # ------------------------------------------------------------------------------------- helpers
 
 
@@ -332,8 +393,6 @@ def run_meta(task: PreparedTask, meta_cfg: MetaConfig, clf_cfg: ClassifierConfig
                        learn_sigma=meta_cfg.learn_sigma, label_init=label_init)
     meta_opt = torch.optim.Adam(meta.parameters(), lr=meta_cfg.lr)
     order = torch.from_numpy(label_order(meta_cfg.label_order, task, seed).copy())
-    per_label = meta_cfg.reward in ("label", "label_f1")
-    weights_on = meta_cfg.learn_weights
     episode, baseline = 0, None
     prev_w, prev_tau = np.ones(L), np.full(L, 0.5)
     best = {"score": -1.0}
@@ -359,13 +418,8 @@ def run_meta(task: PreparedTask, meta_cfg: MetaConfig, clf_cfg: ClassifierConfig
     while episode < meta_cfg.episodes:
         gen = _episode_generator(seed, episode)
         states = label_states(probs_meta, task.Y["meta"], prev_tau, prev_w, meta_cfg.w_max)
-        meta.train()
-        mu_w, mu_t = meta(states, order)
-        (raw_w, raw_t), (w, tau) = meta.sample(mu_w, mu_t, generator=gen)
-        if not weights_on:
-            w = torch.ones(L)
-        if not meta_cfg.learn_thresholds:
-            tau = torch.full((L,), 0.5)
+        proposal = propose_policy(meta, states, order, meta_cfg, gen)
+        w, tau = proposal.w, proposal.tau
         if not meta_cfg.warm_start:
             clf, clf_opt = _new_classifier(task, clf_cfg, seed + 7919 * (episode + 1))
             if meta_cfg.warmup_epochs > 0:
@@ -373,34 +427,10 @@ def run_meta(task: PreparedTask, meta_cfg: MetaConfig, clf_cfg: ClassifierConfig
                              batch_size=clf_cfg.batch_size, generator=_episode_generator(seed, -1))
         loss = train_epochs(clf, clf_opt, task.X["train"], task.Y["train"], epochs=meta_cfg.inner_epochs,
                             batch_size=clf_cfg.batch_size, generator=gen,
-                            weights=w if weights_on else None, mode=meta_cfg.weight_mode)
+                            weights=w if meta_cfg.learn_weights else None, mode=meta_cfg.weight_mode)
         probs_meta = predict_probs(clf, task.X["meta"])
-        # Thresholds do not change training, so extra threshold draws cost one D_meta scoring each.
-        draws = [(raw_t, tau)]
-        if meta_cfg.learn_thresholds:
-            for _ in range(meta_cfg.threshold_samples - 1):
-                (_, extra_raw_t), (_, extra_tau) = meta.sample(mu_w, mu_t, generator=gen)
-                draws.append((extra_raw_t, extra_tau))
-        rewards = [torch.as_tensor(compute_reward(meta_cfg.reward, probs_meta, task.Y["meta"],
-                                                  t.numpy().astype(np.float64)), dtype=torch.float32)
-                   for _, t in draws]
-        reward_t = torch.stack(rewards).mean(0)
-        if baseline is None:
-            baseline = reward_t.clone()  # first episode: zero advantage rather than a huge one
-        pg = torch.zeros(())
-        for (draw_raw_t, _), r in zip(draws, rewards):
-            lp_w, lp_t = meta.log_prob(raw_w, draw_raw_t, mu_w, mu_t)
-            log_prob = (lp_w if weights_on else 0) + (lp_t if meta_cfg.learn_thresholds else 0)
-            # Per-label rewards: label j's log-probability gets its own advantage r_j − b_j.
-            pg = pg + (reinforce_loss(log_prob, r - baseline) if per_label
-                       else reinforce_loss(torch.as_tensor(log_prob).sum(), r - baseline))
-        pg = pg / (len(draws) * L)
-        meta_loss = pg - meta_cfg.entropy_coef * meta.entropy() / L
-        meta_opt.zero_grad(set_to_none=True)
-        meta_loss.backward()
-        meta_opt.step()
-        meta.advance()
-        baseline = meta_cfg.baseline_beta * baseline + (1 - meta_cfg.baseline_beta) * reward_t
+        reward_t, baseline, meta_loss = policy_gradient_step(meta, meta_opt, proposal, probs_meta, task.Y["meta"],
+                                                             baseline, meta_cfg, gen)
         prev_w, prev_tau = w.numpy().astype(np.float64), tau.numpy().astype(np.float64)
         episode += 1
         # Kept policy: the mean thresholds for the classifier as it is now (no sampling at test time).
@@ -414,7 +444,7 @@ def run_meta(task: PreparedTask, meta_cfg: MetaConfig, clf_cfg: ClassifierConfig
             best = {"score": score, "episode": episode, "model": copy.deepcopy(clf.state_dict()),
                     "tau": test_tau, "w": prev_w.copy(), "mean_w": mean_w.numpy().astype(np.float64)}
         row = {"reward": float(reward_t.mean()), "baseline": float(baseline.mean()), "train/loss": loss,
-               "meta/loss": float(meta_loss.detach()), "meta/select_score": score,
+               "meta/loss": float(meta_loss), "meta/select_score": score,
                "policy/w_mean": float(w.mean()), "policy/w_std": float(w.std()),
                "policy/tau_mean": float(tau.mean()), "policy/tau_std": float(tau.std()),
                "policy/mu_tau_mean": float(mean_t.mean()), "policy/mu_w_mean": float(mean_w.mean())}
@@ -433,6 +463,7 @@ def run_meta(task: PreparedTask, meta_cfg: MetaConfig, clf_cfg: ClassifierConfig
         raise RuntimeError("meta run finished without any episode (episodes must be >= 1)")
     clf.load_state_dict(best["model"])
     probs = {split: predict_probs(clf, task.X[split]) for split in ("meta", "test")}
+    weights_on = meta_cfg.learn_weights
     method = "M" if (weights_on and meta_cfg.learn_thresholds) else ("M-w" if weights_on else "M-tau")
     return {
         method: {"test": evaluate_policy(task, probs, best["tau"]),
