@@ -289,7 +289,7 @@ def _episode_generator(seed: int, episode: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + episode)
 
 
-def _new_classifier(task: PreparedTask, cfg: ClassifierConfig, seed: int):
+def new_classifier(task: PreparedTask, cfg: ClassifierConfig, seed: int):
     torch.manual_seed(seed)
     kwargs = {"hidden": cfg.hidden, "dropout": cfg.dropout} if cfg.name == "mlp" else {}
     model = build_classifier(cfg.name, task.X["train"].dim, task.num_labels, **kwargs)
@@ -323,7 +323,7 @@ def run_baseline(task: PreparedTask, kind: str, cfg: ClassifierConfig, run_dir: 
     ckpt = CheckpointManager(run_dir, keep_last=keep_last)
     start = ckpt.resolve_resume(resume)
     seed_everything(seed)
-    model, opt = _new_classifier(task, cfg, seed)
+    model, opt = new_classifier(task, cfg, seed)
     weights, mode = (None, "label") if kind == "uniform" else (inverse_frequency_weights(task.Y["train"]), "pos")
     epoch, best = 0, {"score": -1.0, "model": copy.deepcopy(model.state_dict()), "epoch": 0}
     if start is not None:
@@ -386,7 +386,7 @@ def run_meta(task: PreparedTask, meta_cfg: MetaConfig, clf_cfg: ClassifierConfig
     ckpt = CheckpointManager(run_dir, keep_last=keep_last)
     start = ckpt.resolve_resume(resume)
     seed_everything(seed)
-    clf, clf_opt = _new_classifier(task, clf_cfg, seed)
+    clf, clf_opt = new_classifier(task, clf_cfg, seed)
     torch.manual_seed(seed + 1)
     meta = MetaLearner(L, recurrence=meta_cfg.recurrence, hidden=meta_cfg.hidden, label_dim=meta_cfg.label_dim,
                        w_max=meta_cfg.w_max, sigma_w=meta_cfg.sigma_w, sigma_tau=meta_cfg.sigma_tau,
@@ -421,7 +421,7 @@ def run_meta(task: PreparedTask, meta_cfg: MetaConfig, clf_cfg: ClassifierConfig
         proposal = propose_policy(meta, states, order, meta_cfg, gen)
         w, tau = proposal.w, proposal.tau
         if not meta_cfg.warm_start:
-            clf, clf_opt = _new_classifier(task, clf_cfg, seed + 7919 * (episode + 1))
+            clf, clf_opt = new_classifier(task, clf_cfg, seed + 7919 * (episode + 1))
             if meta_cfg.warmup_epochs > 0:
                 train_epochs(clf, clf_opt, task.X["train"], task.Y["train"], epochs=meta_cfg.warmup_epochs,
                              batch_size=clf_cfg.batch_size, generator=_episode_generator(seed, -1))

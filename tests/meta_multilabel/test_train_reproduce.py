@@ -83,3 +83,11 @@ def test_reproduce_smoke_profile(tmp_path):
     results = json.loads((tmp_path / "reports" / "meta_multilabel" / "results.json").read_text())
     assert any(r["metric"].startswith("reuters B2 micro_f1") for r in results["rows"])
     main(args)  # a second call reads the finished cells back instead of training again
+
+
+def test_bench_runs_on_synthetic(tmp_path):
+    from meta_multilabel.bench import main
+
+    res = main(["--data", "synthetic", "--repeats", "1", "--out-dir", str(tmp_path)])
+    assert res["timings"]["epoch, weighted BCE (ours)"]["median_s"] > 0 and res["peak_rss_bytes"] > 0
+    assert (tmp_path / "bench.md").read_text().startswith("# meta_multilabel benchmark")
