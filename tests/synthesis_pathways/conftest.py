@@ -19,5 +19,9 @@ def pool_a():
 
 
 @pytest.fixture(scope="session")
-def space(templates, pool_a, tmp_path_factory):
-    return ReactionSpace(templates, pool_a, cache_dir=tmp_path_factory.mktemp("match_cache"))
+def space(templates, pool_a, tmp_path_factory, request):
+    # the match matrix is cached under a hash of the blocks and templates, so pytest's persistent cache
+    # folder can hold it across sessions without ever serving a stale matrix
+    cache = getattr(request.config, "cache", None)
+    folder = cache.mkdir("synthesis_pathways_matches") if cache is not None else tmp_path_factory.mktemp("m")
+    return ReactionSpace(templates, pool_a, cache_dir=folder)
