@@ -114,6 +114,7 @@ class EngineConfig:
     throttle_bytes_per_s: float | None = None
     prefetch_depth: int = 1
     opt_chunk_elems: int = 1 << 20
+    max_inflight_updates: int = 2    # units queued for the optimizer before backward waits (bounds grad memory)
     grad_tier: str = "auto"          # host | ssd | auto (host if all fp32 grads fit in a quarter of the budget)
     verify_on_resume: bool = True
     checksum: str = "xxh3"           # xxh3 | crc32 | none: digest of every state chunk written
@@ -380,8 +381,10 @@ class OffloadEngine:
 
     def _resume(self, path: Path) -> None:
         m = load_checkpoint(path)
-        if m["layout"] != [(u.name, u.numel) for u in self.units] or m["chunk_elems"] != self.cfg.opt_chunk_elems:
-            raise StateCorruptError(f"{path} was written for another model layout or chunk size")
+        if m["layout"] != [(u.name, u.numel) for u in self.units]:
+            raise StateCorruptError(f"{path} was written for another model layout")
+        # digests are per optimizer chunk: keep the run's chunk size (it changes memory use, not the math)
+        self.cfg.opt_chunk_elems = m["chunk_elems"]
         if m.get("checksum", "crc32") != self.cfg.checksum:
             raise StateCorruptError(f"{path} was written with offload.checksum={m.get('checksum')}")
         if m["compute_dtype"] != self.cfg.compute_dtype:
@@ -530,6 +533,7 @@ class OffloadEngine:
         self.counted = {"activation_ssd_read": 0, "activation_ssd_write": 0}
         self.new_checksums = {}
         self.updates_log: list[tuple[Unit, bool]] = []
+        self._inflight: list[Future] = []
         self._act_cursor = 0
         self.pool.peak_bytes = self.pool.used_bytes
         self.busy = {"compute": 0.0, "optimizer": 0.0}
@@ -731,7 +735,11 @@ class OffloadEngine:
         if on_ssd:  # the gradient waits on SSD and its host buffer goes back to the pool
             wait_all(self.files["grad"].write(u.file_off32, grad_buf.memview(0, align_up(4 * u.numel))))
         if self.cfg.overlap and speculate:
+            # backpressure: a slow optimizer must not let gradient buffers pile up in host memory
+            while len(self._inflight) >= max(1, self.cfg.max_inflight_updates):
+                self._inflight.pop(0).result()
             fut = self.worker.submit(self._update_unit, u, grad_buf, None, step, lr)
+            self._inflight.append(fut)
             if self.stores_grads and not on_ssd:
                 kept[u.name] = grad_buf
             else:

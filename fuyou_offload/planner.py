@@ -162,6 +162,37 @@ def plan_for_fraction(cfg: GPTConfig, k: int, *, batch: int, seq: int, compute_e
     return plans
 
 
+def fixed_host_bytes(cfg: GPTConfig, *, compute_elem: int, depth: int, chunk_elems: int, grads_all_on_host: bool,
+                     inflight: int = 2) -> int:
+    """Host bytes the engine needs besides activations: the weight window (ends + current block +
+    ``depth`` prefetched + the block kept for backward), gradients (the one being collected + those
+    queued for the optimizer, or all of them when they wait for a clip replay in host memory) and the
+    optimizer's double-buffered chunks (P32, m, v, grad, bf16 copy)."""
+    nb, ne = cfg.block_params(), cfg.ends_params()
+    weights = compute_elem * (ne + (depth + 2) * nb)
+    grads = 4 * cfg.num_params() if grads_all_on_host else 4 * (ne + (inflight + 1) * nb)
+    opt = 2 * (4 * 4 + 2) * chunk_elems
+    return weights + grads + opt
+
+
+def size_buffers(cfg: GPTConfig, budget: int, *, compute_elem: int, grads_all_on_host: bool, max_depth: int = 2,
+                 max_chunk: int = 1 << 22, share: float = 0.75) -> tuple[int, int, int]:
+    """(prefetch depth, optimizer chunk elements, fixed bytes): the deepest prefetch, then the largest
+    chunk, whose fixed buffers fit in ``share`` of the budget (the rest is left to activations).
+    Raises ``ValueError`` when not even depth 0 with the smallest chunk fits."""
+    for depth in range(max_depth, -1, -1):
+        chunk = max_chunk
+        while chunk >= 2048:
+            need = fixed_host_bytes(cfg, compute_elem=compute_elem, depth=depth, chunk_elems=chunk,
+                                    grads_all_on_host=grads_all_on_host)
+            if need <= share * budget:
+                return depth, chunk, need
+            chunk //= 2
+    need = fixed_host_bytes(cfg, compute_elem=compute_elem, depth=0, chunk_elems=2048, grads_all_on_host=grads_all_on_host)
+    raise ValueError(f"host budget {budget / 2**20:.1f} MiB is below the {need / share / 2**20:.1f} MiB this model needs "
+                     "at prefetch depth 0 and the smallest optimizer chunk (one block's weights and gradients)")
+
+
 def choose_plan(cfg: GPTConfig, prof: Profile, *, batch: int, seq: int, compute_elem: int,
                 host_bytes_free: int, clip: bool = False, grad_tier: str = "host") -> tuple[list[BlockPlan], StepPrediction]:
     """Scan the number of cached op groups (0..5) and keep the plan with the smallest predicted time."""

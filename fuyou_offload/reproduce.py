@@ -25,7 +25,7 @@ from .bench import bench_schedules
 from .engine import EngineConfig, OffloadEngine, OptimConfig, read_unit_params
 from .memory import HostBudgetError
 from .model import GPTConfig, init_gpt
-from .planner import BlockPlan, choose_plan, plan_for_fraction, predict_step
+from .planner import BlockPlan, choose_plan, plan_for_fraction, predict_step, size_buffers
 from .profiling import measure_floors
 
 
@@ -89,8 +89,14 @@ def capacity(sc: Scale, work: Path, prof) -> tuple[list[dict], dict[str, dict[in
                     plans, _ = choose_plan(cfg, prof, batch=batch, seq=seq, compute_elem=4,
                                            host_bytes_free=(budget << 20) // 4)
                     plans = [BlockPlan("ssd", p.cached, "ssd") for p in plans]  # host budget goes to weights
-                eng = OffloadEngine(cfg, EngineConfig(schedule=s, host_budget=budget << 20, opt_chunk_elems=1 << 16,
-                                                      grad_tier="auto" if s == "fuyou" else "host"),
+                grads_on_host = s == "zero_infinity" or 4 * n <= (budget << 20) // 4
+                try:
+                    depth, chunk, _ = size_buffers(cfg, budget << 20, compute_elem=4, grads_all_on_host=grads_on_host)
+                except ValueError:
+                    fits[s] = False
+                    continue
+                eng = OffloadEngine(cfg, EngineConfig(schedule=s, host_budget=budget << 20, opt_chunk_elems=chunk,
+                                                      prefetch_depth=depth, grad_tier="host" if grads_on_host else "ssd"),
                                     OptimConfig(clip_grad_norm=1.0), state_dir=d / "state", run_dir=d / "run",
                                     plans=plans, batch=batch, seq=seq)
                 try:

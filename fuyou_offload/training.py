@@ -32,7 +32,15 @@ from .baseline import InMemoryTrainer
 from .data import ByteTokenizer, HFTokenizer, batch_for_step, load_corpus
 from .engine import EngineConfig, OffloadEngine, OptimConfig
 from .model import GPT, GPTConfig, init_gpt, load_smollm2
-from .planner import BlockPlan, Profile, choose_plan, plan_for_fraction, predict_step
+from .planner import (
+    BlockPlan,
+    Profile,
+    choose_plan,
+    fixed_host_bytes,
+    plan_for_fraction,
+    predict_step,
+    size_buffers,
+)
 
 log = get_logger("fuyou_offload")
 
@@ -73,14 +81,28 @@ def optim_config(cfg) -> OptimConfig:
                        total_steps=cfg.trainer.max_steps, impl=o.impl)
 
 
-def engine_config(cfg) -> EngineConfig:
+def engine_config(cfg, model_cfg: GPTConfig | None = None) -> EngineConfig:
+    """The engine's options; ``auto`` prefetch depth / optimizer chunk are sized to the host budget."""
     off = cfg.offload
     thr = off.throttle_mb_s
+    depth, chunk = off.prefetch_depth, off.opt_chunk_elems
+    if "auto" in (str(depth), str(chunk)):
+        if model_cfg is None:
+            raise ValueError("auto buffer sizing needs the model config")
+        budget = parse_bytes(cfg.memory.host_budget)
+        clip = bool(cfg.trainer.clip_grad_norm)
+        grad_tier = off.grad_tier if off.grad_tier != "auto" else \
+            ("host" if 4 * model_cfg.num_params() <= budget // 4 else "ssd")
+        all_on_host = (clip or cfg.schedule == "zero_infinity") and (grad_tier == "host" or cfg.schedule == "zero_infinity")
+        d, c, _ = size_buffers(model_cfg, budget, compute_elem=2 if cfg.trainer.precision == "bf16" else 4,
+                               grads_all_on_host=all_on_host)
+        depth = d if str(depth) == "auto" else int(depth)
+        chunk = c if str(chunk) == "auto" else int(chunk)
     return EngineConfig(
         schedule=cfg.schedule, compute_dtype=cfg.trainer.precision, host_budget=parse_bytes(cfg.memory.host_budget),
         queue_depth=off.queue_depth, request_bytes=parse_bytes(off.request_bytes),
-        throttle_bytes_per_s=thr * 1e6 if thr else None, prefetch_depth=off.prefetch_depth,
-        opt_chunk_elems=off.opt_chunk_elems, grad_tier=off.grad_tier, verify_on_resume=off.verify_on_resume,
+        throttle_bytes_per_s=thr * 1e6 if thr else None, prefetch_depth=int(depth),
+        opt_chunk_elems=int(chunk), grad_tier=off.grad_tier, verify_on_resume=off.verify_on_resume,
         checksum=off.checksum,
         device=_device(cfg.trainer.device),
     )
@@ -92,22 +114,14 @@ def _device(d: str) -> str:
     return d
 
 
-def fixed_host_bytes(mcfg: GPTConfig, ec: EngineConfig, stores_grads_on_host: bool) -> int:
-    """Host bytes the engine needs besides activations: weight window, gradients, optimizer chunks."""
-    el = 2 if ec.compute_dtype == "bf16" else 4
-    nb, ne = mcfg.block_params(), mcfg.ends_params()
-    weights = el * (ne + (ec.prefetch_depth + 2) * nb)
-    grads = 4 * (ne + 2 * nb) if not stores_grads_on_host else 4 * mcfg.num_params()
-    opt = 2 * 4 * 4 * ec.opt_chunk_elems + 2 * 2 * ec.opt_chunk_elems
-    return weights + grads + opt
-
-
 def make_plans(cfg, mcfg: GPTConfig, ec: EngineConfig, optim: OptimConfig, batch: int, seq: int,
                state_dir: Path) -> tuple[list[BlockPlan], Profile, dict]:
     spec = str(cfg.offload.plan)
     el = 2 if ec.compute_dtype == "bf16" else 4
     stores_host = (bool(optim.clip_grad_norm) or ec.schedule != "fuyou") and ec.grad_tier == "host"
-    free = int(0.8 * (ec.host_budget - fixed_host_bytes(mcfg, ec, stores_host)))
+    fixed = fixed_host_bytes(mcfg, compute_elem=el, depth=ec.prefetch_depth, chunk_elems=ec.opt_chunk_elems,
+                             grads_all_on_host=stores_host)
+    free = int(0.8 * (ec.host_budget - fixed))
     prof, raw = Profile(), {}
     if ec.schedule == "fuyou" and spec == "auto" or cfg.offload.profile:
         from .profiling import measure_floors
@@ -168,14 +182,15 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
             restore_rng_state(state["rng"])
         save_every = tr.checkpoint_every_steps or 1
     else:
-        ec = engine_config(cfg)
+        ec = engine_config(cfg, mcfg)
         state_dir = Path(cfg.offload.dir).expanduser() / cfg.name if cfg.offload.dir else run_dir / "offload"
         plans, prof, floors = make_plans(cfg, mcfg, ec, optim, batch, seq, state_dir)
         prediction = predict_step(mcfg, plans, prof, batch=batch, seq=seq, compute_elem=2 if ec.compute_dtype == "bf16" else 4,
                                   overlap=ec.overlap, clip=bool(optim.clip_grad_norm))
         trainer = OffloadEngine(mcfg, ec, optim, state_dir=state_dir, run_dir=run_dir, plans=plans, batch=batch, seq=seq)
-        log.info("offload state: %.2f GiB in %s; host budget %.2f GiB; plan: %s", trainer.state_bytes() / 2**30,
-                 state_dir, ec.host_budget / 2**30, _plan_summary(plans))
+        log.info("offload state: %.2f GiB in %s; host budget %.2f GiB; prefetch depth %d; optimizer chunk %d; "
+                 "gradients for replay on %s; plan: %s", trainer.state_bytes() / 2**30, state_dir,
+                 ec.host_budget / 2**30, ec.prefetch_depth, ec.opt_chunk_elems, trainer.grad_tier, _plan_summary(plans))
         if floors:
             log.info("measured floors: %s", {k: f"{v:.3g}" for k, v in floors.items()})
         trainer.open(model, resume=cfg.resume)
@@ -222,7 +237,7 @@ def committed_params(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, t
         cfg = OmegaConf.create(cfg)
     run_dir = Path(run_dir)
     model, _ = build_model(cfg.model, cfg.trainer.seed)
-    ec = engine_config(cfg)
+    ec = engine_config(cfg, model.cfg)
     state_dir = Path(cfg.offload.dir).expanduser() / cfg.name if cfg.offload.dir else run_dir / "offload"
     eng = OffloadEngine(model.cfg, ec, optim_config(cfg), state_dir=state_dir, run_dir=run_dir,
                         batch=cfg.trainer.batch_size, seq=cfg.seq_len)
