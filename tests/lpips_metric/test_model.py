@@ -188,3 +188,45 @@ def test_bad_options():
         LPIPS("resnet", trunk="random")
     with pytest.raises(ValueError, match="version="):
         LPIPS("alex", "0.2", trunk="random")
+
+
+def test_functional_call_and_gradients():
+    from lpips_metric.model import lpips
+
+    x, y = _pair(n=2, seed=11)
+    x01 = ((x + 1) / 2).requires_grad_(True)
+    d = lpips(x01, (y + 1) / 2, net="squeeze", trunk="random", normalize=True)
+    assert d.shape == (2, 1, 1, 1)
+    d.sum().backward()  # usable as a loss
+    assert x01.grad is not None and torch.isfinite(x01.grad).all()
+
+
+TID_GOLDEN = {"I03": 0.7237, "I04": 0.2572, "I06": 0.05079, "I08": 0.05205, "I19": 0.4253}
+
+
+@pytest.mark.skipif(not imagenet_trunk_available("alex"), reason="needs torchvision's cached ImageNet AlexNet")
+def test_tid2013_golden_values_with_imagenet_alex():
+    from common.data import dataset_path
+    from lpips_metric.data import load_image
+
+    root = dataset_path("TID2013 calibration", "perceptual/tid2013_calibration", source="SOURCES.md")
+    metric = LPIPS("alex", "0.1")
+    with torch.no_grad():
+        for name, want in TID_GOLDEN.items():
+            a = load_image(root / "ref_dir" / f"{name}.bmp").unsqueeze(0)
+            b = load_image(root / "dist_dir" / f"{name}.bmp").unsqueeze(0)
+            assert float(metric(a, b, normalize=True)) == pytest.approx(want, abs=2e-4), name
+
+
+@pytest.mark.skipif(not all(imagenet_trunk_available(n) for n in NETS), reason="needs cached ImageNet trunks")
+@pytest.mark.parametrize("net", NETS)
+def test_parity_with_official_package_pretrained(net):
+    import lpips
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = lpips.LPIPS(net=net, verbose=False).eval()
+    ours = LPIPS(net)
+    x, y = _pair(seed=4)
+    with torch.no_grad():
+        assert (ours(x, y) - ref(x, y)).abs().max() <= 1e-6
