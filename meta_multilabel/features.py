@@ -142,3 +142,16 @@ def cached_minilm(items: Sequence, task: str, cache_dir: str | os.PathLike, **kw
     np.save(tmp, feats)
     os.replace(tmp, path)
     return feats
+
+
+def label_name_text(name: str) -> str:
+    """``/LOCATION/REGION`` → "location region"; ``nat-gas`` → "nat gas"."""
+    return " ".join(name.replace("/", " ").replace("_", " ").replace("-", " ").lower().split())
+
+
+@torch.no_grad()
+def label_name_embeddings(label_names: Sequence[str], encoder_path: str | None = None) -> torch.Tensor:
+    """Frozen MiniLM mean-pooled embeddings of the label names, (L, 384): the meta-learner's e_j option."""
+    feats = encode_minilm([label_name_text(n) for n in label_names], "text", encoder_path=encoder_path,
+                          max_length=32, progress_bar=False)
+    return torch.from_numpy(feats)

@@ -83,6 +83,8 @@ class MetaConfig:
     """auto (hierarchy for typing, frequency for text) | frequency | hierarchy | shuffle | given."""
     hidden: int = 64
     label_dim: int = 32
+    label_embedding: str = "learned"
+    """learned (an embedding table) | minilm (frozen MiniLM embedding of the label name, projected)."""
     w_max: float = 2.0
     sigma_w: float = 0.2
     sigma_tau: float = 0.05

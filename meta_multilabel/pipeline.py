@@ -157,8 +157,15 @@ def run_method(task: PreparedTask, method: str, clf_cfg: ClassifierConfig, meta_
         from dataclasses import replace
 
         cfg = replace(meta_cfg, learn_weights=method != "meta_tau", learn_thresholds=method != "meta_w")
+        label_init = None
+        if cfg.label_embedding == "minilm":
+            from meta_multilabel.features import label_name_embeddings
+
+            label_init = label_name_embeddings(task.label_names)
+        elif cfg.label_embedding != "learned":
+            raise ValueError(f"meta.label_embedding must be learned or minilm, got {cfg.label_embedding!r}")
         return run_meta(task, cfg, clf_cfg, run_dir, seed=seed, resume=resume, logger=logger,
-                        progress_bar=progress_bar, keep_last=keep_last)
+                        progress_bar=progress_bar, keep_last=keep_last, label_init=label_init)
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 

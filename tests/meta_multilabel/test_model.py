@@ -111,3 +111,25 @@ def test_reinforce_climbs_a_toy_reward():
         loss.backward()
         opt.step()
     assert m(s, torch.arange(1))[1].item() == pytest.approx(0.3, abs=0.05)
+
+
+def test_label_name_text():
+    from meta_multilabel.features import label_name_text
+
+    assert label_name_text("/LOCATION/REGION") == "location region"
+    assert label_name_text("nat-gas") == "nat gas"
+    assert label_name_text("/WORK_OF_ART/SONG") == "work of art song"
+
+
+@pytest.mark.slow
+def test_minilm_features_and_label_embeddings():
+    from meta_multilabel.data import Mention
+    from meta_multilabel.features import encode_minilm, label_name_embeddings
+
+    e = label_name_embeddings(["/LOCATION/REGION", "/PERSON"])
+    assert e.shape == (2, 384)
+    m = Mention(tokens=["He", "visited", "New", "York", "."], start=2, end=4, fileid="d", senid=0)
+    assert encode_minilm([m], "typing", progress_bar=False).shape == (1, 768)
+    assert encode_minilm(["a short document"], "text", progress_bar=False).shape == (1, 384)
+    meta = MetaLearner(2, label_init=e)
+    assert meta(torch.rand(2, 6), torch.arange(2))[1].shape == (2,)
