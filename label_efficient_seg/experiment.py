@@ -22,7 +22,7 @@ from common.logging import get_logger
 
 from . import data as D
 from . import methods as Mth
-from .evaluate import evaluate_label_maps, evaluate_model
+from .evaluate import evaluate_label_maps, evaluate_model, predict_logits
 from .losses import cam_pseudo_labels, class_activation_maps
 from .model import ClusterNet, DualNet, MeanTeacher, UNet, count_parameters
 from .weak_labels import ANNOTATION_SECONDS, image_tags, labelled_subset
@@ -356,6 +356,7 @@ def run_experiment(data_cfg, method_cfg, model_cfg, optim_cfg, trainer_cfg, run_
         lab_idx = labelled_subset(len(train), mc.labelled_fraction, dc.split_seed)
         np.savetxt(run_dir / "labelled_split.txt", lab_idx, fmt="%d")  # the fixed split file
         info["labelled_images"] = len(lab_idx)
+        info["_labelled_idx"] = set(int(i) for i in lab_idx)
         lab_ds = D.SegDataset(train.subset(lab_idx), [weak[i] for i in lab_idx], **augment)
         if mc.name == "subset":
             train_data = lab_ds
@@ -388,6 +389,7 @@ def _cfg_dict(*cfgs) -> dict:
 
 def _finish(trainer, model, result, test, clusters, info, run_dir: Path, t0, keep_predictions, mc, train, weak
             ) -> dict:
+    labelled_idx = info.pop("_labelled_idx", None)
     if getattr(result, "best_checkpoint", None):
         trainer.load_best(model)
     res = evaluate_model(model, test, trainer.device, num_clusters=clusters, keep_predictions=keep_predictions)
@@ -401,6 +403,13 @@ def _finish(trainer, model, result, test, clusters, info, run_dir: Path, t0, kee
     })
     (run_dir / "final_metrics.json").write_text(json.dumps(info, indent=2, default=float))
     info["predictions"] = preds
+    # the example row of the report grid: first training image, its ground truth, weak label, prediction
+    example_weak = weak[0] if weak is not None else None
+    if labelled_idx is not None and 0 not in labelled_idx:
+        example_weak = None  # an unlabelled image: no label at all
+    info["example"] = {"image": train.images[0], "gt": train.masks[0], "weak": example_weak,
+                       "pred": predict_logits(model, train.images[0], trainer.device).argmax(0).numpy(),
+                       "num_classes": train.num_classes}
     return info
 
 

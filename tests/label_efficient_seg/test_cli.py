@@ -1,0 +1,69 @@
+"""The Hydra shell and the reproduce script, run as users run them (subprocesses, tiny settings)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.logging import read_jsonl
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["experiment=smoke", "data.shapes_n=8", "data.shapes_size=16", "data.crop=16", "trainer.batch_size=4"]
+
+
+def _run(args, timeout=300):
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_train_smoke_and_resume(tmp_path):
+    out = str(tmp_path)
+    args = ["-m", "label_efficient_seg.train", *TINY, f"paths.output_dir={out}", "name=run", "method=scribbles"]
+    r = _run([*args, "trainer.max_epochs=1"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "run"
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert final["method"] == "scribbles" and 0 <= final["score"] <= 1 and final["steps"] == 2
+    assert 0 < final["labelled_pixel_share"] < 0.5
+    assert any("train/loss" in row for row in read_jsonl(run / "metrics.jsonl"))
+    # the same run directory without resume=auto is refused (checked in-process: no second interpreter)
+    from common.checkpoint import ResumeError
+    from common.config import TrainerConfig
+    from label_efficient_seg.experiment import DataConfig, run_experiment
+
+    with pytest.raises(ResumeError, match="resume=auto"):
+        run_experiment(DataConfig("shapes", crop=16, shapes_n=8, shapes_size=16), {"name": "scribbles"},
+                       {"base": 4, "depth": 2}, None, TrainerConfig(max_epochs=1, batch_size=4, progress_bar=False),
+                       run)
+    # resume=auto continues from the epoch-1 checkpoint to epoch 2
+    cont = _run([*args, "trainer.max_epochs=2", "resume=auto"])
+    assert cont.returncode == 0, cont.stderr[-2000:]
+    assert json.loads((run / "final_metrics.json").read_text())["steps"] == 4
+
+
+@pytest.mark.slow  # a third interpreter start (~6 CPU-s); the groups are also composed by tests/common
+def test_train_help_lists_groups_and_user_errors_are_one_line(tmp_path):
+    r = _run(["-m", "label_efficient_seg.train", "--help"])
+    for group in ("data:", "method:", "model:", "optim:", "experiment:", "trainer:"):
+        assert group in r.stdout
+    assert "fixmatch" in r.stdout and "boxinst" in r.stdout
+    missing = _run(["-m", "label_efficient_seg.train", "data=kvasir", f"paths.data_dir={tmp_path}/nowhere",
+                    f"paths.output_dir={tmp_path}", "name=missing"])
+    assert missing.returncode == 1 and "Kvasir-SEG" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_reproduce_smoke_profile(tmp_path):
+    """The smoke profile through the reproduce CLI entry (in-process: same code path as `python -m`)."""
+    from label_efficient_seg import reproduce
+
+    rep = tmp_path / "rep"
+    reproduce.run_profiles("label_efficient_seg", {"smoke": reproduce.smoke},
+                           argv=["--profile", "smoke", "--reports-dir", str(rep), "--work-dir", str(tmp_path / "w")])
+    out = rep / "label_efficient_seg"
+    results = json.loads((out / "results.json").read_text())
+    assert results["profile"] == "smoke" and len(results["rows"]) == 5
+    assert (out / "examples_smoke.png").stat().st_size > 0
+    assert "% of full supervision" in (out / "report.md").read_text()
