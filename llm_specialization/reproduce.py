@@ -1,9 +1,10 @@
 """Reproduce the survey-derived comparisons: python -m llm_specialization.reproduce --profile smoke|quick|full
 
-smoke: a random tiny LLaMA (seconds; checks the plumbing, numbers are meaningless).
-quick: SmolLM2-135M, the prompting rungs on 200 R8 test documents, a 30k-token kNN-LM datastore.
+smoke: a random tiny LLaMA and a few KG-embedding epochs (seconds; checks the plumbing only).
+quick: SmolLM2-135M, the prompting rungs on 200 R8 test documents, a 30k-token kNN-LM datastore, UMLS
+       K0-K2 with K1/K2 on 1,000 training triples for one epoch.
 full:  every rung on the fixed 800-document subset, LoRA/prompt tuning/full fine-tuning on 256 documents,
-       kNN-LM datastores up to 300k tokens with 20k evaluation tokens.
+       kNN-LM datastores up to 300k tokens with 20k evaluation tokens, UMLS K0-K2 on all triples.
 """
 
 from __future__ import annotations
@@ -15,24 +16,27 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from common.config import TrainerConfig  # noqa: E402
 from common.reproduce import ProfileContext, ReproReport, Row, run_profiles  # noqa: E402
-from llm_specialization.run import run_domain_ladder, run_knn_lm  # noqa: E402
+from llm_specialization.run import run_domain_ladder, run_kg_fusion, run_knn_lm  # noqa: E402
 
 PROFILES = {
     "smoke": dict(model="tiny", methods=["references", "zero_shot", "lora"], n_test=16, per_class=2, max_tokens=32,
                   use_encoder=False, epochs=1, knn=dict(store_tokens=3000, n_eval_tokens=600, window=64, stride=32,
                                                         sizes=(1000, 3000), ks=(1, 8), lams=(0.0, 0.25),
-                                                        temperatures=(1.0,))),
+                                                        temperatures=(1.0,)),
+                  kg=dict(models=("K0-TransE", "K0-DistMult"), kg_epochs=5, max_train=None, epochs=1)),
     "quick": dict(model="smollm2", methods=["references", "zero_shot", "few_shot", "retrieval"], n_test=200,
                   per_class=32, max_tokens=128, use_encoder=True, epochs=3,
                   knn=dict(store_tokens=30_000, n_eval_tokens=5_000, window=512, stride=256,
                            sizes=(10_000, 30_000), ks=(8, 32, 128), lams=(0.0, 0.1, 0.25, 0.4),
-                           temperatures=(1.0, 10.0))),
+                           temperatures=(1.0, 10.0)),
+                  kg=dict(models=("K0-TransE", "K0-DistMult", "K1", "K2"), kg_epochs=200, max_train=1000, epochs=1)),
     "full": dict(model="smollm2", methods=["references", "zero_shot", "few_shot", "retrieval", "prompt_tuning",
                                            "lora", "full"], n_test=800, per_class=32, max_tokens=128,
                  use_encoder=True, epochs=3,
                  knn=dict(store_tokens=300_000, n_eval_tokens=20_000, window=512, stride=256,
                           sizes=(10_000, 30_000, 100_000, 300_000), ks=(1, 8, 32, 128, 1024),
-                          lams=(0.0, 0.1, 0.25, 0.4, 0.6, 0.8), temperatures=(1.0, 10.0, 100.0))),
+                          lams=(0.0, 0.1, 0.25, 0.4, 0.6, 0.8), temperatures=(1.0, 10.0, 100.0)),
+                 kg=dict(models=("K0-TransE", "K0-DistMult", "K1", "K2"), kg_epochs=200, max_train=None, epochs=3)),
 }
 
 SURVEY_CLAIM = ("Ling et al.: more access to the model (black box -> grey -> white) costs more compute and "
@@ -83,20 +87,31 @@ def _profile(ctx: ProfileContext) -> ReproReport:
                                        show_progress=ctx.profile != "smoke")
     knn = run_knn_lm(model=p["model"], run_dir=ctx.work_dir / "knn_lm", data_dir=ctx.data_dir, seed=ctx.seed,
                      show_progress=ctx.profile != "smoke", **p["knn"])
+    kg_cfg = p["kg"]
+    kg_trainer = TrainerConfig(max_epochs=kg_cfg["epochs"], batch_size=32, progress_bar=ctx.profile != "smoke",
+                               seed=ctx.seed)
+    kg_results = run_kg_fusion(run_dir=ctx.work_dir / "kg_fusion", trainer_cfg=kg_trainer, resume=ctx.resume,
+                               data_dir=ctx.data_dir, kg_epochs=kg_cfg["kg_epochs"], max_train=kg_cfg["max_train"],
+                               models=kg_cfg["models"], seed=ctx.seed)
     rows = [Row(f"R8 {r.rung}: accuracy / macro-F1", f"{r.accuracy:.3f} / {r.macro_f1:.3f}",
                 note=f"trainable {r.trainable_params:,}; train {r.train_seconds:.0f} s; "
                      f"{r.infer_ms_per_example:.0f} ms/doc") for r in ladder_results]
+    rows += [Row(f"UMLS triples {r.model}: accuracy / AUC", f"{r.accuracy:.3f} / {r.auc:.3f}",
+                 paper="KG-BERT UMLS link prediction Hits@10 0.990 (other task)" if r.model == "K1" else None,
+                 note=f"trainable {r.trainable_params:,}") for r in kg_results]
     best = knn["best"]
     rows.append(Row("kNN-LM perplexity: LM -> best interpolation", f"{knn['lm_ppl']:.3f} -> {best['ppl']:.3f}",
                     paper="18.65 -> 16.12 (WikiText-103, 103M-token store)",
                     note=f"Reuters; store {best['datastore']:,} tokens, k={best['k']}, lambda={best['lambda']}, "
                          f"T={best['temperature']}"))
     notes = (f"Model: {knn['model']}. Survey claim under test: {SURVEY_CLAIM}. The kNN-LM paper number is "
-             "context only (another corpus, model and datastore scale). Not yet built: KG fusion on UMLS and "
-             "personalization on MovieLens-100k (see the README).")
+             "context only (another corpus, model and datastore scale). Hu et al.'s claim under test: injecting KG "
+             "entity knowledge (K2) helps a text-only encoder (K1); UMLS is small and dense, so the KG-only K0 is "
+             "a strong reference. Not yet built: personalization on MovieLens-100k (see the README).")
     return ReproReport(rows=rows, headline=rows[-1], plots=_plots(ctx, ladder_results, knn), notes=notes,
                        extra={"knn_lm": {k: v for k, v in knn.items() if k != "rows"},
-                              "ladder": [r.__dict__ for r in ladder_results]})
+                              "ladder": [r.__dict__ for r in ladder_results],
+                              "kg_fusion": [r.__dict__ for r in kg_results]})
 
 
 if __name__ == "__main__":

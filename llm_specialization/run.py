@@ -135,3 +135,58 @@ def run_knn_lm(*, model: str, run_dir: Path, data_dir=None, store_tokens: int = 
     (run_dir / "knn_lm.json").write_text(json.dumps(summary, indent=2))
     log.info("kNN-LM: LM ppl %.3f -> best %.3f (%s)", summary["lm_ppl"], sw.best()["ppl"], sw.best())
     return summary
+
+
+def run_kg_fusion(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg=None, resume: str = "never",
+                  data_dir=None, kg_dim: int = 100, kg_epochs: int = 200, encoder_lr: float = 5e-5,
+                  train_negatives: int = 1, max_train: int | None = None, encoder_path=None,
+                  models=("K0-TransE", "K0-DistMult", "K1", "K2"), seed: int = 0) -> list:
+    """UMLS triple classification: KG-only, text-only and fused models on the same balanced dev/test sets."""
+    import numpy as np
+    from transformers import AutoModel, AutoTokenizer
+
+    from common.pretrained import minilm_path
+    from llm_specialization import kg as K
+
+    seed_everything(seed)
+    data = K.read_umls(data_dir)
+    known = data.known()
+    dev_x, dev_y = K.labelled(data.dev, K.corrupt(data.dev, len(data.entities), known, seed + 1))
+    test_x, test_y = K.labelled(data.test, K.corrupt(data.test, len(data.entities), known, seed + 2))
+    dev_rel, test_rel = np.array([r for _, r, _ in dev_x]), np.array([r for _, r, _ in test_x])
+    results, vectors = [], {}
+    for kind in ("transe", "distmult"):
+        name = f"K0-{'TransE' if kind == 'transe' else 'DistMult'}"
+        if name not in models and not (kind == "distmult" and "K2" in models):
+            continue
+        emb = K.train_kg_embedding(data, kind, kg_dim, kg_epochs, seed=seed)
+        vectors[kind] = emb.ent.weight.detach()
+        with torch.no_grad():
+            ds, ts = emb(torch.tensor(dev_x)).numpy(), emb(torch.tensor(test_x)).numpy()
+        if name in models:
+            results.append(K.evaluate_scores(name, ds, dev_y, dev_rel, ts, test_y, test_rel,
+                                             sum(p.numel() for p in emb.parameters())))
+    path = encoder_path or minilm_path()
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    pos = data.train[:max_train] if max_train else data.train
+    negs = [t for i in range(train_negatives)
+            for t in K.corrupt(pos, len(data.entities), set(data.train), seed * 31 + i)]
+    train_x, train_y = K.labelled(pos, negs)
+    for name, fused in (("K1", False), ("K2", True)):
+        if name not in models:
+            continue
+        torch.manual_seed(seed)
+        model = K.TripleClassifier(AutoModel.from_pretrained(path, local_files_only=True),
+                                   vectors["distmult"] if fused else None)
+        train_ds = K.TripleTextDataset(data, train_x, train_y, tok)
+        trainer = Trainer(trainer_cfg, run_dir / name, logger_cfg=logger_cfg, resume=resume)
+        trainer.fit(model, train_ds, K.triple_loss, collate_fn=train_ds.collate,
+                    optimizer_fn=lambda m: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad],
+                                                             lr=encoder_lr))
+        ds = K.predict_scores(model, K.TripleTextDataset(data, dev_x, dev_y, tok))
+        ts = K.predict_scores(model, K.TripleTextDataset(data, test_x, test_y, tok))
+        results.append(K.evaluate_scores(name, ds, dev_y, dev_rel, ts, test_y, test_rel,
+                                         sum(p.numel() for p in model.parameters() if p.requires_grad)))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "kg_fusion.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
+    return results

@@ -1,4 +1,4 @@
-"""Hydra shell: python -m llm_specialization.train task=domain_ladder|knn_lm method=... model=smollm2|tiny"""
+"""Hydra shell: python -m llm_specialization.train task=domain_ladder|knn_lm|kg_fusion method=... model=smollm2|tiny"""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from omegaconf import DictConfig, OmegaConf
 
 import common.config  # noqa: F401  (registers trainer/paths/logger/run_layout)
 from common.hydra_utils import report_user_errors, run_dir_from
-from llm_specialization.run import ALL_METHODS, run_domain_ladder, run_knn_lm
+from llm_specialization.run import ALL_METHODS, run_domain_ladder, run_kg_fusion, run_knn_lm
 
-PLANNED = {"kg_fusion", "personalization"}
+PLANNED = {"personalization"}
 
 
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).parent / "conf"), config_name="config")
@@ -39,6 +39,14 @@ def main(cfg: DictConfig) -> None:
                              temperatures=list(t.temperatures), seed=cfg.trainer.seed,
                              show_progress=cfg.trainer.progress_bar)
         print(f"LM ppl {summary['lm_ppl']:.3f}; best kNN-LM {summary['best']}")
+    elif task == "kg_fusion":
+        t = cfg.task
+        results = run_kg_fusion(run_dir=run_dir, trainer_cfg=cfg.trainer, logger_cfg=cfg.logger, resume=cfg.resume,
+                                data_dir=cfg.paths.data_dir, kg_dim=t.kg_dim, kg_epochs=t.kg_epochs,
+                                encoder_lr=t.encoder_lr, train_negatives=t.train_negatives, max_train=t.max_train,
+                                models=tuple(t.models), seed=cfg.trainer.seed)
+        for r in results:
+            print(f"{r.model:12s} acc {r.accuracy:.4f}  AUC {r.auc:.4f}  trainable {r.trainable_params:,}")
     else:
         raise SystemExit(f"error: unknown task {task!r}")
 

@@ -141,3 +141,86 @@ def test_prompt_tuning_starts_from_instruction_embeddings():
     want = fresh.model.get_input_embeddings().weight[torch.tensor(ids)]
     assert torch.equal(net.prompt_encoder["default"].embedding.weight, want)
     assert ladder.trainable_parameters(net) == 5 * 32
+
+
+# ----------------------------------------------------------------------------------------- UMLS
+def test_umls_reader_counts_and_bad_lines(tmp_path):
+    from common.data import DataFormatError
+    from llm_specialization import kg as K
+
+    data = K.read_umls()
+    assert (len(data.entities), len(data.relations)) == (135, 46)
+    assert (len(data.train), len(data.dev), len(data.test)) == (5216, 652, 661)
+    bad = tmp_path / "umls"
+    bad.mkdir()
+    for name in ("entity2text.txt", "relation2text.txt"):
+        (bad / name).write_text("a\tA\nb\tB\n" if name.startswith("entity") else "r\tR\n")
+    (bad / "train.tsv").write_text("a\tr\tb\na\tr\tzzz\n")
+    (bad / "dev.tsv").write_text("")
+    (bad / "test.tsv").write_text("")
+    with pytest.raises(DataFormatError, match=r"train.tsv:2: unknown entity 'zzz'"):
+        K.read_umls(tmp_path)
+
+
+def test_corruptions_change_one_side_and_avoid_known_triples():
+    from llm_specialization import kg as K
+
+    data = K.read_umls()
+    known = data.known()
+    neg = K.corrupt(data.test, len(data.entities), known, seed=0)
+    assert len(neg) == len(data.test) and not set(neg) & known
+    for (h, r, t), (h2, r2, t2) in zip(data.test, neg):
+        assert r == r2 and ((h == h2) != (t == t2))
+    assert neg == K.corrupt(data.test, len(data.entities), known, seed=0)  # fixed by the seed
+
+
+def test_thresholds_per_relation_hand_case():
+    import numpy as np
+
+    from llm_specialization import kg as K
+
+    scores = np.array([0.9, 0.2, 5.0, 3.0])
+    labels = np.array([1, 0, 1, 0])
+    rels = np.array([0, 0, 1, 1])
+    thr, _ = K.tune_thresholds(scores, labels, rels)
+    assert thr == {0: 0.9, 1: 5.0}
+    assert K.classify(scores, rels, thr, 0.0).tolist() == [1, 0, 1, 0]
+
+
+def test_learning_distmult_separates_umls_triples():
+    import numpy as np
+
+    from llm_specialization import kg as K
+
+    data = K.read_umls()
+    emb = K.train_kg_embedding(data, "distmult", dim=50, epochs=30, seed=0)
+    dev_x, dev_y = K.labelled(data.dev, K.corrupt(data.dev, len(data.entities), data.known(), 1))
+    test_x, test_y = K.labelled(data.test, K.corrupt(data.test, len(data.entities), data.known(), 2))
+    with torch.no_grad():
+        ds, ts = emb(torch.tensor(dev_x)).numpy(), emb(torch.tensor(test_x)).numpy()
+    res = K.evaluate_scores("K0", ds, dev_y, np.array([r for _, r, _ in dev_x]), ts, test_y,
+                            np.array([r for _, r, _ in test_x]), 0)
+    assert res.accuracy > 0.8 and res.auc > 0.85
+
+
+def test_fusion_with_zero_projection_equals_text_only_model():
+    from transformers import BertConfig, BertModel
+
+    from llm_specialization import kg as K
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32)
+    enc = BertModel(cfg).eval()
+    k1 = K.TripleClassifier(enc).eval()
+    k2 = K.TripleClassifier(BertModel(cfg).eval(), entity_vectors=torch.randn(5, 8)).eval()
+    k2.encoder.load_state_dict(enc.state_dict())
+    k2.head.load_state_dict(k1.head.state_dict())
+    batch = {"input_ids": torch.randint(5, 50, (3, 9)), "attention_mask": torch.ones(3, 9, dtype=torch.long),
+             "entities": torch.tensor([[0, 1], [2, 3], [4, 0]]), "positions": torch.tensor([[1, 4], [1, 5], [1, 3]])}
+    with torch.no_grad():
+        k2.project.weight.zero_()
+        k2.project.bias.zero_()
+        torch.testing.assert_close(k2(**batch), k1(**batch))
+        k2.project.bias.fill_(1.0)  # a non-zero entity signal changes the logits
+        assert not torch.allclose(k2(**batch), k1(**batch))
