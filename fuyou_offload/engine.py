@@ -304,8 +304,9 @@ class OffloadEngine:
     def state_bytes(self) -> int:
         return sum(self._file_specs().values())
 
-    def open(self, model: GPT | None = None, resume: str = "never") -> None:
-        """Allocate (or reopen) the state files, then initialise from ``model`` or resume from a manifest."""
+    def open(self, model=None, resume: str = "never") -> None:
+        """Allocate (or reopen) the state files, then initialise from ``model`` (a ``GPT``, or an iterator of
+        per-unit flat weights such as ``model.init_gpt_units``) or resume from the newest manifest."""
         manifest_path = self.ckpt.resolve_resume(resume)
         specs = self._file_specs()
         existing = sum(min(n, (self.state_dir / f"{k}.bin").stat().st_size) for k, n in specs.items()
@@ -339,13 +340,25 @@ class OffloadEngine:
         c = max(CHUNK_ALIGN_ELEMS, self.cfg.opt_chunk_elems // CHUNK_ALIGN_ELEMS * CHUNK_ALIGN_ELEMS)
         return [(a, min(u.numel, a + c)) for a in range(0, u.numel, c)]
 
-    def _initialise(self, model: GPT) -> None:
-        if model.cfg != self.mcfg:
-            raise ValueError("model config differs from the engine's")
-        sd = model.state_dict()
+    def _initialise(self, model) -> None:
+        """Write slot 0 from a ``GPT`` or from an iterator of (unit name, flat fp32 tensor) in unit order."""
+        if isinstance(model, GPT):
+            if model.cfg != self.mcfg:
+                raise ValueError("model config differs from the engine's")
+            sd = model.state_dict()
+
+            def flats():
+                for u in self.units:
+                    prefix = "ends." if u.name == "ends" else f"blocks.{u.name[5:]}."
+                    yield u.name, torch.cat([sd[prefix + n].reshape(-1).float() for n in u.names])
+
+            source = flats()
+        else:
+            source = iter(model)
         for u in self.units:
-            prefix = "ends." if u.name == "ends" else f"blocks.{u.name[5:]}."
-            flat = torch.cat([sd[prefix + n].reshape(-1).float() for n in u.names])
+            name, flat = next(source)
+            if name != u.name or flat.numel() != u.numel:
+                raise ValueError(f"initial weights for {name} ({flat.numel()}) do not fit unit {u.name} ({u.numel})")
             sums = {k: [] for k in ("p32", "m", "v")}
             for a, b in self._chunks(u):
                 n = b - a

@@ -162,17 +162,32 @@ class GPT(nn.Module):
         return self.ends.loss(x, targets)
 
 
+def _is_norm(name: str) -> bool:
+    return name.endswith("norm.weight") or ".norm1." in name or ".norm2." in name or name.startswith("norm")
+
+
+def _init_param(name: str, shape: torch.Size, g: torch.Generator, std: float) -> torch.Tensor:
+    return torch.ones(shape) if _is_norm(name) else torch.randn(shape, generator=g) * std
+
+
 def init_gpt(cfg: GPTConfig, seed: int) -> GPT:
     """A randomly initialised model (normal(0, init_std) matrices, unit norms), reproducible from ``seed``."""
     g = torch.Generator().manual_seed(seed)
     model = GPT(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("norm.weight") or ".norm1." in name or ".norm2." in name:
-                p.fill_(1.0)
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * cfg.init_std)
+            p.copy_(_init_param(name, p.shape, g, cfg.init_std))
     return model
+
+
+def init_gpt_units(cfg: GPTConfig, seed: int):
+    """The same initial weights as ``init_gpt``, one unit at a time as (unit name, flat fp32 tensor):
+    ``ends`` then ``block0..``. The model never exists whole in RAM, so a model larger than the host
+    budget can be initialised straight onto the SSD tier."""
+    g = torch.Generator().manual_seed(seed)
+    units = [("ends", Ends(cfg).to("meta"))] + [(f"block{i}", Block(cfg).to("meta")) for i in range(cfg.layers)]
+    for uname, mod in units:
+        yield uname, torch.cat([_init_param(n, p.shape, g, cfg.init_std).reshape(-1) for n, p in mod.named_parameters()])
 
 
 _HF_BLOCK_NAMES = {

@@ -31,7 +31,7 @@ from common.runinfo import write_run_info
 from .baseline import InMemoryTrainer
 from .data import ByteTokenizer, HFTokenizer, batch_for_step, load_corpus
 from .engine import EngineConfig, OffloadEngine, OptimConfig
-from .model import GPT, GPTConfig, init_gpt, load_smollm2
+from .model import GPT, GPTConfig, init_gpt, init_gpt_units, load_smollm2
 from .planner import (
     BlockPlan,
     Profile,
@@ -61,16 +61,19 @@ def parse_bytes(v: Any) -> int:
         raise ValueError(f"cannot read {v!r} as a size (examples: 2GiB, 512MiB, 1073741824)") from None
 
 
-def build_model(mcfg, seed: int):
-    """(GPT, tokenizer) for ``model.source``: smollm2 (the shipped SmolLM2-135M) or random."""
+def build_model(mcfg, seed: int, materialize: bool = True):
+    """(initial weights, GPTConfig, tokenizer) for ``model.source``: smollm2 (the shipped SmolLM2-135M) or
+    random. With ``materialize=False`` a random model comes as a per-unit iterator (``init_gpt_units``),
+    so that a model larger than the host budget never exists whole in RAM."""
     if mcfg.source == "smollm2":
         model, tok = load_smollm2()
-        return model, HFTokenizer(tok)
+        return model, model.cfg, HFTokenizer(tok)
     if mcfg.source == "random":
         fields = {k: mcfg[k] for k in ("vocab_size", "hidden", "layers", "heads", "kv_heads", "intermediate",
                                        "rope_theta", "tie_embeddings") if k in mcfg and mcfg[k] is not None}
         cfg = GPTConfig(**fields)
-        return init_gpt(cfg, seed), ByteTokenizer()
+        init = init_gpt(cfg, seed) if materialize else init_gpt_units(cfg, seed)
+        return init, cfg, ByteTokenizer()
     raise ValueError(f"model.source must be smollm2 or random, not {mcfg.source!r}")
 
 
@@ -156,8 +159,7 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
     if tr.grad_accum_steps != 1:
         raise ValueError("trainer.grad_accum_steps must be 1 (the layer-by-layer engine has no accumulation yet)")
     seed_everything(tr.seed)
-    model, tok = build_model(cfg.model, tr.seed)
-    mcfg = model.cfg
+    model, mcfg, tok = build_model(cfg.model, tr.seed, materialize=cfg.schedule == "in_memory")
     stream = load_corpus(cfg.data.corpus, tok, data_dir=cfg.paths.data_dir, limit_docs=cfg.data.limit_docs,
                          synthetic_tokens=cfg.data.synthetic_tokens, seed=tr.seed)
     batch, seq = tr.batch_size, cfg.seq_len
@@ -236,10 +238,10 @@ def committed_params(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, t
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
     run_dir = Path(run_dir)
-    model, _ = build_model(cfg.model, cfg.trainer.seed)
-    ec = engine_config(cfg, model.cfg)
+    _, mcfg, _ = build_model(cfg.model, cfg.trainer.seed, materialize=False)
+    ec = engine_config(cfg, mcfg)
     state_dir = Path(cfg.offload.dir).expanduser() / cfg.name if cfg.offload.dir else run_dir / "offload"
-    eng = OffloadEngine(model.cfg, ec, optim_config(cfg), state_dir=state_dir, run_dir=run_dir,
+    eng = OffloadEngine(mcfg, ec, optim_config(cfg), state_dir=state_dir, run_dir=run_dir,
                         batch=cfg.trainer.batch_size, seq=cfg.seq_len)
     try:
         eng.open(resume="auto")

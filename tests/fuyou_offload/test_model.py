@@ -35,3 +35,14 @@ def test_matches_transformers_llama_exactly(tie):
 def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="do not divide"):
         GPTConfig(hidden=30, heads=4)
+
+
+def test_unit_by_unit_init_equals_the_whole_model_init(tiny_cfg):
+    from fuyou_offload.model import init_gpt_units
+
+    sd = init_gpt(tiny_cfg, 3).state_dict()
+    units = dict(init_gpt_units(tiny_cfg, 3))
+    assert list(units) == ["ends"] + [f"block{i}" for i in range(tiny_cfg.layers)]
+    ends = torch.cat([sd[k].reshape(-1) for k in sd if k.startswith("ends.")])
+    block1 = torch.cat([sd[k].reshape(-1) for k in sd if k.startswith("blocks.1.")])
+    assert torch.equal(units["ends"], ends) and torch.equal(units["block1"], block1)
