@@ -104,7 +104,7 @@ def hamming_loss(Y: np.ndarray, pred: np.ndarray) -> float:
 
 def frequency_buckets(train_counts: np.ndarray) -> dict[str, np.ndarray]:
     """Labels split into thirds by training frequency: head (most frequent), middle, tail."""
-    order = np.argsort(-np.asarray(train_counts), kind="stable")
+    order = np.argsort(-np.asarray(train_counts, dtype=np.int64), kind="stable")
     thirds = np.array_split(order, 3)
     return {"head": thirds[0], "middle": thirds[1], "tail": thirds[2]}
 

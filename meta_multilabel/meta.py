@@ -28,6 +28,8 @@ from common.logging import MetricLogger, get_logger
 from common.progress import progress
 from meta_multilabel.evaluate import (
     apply_thresholds,
+    at_least_one,
+    close_under_parents,
     headline_metric,
     micro_f1,
     per_label_f1,
@@ -123,7 +125,7 @@ class PreparedTask:
 
     @property
     def train_counts(self) -> np.ndarray:
-        return self.Y["train"].sum(0)
+        return self.Y["train"].sum(0).astype(np.int64)  # signed: orders use -counts
 
 
 # ---------------------------------------------------------------------------- classifier steps
@@ -303,6 +305,18 @@ def evaluate_policy(task: PreparedTask, probs: dict[str, np.ndarray], tau, *, sp
     return task_metrics(task.task, task.Y[split], apply_thresholds(probs[split], tau), task.train_counts)
 
 
+def evaluate_variants(task: PreparedTask, probs: dict[str, np.ndarray], tau) -> dict:
+    """Test metrics under the two post-processing rules that are reported apart, never mixed in:
+    "at least one label" (argmax when nothing passes τ) and, for typing, closing under parents."""
+    pred = apply_thresholds(probs["test"], tau)
+    out = {"test_at_least_one": task_metrics(task.task, task.Y["test"], at_least_one(pred, probs["test"]),
+                                             task.train_counts)}
+    if task.task == "typing":
+        out["test_closed_under_parents"] = task_metrics(task.task, task.Y["test"],
+                                                        close_under_parents(pred, task.parents), task.train_counts)
+    return out
+
+
 def _select_score(task: PreparedTask, probs_meta: np.ndarray, tau, metric: str) -> float:
     return task_metrics(task.task, task.Y["meta"], apply_thresholds(probs_meta, tau))[metric]
 
@@ -362,7 +376,8 @@ def run_baseline(task: PreparedTask, kind: str, cfg: ClassifierConfig, run_dir: 
     else:
         policies = {"B4": np.full(L, 0.5)}
     for method, tau in policies.items():
-        results[method] = {"test": evaluate_policy(task, probs, tau), "meta": evaluate_policy(task, probs, tau,
+        results[method] = {"test": evaluate_policy(task, probs, tau), **evaluate_variants(task, probs, tau),
+                           "meta": evaluate_policy(task, probs, tau,
                                                                                              split="meta"),
                            "thresholds": np.asarray(tau).tolist(), "best_epoch": best["epoch"]}
     results["_model_state"] = best["model"]
@@ -468,7 +483,7 @@ def run_meta(task: PreparedTask, meta_cfg: MetaConfig, clf_cfg: ClassifierConfig
     weights_on = meta_cfg.learn_weights
     method = "M" if (weights_on and meta_cfg.learn_thresholds) else ("M-w" if weights_on else "M-tau")
     return {
-        method: {"test": evaluate_policy(task, probs, best["tau"]),
+        method: {"test": evaluate_policy(task, probs, best["tau"]), **evaluate_variants(task, probs, best["tau"]),
                  "meta": evaluate_policy(task, probs, best["tau"], split="meta"),
                  "thresholds": np.asarray(best["tau"]).tolist(), "weights": np.asarray(best["w"]).tolist(),
                  "best_episode": best["episode"]},

@@ -110,7 +110,30 @@ def test_baselines_resume_exactly_and_report_all_policies(tmp_path):
                  progress_bar=False)
     resumed = run_baseline(task, "uniform", clf, tmp_path / "cut", resume="auto", progress_bar=False)
     assert {"B1", "B2", "B3"} <= set(full)
+    assert "test_at_least_one" in full["B1"] and full["B1"]["test_at_least_one"]["empty_rate"] == 0.0
     for k in ("B1", "B2", "B3"):
         assert resumed[k]["test"] == full[k]["test"]
     b4 = run_baseline(task, "inverse_freq", clf, tmp_path / "b4", progress_bar=False)
     assert set(b4["B4"]["test"]) >= {"micro_f1", "macro_f1", "hamming_loss", "hamming_all_zero"}
+
+
+def test_typing_pipeline_end_to_end(tmp_path):
+    """A tiny JSON-lines typing corpus through the document split, TF-IDF mention features and the meta loop."""
+    import json
+
+    rows = []
+    for d in range(20):
+        city = d % 2 == 0
+        rows.append({"tokens": ["In", "Paris" if city else "Acme", "today", "."], "senid": 0, "fileid": f"D{d}",
+                     "mentions": [{"start": 1, "end": 2,
+                                   "labels": ["/GPE", "/GPE/CITY"] if city else ["/ORGANIZATION"]}]})
+    path = tmp_path / "t.json"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = prepare_task(DataConfig(format="typing", name="toy", path=str(path), split_file=None),
+                        FeaturesConfig(min_df=1), progress_bar=False)
+    assert task.task == "typing" and task.parents == [-1, 0, -1]
+    out = run_meta(task, MetaConfig(episodes=2, inner_epochs=1, warmup_epochs=1, hidden=8, label_dim=4,
+                                    label_order="auto"), ClassifierConfig(lr=0.1, batch_size=8), tmp_path / "run",
+                   progress_bar=False)
+    assert {"strict_acc", "loose_macro_f1", "loose_micro_f1"} <= set(out["M"]["test"])
+    assert "test_closed_under_parents" in out["M"]
