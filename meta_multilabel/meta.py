@@ -65,6 +65,8 @@ class ClassifierConfig:
     batch_size: int = 256
     epochs: int = 30
     """Epochs of the baselines (B1–B4); the best epoch on D_meta (micro-F1 at 0.5) is kept."""
+    patience: int | None = None
+    """Stop a baseline after this many epochs without a better D_meta score (null: run all epochs)."""
 
 
 @dataclass
@@ -351,7 +353,7 @@ def run_baseline(task: PreparedTask, kind: str, cfg: ClassifierConfig, run_dir: 
         log.info("resumed %s baseline from %s (epoch %d)", kind, start, epoch)
     t0 = time.time()
     bar = progress(total=cfg.epochs, initial=epoch, desc=f"baseline {kind}", enabled=progress_bar, unit="epoch")
-    while epoch < cfg.epochs:
+    while epoch < cfg.epochs and not (cfg.patience and epoch - best["epoch"] >= cfg.patience):
         loss = train_epochs(model, opt, task.X["train"], task.Y["train"], epochs=1, batch_size=cfg.batch_size,
                             generator=_episode_generator(seed, epoch), weights=weights, mode=mode)
         epoch += 1

@@ -65,10 +65,10 @@ def smoke_plan(seed: int) -> Plan:
         notes=["smoke: 300 Reuters training documents, 2 epochs, 3 meta-episodes; numbers are meaningless."])
 
 
-def _matched(meta: MetaConfig, lr: float = 0.05) -> ClassifierConfig:
+def _matched(meta: MetaConfig, lr: float = 0.05, patience: int | None = None) -> ClassifierConfig:
     """Baselines get as many classifier epochs as the meta loop trains (warm-up + episodes × K), with the
     best epoch on D_meta kept, so a gain of M is not just longer training."""
-    return ClassifierConfig(lr=lr, epochs=meta.warmup_epochs + meta.episodes * meta.inner_epochs)
+    return ClassifierConfig(lr=lr, epochs=meta.warmup_epochs + meta.episodes * meta.inner_epochs, patience=patience)
 
 
 def quick_plan(seed: int) -> Plan:
@@ -83,13 +83,14 @@ def quick_plan(seed: int) -> Plan:
 
 def full_plan(seed: int) -> Plan:
     meta = MetaConfig(episodes=200, inner_epochs=3, warmup_epochs=5)
-    clf = _matched(meta)
+    clf = _matched(meta, patience=30)
     return Plan(
         datasets={"reuters": DatasetPlan(_reuters(), FeaturesConfig(), clf, meta),
                   "bbn": DatasetPlan(_bbn(), FeaturesConfig(), clf, replace(meta, label_order="hierarchy"))},
         methods=["uniform", "inverse_freq", "meta_w", "meta_tau", "meta"], seeds=[seed, seed + 1, seed + 2],
         notes=["full: Reuters and BBN with TF-IDF features, 200 meta-episodes of 3 inner epochs after 5 warm-up "
-               "epochs, baselines trained for the same 605 epochs (best epoch on D_meta kept), 3 seeds."])
+               "epochs, baselines trained for up to the same 605 epochs (best epoch on D_meta kept, stopped after 30 "
+               "epochs without improvement), 3 seeds."])
 
 
 def full_minilm_plan(seed: int) -> Plan:

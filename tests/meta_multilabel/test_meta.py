@@ -137,3 +137,13 @@ def test_typing_pipeline_end_to_end(tmp_path):
                    progress_bar=False)
     assert {"strict_acc", "loose_macro_f1", "loose_micro_f1"} <= set(out["M"]["test"])
     assert "test_closed_under_parents" in out["M"]
+
+
+def test_baseline_patience_stops_early(tmp_path):
+    from common.checkpoint import CheckpointManager
+
+    task = _synthetic(400)
+    out = run_baseline(task, "uniform", ClassifierConfig(lr=0.5, batch_size=64, epochs=60, patience=2), tmp_path,
+                       progress_bar=False)
+    last = int(CheckpointManager(tmp_path).latest().stem.split("_")[1])
+    assert last == out["B1"]["best_epoch"] + 2 and last < 60
