@@ -461,7 +461,7 @@ def run_meta(task: PreparedTask, meta_cfg: MetaConfig, clf_cfg: ClassifierConfig
         score = _select_score(task, probs_meta, test_tau, meta_cfg.select_metric)
         if score > best["score"]:
             best = {"score": score, "episode": episode, "model": copy.deepcopy(clf.state_dict()),
-                    "tau": test_tau, "w": prev_w.copy(), "mean_w": mean_w.numpy().astype(np.float64)}
+                    "tau": test_tau, "w": prev_w.copy(), "mean_w": mean_w.numpy().astype(np.float64) if meta_cfg.learn_weights else np.ones(L)}
         row = {"reward": float(reward_t.mean()), "baseline": float(baseline.mean()), "train/loss": loss,
                "meta/loss": float(meta_loss), "meta/select_score": score,
                "policy/w_mean": float(w.mean()), "policy/w_std": float(w.std()),
@@ -487,7 +487,8 @@ def run_meta(task: PreparedTask, meta_cfg: MetaConfig, clf_cfg: ClassifierConfig
     return {
         method: {"test": evaluate_policy(task, probs, best["tau"]), **evaluate_variants(task, probs, best["tau"]),
                  "meta": evaluate_policy(task, probs, best["tau"], split="meta"),
-                 "thresholds": np.asarray(best["tau"]).tolist(), "weights": np.asarray(best["w"]).tolist(),
+                 "thresholds": np.asarray(best["tau"]).tolist(), "weights": np.asarray(best["mean_w"]).tolist(),
+                 "weights_last_sampled": np.asarray(best["w"]).tolist(),
                  "best_episode": best["episode"]},
         "_history": history,
         "_model_state": best["model"],
