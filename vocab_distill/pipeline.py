@@ -4,7 +4,7 @@ baselines -> exports -> fine-tuning -> size/speed table. Used by ``train.py`` (H
 Layout of ``work_dir``::
 
     corpus_stats.json, vocab/student_vocab.txt, match_rate.json
-    stage0/ (Trainer run) + stage0/teacher_mlm/          teacher with a trained MLM head
+    stage0/, stage0_adapt/ (Trainer runs) + stage0/teacher_mlm/   teacher with a trained MLM head
     stage1_d{d}/ (Trainer run) + export/                 mixed-vocabulary teacher and E_s for width d
     stage2_{method}_d{d}/ (Trainer run) + export/        students: dual_proj, scratch, logit_kd
     finetune/{model}/{task}/seed{s}/ (Trainer run) + result.json
@@ -44,10 +44,12 @@ from .model import (
     student_config,
 )
 from .pretrain import (
+    JointDualTraining,
     MixedMLMOptions,
     StudentDistiller,
     StudentOptions,
     eval_mixed_mlm,
+    train_joint,
     train_mixed_teacher,
     train_student,
     with_overrides,
@@ -63,9 +65,11 @@ from .vocab import (
 
 log = get_logger("vocab_distill")
 
-STUDENT_METHODS = ("dual_proj", "scratch", "logit_kd")
+STUDENT_METHODS = ("dual_proj", "scratch", "logit_kd", "mix_only", "proj_only")
 """dual_proj: stage I + stage II (the paper); scratch: same student, MLM only; logit_kd: student of the
-same width with the teacher's vocabulary, MLM + logit distillation from the stage-0 teacher."""
+same width with the teacher's vocabulary, MLM + logit distillation from the stage-0 teacher. Ablations:
+mix_only: E_s from stage I, MLM only (alpha = 0); proj_only: random E_s, projections of the stage-0 teacher."""
+NEEDS_STAGE1 = ("dual_proj", "mix_only")
 
 
 @dataclass
@@ -93,10 +97,16 @@ class PipelineConfig:
     methods: list[str] = field(default_factory=lambda: list(STUDENT_METHODS))
     pretrain_batch_size: int = 64
     stage0_steps: int = 200
+    """Head-only MLM steps (encoder frozen)."""
+    stage0_adapt_steps: int = 100
+    """Then unfrozen V_t-only MLM steps (0: none)."""
     stage1_steps: int = 1000
     stage2_steps: int = 2000
     eval_every_steps: int | None = None
     checkpoint_every_steps: int | None = 100
+    schedule: str = "two_stage"
+    """two_stage (v2: stage I, then stage II) or joint (v1: teacher and student trained together, E_s shared;
+    runs stage1_steps steps)."""
     alpha: float = 1.0
     """Weight of the projection loss."""
     direction: str = "down"
@@ -134,6 +144,8 @@ def _stage_cfg(base, steps: int, batch_size: int, pc: PipelineConfig, **extra):
 class Pipeline:
     def __init__(self, pc: PipelineConfig, trainer_cfg, work_dir: str | Path, *, mixed: MixedMLMOptions,
                  student: StudentOptions, data_dir=None, resume: str = "auto", logger_cfg=None):
+        if pc.schedule not in ("two_stage", "joint"):
+            raise ValueError(f"pipeline.schedule must be two_stage or joint, got {pc.schedule!r}")
         unknown = set(pc.methods) - set(STUDENT_METHODS)
         if unknown:
             raise ValueError(f"unknown student methods {sorted(unknown)}; choose from {STUDENT_METHODS}")
@@ -209,6 +221,8 @@ class Pipeline:
 
     # ------------------------------------------------------------------ stage 0
     def stage0(self) -> Path:
+        """Give the teacher an MLM head: head-only training (encoder frozen), then an optional short
+        unfrozen adaptation, both on V_t-only input. Held-out accuracy before, between and after."""
         out = self.work / "stage0" / "teacher_mlm"
         if out.exists():
             self.results["stages"]["stage0"] = json.loads((out.parent / "stage0.json").read_text())
@@ -216,15 +230,23 @@ class Pipeline:
         t0 = time.time()
         torch.manual_seed(self.base.seed)
         model = MixedVocabMLM(load_teacher_mlm(self.teacher_dir), self.student_tok.get_vocab_size(), 8)
-        before = eval_mixed_mlm(model, self.codec, self.eval_mixed, p=0.0)
-        cfg = _stage_cfg(self.base, self.pc.stage0_steps, self.pc.pretrain_batch_size, self.pc)
-        fit = train_mixed_teacher(model, self.codec, self.train_mixed, self.eval_mixed, cfg, out.parent,
-                                  stage="stage0", opts=self.mixed_opts, resume=self.resume,
-                                  logger_cfg=self.logger_cfg)
-        model.eval()
-        after = eval_mixed_mlm(model, self.codec, self.eval_mixed, p=0.0)
+        info: dict = {"before": eval_mixed_mlm(model, self.codec, self.eval_mixed, p=0.0)}
+        phases = [("stage0", self.pc.stage0_steps, "after_head"),
+                  ("stage0_adapt", self.pc.stage0_adapt_steps, "after_adapt")]
+        for stage, steps, key in phases:
+            if steps <= 0:
+                continue
+            cfg = _stage_cfg(self.base, steps, self.pc.pretrain_batch_size, self.pc)
+            run_dir = out.parent if stage == "stage0" else self.work / "stage0_adapt"
+            fit = train_mixed_teacher(model, self.codec, self.train_mixed, self.eval_mixed, cfg, run_dir,
+                                      stage=stage, opts=self.mixed_opts, resume=self.resume,
+                                      logger_cfg=self.logger_cfg)
+            model.eval()
+            info[key] = eval_mixed_mlm(model, self.codec, self.eval_mixed, p=0.0)
+            info[f"{stage}_steps"] = fit.step
+        info["after"] = info.get("after_adapt", info.get("after_head", info["before"]))
         model.teacher.save_pretrained(out)
-        info = {"before": before, "after": after, "steps": fit.step, "seconds": time.time() - t0}
+        info["seconds"] = time.time() - t0
         _json_dump(out.parent / "stage0.json", info)
         self.results["stages"]["stage0"] = info
         return out
@@ -264,16 +286,20 @@ class Pipeline:
         teacher_cfg = BertModel.config_class.from_pretrained(str(teacher0))
         layers = self.pc.student_layers or teacher_cfg.num_hidden_layers
         codec, vocab_file = self.s_codec, self.student_vocab_file
-        if method == "dual_proj":
-            teacher = load_teacher_mlm(stage1_dir / "teacher")
+        if method in ("dual_proj", "mix_only", "proj_only"):
             student = BertForMaskedLM(student_config(codec.vocab_size, width, layers,
                                                      max_positions=teacher_cfg.max_position_embeddings))
-            with torch.no_grad():
-                student.bert.embeddings.word_embeddings.weight.copy_(
-                    torch.load(stage1_dir / "student_embeddings.pt"))
-            proj = SharedProjection(teacher.config, student.config, init=self.pc.projection_init)
-            distiller = StudentDistiller(student, teacher, projection=proj, alpha=self.pc.alpha,
-                                         direction=self.pc.direction)
+            if method in NEEDS_STAGE1:  # the student table learnt inside the teacher in stage I
+                with torch.no_grad():
+                    student.bert.embeddings.word_embeddings.weight.copy_(
+                        torch.load(stage1_dir / "student_embeddings.pt"))
+            if method == "mix_only":
+                distiller = StudentDistiller(student)
+            else:  # projections of the stage-I teacher (dual_proj) or of the stage-0 teacher (proj_only)
+                teacher = load_teacher_mlm(stage1_dir / "teacher" if method == "dual_proj" else teacher0)
+                proj = SharedProjection(teacher.config, student.config, init=self.pc.projection_init)
+                distiller = StudentDistiller(student, teacher, projection=proj, alpha=self.pc.alpha,
+                                             direction=self.pc.direction)
         elif method == "scratch":
             student = BertForMaskedLM(student_config(codec.vocab_size, width, layers,
                                                      max_positions=teacher_cfg.max_position_embeddings))
@@ -295,6 +321,32 @@ class Pipeline:
         info = {"heldout": fit.last_metrics, "steps": fit.step, "seconds": time.time() - t0,
                 "vocab": codec.vocab_size}
         _json_dump(out / "stage2.json", info)
+        self.results["stages"][key] = info
+        return out
+
+    # ------------------------------------------------------------------ v1 joint schedule
+    def joint(self, width: int, teacher0: Path) -> Path:
+        """v1: mixed-vocabulary teacher and student trained together, E_s shared (replaces stage I + II)."""
+        out = self.work / f"joint_d{width}" / "export"
+        key = f"joint_d{width}"
+        if out.exists():
+            self.results["stages"][key] = json.loads((out / "joint.json").read_text())
+            return out
+        t0 = time.time()
+        torch.manual_seed(self.base.seed)
+        mixed = MixedVocabMLM(load_teacher_mlm(teacher0), self.student_tok.get_vocab_size(), width)
+        layers = self.pc.student_layers or mixed.teacher.config.num_hidden_layers
+        student = BertForMaskedLM(student_config(self.s_codec.vocab_size, width, layers,
+                                                 max_positions=mixed.teacher.config.max_position_embeddings))
+        proj = SharedProjection(mixed.teacher.config, student.config, init=self.pc.projection_init)
+        model = JointDualTraining(mixed, student, proj, alpha=self.pc.alpha, direction=self.pc.direction)
+        cfg = _stage_cfg(self.base, self.pc.stage1_steps, self.pc.pretrain_batch_size, self.pc)
+        fit = train_joint(model, self.codec, self.s_codec, self.train_mixed, self.s_codec.encode_all(self.train_texts),
+                          self.s_codec.encode_all(self.eval_texts), cfg, out.parent, opts=self.mixed_opts,
+                          student_lr=self.student_opts.lr, resume=self.resume, logger_cfg=self.logger_cfg)
+        save_bert_folder(student.cpu().eval(), self.student_vocab_file, out)
+        info = {"heldout": fit.last_metrics, "steps": fit.step, "seconds": time.time() - t0}
+        _json_dump(out / "joint.json", info)
         self.results["stages"][key] = info
         return out
 
@@ -348,8 +400,12 @@ class Pipeline:
         teacher0 = self.stage0()
         models: dict[str, Path] = {"teacher": self.teacher_dir}
         for width in self.pc.widths:
-            s1 = self.stage1(width, teacher0) if "dual_proj" in self.pc.methods else None
-            for method in self.pc.methods:
+            methods = list(self.pc.methods)
+            if self.pc.schedule == "joint" and "dual_proj" in methods:  # v1: one joint run replaces I + II
+                methods.remove("dual_proj")
+                models[f"joint_d{width}"] = self.joint(width, teacher0)
+            s1 = self.stage1(width, teacher0) if set(NEEDS_STAGE1) & set(methods) else None
+            for method in methods:
                 models[f"{method}_d{width}"] = self.student(method, width, teacher0, s1)
         self.results["models"] = {k: str(v) for k, v in models.items()}
         ft_models = models if self.pc.finetune_teacher else {k: v for k, v in models.items() if k != "teacher"}

@@ -162,17 +162,18 @@ def train_mixed_teacher(model: MixedVocabMLM, codec: MixedVocabCodec, train_encs
                         opts: MixedMLMOptions | None = None, resume: str = "never", logger_cfg=None,
                         config=None) -> FitResult:
     """Stage 0 (``stage="stage0"``): V_t-only MLM with the encoder frozen, training the MLM transform and
-    the output bias of the head MiniLM lacks. Stage I (``stage="stage1"``): everything trainable, each
-    word segmented with V_s with the ramped probability, two softmaxes."""
-    if stage not in ("stage0", "stage1"):
-        raise ValueError(f"stage must be stage0 or stage1, got {stage!r}")
+    the output bias of the head MiniLM lacks. ``stage="stage0_adapt"``: the same V_t-only MLM with the
+    encoder unfrozen (the short adaptation of a sentence encoder to MLM). Stage I (``stage="stage1"``):
+    everything trainable, each word segmented with V_s with the ramped probability, two softmaxes."""
+    if stage not in ("stage0", "stage0_adapt", "stage1"):
+        raise ValueError(f"stage must be stage0, stage0_adapt or stage1, got {stage!r}")
     opts = opts or MixedMLMOptions()
-    set_encoder_trainable(model, stage == "stage1")
+    set_encoder_trainable(model, stage != "stage0")
     total_micro = total_micro_batches(trainer_cfg, len(train_encs))
     ranges = mixed_vocab_ranges(codec)
 
     def p_at(step: int) -> float:
-        if stage == "stage0":
+        if stage != "stage1":
             return 0.0
         return mix_probability(step, total_micro, opts.p_max, opts.ramp_fraction)
 
@@ -202,7 +203,7 @@ def train_mixed_teacher(model: MixedVocabMLM, codec: MixedVocabCodec, train_encs
             groups.append({"params": old, "lr": opts.lr_teacher})
         return torch.optim.AdamW(groups, weight_decay=opts.weight_decay)
 
-    eval_p = 0.0 if stage == "stage0" else opts.eval_p
+    eval_p = opts.eval_p if stage == "stage1" else 0.0
     trainer = Trainer(trainer_cfg, run_dir, logger_cfg=logger_cfg, resume=resume, config=config)
     return trainer.fit(model, IndexDataset(len(train_encs)), loss_fn, optimizer_fn=optimizer_fn,
                        scheduler_fn=warmup_linear_decay(opts.warmup_fraction), collate_fn=index_collate,
@@ -301,3 +302,77 @@ def train_student(distiller: StudentDistiller, codec: StudentCodec, train_encs: 
         eval_fn=lambda m: eval_student_mlm(m.student, codec, eval_encs,
                                            batch_size=trainer_cfg.eval_batch_size or trainer_cfg.batch_size,
                                            mask_prob=opts.mask_prob))
+
+
+# ----------------------------------------------------------------------------- v1: joint schedule
+
+
+class JointDualTraining(nn.Module):
+    """v1's simultaneous schedule: the mixed-vocabulary teacher and the student train together.
+
+    The student's input (and tied output) embedding table *is* the teacher's E_s (one shared Parameter), so
+    the student vocabulary is aligned by the teacher's two-softmax MLM while the student learns its own MLM
+    and the shared projections. Loss: ``L_MLM^mixed(teacher) + L_MLM^s(student) + alpha L_proj`` (the
+    projection loss treats the teacher's weights as constants, as in stage II).
+    """
+
+    def __init__(self, mixed: MixedVocabMLM, student: BertForMaskedLM, projection: SharedProjection, *,
+                 alpha: float = 1.0, direction: str = "down"):
+        super().__init__()
+        if student.config.hidden_size != mixed.student_embeddings.embedding_dim:
+            raise ValueError("the student width must equal the width of the teacher's E_s")
+        self.mixed, self.student, self.projection = mixed, student, projection
+        self.alpha, self.direction = alpha, direction
+        # share E_s: the student's word embeddings and its tied MLM decoder use the teacher's table
+        student.bert.embeddings.word_embeddings.weight = mixed.student_embeddings.weight
+        student.cls.predictions.decoder.weight = mixed.student_embeddings.weight
+
+    def forward(self, mixed_batch: dict, student_batch: dict) -> dict[str, torch.Tensor]:
+        t = self.mixed(mixed_batch["input_ids"], mixed_batch["attention_mask"], mixed_batch["labels"])
+        s = self.student(input_ids=student_batch["input_ids"], attention_mask=student_batch["attention_mask"],
+                         labels=student_batch["labels"]).loss
+        proj = self.projection.loss(self.mixed.teacher.bert, self.student.bert, self.direction)
+        loss = t.loss + s + self.alpha * proj
+        n = max(t.n_teacher + t.n_student, 1)
+        return {"loss": loss, "teacher_mlm": t.loss.detach(), "student_mlm": s.detach(), "proj": proj.detach(),
+                "share_student_targets": t.n_student / n}
+
+
+def train_joint(model: JointDualTraining, codec: MixedVocabCodec, s_codec: StudentCodec,
+                train_encs: Sequence[EncodedText], train_s: Sequence, eval_s: Sequence, trainer_cfg,
+                run_dir: str | Path, *, opts: MixedMLMOptions | None = None, student_lr: float = 5e-4,
+                resume: str = "never", logger_cfg=None, config=None) -> FitResult:
+    """The joint (v1) schedule on the common Trainer: each batch of segments is fed mixed to the teacher
+    (ramped p, two softmaxes) and V_s-only to the student."""
+    opts = opts or MixedMLMOptions()
+    total_micro = total_micro_batches(trainer_cfg, len(train_encs))
+    ranges = mixed_vocab_ranges(codec)
+
+    def loss_fn(net, idx):
+        m = _unwrap(net)
+        p = mix_probability(int(m.mixed.mix_step), total_micro, opts.p_max, opts.ramp_fraction)
+        m.mixed.mix_step += 1
+        rows = idx.tolist()
+        b = codec.batch([train_encs[i] for i in rows], p)
+        ids, labels = mask_tokens(b["input_ids"], b["special_mask"], mask_id=codec.mask_id, vocab_ranges=ranges,
+                                  mask_prob=opts.mask_prob)
+        sb = s_codec.masked_batch([train_s[i] for i in rows], opts.mask_prob)
+        dev = idx.device
+        mixed = {"input_ids": ids.to(dev), "attention_mask": b["attention_mask"].to(dev), "labels": labels.to(dev)}
+        out = net(mixed, {k: v.to(dev) for k, v in sb.items()})
+        return out | {"p_student": p}
+
+    def optimizer_fn(m: JointDualTraining):
+        teacher_ids = {id(p) for p in m.mixed.teacher.bert.parameters()}
+        old = [p for p in m.parameters() if id(p) in teacher_ids]
+        new = [p for p in m.parameters() if id(p) not in teacher_ids]
+        return torch.optim.AdamW([{"params": old, "lr": opts.lr_teacher}, {"params": new, "lr": student_lr}],
+                                 weight_decay=opts.weight_decay)
+
+    set_encoder_trainable(model.mixed, True)
+    trainer = Trainer(trainer_cfg, run_dir, logger_cfg=logger_cfg, resume=resume, config=config)
+    return trainer.fit(model, IndexDataset(len(train_encs)), loss_fn, optimizer_fn=optimizer_fn,
+                       scheduler_fn=warmup_linear_decay(opts.warmup_fraction), collate_fn=index_collate,
+                       eval_fn=lambda m: eval_student_mlm(m.student, s_codec, eval_s,
+                                                          batch_size=trainer_cfg.eval_batch_size or trainer_cfg.batch_size,
+                                                          mask_prob=opts.mask_prob))

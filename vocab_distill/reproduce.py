@@ -60,9 +60,10 @@ def build_report(results: dict, profile: str, out_dir: Path) -> ReproReport:
     ]
     s0 = stages.get("stage0")
     if s0:
-        rows.append(Row("teacher masked-token acc. before / after stage 0 (%)",
-                        f"{_pct(s0['before']['acc'])} / {_pct(s0['after']['acc'])}", None,
-                        "MiniLM ships no MLM head; held-out corpus, V_t only"))
+        phases = [k for k in ("before", "after_head", "after_adapt") if k in s0]
+        rows.append(Row(f"teacher masked-token acc. {' / '.join(phases)} stage 0 (%)",
+                        " / ".join(str(_pct(s0[k]["acc"])) for k in phases), None,
+                        "MiniLM ships no MLM head; held-out corpus, V_t only; head-only, then unfrozen"))
     for width in pc["widths"]:
         s1 = stages.get(f"stage1_d{width}")
         if s1:
@@ -72,11 +73,11 @@ def build_report(results: dict, profile: str, out_dir: Path) -> ReproReport:
                             f"at p=1 (student vocabulary only): {_pct(s1['heldout']['p1.0']['acc'])}"))
     for name, s in sizes.items():
         rows.append(Row(f"{name}: params / fp32 MB / int8 MB", f"{s['params']:,} / {s['fp32_bytes'] / 1e6:.2f} / "
-                        f"{s['int8_bytes'] / 1e6:.2f}", PAPER["size"] if name.startswith("dual_proj") else None,
+                        f"{s['int8_bytes'] / 1e6:.2f}", PAPER["size"] if name.startswith(("dual_proj", "joint")) else None,
                         f"embeddings {100 * s['embedding_share']:.0f}% of params"))
         rows.append(Row(f"{name}: compression vs MiniLM / vs BERT-base (x)",
                         f"{s['x_vs_teacher']:.1f} / {s['x_vs_bert_base']:.1f}", "> 60 (vs BERT-base)"
-                        if name.startswith("dual_proj") else None))
+                        if name.startswith(("dual_proj", "joint")) else None))
         rows.append(Row(f"{name}: CPU latency b=1 (ms) / throughput b=32 (sent/s)",
                         f"{s['latency_ms']:.2f} / {s['throughput_per_s']:.0f}", None, "32 tokens, side by side"))
         for task, paper in (("sst2", PAPER["sst2_teacher"] if name == "teacher" else PAPER["sst2"]),
@@ -84,10 +85,10 @@ def build_report(results: dict, profile: str, out_dir: Path) -> ReproReport:
             acc = _acc(ft, name, task)
             if acc is not None:
                 metric = "SST-2 dev acc. (%)" if task == "sst2" else "SNIPS intent test acc. (%)"
-                rows.append(Row(f"{name}: {metric}", acc, paper if name.startswith(("dual_proj", "teacher")) else None))
+                rows.append(Row(f"{name}: {metric}", acc, paper if name.startswith(("dual_proj", "joint", "teacher")) else None))
     verdicts = []
     for width in pc["widths"]:
-        ours = f"dual_proj_d{width}"
+        ours = f"joint_d{width}" if f"joint_d{width}" in ft else f"dual_proj_d{width}"
         for task in pc["tasks"]:
             if ours not in ft:
                 continue
@@ -97,7 +98,7 @@ def build_report(results: dict, profile: str, out_dir: Path) -> ReproReport:
             mine = ft[ours][task]["mean"]
             beats = all(mine > v for v in base.values())
             detail = ", ".join(f"{m} {100 * v:.2f}" for m, v in base.items())
-            verdicts.append(Row(f"d={width} {task}: dual+proj beats both same-size baselines?",
+            verdicts.append(Row(f"d={width} {task}: {ours.rsplit('_', 1)[0]} beats both same-size baselines?",
                                 f"{'yes' if beats else 'no'} ({100 * mine:.2f} vs {detail})",
                                 "yes (paper's claim)"))
     rows += verdicts

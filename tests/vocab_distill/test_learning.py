@@ -127,3 +127,22 @@ def test_real_minilm_teacher_loads_with_tied_head_and_matches_formula():
     enc = BertModel.from_pretrained(str(path))
     assert sum(p.numel() for p in enc.parameters()) == bert_param_count(30522, 384, 6) == 22_713_216
     assert load_teacher_wordpiece(path).get_vocab_size() == 30522
+
+
+def test_joint_schedule_shares_e_s_and_learns(setup, tmp_path):
+    from vocab_distill.pretrain import JointDualTraining, train_joint
+
+    codec, encs, model = setup
+    sc = StudentCodec(codec.student_tok, max_len=32)
+    s_encs = sc.encode_all(CORPUS * 16)
+    torch.manual_seed(0)
+    student = BertForMaskedLM(student_config(len(STUDENT_VOCAB), 8, 2, max_positions=64))
+    joint = JointDualTraining(model, student, SharedProjection(model.teacher.config, student.config))
+    assert student.bert.embeddings.word_embeddings.weight is model.student_embeddings.weight
+    assert student.cls.predictions.decoder.weight is model.student_embeddings.weight
+    before = eval_student_mlm(student, sc, s_encs[:32])
+    fit = train_joint(joint, codec, sc, encs, s_encs, s_encs[:32], _cfg(60), tmp_path / "joint",
+                      opts=MixedMLMOptions(lr_teacher=1e-3, lr_new=3e-3), student_lr=3e-3)
+    assert int(model.mix_step) == 60
+    assert fit.last_metrics["mlm_loss"] < before["mlm_loss"] - 0.5
+    assert student.bert.embeddings.word_embeddings.weight is model.student_embeddings.weight  # still shared

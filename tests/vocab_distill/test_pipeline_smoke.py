@@ -27,15 +27,17 @@ def test_train_help_shows_groups():
 
 
 def test_train_smoke_runs_resumes_and_exports(tmp_path):
-    overrides = ["experiment=smoke", f"paths.output_dir={tmp_path}", "pipeline.methods=[dual_proj]",
+    # the v1 joint schedule here (the reproduce smoke covers the two-stage one) and both ablations
+    overrides = ["experiment=smoke", f"paths.output_dir={tmp_path}", "pipeline.schedule=joint",
+                 "pipeline.methods=[dual_proj,mix_only,proj_only]",
                  "pipeline.tasks=[snips_intent]", "pipeline.finetune_teacher=false"]
     r = _train(*overrides)
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "vocab_distill_smoke"
     results = json.loads((run / "results.json").read_text())
-    assert set(results["finetune"]) == {"dual_proj_d16"}
-    assert 0.0 <= results["finetune"]["dual_proj_d16"]["snips_intent"]["mean"] <= 1.0
-    export = run / "stage2_dual_proj_d16" / "export"
+    assert set(results["finetune"]) == {"joint_d16", "mix_only_d16", "proj_only_d16"}
+    assert 0.0 <= results["finetune"]["joint_d16"]["snips_intent"]["mean"] <= 1.0
+    export = run / "joint_d16" / "export"
     assert BertModel.from_pretrained(export).config.hidden_size == 16
     tok = BertTokenizerFast.from_pretrained(export)
     assert len(tok) == results["vocab"]["student_vocab_size"]
@@ -61,7 +63,7 @@ def test_reproduce_smoke_profile(tmp_path):
     report = main(["--profile", "smoke", "--reports-dir", str(tmp_path / "reports"),
                    "--work-dir", str(tmp_path / "work")])
     text = report.read_text()
-    assert "profile `smoke`" in text and "dual+proj beats both same-size baselines?" in text
+    assert "profile `smoke`" in text and "dual_proj beats both same-size baselines?" in text
     results = json.loads((tmp_path / "reports" / "vocab_distill" / "results.smoke.json").read_text())
     sizes = results["extra"]["results"]["size_speed"]
     assert set(sizes) == {"teacher", "dual_proj_d16", "scratch_d16", "logit_kd_d16"}
