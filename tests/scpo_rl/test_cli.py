@@ -22,12 +22,12 @@ def train(*overrides: str) -> subprocess.CompletedProcess:
 
 
 def test_train_smoke_then_resume_guard(tmp_path):
-    args = ["experiment=smoke", "algo=sac", "trainer.max_steps=150", "rl.learning_starts=60",
-            "trainer.eval_every_steps=150", f"paths.output_dir={tmp_path}", "name=smoke"]
+    args = ["experiment=smoke", "algo=sac", "trainer.max_steps=80", "rl.learning_starts=40",
+            "trainer.eval_every_steps=80", f"paths.output_dir={tmp_path}", "name=smoke"]
     done = train(*args)
     assert done.returncode == 0, done.stderr[-2000:]
     run = tmp_path / "smoke"
-    assert (run / "checkpoints" / "step_150.pt").is_file() and (run / "run_info.json").is_file()
+    assert (run / "checkpoints" / "step_80.pt").is_file() and (run / "run_info.json").is_file()
     assert any("eval/return_mean" in r for r in read_jsonl(run / "metrics.jsonl"))
     again = train(*args)  # resume=never over existing checkpoints: one clear line, exit 1
     assert again.returncode == 1
