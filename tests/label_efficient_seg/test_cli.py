@@ -67,3 +67,30 @@ def test_reproduce_smoke_profile(tmp_path):
     assert results["profile"] == "smoke" and len(results["rows"]) == 5
     assert (out / "examples_smoke.png").stat().st_size > 0
     assert "% of full supervision" in (out / "report.md").read_text()
+
+
+def test_resume_at_epoch_boundary_is_exact(tmp_path):
+    """A FixMatch run (augmentation, CutMix and the strong view all draw random numbers) killed after
+    epoch 1 and resumed with resume=auto ends with the same weights as the uninterrupted run. The kill is
+    simulated by copying the finished run without its last checkpoint."""
+    import shutil
+
+    import torch
+
+    from common.checkpoint import load_checkpoint
+    from common.config import LoggerConfig, TrainerConfig
+    from label_efficient_seg.experiment import DataConfig, run_experiment
+
+    args = (DataConfig("shapes", crop=16, shapes_n=8, shapes_size=16),
+            {"name": "fixmatch", "labelled_fraction": 0.5, "tau": 0.5}, {"base": 4, "depth": 2}, None,
+            TrainerConfig(max_epochs=2, batch_size=4, progress_bar=False))
+    logger = LoggerConfig(tensorboard=False)
+    run_experiment(*args, tmp_path / "straight", logger_cfg=logger)
+    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    (tmp_path / "resumed" / "checkpoints" / "step_4.pt").unlink()
+    (tmp_path / "resumed" / "checkpoints" / "best.pt").unlink(missing_ok=True)
+    run_experiment(*args, tmp_path / "resumed", logger_cfg=logger, resume="auto")
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "step_4.pt")["model"]
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "step_4.pt")["model"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
