@@ -66,6 +66,25 @@ def test_oracle_policy_recovers_sampled_trees(space):
         assert res.tree.products() == tree.products()
 
 
+def test_decoder_states_equal_training_states(space):
+    """Exact equivalence: the state the decoder builds from the roots at each step is the row the
+    featurizer wrote for that step (so the networks see at decoding what they saw in training)."""
+    from synthesis_pathways.syntree import SyntheticTree
+
+    trees, _ = sample_shard(space, seed=2, shard=0, attempts=20, qed_filter=False)
+    feat = Featurizer(CFG, space.bimolecular_mask())
+    data = feat.featurize(trees)
+    row = 0
+    for tree in trees:
+        target_bits = morgan_bits(tree.root, CFG.radius, CFG.nbits)
+        replay = SyntheticTree()
+        for step in tree.steps:
+            np.testing.assert_array_equal(feat.state_vector(replay.roots, target_bits), data.state[row].toarray()[0])
+            replay.steps.append(step)
+            row += 1
+    assert row == len(data)
+
+
 def test_random_policy_trees_are_valid(space):
     d = _decoder(space, RandomPolicy(len(space.blocks), space.n_templates, seed=0))
     targets = ["CC(C)(C)OC(=O)N1CCC(C(=O)NCc2ccccc2)CC1", "O=C(Nc1ccccc1)c1ccco1", "CCOC(=O)c1cn[nH]c1"]
