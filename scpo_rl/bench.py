@@ -19,14 +19,14 @@ import torch
 from common.bench import compare, format_bytes, peak_rss_bytes
 from common.runinfo import hardware_summary
 from scpo_rl.algorithm import AgentConfig
-from scpo_rl.loop import RunConfig, Trainer
+from scpo_rl.loop import RLTrainer, RunConfig
 
 
-def our_trainer(algo: str, env_id: str, warmup_steps: int, run_dir: Path, batch: int, hidden: tuple[int, ...]) -> Trainer:
+def our_trainer(algo: str, env_id: str, warmup_steps: int, run_dir: Path, batch: int, hidden: tuple[int, ...]) -> RLTrainer:
     cfg = RunConfig(env=env_id, seed=0, total_steps=10**9, learning_starts=warmup_steps, batch_size=batch,
                     buffer_size=1_000_000, eval_every=10**9, checkpoint_every=10**9, log_every=10**9,
                     progress_bar=False, num_threads=None, agent=AgentConfig(algo=algo, hidden=hidden))
-    trainer = Trainer(cfg, run_dir)
+    trainer = RLTrainer(cfg, run_dir)
     for _ in range(warmup_steps):  # fill the warm-up: the timed steps all include an update
         trainer.train_step()
     return trainer

@@ -90,7 +90,7 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
     path.write_text("".join(r + "\n" for r in rows))
 
 
-class Trainer:
+class RLTrainer:
     """One run: build env/agent/buffer, ``run()`` until ``total_steps``, checkpoint and resume."""
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, *, resume: str = "never", logger_cfg=None):
@@ -240,7 +240,7 @@ class Trainer:
 
 
 def load_agent(checkpoint: str | Path, device: str = "cpu") -> tuple[Agent, str]:
-    """The trained agent (with its normalizer) and env id from a checkpoint of :class:`Trainer`."""
+    """The trained agent (with its normalizer) and env id from a checkpoint of :class:`RLTrainer`."""
     state = load_checkpoint(checkpoint)
     agent_cfg = AgentConfig(**state["config"]["agent"])
     model = state["model"]

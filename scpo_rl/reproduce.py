@@ -104,12 +104,12 @@ def _train_in_process(overrides: list[str]) -> int:
 
     import common.config  # noqa: F401  (registers the shared groups)
     from scpo_rl.config import run_config_from
-    from scpo_rl.loop import Trainer
+    from scpo_rl.loop import RLTrainer
 
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     run_dir = Path(cfg.paths.output_dir) / cfg.name
-    Trainer(run_config_from(cfg), run_dir, resume=cfg.resume, logger_cfg=cfg.logger).run()
+    RLTrainer(run_config_from(cfg), run_dir, resume=cfg.resume, logger_cfg=cfg.logger).run()
     return 0
 
 

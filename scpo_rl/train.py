@@ -19,10 +19,10 @@ def main(cfg: DictConfig) -> float:
     # heavy imports (torch, MuJoCo) here, so that --help answers at once
     from common.runinfo import write_run_info
     from scpo_rl.config import run_config_from
-    from scpo_rl.loop import Trainer
+    from scpo_rl.loop import RLTrainer
 
     run_dir = run_dir_from(cfg)
-    trainer = Trainer(run_config_from(cfg), run_dir, resume=cfg.resume, logger_cfg=cfg.logger)
+    trainer = RLTrainer(run_config_from(cfg), run_dir, resume=cfg.resume, logger_cfg=cfg.logger)
     info = write_run_info(run_dir, extra={"config": to_plain(cfg)})
     result = trainer.run()
     info.finish(final_eval_return=result["final_eval_return"], steps=result["step"])

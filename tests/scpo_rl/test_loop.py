@@ -8,7 +8,7 @@ import torch
 from common.checkpoint import ResumeError
 from common.logging import read_jsonl
 from scpo_rl.algorithm import AgentConfig
-from scpo_rl.loop import RunConfig, Trainer, load_agent
+from scpo_rl.loop import RLTrainer, RunConfig, load_agent
 
 
 def tiny(algo: str = "scpo", **kw) -> RunConfig:
@@ -20,7 +20,7 @@ def tiny(algo: str = "scpo", **kw) -> RunConfig:
     return RunConfig(**base)
 
 
-def final_params(trainer: Trainer) -> list[torch.Tensor]:
+def final_params(trainer: RLTrainer) -> list[torch.Tensor]:
     a = trainer.agent
     mods = [a.actor, a.critic, a.critic_target] + ([a.adversary] if a.adversary is not None else [])
     return [p.detach().clone() for m in mods for p in m.parameters()] + [a.log_alpha.detach().clone()]
@@ -29,14 +29,14 @@ def final_params(trainer: Trainer) -> list[torch.Tensor]:
 @pytest.mark.parametrize("algo", ["scpo", pytest.param("pr_sac", marks=pytest.mark.slow),
                                   pytest.param("dr_sac", marks=pytest.mark.slow)])
 def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, algo):
-    whole = Trainer(tiny(algo), tmp_path / "whole")
+    whole = RLTrainer(tiny(algo), tmp_path / "whole")
     res_whole = whole.run()
     # "killed" at step 97: the last checkpoint is step 80, mid-episode; the resumed run redoes 80 -> 160
-    part = Trainer(tiny(algo), tmp_path / "part")
+    part = RLTrainer(tiny(algo), tmp_path / "part")
     part.run(stop_at=97)
     with pytest.raises(ResumeError):
-        Trainer(tiny(algo), tmp_path / "part", resume="never")
-    resumed = Trainer(tiny(algo), tmp_path / "part", resume="auto")
+        RLTrainer(tiny(algo), tmp_path / "part", resume="never")
+    resumed = RLTrainer(tiny(algo), tmp_path / "part", resume="auto")
     assert resumed.step == 80
     res_part = resumed.run()
     for x, y in zip(final_params(whole), final_params(resumed)):
@@ -50,7 +50,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, algo):
 
 
 def test_metrics_and_load_agent(tmp_path):
-    res = Trainer(tiny("scpo", total_steps=120), tmp_path / "r").run()
+    res = RLTrainer(tiny("scpo", total_steps=120), tmp_path / "r").run()
     rows = read_jsonl(tmp_path / "r" / "metrics.jsonl")
     keys = set().union(*rows)
     assert {"train/critic_loss", "train/penalty_share", "eval/return_mean", "perf/steps_per_second"} <= keys
@@ -61,16 +61,16 @@ def test_metrics_and_load_agent(tmp_path):
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):
-    Trainer(tiny("sac", total_steps=70), tmp_path / "r").run()
+    RLTrainer(tiny("sac", total_steps=70), tmp_path / "r").run()
     with pytest.raises(ResumeError, match="other settings for \\['agent'\\]"):
-        Trainer(tiny("scpo", total_steps=70), tmp_path / "r", resume="auto")
-    assert Trainer(tiny("sac", total_steps=90), tmp_path / "r", resume="auto").step == 70  # longer budget: fine
+        RLTrainer(tiny("scpo", total_steps=70), tmp_path / "r", resume="auto")
+    assert RLTrainer(tiny("sac", total_steps=90), tmp_path / "r", resume="auto").step == 70  # longer budget: fine
 
 
 def test_bad_configuration(tmp_path):
     with pytest.raises(ValueError, match="domain_randomization"):
-        Trainer(tiny("dr_sac", domain_randomization=None), tmp_path / "a")
+        RLTrainer(tiny("dr_sac", domain_randomization=None), tmp_path / "a")
     with pytest.raises(ValueError, match="normalization"):
-        Trainer(tiny("sac", normalization="zscore"), tmp_path / "b")
+        RLTrainer(tiny("sac", normalization="zscore"), tmp_path / "b")
     with pytest.raises(ValueError, match="no reference statistics"):
-        Trainer(tiny("sac", env="InvertedPendulum-v5", normalization="paper"), tmp_path / "c")
+        RLTrainer(tiny("sac", env="InvertedPendulum-v5", normalization="paper"), tmp_path / "c")

@@ -8,7 +8,7 @@ import pytest
 
 from scpo_rl import bench
 from scpo_rl.algorithm import AgentConfig
-from scpo_rl.loop import RunConfig, Trainer
+from scpo_rl.loop import RLTrainer, RunConfig
 
 
 @pytest.mark.slow
@@ -27,7 +27,7 @@ def test_learns_inverted_pendulum(tmp_path, algo):
     untrained one (which falls in ~6 steps)."""
     cfg = RunConfig(env="InvertedPendulum-v5", seed=0, total_steps=6000, learning_starts=1000, eval_every=6000,
                     eval_episodes=3, checkpoint_every=6000, progress_bar=False, agent=AgentConfig(algo=algo))
-    result = Trainer(cfg, tmp_path / algo).run()
+    result = RLTrainer(cfg, tmp_path / algo).run()
     assert result["final_eval_return"] >= 200
 
 
