@@ -204,8 +204,10 @@ class SharedProjection(nn.Module):
     summed over (l, k). The teacher is a constant here (its tensors are detached).
     """
 
-    def __init__(self, teacher_config: BertConfig, student_config: BertConfig, init: str = "orthogonal"):
+    def __init__(self, teacher_config: BertConfig, student_config: BertConfig, init: str = "orthogonal",
+                 vectors: bool = True):
         super().__init__()
+        self.vectors = vectors  # False: project the weight matrices only (no biases, no LayerNorms)
         if teacher_config.num_hidden_layers != student_config.num_hidden_layers:
             raise ValueError("shared projections pair layer l of the teacher with layer l of the student: "
                              f"{teacher_config.num_hidden_layers} != {student_config.num_hidden_layers} layers")
@@ -229,6 +231,8 @@ class SharedProjection(nn.Module):
         for li, (lt, ls) in enumerate(zip(teacher.encoder.layer, student.encoder.layer)):
             s_params = dict(ls.named_parameters())
             for name, wt in lt.named_parameters():
+                if wt.dim() == 1 and not self.vectors:
+                    continue
                 ws = s_params[name]
                 types = tuple(_dim_type(s, th, tf) for s in wt.shape)
                 yield f"layer{li}.{name}", wt, ws, types

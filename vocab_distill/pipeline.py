@@ -112,6 +112,8 @@ class PipelineConfig:
     direction: str = "down"
     """Projection loss: down, up or both."""
     projection_init: str = "orthogonal"
+    projection_vectors: bool = True
+    """Also project biases and LayerNorm vectors (one-sided); false: weight matrices only."""
     kd_weight: float = 0.5
     kd_temperature: float = 2.0
     tasks: list[str] = field(default_factory=lambda: ["sst2", "snips_intent"])
@@ -297,7 +299,8 @@ class Pipeline:
                 distiller = StudentDistiller(student)
             else:  # projections of the stage-I teacher (dual_proj) or of the stage-0 teacher (proj_only)
                 teacher = load_teacher_mlm(stage1_dir / "teacher" if method == "dual_proj" else teacher0)
-                proj = SharedProjection(teacher.config, student.config, init=self.pc.projection_init)
+                proj = SharedProjection(teacher.config, student.config, init=self.pc.projection_init,
+                                        vectors=self.pc.projection_vectors)
                 distiller = StudentDistiller(student, teacher, projection=proj, alpha=self.pc.alpha,
                                              direction=self.pc.direction)
         elif method == "scratch":
@@ -338,7 +341,8 @@ class Pipeline:
         layers = self.pc.student_layers or mixed.teacher.config.num_hidden_layers
         student = BertForMaskedLM(student_config(self.s_codec.vocab_size, width, layers,
                                                  max_positions=mixed.teacher.config.max_position_embeddings))
-        proj = SharedProjection(mixed.teacher.config, student.config, init=self.pc.projection_init)
+        proj = SharedProjection(mixed.teacher.config, student.config, init=self.pc.projection_init,
+                                        vectors=self.pc.projection_vectors)
         model = JointDualTraining(mixed, student, proj, alpha=self.pc.alpha, direction=self.pc.direction)
         cfg = _stage_cfg(self.base, self.pc.stage1_steps, self.pc.pretrain_batch_size, self.pc)
         fit = train_joint(model, self.codec, self.s_codec, self.train_mixed, self.s_codec.encode_all(self.train_texts),

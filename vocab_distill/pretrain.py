@@ -34,6 +34,10 @@ from .mixed import (
 )
 from .model import MixedVocabMLM, SharedProjection, logit_kd_loss, set_encoder_trainable
 
+EVAL_BATCH = 64
+"""Held-out MLM batches have a fixed size: the masking draw depends on batch shapes, so a fixed size keeps
+evaluations of different runs and stages on exactly the same masked tokens."""
+
 
 class IndexDataset(Dataset):
     """Items are the indices 0..n-1; the loss function looks the segments up."""
@@ -208,7 +212,7 @@ def train_mixed_teacher(model: MixedVocabMLM, codec: MixedVocabCodec, train_encs
     return trainer.fit(model, IndexDataset(len(train_encs)), loss_fn, optimizer_fn=optimizer_fn,
                        scheduler_fn=warmup_linear_decay(opts.warmup_fraction), collate_fn=index_collate,
                        eval_fn=lambda m: eval_mixed_mlm(m, codec, eval_encs, p=eval_p,
-                                                        batch_size=trainer_cfg.eval_batch_size or trainer_cfg.batch_size,
+                                                        batch_size=EVAL_BATCH,
                                                         mask_prob=opts.mask_prob))
 
 
@@ -300,7 +304,7 @@ def train_student(distiller: StudentDistiller, codec: StudentCodec, train_encs: 
         optimizer_fn=lambda m: torch.optim.AdamW(m.trainable_parameters(), lr=opts.lr, weight_decay=opts.weight_decay),
         scheduler_fn=warmup_linear_decay(opts.warmup_fraction), collate_fn=index_collate,
         eval_fn=lambda m: eval_student_mlm(m.student, codec, eval_encs,
-                                           batch_size=trainer_cfg.eval_batch_size or trainer_cfg.batch_size,
+                                           batch_size=EVAL_BATCH,
                                            mask_prob=opts.mask_prob))
 
 
@@ -374,5 +378,5 @@ def train_joint(model: JointDualTraining, codec: MixedVocabCodec, s_codec: Stude
     return trainer.fit(model, IndexDataset(len(train_encs)), loss_fn, optimizer_fn=optimizer_fn,
                        scheduler_fn=warmup_linear_decay(opts.warmup_fraction), collate_fn=index_collate,
                        eval_fn=lambda m: eval_student_mlm(m.student, s_codec, eval_s,
-                                                          batch_size=trainer_cfg.eval_batch_size or trainer_cfg.batch_size,
+                                                          batch_size=EVAL_BATCH,
                                                           mask_prob=opts.mask_prob))

@@ -104,7 +104,7 @@ def build_report(results: dict, profile: str, out_dir: Path) -> ReproReport:
     rows += verdicts
 
     headline = None
-    h96 = sizes.get("dual_proj_d96")
+    h96 = sizes.get("dual_proj_d96") or sizes.get("joint_d96")
     if h96:
         headline = Row("hidden-96 student, fp32 MB (x smaller than BERT-base)",
                        f"{h96['fp32_bytes'] / 1e6:.2f} MB ({BERT_BASE_PARAMS / h96['params']:.0f}x)", PAPER["size"],

@@ -104,6 +104,8 @@ def test_projection_shapes(pair):
     assert proj.down["h"].shape == (32, 8) and proj.down["f"].shape == (128, 32)
     assert len(names) == 2 * 16  # 6 matrices + 6 biases + 2 LayerNorms x 2 vectors per layer
     assert "layer1.intermediate.dense.weight" in names
+    matrices_only = SharedProjection(teacher.config, student.config, vectors=False)
+    assert len(list(matrices_only.pairs(teacher, student))) == 2 * 6
 
 
 def test_projection_loss_is_zero_for_the_projected_teacher(pair):
