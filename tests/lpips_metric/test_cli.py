@@ -117,3 +117,30 @@ def test_compare_cli_errors(tmp_path, capsys):
     Image.new("RGB", (32, 48)).save(tmp_path / "small.png")
     with pytest.raises(SystemExit, match="equal size"):
         main([str(ex / "ex_ref.png"), str(tmp_path / "small.png"), "--trunk", "random"])
+
+
+@pytest.mark.slow
+def test_full_profile_code_path_at_tiny_size(tmp_path):
+    """The `full` profile's extra steps (scratch training through the common Trainer, ImageNet rows or the
+    note explaining their absence) at a tiny size."""
+    from common.reproduce import ProfileContext
+    from lpips_metric.reproduce import Profile, run
+
+    ctx = ProfileContext(pkg="lpips_metric", profile="tiny_full", out_dir=tmp_path / "out", work_dir=tmp_path / "work")
+    ctx.out_dir.mkdir()
+    ctx.work_dir.mkdir()
+    report = run(ctx, Profile(n_train=40, n_val=20, n_jnd=20, val_splits=("traditional", "within"),
+                              jnd_splits=("traditional",), train_splits=("traditional",), lin_epochs=2,
+                              scratch_epochs=1, imagenet_rows=True))
+    assert "alex scratch (ours)" in report.extra["scores"]
+    assert (ctx.work_dir / "scratch_alex" / "lpips_heads.pth").is_file()
+    from lpips_metric.model import LPIPS
+
+    exported = ctx.work_dir / "scratch_alex" / "lpips_heads.pth"
+    metric = LPIPS("alex", trunk=exported.with_suffix(".trunk.pth"), heads=exported)  # trained trunk + heads
+    x = torch.rand(1, 3, 64, 64)
+    assert float(metric(x, x.flip(-1), normalize=True)) > 0
+    from lpips_metric.model import imagenet_trunk_available
+
+    if not imagenet_trunk_available("alex"):
+        assert "ImageNet rows absent" in report.notes
