@@ -224,6 +224,9 @@ def run_studies(ctx: ProfileContext, profile: str) -> ReproReport:
                 "worst_cell_per_seed": summary["worst_cell_per_seed"],
                 "cells": {f"{m},{f}": v for (m, f), v in summary["cells"].items()}}
         write_rows_csv(ctx.out_dir / f"{profile}_{study.env}_grid_per_seed.csv", all_rows)
+        write_rows_csv(ctx.out_dir / f"{profile}_{study.env}_learning_curves_per_seed.csv",
+                       [{"method": m, "seed": seed, "step": step, "return": ret}
+                        for m, per_seed in curves.items() for seed, curve in per_seed.items() for step, ret in curve])
         plots.append(plot_learning_curves(curves, ctx.out_dir / f"{profile}_{study.env}_learning_curves.png",
                                           f"{study.env}: nominal deterministic return"))
         if headline is None and {"sac", "scpo"} <= set(summaries):
@@ -236,7 +239,7 @@ def run_studies(ctx: ProfileContext, profile: str) -> ReproReport:
              f"{eval_seed}+k shared by every cell, method and seed (the reference pooled partial episodes of 4 "
              "random snapshots of the last 10 epochs with random env seeds). Friction is a no-op on the "
              "inverted pendulums (no contacts), so only mass is swept there. Per-seed rows are in "
-             f"`{profile}_<env>_grid_per_seed.csv`.")
+             f"`{profile}_<env>_grid_per_seed.csv` and `{profile}_<env>_learning_curves_per_seed.csv`.")
     return ReproReport(rows=rows, headline=headline, plots=plots, notes=notes, extra=extra)
 
 

@@ -53,3 +53,5 @@ def test_reproduce_smoke(tmp_path):
     assert (out / "smoke_inverted_pendulum_learning_curves.png").is_file()
     csv_rows = (out / "smoke_inverted_pendulum_grid_per_seed.csv").read_text().splitlines()
     assert csv_rows[0] == "method,seed,mass,friction,episode,return" and len(csv_rows) == 1 + 2 * 3
+    curve_rows = (out / "smoke_inverted_pendulum_learning_curves_per_seed.csv").read_text().splitlines()
+    assert curve_rows[0] == "method,seed,step,return" and len(curve_rows) == 1 + 2 * 2  # evals at 150 and 300
