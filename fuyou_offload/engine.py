@@ -217,12 +217,26 @@ class TensorStash:
         raise KeyError(key)
 
 
+def _return_freed_memory_to_os() -> None:
+    """Make glibc serve allocations >= 1 MiB with mmap and give them back on free. Its default adapts
+    the threshold upwards, after which freed tensors stay in the heap and RSS drifts above the budget."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 class OffloadEngine:
     """Trains a ``GPT`` whose state lives on SSD under ``dir``; see the module docstring."""
 
     def __init__(self, model_cfg: GPTConfig, cfg: EngineConfig, optim: OptimConfig, *, state_dir: str | os.PathLike,
                  run_dir: str | os.PathLike, plans: list[BlockPlan] | None = None, batch: int = 1, seq: int = 128):
         self.mcfg, self.cfg, self.ocfg = model_cfg, cfg, optim
+        _return_freed_memory_to_os()
         self.batch, self.seq = batch, seq
         self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.compute_dtype]
         self.bf16 = self.dtype == torch.bfloat16
@@ -279,9 +293,17 @@ class OffloadEngine:
         self._bytes32, self._bytes16 = off32, off16
         return units
 
-    def _act_file_bytes(self) -> int:
+    def _act_file_bytes(self, plans: list[BlockPlan] | None = None) -> int:
+        """SSD bytes of one step's activations under ``plans``; for fuyou the file is sized for the
+        worst plan (everything cached on SSD) so the planner may change the plan after the profiling step."""
+        if plans is None:
+            plans = self.plans
+            if self.cfg.overlap:
+                from .planner import OP_GROUPS
+
+                plans = [BlockPlan("ssd", tuple(OP_GROUPS), "ssd") for _ in self.plans]
         total = 0
-        for p in self.plans:
+        for p in plans:
             sb = stash_bytes(self.mcfg, p, self.batch, self.seq, self.dtype.itemsize)
             total += align_up(sb["ckpt"]) if p.ckpt_tier == "ssd" else 0
             total += align_up(sb["cache"]) if p.cache_tier == "ssd" and p.cached else 0
@@ -300,6 +322,16 @@ class OffloadEngine:
         if act:
             specs["act"] = act
         return specs
+
+    def set_plans(self, plans: list[BlockPlan]) -> None:
+        """Switch the activation plan between steps (after the profiling step)."""
+        if len(plans) != self.mcfg.layers:
+            raise ValueError(f"{len(plans)} block plans for {self.mcfg.layers} blocks")
+        need = self._act_file_bytes(plans)
+        have = self.files["act"].nbytes if "act" in self.files else 0
+        if need > have:
+            raise ValueError(f"plan needs {need} bytes of activation file, {have} allocated")
+        self.plans = list(plans)
 
     def state_bytes(self) -> int:
         return sum(self._file_specs().values())

@@ -176,21 +176,27 @@ def fixed_host_bytes(cfg: GPTConfig, *, compute_elem: int, depth: int, chunk_ele
 
 
 def size_buffers(cfg: GPTConfig, budget: int, *, compute_elem: int, grads_all_on_host: bool, max_depth: int = 2,
-                 max_chunk: int = 1 << 22, share: float = 0.75) -> tuple[int, int, int]:
-    """(prefetch depth, optimizer chunk elements, fixed bytes): the deepest prefetch, then the largest
-    chunk, whose fixed buffers fit in ``share`` of the budget (the rest is left to activations).
-    Raises ``ValueError`` when not even depth 0 with the smallest chunk fits."""
+                 max_chunk: int = 1 << 22, share: float = 0.75) -> tuple[int, int, int, int]:
+    """(prefetch depth, optimizer chunk elements, units queued for the optimizer, fixed bytes): the
+    deepest prefetch, then the most queued units, then the largest chunk whose fixed buffers fit in
+    ``share`` of the budget (the rest is left to activations). Raises ``HostBudgetError`` when not even
+    depth 0, one queued unit and the smallest chunk fit."""
     for depth in range(max_depth, -1, -1):
-        chunk = max_chunk
-        while chunk >= 2048:
-            need = fixed_host_bytes(cfg, compute_elem=compute_elem, depth=depth, chunk_elems=chunk,
-                                    grads_all_on_host=grads_all_on_host)
-            if need <= share * budget:
-                return depth, chunk, need
-            chunk //= 2
-    need = fixed_host_bytes(cfg, compute_elem=compute_elem, depth=0, chunk_elems=2048, grads_all_on_host=grads_all_on_host)
-    raise ValueError(f"host budget {budget / 2**20:.1f} MiB is below the {need / share / 2**20:.1f} MiB this model needs "
-                     "at prefetch depth 0 and the smallest optimizer chunk (one block's weights and gradients)")
+        for inflight in (2, 1):
+            chunk = max_chunk
+            while chunk >= 2048:
+                need = fixed_host_bytes(cfg, compute_elem=compute_elem, depth=depth, chunk_elems=chunk,
+                                        grads_all_on_host=grads_all_on_host, inflight=inflight)
+                if need <= share * budget:
+                    return depth, chunk, inflight, need
+                chunk //= 2
+    need = fixed_host_bytes(cfg, compute_elem=compute_elem, depth=0, chunk_elems=2048,
+                            grads_all_on_host=grads_all_on_host, inflight=1)
+    from .memory import HostBudgetError
+
+    raise HostBudgetError(f"host budget {budget / 2**20:.1f} MiB is below the {need / share / 2**20:.1f} MiB this model "
+                          "needs at prefetch depth 0, one queued unit and the smallest optimizer chunk "
+                          "(one block's weights and gradients)")
 
 
 def choose_plan(cfg: GPTConfig, prof: Profile, *, batch: int, seq: int, compute_elem: int,

@@ -114,6 +114,6 @@ def measure_floors(directory: str | os.PathLike, *, io_bytes: int = 64 << 20, ge
     otherwise that of an n x n GEMM."""
     bw = ssd_bandwidth(directory, io_bytes, queue_depth=queue_depth, request_bytes=request_bytes, throttle=throttle)
     rate = block_rate(model, batch, seq, dtype) if model is not None else gemm_rate(gemm_n, dtype)
-    raw = {**bw, "flops_per_s": rate, "memcpy_bps": memcpy_rate(min(io_bytes, 64 << 20)),
+    raw = {**bw, "flops_per_s": rate, "memcpy_bps": memcpy_rate(min(io_bytes, 16 << 20)),
            "adam_params_per_s": adam_rate(1 << 20, adam_impl)}
     return Profile(**raw), raw

@@ -91,12 +91,14 @@ def capacity(sc: Scale, work: Path, prof) -> tuple[list[dict], dict[str, dict[in
                     plans = [BlockPlan("ssd", p.cached, "ssd") for p in plans]  # host budget goes to weights
                 grads_on_host = s == "zero_infinity" or 4 * n <= (budget << 20) // 4
                 try:
-                    depth, chunk, _ = size_buffers(cfg, budget << 20, compute_elem=4, grads_all_on_host=grads_on_host)
-                except ValueError:
+                    depth, chunk, inflight, _ = size_buffers(cfg, budget << 20, compute_elem=4,
+                                                             grads_all_on_host=grads_on_host)
+                except HostBudgetError:
                     fits[s] = False
                     continue
                 eng = OffloadEngine(cfg, EngineConfig(schedule=s, host_budget=budget << 20, opt_chunk_elems=chunk,
-                                                      prefetch_depth=depth, grad_tier="host" if grads_on_host else "ssd"),
+                                                      prefetch_depth=depth, max_inflight_updates=inflight,
+                                                      grad_tier="host" if grads_on_host else "ssd"),
                                     OptimConfig(clip_grad_norm=1.0), state_dir=d / "state", run_dir=d / "run",
                                     plans=plans, batch=batch, seq=seq)
                 try:

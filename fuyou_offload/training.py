@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from common.bench import peak_rss_bytes
+from common.bench import current_rss_bytes, peak_rss_bytes
 from common.checkpoint import (
     CheckpointManager,
     capture_rng_state,
@@ -31,6 +31,7 @@ from common.runinfo import write_run_info
 from .baseline import InMemoryTrainer
 from .data import ByteTokenizer, HFTokenizer, batch_for_step, load_corpus
 from .engine import EngineConfig, OffloadEngine, OptimConfig
+from .memory import HostBudgetError
 from .model import GPT, GPTConfig, init_gpt, init_gpt_units, load_smollm2
 from .planner import (
     BlockPlan,
@@ -84,30 +85,45 @@ def optim_config(cfg) -> OptimConfig:
                        total_steps=cfg.trainer.max_steps, impl=o.impl)
 
 
+def pool_budget(cfg) -> int:
+    """The staging pool's share of ``memory.host_budget``: the whole process budget minus
+    ``memory.reserve`` (auto: the RSS of the interpreter and libraries now, plus 256 MiB for compute
+    temporaries that autograd allocates outside the pool)."""
+    total = parse_bytes(cfg.memory.host_budget)
+    reserve = cfg.memory.get("reserve", 0)
+    if str(reserve) == "auto":
+        reserve = current_rss_bytes() + (256 << 20)
+    pool = total - parse_bytes(reserve)
+    if pool <= 0:
+        raise HostBudgetError(f"memory.host_budget={cfg.memory.host_budget} leaves nothing for staging buffers after "
+                              f"memory.reserve ({parse_bytes(reserve) / 2**20:.0f} MiB: interpreter, libraries, "
+                              "compute temporaries)")
+    return pool
+
+
 def engine_config(cfg, model_cfg: GPTConfig | None = None) -> EngineConfig:
     """The engine's options; ``auto`` prefetch depth / optimizer chunk are sized to the host budget."""
     off = cfg.offload
     thr = off.throttle_mb_s
-    depth, chunk = off.prefetch_depth, off.opt_chunk_elems
+    budget = pool_budget(cfg)
+    depth, chunk, inflight = off.prefetch_depth, off.opt_chunk_elems, 2
     if "auto" in (str(depth), str(chunk)):
         if model_cfg is None:
             raise ValueError("auto buffer sizing needs the model config")
-        budget = parse_bytes(cfg.memory.host_budget)
         clip = bool(cfg.trainer.clip_grad_norm)
         grad_tier = off.grad_tier if off.grad_tier != "auto" else \
             ("host" if 4 * model_cfg.num_params() <= budget // 4 else "ssd")
         all_on_host = (clip or cfg.schedule == "zero_infinity") and (grad_tier == "host" or cfg.schedule == "zero_infinity")
-        d, c, _ = size_buffers(model_cfg, budget, compute_elem=2 if cfg.trainer.precision == "bf16" else 4,
-                               grads_all_on_host=all_on_host)
+        d, c, inflight, _ = size_buffers(model_cfg, budget, compute_elem=2 if cfg.trainer.precision == "bf16" else 4,
+                                         grads_all_on_host=all_on_host)
         depth = d if str(depth) == "auto" else int(depth)
         chunk = c if str(chunk) == "auto" else int(chunk)
     return EngineConfig(
-        schedule=cfg.schedule, compute_dtype=cfg.trainer.precision, host_budget=parse_bytes(cfg.memory.host_budget),
+        schedule=cfg.schedule, compute_dtype=cfg.trainer.precision, host_budget=budget,
         queue_depth=off.queue_depth, request_bytes=parse_bytes(off.request_bytes),
         throttle_bytes_per_s=thr * 1e6 if thr else None, prefetch_depth=int(depth),
-        opt_chunk_elems=int(chunk), grad_tier=off.grad_tier, verify_on_resume=off.verify_on_resume,
-        checksum=off.checksum,
-        device=_device(cfg.trainer.device),
+        opt_chunk_elems=int(chunk), max_inflight_updates=inflight, grad_tier=off.grad_tier,
+        verify_on_resume=off.verify_on_resume, checksum=off.checksum, device=_device(cfg.trainer.device),
     )
 
 
@@ -117,32 +133,53 @@ def _device(d: str) -> str:
     return d
 
 
-def make_plans(cfg, mcfg: GPTConfig, ec: EngineConfig, optim: OptimConfig, batch: int, seq: int,
-               state_dir: Path) -> tuple[list[BlockPlan], Profile, dict]:
-    spec = str(cfg.offload.plan)
+def host_bytes_for_activations(mcfg: GPTConfig, ec: EngineConfig, optim: OptimConfig) -> int:
     el = 2 if ec.compute_dtype == "bf16" else 4
     stores_host = (bool(optim.clip_grad_norm) or ec.schedule != "fuyou") and ec.grad_tier == "host"
     fixed = fixed_host_bytes(mcfg, compute_elem=el, depth=ec.prefetch_depth, chunk_elems=ec.opt_chunk_elems,
                              grads_all_on_host=stores_host)
-    free = int(0.8 * (ec.host_budget - fixed))
+    return max(0, int(0.8 * (ec.host_budget - fixed)))
+
+
+def make_plans(cfg, mcfg: GPTConfig, ec: EngineConfig, optim: OptimConfig, batch: int, seq: int,
+               state_dir: Path) -> tuple[list[BlockPlan], Profile, dict, bool]:
+    """(plans for the first step, profile, measured floors, whether step 1 is the profiling step).
+
+    With ``offload.plan=auto`` the floors are measured (disk, memcpy, AdamW) but the compute rate comes
+    from the first training step, run with the profiling plan (block inputs only, full recompute, as in
+    the paper); ``replan`` then picks the plan for the remaining steps. No extra model copy is needed."""
+    spec = str(cfg.offload.plan)
+    el = 2 if ec.compute_dtype == "bf16" else 4
+    free = host_bytes_for_activations(mcfg, ec, optim)
     prof, raw = Profile(), {}
-    if ec.schedule == "fuyou" and spec == "auto" or cfg.offload.profile:
+    profiling_step = ec.schedule == "fuyou" and spec == "auto"
+    if profiling_step or cfg.offload.profile:
         from .profiling import measure_floors
 
         prof, raw = measure_floors(state_dir / "profile", io_bytes=parse_bytes(cfg.offload.profile_io_bytes),
-                                   model=mcfg, batch=batch, seq=seq,
-                                   dtype=torch.bfloat16 if el == 2 else torch.float32,
+                                   gemm_n=256, dtype=torch.bfloat16 if el == 2 else torch.float32,
                                    queue_depth=ec.queue_depth, request_bytes=ec.request_bytes,
                                    throttle=ec.throttle_bytes_per_s, adam_impl=optim.impl)
-    if ec.schedule != "fuyou" or spec == "recompute":
+    if ec.schedule != "fuyou" or spec in ("recompute", "auto"):
         plans = [BlockPlan() for _ in range(mcfg.layers)]
-    elif spec == "auto":
-        plans, _ = choose_plan(mcfg, prof, batch=batch, seq=seq, compute_elem=el, host_bytes_free=max(0, free),
-                               clip=bool(optim.clip_grad_norm))
     else:
         plans = plan_for_fraction(mcfg, int(spec), batch=batch, seq=seq, compute_elem=el,
-                                  host_bytes_free=max(0, free), ckpt_tier=cfg.offload.ckpt_tier)
-    return plans, prof, raw
+                                  host_bytes_free=free, ckpt_tier=cfg.offload.ckpt_tier)
+    return plans, prof, raw, profiling_step
+
+
+def replan(engine: OffloadEngine, prof: Profile, first: dict, optim: OptimConfig, batch: int, seq: int):
+    """After the profiling step: compute rate from its measured compute time, then the cost model."""
+    mcfg, el = engine.mcfg, engine.dtype.itemsize
+    t = batch * seq
+    f_fwd = mcfg.layers * sum(mcfg.block_matmul_flops(t, seq).values()) + 2.0 * t * mcfg.hidden * mcfg.vocab_size
+    f_rec = mcfg.layers * sum(mcfg.block_matmul_flops(t, seq).values())
+    prof.flops_per_s = (3 * f_fwd + f_rec) / max(first["compute_s"], 1e-9)
+    plans, pred = choose_plan(mcfg, prof, batch=batch, seq=seq, compute_elem=el,
+                              host_bytes_free=host_bytes_for_activations(mcfg, engine.cfg, optim),
+                              clip=bool(optim.clip_grad_norm), grad_tier=engine.grad_tier)
+    engine.set_plans(plans)
+    return plans, pred
 
 
 def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
@@ -159,6 +196,7 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
     if tr.grad_accum_steps != 1:
         raise ValueError("trainer.grad_accum_steps must be 1 (the layer-by-layer engine has no accumulation yet)")
     seed_everything(tr.seed)
+    rss_start = current_rss_bytes()  # interpreter + libraries: what the host budget does not cover
     model, mcfg, tok = build_model(cfg.model, tr.seed, materialize=cfg.schedule == "in_memory")
     stream = load_corpus(cfg.data.corpus, tok, data_dir=cfg.paths.data_dir, limit_docs=cfg.data.limit_docs,
                          synthetic_tokens=cfg.data.synthetic_tokens, seed=tr.seed)
@@ -174,6 +212,7 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
     logger = MetricLogger.from_config(run_dir, cfg.logger)
     info = write_run_info(run_dir, extra={"schedule": cfg.schedule})
     prediction = None
+    profiling_step = False
     if schedule == "in_memory":
         trainer = InMemoryTrainer(model, optim, tr.precision, _device(tr.device))
         ckpt = CheckpointManager(run_dir, keep_last=tr.keep_last_checkpoints)
@@ -186,11 +225,11 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
     else:
         ec = engine_config(cfg, mcfg)
         state_dir = Path(cfg.offload.dir).expanduser() / cfg.name if cfg.offload.dir else run_dir / "offload"
-        plans, prof, floors = make_plans(cfg, mcfg, ec, optim, batch, seq, state_dir)
+        plans, prof, floors, profiling_step = make_plans(cfg, mcfg, ec, optim, batch, seq, state_dir)
         prediction = predict_step(mcfg, plans, prof, batch=batch, seq=seq, compute_elem=2 if ec.compute_dtype == "bf16" else 4,
                                   overlap=ec.overlap, clip=bool(optim.clip_grad_norm))
         trainer = OffloadEngine(mcfg, ec, optim, state_dir=state_dir, run_dir=run_dir, plans=plans, batch=batch, seq=seq)
-        log.info("offload state: %.2f GiB in %s; host budget %.2f GiB; prefetch depth %d; optimizer chunk %d; "
+        log.info("offload state: %.2f GiB in %s; staging pool %.2f GiB of memory.host_budget; prefetch depth %d; optimizer chunk %d; "
                  "gradients for replay on %s; plan: %s", trainer.state_bytes() / 2**30, state_dir,
                  ec.host_budget / 2**30, ec.prefetch_depth, ec.opt_chunk_elems, trainer.grad_tier, _plan_summary(plans))
         if floors:
@@ -207,6 +246,12 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
         for step in bar:
             tokens, targets = batch_for_step(stream, step, batch, seq, tr.seed)
             m = trainer.train_step(tokens, targets)
+            if schedule != "in_memory" and profiling_step:
+                profiling_step = False
+                m["profiling_step"] = 1
+                plans, prediction = replan(trainer, prof, m, optim, batch, seq)
+                log.info("profiling step: %.3g FLOP/s; plan for the next steps: %s (predicted %.3fs/step)",
+                         prof.flops_per_s, _plan_summary(plans), prediction.total_s)
             m["tokens_per_s"] = m["tokens"] / m["step_s"]
             m["peak_rss_bytes"] = peak_rss_bytes()
             if prediction is not None:
@@ -221,10 +266,12 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
         if schedule != "in_memory":
             trainer.close()
     summary = _summary(rows, prediction, trainer.step, schedule)
+    summary["rss_at_start_bytes"] = rss_start
     info.finish(summary={k: v for k, v in summary.items() if k != "losses"})
     (run_dir / "summary.json").write_text(__import__("json").dumps(summary, indent=2))
     if rows:
-        log.info("step time: measured median %.3fs vs predicted %s; %.0f tokens/s; peak RSS %.0f MiB; "
+        log.info("step time: measured median %.3fs vs predicted %s; %.0f tokens/s; peak RSS %.0f MiB "
+                 f"({rss_start / 2**20:.0f} MiB at start, before the model); "
                  "SSD per step read %s (analytic %s) write %s (analytic %s)",
                  summary["median_step_s"], f"{summary['predicted_step_s']:.3f}s" if prediction else "n/a",
                  summary["tokens_per_s"], summary["peak_rss_bytes"] / 2**20, summary.get("ssd_read_bytes"),
