@@ -67,3 +67,30 @@ def test_ga_runs_and_counts_oracle_calls(space, tmp_path):
     assert s["oracle_calls"] == len({k for k in opt.score_cache if k is not None}) <= s["decode_calls"]
     assert res.top_scores == sorted(res.top_scores, reverse=True)
     assert (tmp_path / "ga_state.pt").exists() and (tmp_path / "metrics.jsonl").exists()
+
+
+def test_optimize_cli_composes_and_runs(tmp_path, space):
+    """optimize.yaml composes; the GA runs end to end with the random policy and random seed genomes."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    import common.config  # noqa: F401
+    from synthesis_pathways.optimize import run_optimize
+
+    model_dir = tmp_path / "model"
+    (model_dir / "cache").mkdir(parents=True)
+    if space._cache_file is not None:
+        shutil.copy(space._cache_file, model_dir / "cache" / Path(space._cache_file).name)
+    conf = Path(__file__).resolve().parents[2] / "synthesis_pathways" / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("optimize", overrides=[
+            "objective=druglike_mpo", "policy=random", f"model_dir={model_dir}", "seeds=random", "n_seeds=6",
+            "ga.population=4", "ga.offspring=6", "ga.generations=2", "progress_bar=false",
+            f"paths.output_dir={tmp_path}"])
+    assert cfg.name == "synthesis_pathways_ga_druglike_mpo"
+    out = run_optimize(cfg, tmp_path / "ga")
+    assert out["generations"] == 2 and 0 <= out["top1"] <= 1
+    assert json.loads((tmp_path / "ga" / "ga_result.json").read_text())["objective"] == "druglike_mpo"
