@@ -88,10 +88,12 @@ def _params(state):
     return torch.cat([v.flatten().float() for v in state.values()])
 
 
-def test_meta_run_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("recurrence", ["labels", "steps"])
+def test_meta_run_resumes_exactly(tmp_path, recurrence):
     task = _synthetic(400)
     clf = ClassifierConfig(name="mlp", hidden=16, lr=1e-2, batch_size=64)
-    cfg = MetaConfig(episodes=4, inner_epochs=1, warmup_epochs=1, hidden=8, label_dim=4, threshold_samples=2)
+    cfg = MetaConfig(episodes=4, inner_epochs=1, warmup_epochs=1, hidden=8, label_dim=4, threshold_samples=2,
+                     recurrence=recurrence)
     full = run_meta(task, cfg, clf, tmp_path / "full", seed=3, progress_bar=False)
     run_meta(task, MetaConfig(**{**cfg.__dict__, "episodes": 2}), clf, tmp_path / "cut", seed=3, progress_bar=False)
     with pytest.raises(Exception, match="resume=auto"):
