@@ -155,7 +155,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
 
     ``name`` may also be a path to a dataset folder of your own (it must contain ``train/``).
     """
-    if Path(name).is_dir():
+    if name not in DATASETS and Path(name).is_dir():
         root = Path(name)
     else:
         root = dataset_path(DATASETS.get(name, name), Path("nlu") / name, source=DATASET_SOURCE,

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from dataclasses import asdict
 from pathlib import Path
@@ -47,7 +48,10 @@ def _run(ctx: ProfileContext, tag: str, cfg: TrainerConfig, model: ModelOptions,
     if done.exists() and ctx.resume == "auto":
         return json.loads(done.read_text())
     config = {"trainer": asdict(cfg), "model": asdict(model), "data": asdict(data), "optim": asdict(optim)}
-    return train_joint(cfg, run_dir, model, data, optim, data_dir=ctx.data_dir, resume=ctx.resume, config=config)
+    res = train_joint(cfg, run_dir, model, data, optim, data_dir=ctx.data_dir, resume=ctx.resume, config=config)
+    # Finished: results.json and <run>/model hold everything; the ~0.5 GB of optimizer checkpoints go.
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return res
 
 
 def _pct(x: float) -> float:
