@@ -87,3 +87,24 @@ def test_train_shell_and_predict_cli(tmp_path, capsys, monkeypatch):
     assert "no saved joint model" in capsys.readouterr().err
 
 
+
+
+def test_bf16_autocast_trains(tmp_path, toy_data):
+    res = train_joint(_trainer(max_epochs=1, precision="bf16"), tmp_path / "bf16",
+                      ModelOptions(encoder="tiny-random", use_crf=True), DataOptions(dataset=str(toy_data)),
+                      OptimOptions(lr=3e-3))
+    assert 0.0 <= res["test"]["slot_f1"] <= 1.0 and res["steps"] == 6
+
+
+@pytest.mark.gpu
+def test_cuda_predictions_match_cpu():
+    import torch
+
+    from joint_bert_nlu.inference import JointNLUPredictor
+
+    from .helpers import tiny_model, tokenizer
+
+    texts = ["book a flight to new york at seven pm", "hello there"]
+    cpu = JointNLUPredictor(tiny_model(use_crf=True), tokenizer())(texts)
+    gpu = JointNLUPredictor(tiny_model(use_crf=True).to("cuda"), tokenizer())(texts)
+    assert [r["tags"] for r in cpu] == [r["tags"] for r in gpu] and torch.cuda.is_available()
