@@ -195,8 +195,9 @@ def size_buffers(cfg: GPTConfig, budget: int, *, compute_elem: int, grads_all_on
     from .memory import HostBudgetError
 
     raise HostBudgetError(f"host budget {budget / 2**20:.1f} MiB is below the {need / share / 2**20:.1f} MiB this model "
-                          "needs at prefetch depth 0, one queued unit and the smallest optimizer chunk "
-                          "(one block's weights and gradients)")
+                          "needs at prefetch depth 0, one queued unit and the smallest optimizer chunk ("
+                          + ("all fp32 gradients wait in host memory until the optimizer runs"
+                             if grads_all_on_host else "one block's weights and gradients") + ")")
 
 
 def choose_plan(cfg: GPTConfig, prof: Profile, *, batch: int, seq: int, compute_elem: int,

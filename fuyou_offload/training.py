@@ -85,27 +85,33 @@ def optim_config(cfg) -> OptimConfig:
                        total_steps=cfg.trainer.max_steps, impl=o.impl)
 
 
-def pool_budget(cfg) -> int:
+def reserve_bytes(cfg, rss_base: int | None = None) -> int:
+    """``memory.reserve`` in bytes; auto: ``rss_base`` (the RSS before any model was built) + 256 MiB."""
+    reserve = cfg.memory.get("reserve", 0)
+    if str(reserve) == "auto":
+        return (current_rss_bytes() if rss_base is None else rss_base) + (256 << 20)
+    return parse_bytes(reserve)
+
+
+def pool_budget(cfg, rss_base: int | None = None) -> int:
     """The staging pool's share of ``memory.host_budget``: the whole process budget minus
     ``memory.reserve`` (auto: the RSS of the interpreter and libraries now, plus 256 MiB for compute
     temporaries that autograd allocates outside the pool)."""
     total = parse_bytes(cfg.memory.host_budget)
-    reserve = cfg.memory.get("reserve", 0)
-    if str(reserve) == "auto":
-        reserve = current_rss_bytes() + (256 << 20)
-    pool = total - parse_bytes(reserve)
+    reserve = reserve_bytes(cfg, rss_base)
+    pool = total - reserve
     if pool <= 0:
         raise HostBudgetError(f"memory.host_budget={cfg.memory.host_budget} leaves nothing for staging buffers after "
-                              f"memory.reserve ({parse_bytes(reserve) / 2**20:.0f} MiB: interpreter, libraries, "
+                              f"memory.reserve ({reserve / 2**20:.0f} MiB: interpreter, libraries, "
                               "compute temporaries)")
     return pool
 
 
-def engine_config(cfg, model_cfg: GPTConfig | None = None) -> EngineConfig:
+def engine_config(cfg, model_cfg: GPTConfig | None = None, rss_base: int | None = None) -> EngineConfig:
     """The engine's options; ``auto`` prefetch depth / optimizer chunk are sized to the host budget."""
     off = cfg.offload
     thr = off.throttle_mb_s
-    budget = pool_budget(cfg)
+    budget = pool_budget(cfg, rss_base)
     depth, chunk, inflight = off.prefetch_depth, off.opt_chunk_elems, 2
     if "auto" in (str(depth), str(chunk)):
         if model_cfg is None:
@@ -165,6 +171,8 @@ def make_plans(cfg, mcfg: GPTConfig, ec: EngineConfig, optim: OptimConfig, batch
     else:
         plans = plan_for_fraction(mcfg, int(spec), batch=batch, seq=seq, compute_elem=el,
                                   host_bytes_free=free, ckpt_tier=cfg.offload.ckpt_tier)
+    if profiling_step:
+        raw.pop("flops_per_s", None)  # the compute rate comes from the profiling step instead
     return plans, prof, raw, profiling_step
 
 
@@ -214,6 +222,12 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
     prediction = None
     profiling_step = False
     if schedule == "in_memory":
+        reserve = reserve_bytes(cfg, rss_start)
+        need = 16 * mcfg.num_params() + reserve  # fp32 weights, gradients, Adam m and v
+        if need > parse_bytes(cfg.memory.host_budget):
+            raise HostBudgetError(f"in_memory needs at least {need / 2**30:.2f} GiB (16 B/parameter for weights, "
+                                  f"gradients, Adam m and v, plus memory.reserve {reserve / 2**30:.2f} GiB) but "
+                                  f"memory.host_budget={cfg.memory.host_budget}; use schedule=fuyou")
         trainer = InMemoryTrainer(model, optim, tr.precision, _device(tr.device))
         ckpt = CheckpointManager(run_dir, keep_last=tr.keep_last_checkpoints)
         path = ckpt.resolve_resume(cfg.resume)
@@ -223,7 +237,7 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
             restore_rng_state(state["rng"])
         save_every = tr.checkpoint_every_steps or 1
     else:
-        ec = engine_config(cfg, mcfg)
+        ec = engine_config(cfg, mcfg, rss_start)
         state_dir = Path(cfg.offload.dir).expanduser() / cfg.name if cfg.offload.dir else run_dir / "offload"
         plans, prof, floors, profiling_step = make_plans(cfg, mcfg, ec, optim, batch, seq, state_dir)
         prediction = predict_step(mcfg, plans, prof, batch=batch, seq=seq, compute_elem=2 if ec.compute_dtype == "bf16" else 4,
