@@ -80,7 +80,7 @@ def plot_training_curves(run_dir: Path, out_path: Path, title: str) -> Path:
     dev = [(r["epoch"], r) for r in records if "val/sentence_acc" in r]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     if train:
-        a.plot(*zip(*train))
+        a.plot(*zip(*train), marker=".")
     a.set(xlabel="optimizer step", ylabel="train loss (intent CE + slot loss)", yscale="log", title="training")
     for m in METRICS:
         b.plot([e for e, _ in dev], [100 * r[f"val/{m}"] for _, r in dev], marker="o", label=METRIC_NAMES[m])
