@@ -73,15 +73,16 @@ def weighted_bce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Ten
     averaged over the batch, so label j's gradient does not shrink as L grows.
     """
     targets = targets.to(logits.dtype)
+    # torch's fused kernel with a summed reduction: no (B, L) intermediate (see meta_multilabel.bench).
     if weights is None:
-        per = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        total = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
     elif mode == "label":
-        per = weights[None, :] * F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        total = F.binary_cross_entropy_with_logits(logits, targets, weight=weights, reduction="sum")
     elif mode == "pos":
-        per = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weights, reduction="none")
+        total = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weights, reduction="sum")
     else:
         raise ValueError(f"weight mode must be 'label' or 'pos', got {mode!r}")
-    return per.sum(1).mean()
+    return total / logits.shape[0]
 
 
 def inverse_frequency_weights(Y_train, cap: float = 50.0) -> torch.Tensor:
