@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.data import DataFormatError, dataset_path
+from common.data import DataFormatError, DatasetNotFoundError, dataset_path
 from common.logging import get_logger
 
 from .chem import Template, canonical_smiles, mol_from_smiles, quiet_rdkit
@@ -53,7 +53,7 @@ def resolve(path_or_key: str | os.PathLike, data_dir: str | os.PathLike | None =
         return dataset_path(name, rel, source=source, data_dir=data_dir)
     path = Path(path_or_key)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file (and not one of the dataset keys {sorted(SOURCES)})")
+        raise DatasetNotFoundError(f"{path}: no such file (and not one of the dataset keys {sorted(SOURCES)})")
     return path
 
 
