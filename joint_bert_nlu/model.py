@@ -41,13 +41,17 @@ TINY_RANDOM = "tiny-random"
 """Encoder spec for tests: a randomly initialised 2-layer, 32-wide BERT with MiniLM's vocabulary."""
 
 
+class EncoderNotFoundError(FileNotFoundError):
+    """The encoder spec is neither a known name nor a local transformers folder."""
+
+
 def resolve_encoder_path(spec: str | os.PathLike) -> Path:
     """``minilm`` / ``tiny-random`` (whose tokenizer is MiniLM's) or a local transformers folder."""
     if str(spec) in (MINILM, TINY_RANDOM):
         return minilm_path()
     path = Path(spec).expanduser()
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"encoder folder {path} has no config.json: pass `{MINILM}`, `{TINY_RANDOM}` "
+        raise EncoderNotFoundError(f"encoder folder {path} has no config.json: pass `{MINILM}`, `{TINY_RANDOM}` "
                                 "or a local transformers model folder (e.g. a bert-base-uncased download)")
     return path
 

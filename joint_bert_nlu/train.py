@@ -11,18 +11,27 @@ The trained model lands in <run_dir>/model (load it with joint_bert_nlu.predict 
 from __future__ import annotations
 
 import json
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 import common.config  # noqa: F401  (registers trainer/paths/logger/run_layout)
 from common.hydra_utils import report_user_errors, run_dir_from, to_dataclass, to_plain
+from common.pretrained import PretrainedNotFoundError
+from joint_bert_nlu.model import EncoderNotFoundError, resolve_encoder_path
 from joint_bert_nlu.training import DataOptions, ModelOptions, OptimOptions, train_joint
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 @report_user_errors
 def main(cfg: DictConfig) -> float:
+    try:
+        encoder_path = resolve_encoder_path(cfg.model.encoder)
+    except (EncoderNotFoundError, PretrainedNotFoundError) as e:  # a wrong model.encoder: one clear line
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(f"encoder: {cfg.model.encoder} ({encoder_path})", file=sys.stderr)
     results = train_joint(
         cfg.trainer, run_dir_from(cfg), to_dataclass(cfg.model, ModelOptions),
         to_dataclass(cfg.data, DataOptions), to_dataclass(cfg.optim, OptimOptions),
