@@ -129,6 +129,8 @@ def train_joint(trainer_cfg, run_dir: str | os.PathLike, model_opts: ModelOption
         collate_fn=partial(collate, pad_token_id=pad_id,
                            pad_to=data_opts.max_seq_length if data_opts.pad_to_max_length else None))
     train_seconds = time.time() - t0
+    if not trainer.is_main:  # under torchrun, rank 0 alone evaluates, saves and reports
+        return {"steps": fit.step, "epochs": fit.epoch}
     best_epoch = _load_best(model, run_dir, fit)
     model.eval()
     results = {
