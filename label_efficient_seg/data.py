@@ -68,7 +68,7 @@ def _load_rgb(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     im = im.convert("RGB")  # DSB images are greyscale-as-RGBA; alpha carries nothing
     if size is not None and im.size != (size[1], size[0]):
         im = im.resize((size[1], size[0]), Image.BILINEAR)
-    return np.asarray(im, dtype=np.uint8)
+    return np.array(im, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only arrays)
 
 
 def _load_label(path: Path) -> np.ndarray:

@@ -241,7 +241,7 @@ def _score_key(num_classes: int) -> str:
     return "mdice" if num_classes == 2 else "miou"
 
 
-def make_eval_fn(ds: D.SegSet, device, num_clusters: int | None = None, prefix: str = "val_") -> Callable:
+def make_eval_fn(ds: D.SegSet, device, num_clusters: int | None = None, prefix: str = "") -> Callable:
     key = _score_key(ds.num_classes) if num_clusters is None else "miou"
 
     def eval_fn(model):
@@ -304,17 +304,28 @@ def _weak_for(mc: MethodConfig, train: D.SegSet, seed: int) -> tuple[list[np.nda
 
 
 def _annotation_cost(mc: MethodConfig, train: D.SegSet, weak) -> float:
-    """Seconds of annotation for the training split under this supervision (ANNOTATION_SECONDS)."""
+    """Seconds of annotation for the training split under this supervision (``ANNOTATION_SECONDS``)."""
     kind = METHODS[mc.name][1]
     n = len(train)
     if mc.name in SEMI or mc.name == "subset":
         return ANNOTATION_SECONDS["full"] * max(1, round(n * mc.labelled_fraction))
     if kind == "boxes":
-        return ANNOTATION_SECONDS["boxes_per_object"] * sum(
-            len(b) for b in (train.boxes or [[0]] * n)) if train.boxes else ANNOTATION_SECONDS["boxes_per_object"] * n
-    if mc.name in ("source_only", "minent"):
-        return ANNOTATION_SECONDS["full"] * n  # labelled source only; target is free
+        if train.boxes is not None:
+            n_obj = sum(len(b) for b in train.boxes)
+        elif train.instances is not None:
+            n_obj = sum(int(len(np.unique(i)) - 1) for i in train.instances)
+        else:
+            n_obj = sum(len(wl_boxes(m)) for m in train.masks)
+        return ANNOTATION_SECONDS["boxes_per_object"] * n_obj
+    if mc.name == "minent":
+        return ANNOTATION_SECONDS["full"] * n  # labelled source only; the target images are free
     return ANNOTATION_SECONDS.get(kind, 0.0) * n
+
+
+def wl_boxes(mask: np.ndarray) -> list:
+    from .weak_labels import foreground_instances, tight_boxes
+
+    return tight_boxes(foreground_instances(mask))
 
 
 def run_experiment(data_cfg, method_cfg, model_cfg, optim_cfg, trainer_cfg, run_dir, *, logger_cfg=None,

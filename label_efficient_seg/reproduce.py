@@ -116,7 +116,7 @@ def _profile_settings(profile: str) -> dict[str, Any]:
         shapes2 = replace(shapes3, shapes_classes=2)
         return {"data": {"camvid": shapes3, "kvasir": shapes2, "dsb": shapes2},
                 "model": ModelConfig(base=4, depth=2), "optim": OptimConfig(lr=1e-2),
-                "trainer": TrainerConfig(max_epochs=1, batch_size=6, progress_bar=False, monitor="val_score",
+                "trainer": TrainerConfig(max_epochs=1, batch_size=6, progress_bar=False, monitor="score",
                                          log_every_steps=1),
                 "seeds": [0], "kmeans": False}
     if profile == "quick":
@@ -124,14 +124,14 @@ def _profile_settings(profile: str) -> dict[str, Any]:
                          "kvasir": DataConfig("kvasir", size=96, crop=64, train_limit=96, eval_limit=16),
                          "dsb": DataConfig("dsb", crop=64, eval_limit=13)},
                 "model": ModelConfig(base=8, depth=4), "optim": OptimConfig(),
-                "trainer": TrainerConfig(max_epochs=None, max_steps=20, batch_size=8, monitor="val_score",
+                "trainer": TrainerConfig(max_epochs=None, max_steps=20, batch_size=8, monitor="score",
                                          eval_every_steps=20),
                 "seeds": [0], "kmeans": True}
     # full / full3: the same budget for every row (400 steps of batch 8), sized for a few CPU-hours in all
     return {"data": {"camvid": DataConfig("camvid"), "kvasir": DataConfig("kvasir", crop=112),
                      "dsb": DataConfig("dsb")},
             "model": ModelConfig(base=8, depth=4), "optim": OptimConfig(),
-            "trainer": TrainerConfig(max_epochs=None, max_steps=400, batch_size=8, monitor="val_score",
+            "trainer": TrainerConfig(max_epochs=None, max_steps=400, batch_size=8, monitor="score",
                                      eval_every_steps=100, checkpoint_every_steps=100),
             "seeds": [0, 1, 2] if profile == "full3" else [0], "kmeans": True}
 
