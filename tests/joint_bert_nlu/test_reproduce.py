@@ -27,3 +27,55 @@ def test_benchmark_runs_side_by_side():
     assert res["prediction_agreement"] == 1.0 and res["n_sentences"] == 9
     assert res["ours"]["sentences_per_s"] > 0 and res["reference"]["sentences_per_s"] > 0
     assert res["ours"]["latency_per_batch"]["p50_ms"] > 0 and res["speedup"] > 0
+
+
+def _fake_result(ds, use_crf, seed):
+    base = 0.9 + 0.01 * (seed % 3)
+    return {"dataset": ds, "seed": seed, "best_dev_epoch": 2, "train_seconds": 1.0, "torch_threads": 1,
+            "peak_rss_bytes": 2**30, "model": {"use_crf": use_crf},
+            "dev": {"intent_acc": base, "slot_f1": base, "sentence_acc": base},
+            "test": {"intent_acc": base, "slot_f1": base - 0.01, "sentence_acc": base - 0.1}}
+
+
+def test_full_profile_plans_and_aggregates(tmp_path, monkeypatch):
+    """The full profile's run plan and mean/spread table, with training replaced by canned results."""
+    import joint_bert_nlu.reproduce as rep
+    from common.reproduce import ProfileContext
+
+    calls = []
+
+    def fake_run(ctx, tag, cfg, model, data, optim):
+        calls.append((tag, cfg.max_epochs, model.use_crf, optim.lr))
+        return _fake_result(data.dataset, model.use_crf, cfg.seed)
+
+    monkeypatch.setattr(rep, "_run", fake_run)
+    ctx = ProfileContext("joint_bert_nlu", "full", tmp_path / "out", tmp_path / "work")
+    report = rep.full(ctx)
+    assert [c[0] for c in calls] == ["atis_softmax_s1234", "atis_softmax_s1235", "atis_softmax_s1236",
+                                     "snips_softmax_s1234", "snips_softmax_s1235", "snips_softmax_s1236",
+                                     "atis_crf_s1234", "snips_crf_s1234"]
+    assert {c[1] for c in calls if c[0].startswith("atis")} == {10} and {c[1] for c in calls if "snips" in c[0]} == {5}
+    row = next(r for r in report.rows if r.metric == "ATIS Joint BERT: test intent acc")
+    # seeds 1234, 1235, 1236 -> 0.90, 0.91, 0.92 (seed % 3 = 1, 2, 0): mean 91.00, stdev 1.00
+    assert row.ours == "91.00 ± 1.00 (n=3)" and row.paper == 97.5
+    assert report.headline.paper == "98.6 / 97.0" and len(report.extra["runs"]) == 8
+
+
+def test_quick_profile_report_with_canned_training(tmp_path, monkeypatch):
+    import joint_bert_nlu.bench as bench
+    import joint_bert_nlu.reproduce as rep
+    from common.reproduce import ProfileContext
+
+    ctx = ProfileContext("joint_bert_nlu", "quick", tmp_path / "out", tmp_path / "work")
+    run = ctx.work_dir / "atis_softmax_s0"
+    run.mkdir(parents=True)
+    lines = [{"step": 10, "train/loss": 3.0}, {"step": 20, "train/loss": 1.0, "epoch": 1},
+             {"step": 20, "epoch": 1, "val/intent_acc": 0.9, "val/slot_f1": 0.8, "val/sentence_acc": 0.5}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    monkeypatch.setattr(rep, "_run", lambda ctx, tag, cfg, model, data, optim: _fake_result("atis", False, 0))
+    fake_bench = {"n_sentences": 8, "batch_size": 4, "threads": 1, "speedup": 2.0,
+                  "ours": {"sentences_per_s": 20.0}, "reference": {"sentences_per_s": 10.0}}
+    monkeypatch.setattr(bench, "benchmark_saved_model", lambda *a, **k: fake_bench)
+    report = rep.quick(ctx)
+    assert report.headline.ours == "90.0 / 89.0" and (ctx.out_dir / "quick_curves.png").exists()
+    assert any(r.metric == "inference speed-up ours / loop" and r.ours == 2.0 for r in report.rows)
