@@ -191,6 +191,15 @@ def _dim_type(size: int, hidden: int, ffn: int) -> str:
     raise ValueError(f"dimension {size} is neither the hidden ({hidden}) nor the FFN ({ffn}) width")
 
 
+def _chain(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``a @ b @ c`` in the cheaper association order. For the FFN matrices of a d = 96 student this halves
+    the projection cost, which does not shrink with the batch and dominates small-batch stage-II steps."""
+    (i, j), k, m = a.shape, b.shape[1], c.shape[1]
+    left_first = i * j * k + i * k * m  # (a @ b) @ c
+    right_first = j * k * m + i * j * m  # a @ (b @ c)
+    return (a @ b) @ c if left_first <= right_first else a @ (b @ c)
+
+
 class SharedProjection(nn.Module):
     """Projections between teacher and student *parameters*, shared by all layers and roles.
 
@@ -240,12 +249,12 @@ class SharedProjection(nn.Module):
     def project_down(self, wt: torch.Tensor, types: tuple[str, ...]) -> torch.Tensor:
         if len(types) == 1:
             return self.down[types[0]].t() @ wt
-        return self.down[types[0]].t() @ wt @ self.down[types[1]]
+        return _chain(self.down[types[0]].t(), wt, self.down[types[1]])
 
     def project_up(self, ws: torch.Tensor, types: tuple[str, ...]) -> torch.Tensor:
         if len(types) == 1:
             return self.up[types[0]] @ ws
-        return self.up[types[0]] @ ws @ self.up[types[1]].t()
+        return _chain(self.up[types[0]], ws, self.up[types[1]].t())
 
     def loss(self, teacher: BertModel, student: BertModel, direction: str = "down") -> torch.Tensor:
         """The summed projection loss; ``direction`` is down, up or both (sum of the two)."""

@@ -108,6 +108,15 @@ def test_projection_shapes(pair):
     assert len(list(matrices_only.pairs(teacher, student))) == 2 * 6
 
 
+def test_chain_order_does_not_change_the_product():
+    from vocab_distill.model import _chain
+
+    torch.manual_seed(0)
+    for shapes in [((8, 128), (128, 32), (32, 8)), ((32, 4), (4, 128), (128, 64))]:
+        a, b, c = (torch.randn(*s, dtype=torch.float64) for s in shapes)
+        assert torch.allclose(_chain(a, b, c), a @ b @ c)
+
+
 def test_projection_loss_is_zero_for_the_projected_teacher(pair):
     teacher, student, proj = pair
     assert proj.loss(teacher, student, "down").item() > 0
