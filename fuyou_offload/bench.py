@@ -26,7 +26,7 @@ from .baseline import InMemoryTrainer
 from .engine import EngineConfig, OffloadEngine, OptimConfig
 from .model import GPTConfig, init_gpt
 from .planner import BlockPlan, Profile, choose_plan, predict_step
-from .profiling import measure_floors
+from .profiling import io_backends, measure_floors
 
 
 def bench_schedules(mcfg: GPTConfig, work_dir: str | Path, *, batch: int = 4, seq: int = 64,
@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--work-dir", default=None, help="offload files (default: a temporary dir under runs/)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--io-backends", action="store_true",
+                    help="also compare the thread pool with io_uring (needs the liburing package)")
     a = ap.parse_args(argv)
     mcfg = GPTConfig(vocab_size=a.vocab, hidden=a.hidden, layers=a.layers, heads=a.heads)
     Path("runs").mkdir(exist_ok=True)
@@ -153,7 +155,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               precision=a.precision, repeats=a.repeats,
                               throttle_bytes_per_s=a.throttle_mb_s * 1e6 if a.throttle_mb_s else None,
                               plan=a.plan, clip=a.clip)
+        if a.io_backends:
+            res["io_backends"] = io_backends(Path(d) / "io", 64 << 20)
     print(format_bench(res))
+    if "io_backends" in res:
+        print("O_DIRECT backends: " + ", ".join(f"{k}={v / 1e9:.2f} GB/s" for k, v in res["io_backends"].items()))
     if a.out:
         Path(a.out).write_text(json.dumps(res, indent=2))
     return res

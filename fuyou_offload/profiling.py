@@ -52,6 +52,72 @@ def ssd_bandwidth(directory: str | os.PathLike, nbytes: int = 64 << 20, *, queue
     return {"ssd_write_bps": _median(w), "ssd_read_bps": _median(r)}
 
 
+def io_backends(directory: str | os.PathLike, nbytes: int = 64 << 20, *, queue_depth: int = 4,
+                request_bytes: int = 4 << 20, repeats: int = 3) -> dict[str, float]:
+    """O_DIRECT bandwidth (bytes/s, median) of the engine's thread pool against io_uring (through the
+    ``liburing`` binding, same queue depth and request size), on the same file and buffer. The engine
+    keeps the thread pool unless io_uring is clearly faster (it was not on this machine)."""
+    import mmap
+
+    directory = check_offload_dir(directory, nbytes)
+    path = Path(directory) / "io_backend_probe.bin"
+    io = IOEngine(queue_depth, request_bytes)
+    f = DirectFile(path, nbytes, io)
+    buf = mmap.mmap(-1, nbytes)
+    buf[:] = os.urandom(4096) * (nbytes // 4096)
+    out: dict[str, list[float]] = {}
+
+    def timed(name, fn):
+        t = time.perf_counter()
+        fn()
+        out.setdefault(name, []).append(nbytes / (time.perf_counter() - t))
+
+    try:
+        wait_all(f.write(0, memoryview(buf)))
+        f.fsync()
+        try:
+            import liburing
+        except ImportError:
+            liburing = None
+        ring = cqe = None
+        if liburing is not None:
+            ring, cqe = liburing.Ring(), liburing.Cqe()
+            liburing.io_uring_queue_init(max(8, 2 * queue_depth), ring)
+
+        def uring(write: bool) -> None:
+            mv, n, i, inflight, done, keep = memoryview(buf), nbytes // request_bytes, 0, 0, 0, []
+            while done < n:
+                while inflight < queue_depth and i < n:
+                    sqe = liburing.io_uring_get_sqe(ring)
+                    iov = liburing.Iovec([mv[i * request_bytes:(i + 1) * request_bytes]])
+                    keep.append(iov)  # the binding needs the iovec alive until completion
+                    prep = liburing.io_uring_prep_writev if write else liburing.io_uring_prep_readv
+                    prep(sqe, f.fd, iov, i * request_bytes)
+                    i, inflight = i + 1, inflight + 1
+                liburing.io_uring_submit(ring)
+                liburing.io_uring_wait_cqe(ring, cqe)
+                ready = liburing.io_uring_cq_ready(ring)
+                for k in range(ready):
+                    if cqe[k].res != request_bytes:
+                        raise OSError(f"io_uring request returned {cqe[k].res}")
+                liburing.io_uring_cq_advance(ring, ready)
+                inflight, done = inflight - ready, done + ready
+
+        for _ in range(repeats):
+            timed("threads_read_bps", lambda: wait_all(f.read(0, memoryview(buf))))
+            timed("threads_write_bps", lambda: (wait_all(f.write(0, memoryview(buf))), f.fsync()))
+            if ring is not None:
+                timed("io_uring_read_bps", lambda: uring(False))
+                timed("io_uring_write_bps", lambda: (uring(True), f.fsync()))
+        if ring is not None:
+            liburing.io_uring_queue_exit(ring)
+    finally:
+        f.close()
+        io.close()
+        path.unlink(missing_ok=True)
+    return {k: _median(v) for k, v in out.items()}
+
+
 def gemm_rate(n: int = 512, dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
     """FLOP/s of an n x n x n matmul (median of ``repeats``)."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)

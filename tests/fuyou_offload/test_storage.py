@@ -90,3 +90,15 @@ def test_full_disk_gives_a_clear_error(tmp_path, monkeypatch):
         wait_all(f.write(0, buf.memview()))
     f.close()
     io.close()
+
+
+def test_io_backend_comparison_measures_the_thread_pool(tmp_path):
+    from fuyou_offload.profiling import io_backends
+
+    res = io_backends(tmp_path, 1 << 20, request_bytes=256 << 10, repeats=1)
+    assert res["threads_read_bps"] > 0 and res["threads_write_bps"] > 0
+    try:
+        import liburing  # noqa: F401
+    except ImportError:
+        return
+    assert res["io_uring_read_bps"] > 0 and res["io_uring_write_bps"] > 0
