@@ -79,3 +79,14 @@ def test_quick_profile_report_with_canned_training(tmp_path, monkeypatch):
     report = rep.quick(ctx)
     assert report.headline.ours == "90.0 / 89.0" and (ctx.out_dir / "quick_curves.png").exists()
     assert any(r.metric == "inference speed-up ours / loop" and r.ours == 2.0 for r in report.rows)
+
+
+def test_training_benchmark_pads_less():
+    from joint_bert_nlu.bench import run_training_benchmark
+
+    from .helpers import synthetic_examples
+
+    res = run_training_benchmark(tiny_model(), tokenizer(), synthetic_examples(8, 0), batch_size=4, n_batches=2,
+                                 repeats=1)
+    assert res["n_sentences"] == 8 and res["reference"]["padded_positions"] == 8 * 50
+    assert res["ours"]["padded_positions"] < res["reference"]["padded_positions"] and res["speedup"] > 0
