@@ -13,11 +13,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from common.checkpoint import ResumeError
 from common.data import DataFormatError, DatasetNotFoundError
+from common.pretrained import PretrainedNotFoundError
 
 T = TypeVar("T")
 
-# Errors caused by the user's input or setup: printed as one line, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (DatasetNotFoundError, DataFormatError, ResumeError)
+# Errors caused by the user's input or setup (missing data or weights, malformed files, a resume conflict):
+# printed as one line, no traceback. Packages subclass these for their own assets.
+USER_ERRORS: tuple[type[BaseException], ...] = (DatasetNotFoundError, DataFormatError, ResumeError,
+                                               PretrainedNotFoundError)
 
 
 def run_dir_from(cfg: DictConfig) -> Path:

@@ -16,27 +16,30 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from common.config import TrainerConfig  # noqa: E402
 from common.reproduce import ProfileContext, ReproReport, Row, run_profiles  # noqa: E402
-from llm_specialization.run import run_domain_ladder, run_kg_fusion, run_knn_lm  # noqa: E402
+from llm_specialization.run import run_domain_ladder, run_kg_fusion, run_knn_lm, run_personalization  # noqa: E402
 
 PROFILES = {
     "smoke": dict(model="tiny", methods=["references", "zero_shot", "lora"], n_test=16, per_class=2, max_tokens=32,
                   use_encoder=False, epochs=1, knn=dict(store_tokens=3000, n_eval_tokens=600, window=64, stride=32,
                                                         sizes=(1000, 3000), ks=(1, 8), lams=(0.0, 0.25),
                                                         temperatures=(1.0,)),
-                  kg=dict(models=("K0-TransE", "K0-DistMult"), kg_epochs=5, max_train=None, epochs=1)),
+                  kg=dict(models=("K0-TransE", "K0-DistMult"), kg_epochs=5, max_train=None, epochs=1),
+                  rec=dict(synthetic=True, epochs=2, llm_users=5)),
     "quick": dict(model="smollm2", methods=["references", "zero_shot", "few_shot", "retrieval"], n_test=200,
                   per_class=32, max_tokens=128, use_encoder=True, epochs=3,
                   knn=dict(store_tokens=30_000, n_eval_tokens=5_000, window=512, stride=256,
                            sizes=(10_000, 30_000), ks=(8, 32, 128), lams=(0.0, 0.1, 0.25, 0.4),
                            temperatures=(1.0, 10.0)),
-                  kg=dict(models=("K0-TransE", "K0-DistMult", "K1", "K2"), kg_epochs=200, max_train=1000, epochs=1)),
+                  kg=dict(models=("K0-TransE", "K0-DistMult", "K1", "K2"), kg_epochs=200, max_train=1000, epochs=1),
+                  rec=dict(synthetic=False, epochs=5, llm_users=50)),
     "full": dict(model="smollm2", methods=["references", "zero_shot", "few_shot", "retrieval", "prompt_tuning",
                                            "lora", "full"], n_test=800, per_class=32, max_tokens=128,
                  use_encoder=True, epochs=3,
                  knn=dict(store_tokens=300_000, n_eval_tokens=20_000, window=512, stride=256,
                           sizes=(10_000, 30_000, 100_000, 300_000), ks=(1, 8, 32, 128, 1024),
                           lams=(0.0, 0.1, 0.25, 0.4, 0.6, 0.8), temperatures=(1.0, 10.0, 100.0)),
-                 kg=dict(models=("K0-TransE", "K0-DistMult", "K1", "K2"), kg_epochs=200, max_train=None, epochs=3)),
+                 kg=dict(models=("K0-TransE", "K0-DistMult", "K1", "K2"), kg_epochs=200, max_train=None, epochs=3),
+                 rec=dict(synthetic=False, epochs=200, llm_users=300)),
 }
 
 SURVEY_CLAIM = ("Ling et al.: more access to the model (black box -> grey -> white) costs more compute and "
@@ -93,12 +96,28 @@ def _profile(ctx: ProfileContext) -> ReproReport:
     kg_results = run_kg_fusion(run_dir=ctx.work_dir / "kg_fusion", trainer_cfg=kg_trainer, resume=ctx.resume,
                                data_dir=ctx.data_dir, kg_epochs=kg_cfg["kg_epochs"], max_train=kg_cfg["max_train"],
                                models=kg_cfg["models"], seed=ctx.seed)
+    rec_cfg = p["rec"]
+    from llm_specialization.personal import synthetic_movielens
+
+    rec_trainer = TrainerConfig(max_epochs=rec_cfg["epochs"], batch_size=256, monitor="valid_NDCG@10",
+                                early_stopping_patience=10, progress_bar=ctx.profile != "smoke", seed=ctx.seed)
+    rec_rows = run_personalization(run_dir=ctx.work_dir / "personalization", trainer_cfg=rec_trainer,
+                                   resume=ctx.resume, model=p["model"], llm_users=rec_cfg["llm_users"],
+                                   movielens=synthetic_movielens() if rec_cfg["synthetic"] else None,
+                                   seed=ctx.seed, show_progress=ctx.profile != "smoke")
     rows = [Row(f"R8 {r.rung}: accuracy / macro-F1", f"{r.accuracy:.3f} / {r.macro_f1:.3f}",
                 note=f"trainable {r.trainable_params:,}; train {r.train_seconds:.0f} s; "
                      f"{r.infer_ms_per_example:.0f} ms/doc") for r in ladder_results]
     rows += [Row(f"UMLS triples {r.model}: accuracy / AUC", f"{r.accuracy:.3f} / {r.auc:.3f}",
                  paper="KG-BERT UMLS link prediction Hits@10 0.990 (other task)" if r.model == "K1" else None,
                  note=f"trainable {r.trainable_params:,}") for r in kg_results]
+    data_name = "synthetic cycles" if rec_cfg["synthetic"] else "MovieLens-100k"
+    for r in rec_rows:
+        full = (f"full HR@10 {r['full_HR@10']:.3f}, NDCG@10 {r['full_NDCG@10']:.3f}; "
+                if "full_HR@10" in r else "")
+        rows.append(Row(f"{data_name} {r['model']}", f"{full}sampled HR@1 {r['sampled_HR@1']:.3f}, "
+                                                     f"NDCG@10 {r['sampled_NDCG@10']:.3f}",
+                        note=f"{r['users']} users. {r['note']}"))
     best = knn["best"]
     rows.append(Row("kNN-LM perplexity: LM -> best interpolation", f"{knn['lm_ppl']:.3f} -> {best['ppl']:.3f}",
                     paper="18.65 -> 16.12 (WikiText-103, 103M-token store)",
@@ -107,11 +126,13 @@ def _profile(ctx: ProfileContext) -> ReproReport:
     notes = (f"Model: {knn['model']}. Survey claim under test: {SURVEY_CLAIM}. The kNN-LM paper number is "
              "context only (another corpus, model and datastore scale). Hu et al.'s claim under test: injecting KG "
              "entity knowledge (K2) helps a text-only encoder (K1); UMLS is small and dense, so the KG-only K0 is "
-             "a strong reference. Not yet built: personalization on MovieLens-100k (see the README).")
+             "a strong reference. Chen et al.'s view under test: an LLM ranks "
+             "items zero-shot from a history; here against Pop and SASRec on the same sampled candidates. TALLRec-style "
+             "rec-tuning is not built yet (see the README).")
     return ReproReport(rows=rows, headline=rows[-1], plots=_plots(ctx, ladder_results, knn), notes=notes,
                        extra={"knn_lm": {k: v for k, v in knn.items() if k != "rows"},
                               "ladder": [r.__dict__ for r in ladder_results],
-                              "kg_fusion": [r.__dict__ for r in kg_results]})
+                              "kg_fusion": [r.__dict__ for r in kg_results], "personalization": rec_rows})
 
 
 if __name__ == "__main__":

@@ -190,3 +190,58 @@ def run_kg_fusion(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg=None,
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "kg_fusion.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
     return results
+
+
+def run_personalization(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg=None, resume: str = "never",
+                        cache_dir: str | Path = ".cache/ml-100k", model: str = "smollm2", llm_users: int = 100,
+                        max_len: int = 50, lr: float = 1e-3, seed: int = 0, movielens=None,
+                        show_progress: bool = True) -> list[dict]:
+    """Pop, SASRec (full ranking and the sampled protocol) and the zero-shot LLM ranker (sampled only)."""
+    import numpy as np
+
+    from common.progress import progress
+    from llm_specialization import personal as P
+
+    seed_everything(seed)
+    ml = movielens or P.read_movielens(P.fetch_movielens(cache_dir))
+    split = P.leave_one_out(ml)
+    cands = P.sampled_candidates(split, ml.n_items, seed=seed)
+    rows = []
+
+    def add(name, full_ranks, sampled_ranks, note=""):
+        row = {"model": name, "note": note, "users": len(sampled_ranks)}
+        if full_ranks is not None:
+            row["full_HR@10"], row["full_NDCG@10"] = P.hr_ndcg(full_ranks, 10)
+        row["sampled_HR@1"] = P.hr_ndcg(sampled_ranks, 1)[0]
+        row["sampled_NDCG@10"] = P.hr_ndcg(sampled_ranks, 10)[1]
+        rows.append(row)
+
+    pop = P.popularity_scores(split, ml.n_items)
+    users = sorted(split.test)
+    add("Pop", [P.rank_of(pop, split.test[u], set(split.train[u]) | {split.valid[u]}) for u in users],
+        [P.sampled_rank(pop[cands[u]]) for u in users])
+
+    torch.manual_seed(seed)
+    sas = P.SASRec(ml.n_items, max_len=max_len)
+    data = P.NextItemDataset(split.train, max_len)
+    trainer = Trainer(trainer_cfg, run_dir / "sasrec", logger_cfg=logger_cfg, resume=resume)
+    trainer.fit(sas, data, P.sasrec_loss, optimizer_fn=lambda m: torch.optim.Adam(m.parameters(), lr=lr),
+                eval_fn=lambda m: {"valid_NDCG@10": P.hr_ndcg(P.sasrec_ranks(m, split, "valid"), 10)[1]})
+    trainer.load_best(sas)
+    with torch.no_grad():
+        sas.eval()
+        hist = {u: split.train[u] + [split.valid[u]] for u in users}
+        scores = {u: sas(torch.tensor([P.pad_left(hist[u], max_len)]))[0].numpy() for u in users}
+    add("SASRec", P.sasrec_ranks(sas, split, "test"), [P.sampled_rank(scores[u][cands[u]]) for u in users])
+
+    if llm_users:
+        lm = load_lm(model)
+        chosen = sorted(np.random.default_rng(seed).choice(users, size=min(llm_users, len(users)), replace=False))
+        for pmi in (False, True):
+            ranks = [P.sampled_rank(P.llm_candidate_scores(lm, ml.titles, hist[u], cands[u], pmi))
+                     for u in progress(chosen, desc=f"LLM ranker{' PMI' if pmi else ''}", enabled=show_progress)]
+            add(f"zero-shot LLM ranker{' (PMI)' if pmi else ''}", None, ranks,
+                note=f"{lm.name}; {len(chosen)} users, sampled candidates only")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "personalization.json").write_text(json.dumps(rows, indent=2))
+    return rows

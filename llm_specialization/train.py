@@ -1,4 +1,4 @@
-"""Hydra shell: python -m llm_specialization.train task=domain_ladder|knn_lm|kg_fusion method=... model=smollm2|tiny"""
+"""Hydra shell: python -m llm_specialization.train task=domain_ladder|knn_lm|kg_fusion|personalization method=... model=smollm2|tiny"""
 
 from __future__ import annotations
 
@@ -9,9 +9,13 @@ from omegaconf import DictConfig, OmegaConf
 
 import common.config  # noqa: F401  (registers trainer/paths/logger/run_layout)
 from common.hydra_utils import report_user_errors, run_dir_from
-from llm_specialization.run import ALL_METHODS, run_domain_ladder, run_kg_fusion, run_knn_lm
-
-PLANNED = {"personalization"}
+from llm_specialization.run import (
+    ALL_METHODS,
+    run_domain_ladder,
+    run_kg_fusion,
+    run_knn_lm,
+    run_personalization,
+)
 
 
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).parent / "conf"), config_name="config")
@@ -19,8 +23,6 @@ PLANNED = {"personalization"}
 def main(cfg: DictConfig) -> None:
     run_dir = run_dir_from(cfg)
     task = cfg.task.name
-    if task in PLANNED:
-        raise SystemExit(f"error: task={task} is not implemented yet (see llm_specialization/README.md)")
     if task == "domain_ladder":
         methods = list(cfg.method) if OmegaConf.is_list(cfg.method) else [str(cfg.method)]
         methods = list(ALL_METHODS) if methods == ["all"] else methods
@@ -47,6 +49,13 @@ def main(cfg: DictConfig) -> None:
                                 models=tuple(t.models), seed=cfg.trainer.seed)
         for r in results:
             print(f"{r.model:12s} acc {r.accuracy:.4f}  AUC {r.auc:.4f}  trainable {r.trainable_params:,}")
+    elif task == "personalization":
+        t = cfg.task
+        rows = run_personalization(run_dir=run_dir, trainer_cfg=cfg.trainer, logger_cfg=cfg.logger, resume=cfg.resume,
+                                   cache_dir=t.cache_dir, model=cfg.model, llm_users=t.llm_users, max_len=t.max_len,
+                                   lr=t.lr, seed=cfg.trainer.seed, show_progress=cfg.trainer.progress_bar)
+        for r in rows:
+            print(r)
     else:
         raise SystemExit(f"error: unknown task {task!r}")
 

