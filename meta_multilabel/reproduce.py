@@ -45,6 +45,7 @@ class Plan:
     methods: list[str]
     seeds: list[int]
     notes: list[str] = field(default_factory=list)
+    tensorboard: bool = True
 
 
 def _reuters(**data) -> DataConfig:
@@ -61,7 +62,7 @@ def smoke_plan(seed: int) -> Plan:
     return Plan(
         datasets={"reuters": DatasetPlan(_reuters(max_train=300, max_test=200), FeaturesConfig(max_features=2000),
                                          ClassifierConfig(lr=0.05, epochs=2), tiny_meta)},
-        methods=["uniform", "meta"], seeds=[seed],
+        methods=["uniform", "meta"], seeds=[seed], tensorboard=False,
         notes=["smoke: 300 Reuters training documents, 2 epochs, 3 meta-episodes; numbers are meaningless."])
 
 
@@ -122,7 +123,7 @@ def run_plan(ctx: ProfileContext, plan: Plan) -> ReproReport:
                     results = payload["results"]
                     history = payload.get("history")
                 else:
-                    with MetricLogger(run_dir) as logger:
+                    with MetricLogger(run_dir, tensorboard=plan.tensorboard) as logger:
                         out = run_method(task, method, dplan.classifier, dplan.meta, run_dir, seed=seed,
                                          resume=ctx.resume, logger=logger, progress_bar=False)
                     history = out.get("_history")
