@@ -268,7 +268,7 @@ class OffloadEngine:
         self.busy = {"compute": 0.0, "optimizer": 0.0}
         self.rollbacks = 0
         self.act_ssd_bytes = 0
-        self.counted = {"activation_ssd_read": 0, "activation_ssd_write": 0}
+        self.counted = {"activation_ssd_read": 0, "activation_ssd_write": 0, "activation_host": 0}
         if self.device.type == "cuda":
             self.h2d = torch.cuda.Stream()
             self.d2h = torch.cuda.Stream()
@@ -575,7 +575,7 @@ class OffloadEngine:
         max_norm = self.ocfg.clip_grad_norm
         t_start = time.perf_counter()
         io0 = self.io.stats.snapshot()
-        self.counted = {"activation_ssd_read": 0, "activation_ssd_write": 0}
+        self.counted = {"activation_ssd_read": 0, "activation_ssd_write": 0, "activation_host": 0}
         self.new_checksums = {}
         self.updates_log: list[tuple[Unit, bool]] = []
         self._inflight: list[Future] = []
@@ -731,6 +731,7 @@ class OffloadEngine:
             "ssd_read_bytes": io1["read_bytes"] - io0["read_bytes"],
             "ssd_write_bytes": io1["write_bytes"] - io0["write_bytes"],
             "activation_ssd_bytes": self.counted["activation_ssd_write"],
+            "activation_host_bytes": self.counted["activation_host"],
             "host_pool_peak_bytes": self.pool.peak_bytes, "tokens": int(tokens.numel()),
             **{f"expected_{k}": v for k, v in self.expected_bytes(self.updates_log).items()},
         }
@@ -755,12 +756,15 @@ class OffloadEngine:
                 write += 3 * r + (align_up(2 * (b - a)) if self.bf16 else 0)
         if self.stores_grads and self.grad_tier == "ssd":
             write += sum(align_up(4 * u.numel) for u in self.units)
-        act = 0
+        act = host = 0
         for p in self.plans:
             sb = stash_bytes(self.mcfg, p, self.batch, self.seq, self.dtype.itemsize)
             act += align_up(sb["ckpt"]) if p.ckpt_tier == "ssd" else 0
             act += align_up(sb["cache"]) if p.cache_tier == "ssd" and p.cached else 0
-        return {"ssd_read_bytes": read + act, "ssd_write_bytes": write + act, "activation_ssd_bytes": act}
+            host += sb["ckpt"] if p.ckpt_tier == "host" else 0
+            host += sb["cache"] if p.cache_tier == "host" and p.cached else 0
+        return {"ssd_read_bytes": read + act, "ssd_write_bytes": write + act, "activation_ssd_bytes": act,
+                "activation_host_bytes": host}
 
     def _drop(self, kept: dict[str, HostBuffer]) -> None:
         for b in kept.values():
@@ -836,6 +840,8 @@ class OffloadEngine:
         result = {}
         for key, (stash, tensors, tier) in parts.items():
             stash.buf = self.pool.alloc(align_up(stash.nbytes), f"act_{tier}")
+            if tier == "host":
+                self.counted["activation_host"] += stash.nbytes
             stash.fill(tensors)
             if tier == "ssd":
                 self._stash_write(stash)

@@ -281,6 +281,8 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
             trainer.close()
     summary = _summary(rows, prediction, trainer.step, schedule)
     summary["rss_at_start_bytes"] = rss_start
+    if rows and cfg.get("plot_loss", True):
+        _plot_losses(run_dir, rows, start)
     info.finish(summary={k: v for k, v in summary.items() if k != "losses"})
     (run_dir / "summary.json").write_text(__import__("json").dumps(summary, indent=2))
     if rows:
@@ -313,6 +315,24 @@ def committed_params(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, t
         eng.close()
 
 
+def _plot_losses(run_dir: Path, rows: list[dict], start: int) -> None:
+    """loss.png: the loss curve and tokens/s of this invocation (metrics.jsonl holds every run's)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = list(range(start + 1, start + 1 + len(rows)))
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax[0].plot(steps, [r["loss"] for r in rows])
+    ax[0].set(xlabel="step", ylabel="loss", title="training loss")
+    ax[1].plot(steps, [r["tokens_per_s"] for r in rows])
+    ax[1].set(xlabel="step", ylabel="tokens/s", title="throughput")
+    fig.subplots_adjust(wspace=0.3, bottom=0.18)
+    fig.savefig(run_dir / "loss.png", dpi=70)
+    plt.close(fig)
+
+
 def _plan_summary(plans: list[BlockPlan]) -> str:
     from collections import Counter
 
@@ -334,7 +354,8 @@ def _summary(rows: list[dict], prediction, step: int, schedule: str) -> dict[str
         "losses": [r["loss"] for r in rows],
     }
     for k in ("ssd_read_bytes", "ssd_write_bytes", "expected_ssd_read_bytes", "expected_ssd_write_bytes",
-              "activation_ssd_bytes", "host_pool_peak_bytes", "rolled_back"):
+              "activation_ssd_bytes", "expected_activation_ssd_bytes", "activation_host_bytes",
+              "expected_activation_host_bytes", "host_pool_peak_bytes", "rolled_back"):
         if k in rows[-1]:
             out[k] = rows[-1][k]
     out["wall_clock_at"] = time.strftime("%Y-%m-%d %H:%M:%S")

@@ -43,6 +43,8 @@ def test_five_steps_equal_in_memory_adamw(tiny_cfg, batches, make_engine, schedu
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-6)
         assert a["ssd_read_bytes"] == a["expected_ssd_read_bytes"]
         assert a["ssd_write_bytes"] == a["expected_ssd_write_bytes"]
+        assert a["activation_ssd_bytes"] == a["expected_activation_ssd_bytes"]
+        assert a["activation_host_bytes"] == a["expected_activation_host_bytes"] > 0
         rolled += a["rolled_back"]
     if clip == 1.0 and schedule == "fuyou":
         assert rolled > 0  # the test really exercised the replay path

@@ -104,9 +104,10 @@ def test_full_disk_mid_step_keeps_the_committed_state(tmp_path, monkeypatch):
 
 
 def test_learns_the_synthetic_cycle(tmp_path):
-    cfg = smoke_cfg(tmp_path, "trainer.max_steps=30", "optim.lr=2e-2", "seq_len=16")
+    cfg = smoke_cfg(tmp_path, "trainer.max_steps=30", "optim.lr=2e-2", "seq_len=16", "plot_loss=true")
     summary = run(cfg, tmp_path / "run")
     assert summary["final_loss"] < 0.3 * summary["first_loss"], summary["losses"]
+    assert (tmp_path / "run" / "loss.png").exists()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["step"] == 30
 
 
