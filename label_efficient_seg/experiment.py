@@ -159,7 +159,13 @@ def _split_indices(n: int, seed: int, fractions=(0.7, 0.1, 0.2)) -> tuple[np.nda
 
 def load_splits(dc: DataConfig, data_dir=None, seed: int = 0) -> Splits:
     """Train / val / test (and the unlabelled DA target) for a data config."""
-    lim = lambda s, n: s if n is None else s.subset(range(min(n, len(s))))
+    def lim(s: D.SegSet, n: int | None) -> D.SegSet:
+        """n images spread evenly over the split (CamVid lists are ordered by sequence: dusk 0001TP
+        first), so a limited run still sees every sequence."""
+        if n is None or n >= len(s):
+            return s
+        return s.subset(np.unique(np.linspace(0, len(s) - 1, n).round().astype(int)))
+
     if dc.dataset == "shapes":
         mk = lambda n, s: D.synthetic_shapes(n, dc.shapes_size, dc.shapes_classes, seed=s)
         splits = Splits(mk(dc.shapes_n, 1000 + seed), mk(max(8, dc.shapes_n // 4), 2000),
