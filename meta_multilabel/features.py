@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,8 +32,14 @@ log = get_logger(__name__)
 class FeatureMatrix:
     """Rows of a dense array or a scipy CSR matrix, handed out as torch batches."""
 
-    def __init__(self, data):
-        self.data = data.tocsr().astype(np.float32) if sp.issparse(data) else np.asarray(data, np.float32)
+    def __init__(self, data, vocab_size: int | None = None):
+        if sp.issparse(data):
+            self.data = data.tocsr().astype(np.float32)
+        elif np.issubdtype(np.asarray(data).dtype, np.integer):  # token ids (features.kind=tokens)
+            self.data = np.asarray(data, np.int64)
+        else:
+            self.data = np.asarray(data, np.float32)
+        self.vocab_size = vocab_size
 
     @property
     def sparse(self) -> bool:
@@ -40,13 +47,14 @@ class FeatureMatrix:
 
     @property
     def dim(self) -> int:
-        return int(self.data.shape[1])
+        """Feature width; for token-id matrices, the vocabulary size (what an embedding layer needs)."""
+        return int(self.vocab_size) if self.vocab_size is not None else int(self.data.shape[1])
 
     def __len__(self) -> int:
         return int(self.data.shape[0])
 
     def rows(self, idx) -> FeatureMatrix:
-        return FeatureMatrix(self.data[np.asarray(idx)])
+        return FeatureMatrix(self.data[np.asarray(idx)], self.vocab_size)
 
     def batch(self, idx, device: torch.device | str = "cpu") -> torch.Tensor:
         part = self.data[np.asarray(idx)]
@@ -83,6 +91,52 @@ def tfidf_features(fit_items: Sequence, all_items: dict[str, Sequence], task: st
         prep = list
     vec.fit(prep(fit_items))
     return {k: FeatureMatrix(vec.transform(prep(v))) for k, v in all_items.items()}
+
+
+# ------------------------------------------------------------------------------------ token ids
+
+PAD, UNK, MENTION_START, MENTION_END = 0, 1, 2, 3
+_TOKEN_RE = re.compile(r"[a-z0-9]+(?:[.'-][a-z0-9]+)*")
+
+
+def _words(item, task: str) -> list[str]:
+    if task == "typing":  # the sentence with the mention marked: ... <m> new york </m> ...
+        m = item
+        return ([t.lower() for t in m.tokens[:m.start]] + ["<m>"] + [t.lower() for t in m.tokens[m.start:m.end]]
+                + ["</m>"] + [t.lower() for t in m.tokens[m.end:]])
+    return _TOKEN_RE.findall(str(item).lower())
+
+
+def token_id_features(fit_items: Sequence, all_items: dict[str, Sequence], task: str, *, max_length: int = 256,
+                      max_vocab: int = 30000, min_df: int = 2) -> dict[str, FeatureMatrix]:
+    """Padded token-id matrices for from-scratch encoders (``classifier=cnn``); vocabulary from D_train.
+
+    Ids 0-3 are padding, unknown, and the mention markers; typing sentences are cut around the mention so
+    that it stays inside ``max_length``.
+    """
+    from collections import Counter
+
+    df = Counter()
+    for it in fit_items:
+        df.update(set(_words(it, task)))
+    kept = [w for w, c in sorted(df.items(), key=lambda x: (-x[1], x[0])) if c >= min_df and w not in ("<m>", "</m>")]
+    vocab = {w: i + 4 for i, w in enumerate(kept[: max_vocab - 4])}
+    vocab["<m>"], vocab["</m>"] = MENTION_START, MENTION_END
+
+    def encode(items):
+        out = np.zeros((len(items), max_length), dtype=np.int64)
+        for r, it in enumerate(items):
+            words = _words(it, task)
+            if task == "typing" and len(words) > max_length:
+                centre = words.index("<m>")
+                start = max(0, min(centre - max_length // 2, len(words) - max_length))
+                words = words[start:start + max_length]
+            ids = [vocab.get(w, UNK) for w in words[:max_length]]
+            out[r, :len(ids)] = ids
+        return out
+
+    size = len(vocab) + 2  # + PAD, UNK
+    return {k: FeatureMatrix(encode(v), vocab_size=size) for k, v in all_items.items()}
 
 
 # ---------------------------------------------------------------------------------------- MiniLM

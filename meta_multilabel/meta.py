@@ -57,7 +57,8 @@ class ClassifierConfig:
     """The base classifier on fixed features and its optimiser."""
 
     name: str = "linear"
-    """linear | mlp | any 'package.module:Class' built as Class(in_dim, num_labels, **kwargs)."""
+    """linear | mlp | cnn (token ids, features=tokens) | any 'package.module:Class' built as
+    Class(in_dim, num_labels, **kwargs)."""
     hidden: int = 256
     dropout: float = 0.1
     lr: float = 1e-3
@@ -157,6 +158,8 @@ def train_epochs(model, optimizer, X: FeatureMatrix, Y: np.ndarray, *, epochs: i
 @torch.no_grad()
 def predict_probs(model, X: FeatureMatrix, batch_size: int = 2048) -> np.ndarray:
     model.eval()
+    if X.data.dtype == np.int64:  # token ids: conv activations are (batch, filters, length)
+        batch_size = min(batch_size, 256)
     out = [torch.sigmoid(model(X.batch(np.arange(s, min(s + batch_size, len(X))))))
            for s in range(0, len(X), batch_size)]
     return torch.cat(out).numpy().astype(np.float64)
@@ -297,7 +300,7 @@ def _episode_generator(seed: int, episode: int) -> torch.Generator:
 
 def new_classifier(task: PreparedTask, cfg: ClassifierConfig, seed: int):
     torch.manual_seed(seed)
-    kwargs = {"hidden": cfg.hidden, "dropout": cfg.dropout} if cfg.name == "mlp" else {}
+    kwargs = {"hidden": cfg.hidden, "dropout": cfg.dropout} if cfg.name in ("mlp", "cnn") else {}
     model = build_classifier(cfg.name, task.X["train"].dim, task.num_labels, **kwargs)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return model, opt

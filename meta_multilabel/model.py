@@ -48,7 +48,29 @@ class MLPHead(nn.Module):
         return self.out(self.drop(F.relu(_linear(x, self.hidden))))
 
 
-CLASSIFIERS = {"linear": LinearHead, "mlp": MLPHead}
+class CNNText(nn.Module):
+    """A from-scratch text CNN (Kim 2014 style) over token ids (``features.kind=tokens``): embeddings,
+    parallel 1-D convolutions of widths 3/4/5 with ReLU and max-over-time pooling, dropout, one logit per
+    label. ``in_dim`` is the vocabulary size; id 0 is padding."""
+
+    def __init__(self, in_dim: int, num_labels: int, hidden: int = 128, dropout: float = 0.1, emb_dim: int = 64,
+                 widths: Sequence[int] = (3, 4, 5)):
+        super().__init__()
+        self.emb = nn.Embedding(in_dim, emb_dim, padding_idx=0)
+        self.convs = nn.ModuleList(nn.Conv1d(emb_dim, hidden, w, padding=w // 2) for w in widths)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden * len(widths), num_labels)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.dtype.is_floating_point or ids.is_sparse:
+            raise TypeError("CNNText takes token ids: use features=tokens")
+        x = self.emb(ids).transpose(1, 2)  # (B, E, T)
+        mask = (ids != 0)[:, None, :]
+        pooled = [F.relu(conv(x))[..., : ids.shape[1]].masked_fill(~mask, 0).amax(-1) for conv in self.convs]
+        return self.out(self.drop(torch.cat(pooled, 1)))
+
+
+CLASSIFIERS = {"linear": LinearHead, "mlp": MLPHead, "cnn": CNNText}
 
 
 def build_classifier(name: str, in_dim: int, num_labels: int, **kwargs) -> nn.Module:

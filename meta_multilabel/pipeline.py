@@ -23,7 +23,7 @@ from meta_multilabel.data import (
     read_typing,
     synthetic_corpus,
 )
-from meta_multilabel.features import FeatureMatrix, cached_minilm, tfidf_features
+from meta_multilabel.features import FeatureMatrix, cached_minilm, tfidf_features, token_id_features
 from meta_multilabel.meta import ClassifierConfig, MetaConfig, PreparedTask, run_baseline, run_meta
 
 log = get_logger(__name__)
@@ -62,7 +62,8 @@ class DataConfig:
 @dataclass
 class FeaturesConfig:
     kind: str = "tfidf"
-    """tfidf (sparse, fitted on D_train) | minilm (frozen all-MiniLM-L6-v2, cached) | raw (synthetic)."""
+    """tfidf (sparse, fitted on D_train) | tokens (padded ids, for classifier=cnn) | minilm (frozen
+    all-MiniLM-L6-v2, cached) | raw (synthetic)."""
     max_features: int = 30000
     min_df: int = 2
     encoder_path: str | None = None
@@ -128,13 +129,17 @@ def prepare_task(data_cfg: DataConfig, feat_cfg: FeaturesConfig, data_dir: str |
     elif feat_cfg.kind == "tfidf":
         X = tfidf_features(d_train.items, {k: v.items for k, v in parts.items()}, corpus.task,
                            max_features=feat_cfg.max_features, min_df=feat_cfg.min_df)
+    elif feat_cfg.kind == "tokens":
+        X = token_id_features(d_train.items, {k: v.items for k, v in parts.items()}, corpus.task,
+                              max_length=feat_cfg.max_length, max_vocab=feat_cfg.max_features,
+                              min_df=feat_cfg.min_df)
     elif feat_cfg.kind == "minilm":
         X = {k: FeatureMatrix(cached_minilm(v.items, corpus.task, feat_cfg.cache_dir,
                                             encoder_path=feat_cfg.encoder_path, max_length=feat_cfg.max_length,
                                             batch_size=feat_cfg.batch_size, progress_bar=progress_bar))
              for k, v in parts.items()}
     else:
-        raise ValueError(f"features.kind must be tfidf, minilm or raw, got {feat_cfg.kind!r}")
+        raise ValueError(f"features.kind must be tfidf, tokens, minilm or raw, got {feat_cfg.kind!r}")
     info = {"corpus": corpus.name, "n_train": len(d_train), "n_meta": len(d_meta), "n_test": len(test),
             "num_labels": corpus.num_labels, "meta_source": meta_source, "features": feat_cfg.kind,
             "feature_dim": X["train"].dim}

@@ -133,3 +133,38 @@ def test_minilm_features_and_label_embeddings():
     assert encode_minilm(["a short document"], "text", progress_bar=False).shape == (1, 384)
     meta = MetaLearner(2, label_init=e)
     assert meta(torch.rand(2, 6), torch.arange(2))[1].shape == (2,)
+
+
+def test_cnn_on_token_ids_learns_keyword_labels():
+    """features=tokens + classifier=cnn: a label per keyword, learnt from scratch in a few epochs."""
+    from meta_multilabel.evaluate import apply_thresholds, micro_f1
+    from meta_multilabel.features import MENTION_START, token_id_features
+    from meta_multilabel.meta import predict_probs, train_epochs
+
+    rng = np.random.default_rng(0)
+    filler = ["the", "market", "said", "today", "shares", "rose", "bank", "oil"]
+    docs, Y = [], []
+    for _ in range(240):
+        y = (rng.random(2) < 0.4).astype(np.uint8)
+        words = list(rng.choice(filler, size=12))
+        for j, kw in enumerate(["wheat", "copper"]):
+            if y[j]:
+                words.insert(int(rng.integers(0, len(words))), kw)
+        docs.append(" ".join(words))
+        Y.append(y)
+    Y = np.array(Y)
+    X = token_id_features(docs[:200], {"train": docs[:200], "test": docs[200:]}, "text", max_length=16)
+    assert X["train"].data.dtype == np.int64 and X["train"].dim == X["train"].vocab_size
+    torch.manual_seed(0)
+    model = build_classifier("cnn", X["train"].dim, 2, hidden=16, dropout=0.0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    train_epochs(model, opt, X["train"], Y[:200], epochs=8, batch_size=32, generator=torch.Generator().manual_seed(0))
+    probs = predict_probs(model, X["test"])
+    assert micro_f1(Y[200:], apply_thresholds(probs, 0.5)) > 0.95
+    with pytest.raises(TypeError, match="token ids"):
+        model(torch.rand(2, 16))
+    from meta_multilabel.data import Mention
+
+    m = Mention(tokens=["In", "New", "York", "."], start=1, end=3, fileid="d", senid=0)
+    ids = token_id_features([m], {"x": [m]}, "typing", max_length=8, min_df=1)["x"].data[0]
+    assert ids[1] == MENTION_START and ids[4] == MENTION_START + 1
