@@ -86,12 +86,12 @@ def test_model_bundle_roundtrip(tmp_path):
 
 @pytest.mark.slow
 def test_end_to_end_memorization(space, tmp_path):
-    """The four nets trained on a few trees, then decoding those trees' roots, recover most of them:
-    the featurizer's training states and the decoder's states agree, and all four nets learn."""
+    """The four nets trained on 80 sampled (QED-filtered) trees, then decoding 40 of those trees' roots,
+    recover a good share of them: training and decoding states agree and all four nets learn."""
     from synthesis_pathways.decode import build_decoder
     from synthesis_pathways.evaluate import plan_targets, summarize
 
-    trees = [t for k in range(4) for t in sample_shard(space, seed=5, shard=k, attempts=40, qed_filter=False)[0]][:60]
+    trees = [t for k in range(3) for t in sample_shard(space, seed=0, shard=k, attempts=100)[0]][:80]
     feat = FeatureConfig(nbits=512, emb_bits=256)
     steps = Featurizer(feat, space.bimolecular_mask()).featurize(trees)
     cfg = NetConfig(hidden={"act": 256, "rt1": 256, "rxn": 256, "rt2": 256}, dropout=0.5, lr=1e-3)
@@ -102,9 +102,8 @@ def test_end_to_end_memorization(space, tmp_path):
         fit_network(net, model, network_data(steps, net, space.n_templates), None, trainer_cfg=tcfg,
                     run_dir=tmp_path / net, lr=1e-3)
     decoder = build_decoder(space, SynNetModel(nets, feat, space.n_templates, cfg))
-    summary = summarize(plan_targets(decoder, [t.root for t in trees[:30]], beam=3, progress_bar=False))
-    random = summarize(plan_targets(build_decoder(space, None, policy="random"), [t.root for t in trees[:30]],
-                                    beam=3, progress_bar=False))
-    # observed here: recovery 2/30 (unfiltered trees, many 6-12 steps deep), similarity 0.39 vs 0.19 random
-    assert summary["recovery_fp"] > 0 and summary["similarity_all"] > random["similarity_all"] + 0.15, (summary, random)
-
+    targets = [t.root for t in trees[:40]]
+    summary = summarize(plan_targets(decoder, targets, beam=3, progress_bar=False))
+    random = summarize(plan_targets(build_decoder(space, None, policy="random"), targets, beam=3, progress_bar=False))
+    print("memorization:", summary, "random policy:", random)
+    assert summary["recovery_fp"] >= 0.3 and summary["similarity_all"] > random["similarity_all"] + 0.3, (summary, random)
