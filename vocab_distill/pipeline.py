@@ -119,6 +119,8 @@ class PipelineConfig:
     tasks: list[str] = field(default_factory=lambda: ["sst2", "snips_intent"])
     finetune_teacher: bool = True
     finetune_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    finetune_teacher_seeds: list[int] | None = None
+    """Seeds for the teacher (null: finetune_seeds); the teacher costs ~20x a student per fine-tuning run."""
     finetune_epochs: int = 3
     finetune_max_steps: int | None = None
     finetune_batch_size: int = 32
@@ -364,7 +366,8 @@ class Pipeline:
             lr = pc.lr_finetune_teacher if name == "teacher" else pc.lr_finetune_student
             for tname, task in tasks.items():
                 runs = []
-                for seed in pc.finetune_seeds:
+                seeds = pc.finetune_teacher_seeds if name == "teacher" and pc.finetune_teacher_seeds else pc.finetune_seeds
+                for seed in seeds:
                     run_dir = self.work / "finetune" / name / tname / f"seed{seed}"
                     done = run_dir / "result.json"
                     if done.exists():
