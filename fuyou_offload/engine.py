@@ -161,9 +161,15 @@ class OpCache(TorchDispatchMode):
         self.keep, self.store, self.replay = keep, store, replay
         self.index = 0
 
+    _recorded: dict = {}  # op overload -> whether it is one of the recorded ops (matmuls, attention core)
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in (aten.mm.default, aten.addmm.default) or "scaled_dot_product" in func.name():
+        hit = OpCache._recorded.get(func)
+        if hit is None:
+            hit = OpCache._recorded[func] = func in (aten.mm.default, aten.addmm.default) or \
+                "scaled_dot_product" in func.name()
+        if hit:
             i = self.index
             self.index += 1
             if i in self.keep:

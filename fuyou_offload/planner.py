@@ -52,6 +52,9 @@ class Profile:
     ssd_write_bps: float = 1e9
     memcpy_bps: float = 10e9
     adam_params_per_s: float = 3e8
+    overhead_s: float = 0.0
+    """Per-step time the model does not explain (Python, thread hand-offs, small requests), calibrated
+    by the profiling step; a constant, so it never moves the argmin."""
 
 
 @dataclass
@@ -139,7 +142,8 @@ def predict_step(cfg: GPTConfig, plans: list[BlockPlan], prof: Profile, *, batch
         tail = opt_s
     terms = {"compute_fwd": compute_fwd, "compute_bwd": compute_bwd, "io_fwd": io_fwd, "io_bwd": io_bwd,
              "optimizer": opt_s, "recompute_flops": f_rec}
-    return StepPrediction(fwd + bwd + tail, fwd, bwd, tail, terms)
+    terms["overhead"] = prof.overhead_s
+    return StepPrediction(fwd + bwd + tail + prof.overhead_s, fwd, bwd, tail, terms)
 
 
 def plan_for_fraction(cfg: GPTConfig, k: int, *, batch: int, seq: int, compute_elem: int,

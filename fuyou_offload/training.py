@@ -158,7 +158,7 @@ def make_plans(cfg, mcfg: GPTConfig, ec: EngineConfig, optim: OptimConfig, batch
     el = 2 if ec.compute_dtype == "bf16" else 4
     free = host_bytes_for_activations(mcfg, ec, optim)
     prof, raw = Profile(), {}
-    profiling_step = ec.schedule == "fuyou" and spec == "auto"
+    profiling_step = 2 if ec.schedule == "fuyou" and spec == "auto" else 0
     if profiling_step or cfg.offload.profile:
         from .profiling import measure_floors
 
@@ -183,6 +183,10 @@ def replan(engine: OffloadEngine, prof: Profile, first: dict, optim: OptimConfig
     f_fwd = mcfg.layers * sum(mcfg.block_matmul_flops(t, seq).values()) + 2.0 * t * mcfg.hidden * mcfg.vocab_size
     f_rec = mcfg.layers * sum(mcfg.block_matmul_flops(t, seq).values())
     prof.flops_per_s = (3 * f_fwd + f_rec) / max(first["compute_s"], 1e-9)
+    # what the profiling step took beyond the model's account of it (Python, hand-offs, small requests)
+    modelled = predict_step(mcfg, engine.plans, prof, batch=batch, seq=seq, compute_elem=el, overlap=engine.cfg.overlap,
+                            clip=bool(optim.clip_grad_norm), grad_tier=engine.grad_tier).total_s - prof.overhead_s
+    prof.overhead_s = max(0.0, first["step_s"] - modelled)
     plans, pred = choose_plan(mcfg, prof, batch=batch, seq=seq, compute_elem=el,
                               host_bytes_free=host_bytes_for_activations(mcfg, engine.cfg, optim),
                               clip=bool(optim.clip_grad_norm), grad_tier=engine.grad_tier)
@@ -220,7 +224,7 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
     logger = MetricLogger.from_config(run_dir, cfg.logger)
     info = write_run_info(run_dir, extra={"schedule": cfg.schedule})
     prediction = None
-    profiling_step = False
+    profiling_step = 0
     if schedule == "in_memory":
         reserve = reserve_bytes(cfg, rss_start)
         need = 16 * mcfg.num_params() + reserve  # fp32 weights, gradients, Adam m and v
@@ -261,8 +265,11 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
             tokens, targets = batch_for_step(stream, step, batch, seq, tr.seed)
             m = trainer.train_step(tokens, targets)
             if schedule != "in_memory" and profiling_step:
-                profiling_step = False
+                # two profiling steps: the first of a process pays one-off warm-up costs
                 m["profiling_step"] = 1
+                profiling_step -= 1
+            if schedule != "in_memory" and m.get("profiling_step") and (not profiling_step or step == tr.max_steps):
+                profiling_step = 0
                 plans, prediction = replan(trainer, prof, m, optim, batch, seq)
                 log.info("profiling step: %.3g FLOP/s; plan for the next steps: %s (predicted %.3fs/step)",
                          prof.flops_per_s, _plan_summary(plans), prediction.total_s)
@@ -343,7 +350,7 @@ def _plan_summary(plans: list[BlockPlan]) -> str:
 def _summary(rows: list[dict], prediction, step: int, schedule: str) -> dict[str, Any]:
     if not rows:
         return {"step": step, "schedule": schedule}
-    steady = rows[1:] or rows
+    steady = [r for r in rows if not r.get("profiling_step")][1:] or rows[1:] or rows  # drop warm-up steps
     med = statistics.median(r["step_s"] for r in steady)
     out = {
         "step": step, "schedule": schedule, "final_loss": rows[-1]["loss"], "first_loss": rows[0]["loss"],
