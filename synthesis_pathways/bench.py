@@ -2,6 +2,7 @@
 Python-callable cosine metric, tree-sampling rate per process and its scaling, featurization rate.
 
     python -m synthesis_pathways.bench --queries 200 --attempts 400
+    python -m synthesis_pathways.bench --rxn-device cuda     # paper-width rxn net throughput (GPU check)
 
 Numbers depend on the load of the machine; the reference's rate (about 58 trees/s for a plain
 single-process sampler on pool A) was measured on an idle core.
@@ -108,7 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attempts", type=int, default=400)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default=None, help="write the numbers as JSON here")
+    p.add_argument("--rxn-device", default=None,
+                   help="only run the paper-width rxn training-throughput check on this device (e.g. cuda)")
     args = p.parse_args(argv)
+    if args.rxn_device:
+        res = {p: rxn_throughput(args.rxn_device, precision=p) for p in ("fp32", "bf16")}
+        print(json.dumps(res, indent=1))
+        return 0
     from .pipeline import load_space
 
     t0 = time.perf_counter()
@@ -127,3 +134,41 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def rxn_throughput(device: str = "cuda", *, batch_size: int = 64, steps: int = 50, precision: str = "fp32") -> dict:
+    """Training throughput of the paper-width rxn net (16,384 -> 3,000 x4 -> 91, 76M parameters) on
+    random sparse-like inputs: the optional GPU check of the issue (rows per second, peak memory)."""
+    import torch
+
+    from common.bench import cuda_peak_bytes
+
+    from .model import MLP
+
+    torch.manual_seed(0)
+    model = MLP(16384, 3000, 91).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = (torch.rand(batch_size, 16384, device=device) < 0.02).float()
+    y = torch.randint(0, 91, (batch_size,), device=device)
+    ctx = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16) if precision == "bf16" \
+        else torch.autocast(device_type=torch.device(device).type, enabled=False)
+
+    def step():
+        with ctx:
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"device": device, "precision": precision, "batch_size": batch_size, "rows_per_second": steps * batch_size / dt,
+            "seconds_per_step": dt / steps, "cuda_peak": format_bytes(cuda_peak_bytes()) if device.startswith("cuda") else None}

@@ -175,3 +175,35 @@ def paper_parameter_counts(n_templates: int = 91) -> dict[str, int]:
 
 def as_numpy(x: torch.Tensor) -> np.ndarray:
     return x.detach().cpu().numpy()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Released ICLR checkpoints (PyTorch Lightning files of SynNet's MLP, whose layers sit in `self.layers`)
+
+
+def import_reference_checkpoint(path: str | os.PathLike, net: str, *, n_templates: int = 91,
+                                num_layers: int = 5) -> MLP:
+    """Load one released SynNet network (act/rt1/rxn/rt2 ``.ckpt``) into our MLP at the paper's widths.
+
+    The reference stores no hyperparameters, so the widths come from the paper's dimension table and
+    every tensor shape is checked against it. Keys ``layers.<i>.<param>`` map to our ``<i>.<param>``
+    (same module order). Not verified against the released files in this repository (they are not in
+    the shared data); verified on synthetic files of that layout.
+    """
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    state = ck.get("state_dict", ck)
+    mapped = {k.removeprefix("layers."): v for k, v in state.items() if k.startswith("layers.")}
+    if not mapped:
+        raise ValueError(f"{path}: no 'layers.*' tensors; keys start with {sorted(state)[:5]}")
+    feat = FeatureConfig()
+    model = MLP(feat.input_dim(net, n_templates), PAPER_HIDDEN[net], feat.output_dim(net, n_templates),
+                num_layers=num_layers)
+    expected = model.state_dict()
+    bad = [f"{k}: {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in mapped.items()
+           if k in expected and v.shape != expected[k].shape]
+    missing = sorted(set(expected) - set(mapped))
+    if bad or missing:
+        raise ValueError(f"{path} does not fit the paper's {net} network: shape mismatches {bad[:3]}, "
+                         f"missing {missing[:3]}")
+    model.load_state_dict(mapped)
+    return model.eval()

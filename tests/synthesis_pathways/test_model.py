@@ -107,3 +107,34 @@ def test_end_to_end_memorization(space, tmp_path):
     random = summarize(plan_targets(build_decoder(space, None, policy="random"), targets, beam=3, progress_bar=False))
     print("memorization:", summary, "random policy:", random)
     assert summary["recovery_fp"] >= 0.3 and summary["similarity_all"] > random["similarity_all"] + 0.3, (summary, random)
+
+
+def test_import_reference_checkpoint(tmp_path, monkeypatch):
+    """A Lightning-style file with SynNet's `layers.*` keys loads; a wrong width is refused."""
+    import synthesis_pathways.model as M
+    from synthesis_pathways.model import import_reference_checkpoint
+
+    # shrink the "paper" widths so the test stays small; the mapping and checks are the same
+    monkeypatch.setattr(M, "PAPER_HIDDEN", {"act": 16, "rt1": 16, "rxn": 16, "rt2": 16})
+    ref = MLP(12288, 16, 4)
+    torch.save({"state_dict": {f"layers.{k}": v for k, v in ref.state_dict().items()}, "epoch": 3}, tmp_path / "act.ckpt")
+    model = import_reference_checkpoint(tmp_path / "act.ckpt", "act")
+    x = torch.rand(2, 12288)
+    ref.eval()
+    assert torch.equal(model(x), ref(x))
+    with pytest.raises(ValueError, match="does not fit"):
+        import_reference_checkpoint(tmp_path / "act.ckpt", "rt1")
+    torch.save({"state_dict": {"foo": torch.zeros(1)}}, tmp_path / "bad.ckpt")
+    with pytest.raises(ValueError, match="no 'layers"):
+        import_reference_checkpoint(tmp_path / "bad.ckpt", "act")
+
+
+@pytest.mark.gpu
+def test_gpu_rxn_throughput():
+    """The optional GPU check: the paper-width rxn net trains on CUDA (rows/s printed)."""
+    from synthesis_pathways.bench import rxn_throughput
+
+    for precision in ("fp32", "bf16"):
+        r = rxn_throughput("cuda", steps=20, precision=precision)
+        print(r)
+        assert r["rows_per_second"] > 0
