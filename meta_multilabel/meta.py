@@ -463,8 +463,9 @@ def run_meta(task: PreparedTask, meta_cfg: MetaConfig, clf_cfg: ClassifierConfig
         test_tau = mean_t.numpy().astype(np.float64) if meta_cfg.learn_thresholds else np.full(L, 0.5)
         score = _select_score(task, probs_meta, test_tau, meta_cfg.select_metric)
         if score > best["score"]:
+            policy_w = mean_w.numpy().astype(np.float64) if meta_cfg.learn_weights else np.ones(L)
             best = {"score": score, "episode": episode, "model": copy.deepcopy(clf.state_dict()),
-                    "tau": test_tau, "w": prev_w.copy(), "mean_w": mean_w.numpy().astype(np.float64) if meta_cfg.learn_weights else np.ones(L)}
+                    "tau": test_tau, "w": prev_w.copy(), "mean_w": policy_w}
         row = {"reward": float(reward_t.mean()), "baseline": float(baseline.mean()), "train/loss": loss,
                "meta/loss": float(meta_loss), "meta/select_score": score,
                "policy/w_mean": float(w.mean()), "policy/w_std": float(w.std()),
