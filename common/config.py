@@ -94,7 +94,12 @@ RUN_LAYOUT: dict[str, Any] = {
     "hydra": {
         "run": {"dir": "${paths.output_dir}/${name}"},
         "sweep": {"dir": "${paths.output_dir}/${name}/multirun", "subdir": "${hydra:job.override_dirname}"},
-        "job": {"chdir": False},
+        "job": {"chdir": False,
+                # Multirun subfolders must not depend on these, so that re-running a sweep with resume=auto
+                # (or a longer budget, or another output root) finds the same folders.
+                "config": {"override_dirname": {"exclude_keys": [
+                    "resume", "paths.output_dir", "paths.data_dir", "trainer.progress_bar", "trainer.max_steps",
+                    "trainer.max_epochs", "trainer.num_threads"]}}},
     },
 }
 

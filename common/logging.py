@@ -12,11 +12,21 @@ from pathlib import Path
 from typing import Any
 
 
+class _FallbackHandler(_pylogging.StreamHandler):
+    """Prints only while the root logger has no handler. Under Hydra (which configures the root logger
+    when the job starts, possibly after this module was imported) records go through the root's handlers
+    alone, so nothing is printed twice; in plain scripts and tests they still reach the console."""
+
+    def emit(self, record: _pylogging.LogRecord) -> None:
+        if not _pylogging.getLogger().handlers:
+            super().emit(record)
+
+
 def get_logger(name: str) -> _pylogging.Logger:
-    """A console logger with one consistent format across packages."""
+    """A console logger with one consistent format across packages (safe to call at import time)."""
     log = _pylogging.getLogger(name)
-    if not log.handlers and not _pylogging.getLogger().handlers:
-        h = _pylogging.StreamHandler()
+    if not any(isinstance(h, _FallbackHandler) for h in log.handlers):
+        h = _FallbackHandler()
         h.setFormatter(_pylogging.Formatter("[%(asctime)s %(name)s] %(message)s", "%H:%M:%S"))
         log.addHandler(h)
         log.setLevel(_pylogging.INFO)

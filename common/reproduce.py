@@ -53,7 +53,8 @@ PACKAGES: list[PackageInfo] = [
                 "fine-tunes models far larger than host RAM by overlapping SSD I/O, CPU Adam and compute",
                 "13B: 156 TFLOPS vs ZeRO-Infinity 45 (RTX 4090)"),
     PackageInfo("scpo_rl", "SCPO (Kuang et al. 2022)",
-                "state-conservative SAC keeps its return under changed dynamics (mass/friction)",
+                "state-conservative SAC keeps its return under changed dynamics (mass/friction): "
+                "robustness-grid average, SCPO vs SAC",
                 "returns per grid cell: not retrieved"),
     PackageInfo("synthesis_pathways", "SynNet (Gao et al. 2022)",
                 "synthetic-tree decoding recovers reachable molecules",

@@ -60,3 +60,30 @@ def test_cli_help_bad_override_and_missing_value():
     assert unknown.returncode == 1 and "trainer.epochs" in unknown.stderr and "Traceback" not in unknown.stderr
     missing = _cli("model.lr=???")
     assert missing.returncode == 1 and "missing required value(s): model.lr" in missing.stderr
+
+
+def test_multirun_dirname_ignores_resume_and_budget_keys():
+    from common.config import RUN_LAYOUT
+
+    excluded = RUN_LAYOUT["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"]
+    assert {"resume", "paths.output_dir", "trainer.max_steps", "trainer.max_epochs"} <= set(excluded)
+
+
+def test_logger_prints_once_with_or_without_root_handlers(capsys):
+    import logging
+
+    from common.logging import get_logger
+
+    log = get_logger("common.test_once")
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    try:
+        root.handlers = []
+        log.info("plain")
+        assert capsys.readouterr().err.count("plain") == 1
+        handler = logging.StreamHandler()  # as Hydra configures the root logger
+        root.addHandler(handler)
+        log.info("hydra")
+        assert capsys.readouterr().err.count("hydra") == 1
+    finally:
+        root.handlers = saved
