@@ -163,6 +163,7 @@ class Pipeline:
                 make_tiny_teacher(tiny, self.teacher_dir / "vocab.txt", seed=trainer_cfg.seed)
             self.teacher_dir = tiny
         self.results: dict = {"stages": {}}
+        self._encoding_cache: dict[int, tuple[list, list]] = {}
         self._check_resume()
         self.work.mkdir(parents=True, exist_ok=True)
 
@@ -317,8 +318,7 @@ class Pipeline:
                                                      max_positions=teacher_cfg.max_position_embeddings))
             distiller = StudentDistiller(student, teacher, kd_weight=self.pc.kd_weight,
                                          temperature=self.pc.kd_temperature)
-        train = codec.encode_all(self.train_texts)
-        held = codec.encode_all(self.eval_texts)
+        train, held = self._encoded(codec)
         cfg = _stage_cfg(self.base, self.pc.stage2_steps, self.pc.pretrain_batch_size, self.pc)
         fit = train_student(distiller, codec, train, held, cfg, out.parent, opts=self.student_opts,
                             resume=self.resume, logger_cfg=self.logger_cfg)
@@ -328,6 +328,12 @@ class Pipeline:
         _json_dump(out / "stage2.json", info)
         self.results["stages"][key] = info
         return out
+
+    def _encoded(self, codec: StudentCodec) -> tuple[list, list]:
+        """Train and held-out segments in ``codec``'s vocabulary, encoded once per pipeline run."""
+        if id(codec) not in self._encoding_cache:
+            self._encoding_cache[id(codec)] = (codec.encode_all(self.train_texts), codec.encode_all(self.eval_texts))
+        return self._encoding_cache[id(codec)]
 
     # ------------------------------------------------------------------ v1 joint schedule
     def joint(self, width: int, teacher0: Path) -> Path:
@@ -347,9 +353,10 @@ class Pipeline:
                                         vectors=self.pc.projection_vectors)
         model = JointDualTraining(mixed, student, proj, alpha=self.pc.alpha, direction=self.pc.direction)
         cfg = _stage_cfg(self.base, self.pc.stage1_steps, self.pc.pretrain_batch_size, self.pc)
-        fit = train_joint(model, self.codec, self.s_codec, self.train_mixed, self.s_codec.encode_all(self.train_texts),
-                          self.s_codec.encode_all(self.eval_texts), cfg, out.parent, opts=self.mixed_opts,
-                          student_lr=self.student_opts.lr, resume=self.resume, logger_cfg=self.logger_cfg)
+        train_s, held_s = self._encoded(self.s_codec)
+        fit = train_joint(model, self.codec, self.s_codec, self.train_mixed, train_s, held_s, cfg, out.parent,
+                          opts=self.mixed_opts, student_lr=self.student_opts.lr, resume=self.resume,
+                          logger_cfg=self.logger_cfg)
         save_bert_folder(student.cpu().eval(), self.student_vocab_file, out)
         info = {"heldout": fit.last_metrics, "steps": fit.step, "seconds": time.time() - t0}
         _json_dump(out / "joint.json", info)
