@@ -49,3 +49,17 @@ def test_prediction_trades_recompute_for_traffic_and_the_scan_takes_the_argmin()
     # overlap never predicts slower than the serial schedule
     serial = predict_step(CFG, none, slow_disk, overlap=False, **kw)
     assert predict_step(CFG, none, slow_disk, overlap=True, **kw).total_s <= serial.total_s
+
+
+def test_buffers_are_sized_to_the_budget_and_refused_below_one_block():
+    from fuyou_offload.memory import HostBudgetError
+    from fuyou_offload.planner import fixed_host_bytes, size_buffers
+
+    big = size_buffers(CFG, 64 << 20, compute_elem=4, grads_all_on_host=False)
+    small = size_buffers(CFG, 30 << 20, compute_elem=4, grads_all_on_host=False)
+    assert big[0] == 2 and small[0] < 2  # less memory: shallower prefetch first
+    for depth, chunk, inflight, need in (big, small):
+        assert need == fixed_host_bytes(CFG, compute_elem=4, depth=depth, chunk_elems=chunk,
+                                        grads_all_on_host=False, inflight=inflight)
+    with pytest.raises(HostBudgetError, match="all fp32 gradients wait in host memory"):
+        size_buffers(CFG, 8 << 20, compute_elem=4, grads_all_on_host=True)

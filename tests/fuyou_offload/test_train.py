@@ -115,3 +115,14 @@ def test_in_memory_schedule_checkpoints_and_resumes(tmp_path):
     run(smoke_cfg(tmp_path, "schedule=in_memory", "trainer.max_steps=2"), tmp_path / "run")
     s2 = run(smoke_cfg(tmp_path, "schedule=in_memory", "trainer.max_steps=3", "resume=auto"), tmp_path / "run")
     assert s2["step"] == 3 and len(s2["losses"]) == 1
+
+
+def test_auto_plan_profiles_then_replans(tmp_path):
+    cfg = smoke_cfg(tmp_path, "offload.plan=auto", "trainer.max_steps=3", "offload.profile_io_bytes=1MiB")
+    summary = run(cfg, tmp_path / "run")
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r.get("profiling_step", 0) for r in rows] == [1, 1, 0]
+    assert summary["predicted_step_s"] > 0
+    last = rows[-1]
+    assert last["ssd_read_bytes"] == last["expected_ssd_read_bytes"]
+    assert last["activation_host_bytes"] == last["expected_activation_host_bytes"]
