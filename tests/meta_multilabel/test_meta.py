@@ -139,6 +139,10 @@ def test_typing_pipeline_end_to_end(tmp_path):
                    progress_bar=False)
     assert {"strict_acc", "loose_macro_f1", "loose_micro_f1"} <= set(out["M"]["test"])
     assert "test_closed_under_parents" in out["M"]
+    from meta_multilabel.plots import plot_policies
+
+    plot_policies(task, out["M"]["weights"], out["M"]["thresholds"], tmp_path / "p.png")
+    assert (tmp_path / "p.png").exists() and (tmp_path / "p_hierarchy.png").exists()
 
 
 def test_baseline_patience_stops_early(tmp_path):
