@@ -82,7 +82,8 @@ def _plans(kind: str, data: dict[str, DataConfig], seeds: list[int]) -> list[Pla
                 P("camvid/scribbles", cam, "scribbles", "camvid/full"),
                 P("kvasir/boxinst", kv, "boxinst", "kvasir/full"),
                 P("kvasir/full", kv, "full", "kvasir/full"),
-                P("camvid/iic", cam, "iic", "camvid/full")]
+                P("camvid/iic", cam, "iic", "camvid/full"),
+                P("camvid/cam_tags", cam, "cam", "camvid/full", tag_crop=16)]
     if kind == "quick":
         return rows
     # full / full3

@@ -64,7 +64,9 @@ def test_reproduce_smoke_profile(tmp_path):
                            argv=["--profile", "smoke", "--reports-dir", str(rep), "--work-dir", str(tmp_path / "w")])
     out = rep / "label_efficient_seg"
     results = json.loads((out / "results.json").read_text())
-    assert results["profile"] == "smoke" and len(results["rows"]) == 5
+    assert results["profile"] == "smoke" and len(results["rows"]) == 6
+    cam = results["extra"]["camvid/cam_tags"]  # the two-stage CAM path ran and scored its pseudo-masks
+    assert 0 <= cam["pseudo_mask_quality_train"]["coverage"] <= 1
     assert (out / "examples_smoke.png").stat().st_size > 0
     assert "% of full supervision" in (out / "report.md").read_text()
 
@@ -94,3 +96,14 @@ def test_resume_at_epoch_boundary_is_exact(tmp_path):
     b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "step_4.pt")["model"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_bench_runs_side_by_side(tmp_path):
+    from label_efficient_seg import bench
+
+    res = bench.run(size=16, batch=2, base=4, repeats=1, methods=["full", "boxinst", "fixmatch"])
+    assert set(res["steps"]) == {"full", "boxinst", "fixmatch"}
+    assert res["steps"]["full"]["ratio_to_full"] == 1.0
+    assert all(r["step_s"] > 0 for r in res["steps"].values())
+    assert "markdown" not in bench.to_markdown(res) and "| boxinst |" in bench.to_markdown(res)
