@@ -186,9 +186,9 @@ def run_profiles(pkg: str, profiles: dict[str, Callable[[ProfileContext], ReproR
         shutil.rmtree(ctx.work_dir)
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    git = git_commit()  # the code that runs: recorded before the (possibly hours-long) profile starts
     t0 = time.time()
     report = profiles[args.profile](ctx)
-    git = git_commit()
     meta = {"command": " ".join(["python -m", f"{pkg}.reproduce"] + [shlex.quote(a) for a in (argv or sys.argv[1:])]),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "hardware": hardware_summary(),
             "commit": git["commit"], "dirty": git["dirty"], "wall_seconds": time.time() - t0}
