@@ -205,11 +205,14 @@ class Pipeline:
         held_out = [t for t, _ in read_sst2("dev", self.data_dir)] + \
                    [t for t, _ in read_nlu_intents("snips", "test", self.data_dir)]
         m = segmentation_match_rate(self.teacher_tok, self.student_tok, held_out)
+        mc = segmentation_match_rate(self.teacher_tok, self.student_tok, self.eval_texts)  # held-out corpus
         self.results["corpus"] = {"summary": stats.summary(), "segments": stats.total_segments,
                                   "words": stats.total_words, "train_segments": len(train_texts),
                                   "eval_segments": n_eval, "per_source_words": stats.words_kept}
         self.results["vocab"] = {"student_vocab_size": self.student_tok.get_vocab_size(),
                                  "word_match_rate": m.word_match_rate, "token_match_rate": m.token_match_rate,
+                                 "corpus_word_match_rate": mc.word_match_rate,
+                                 "corpus_token_match_rate": mc.token_match_rate,
                                  "heldout_words": m.words, "teacher_tokens": m.teacher_tokens,
                                  "student_tokens": m.student_tokens}
         self.codec = MixedVocabCodec(self.teacher_tok, self.student_tok, pc.max_len)

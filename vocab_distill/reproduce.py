@@ -57,6 +57,9 @@ def build_report(results: dict, profile: str, out_dir: Path) -> ReproReport:
         Row("V_t tokens in words V_s segments identically (%)", _pct(results["vocab"]["token_match_rate"]),
             PAPER["match"], "held-out SST-2 dev + SNIPS test text"),
         Row("words segmented identically (%)", _pct(results["vocab"]["word_match_rate"]), None, "same text"),
+        Row("V_t tokens / words segmented identically, held-out corpus segments (%)",
+            f"{_pct(results['vocab']['corpus_token_match_rate'])} / {_pct(results['vocab']['corpus_word_match_rate'])}",
+            PAPER["match"], "corpus segments held out from V_s training"),
     ]
     s0 = stages.get("stage0")
     if s0:
