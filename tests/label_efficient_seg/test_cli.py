@@ -20,27 +20,28 @@ def _run(args, timeout=300):
 
 
 def test_train_smoke_and_resume(tmp_path):
-    out = str(tmp_path)
-    args = ["-m", "label_efficient_seg.train", *TINY, f"paths.output_dir={out}", "name=run", "method=scribbles"]
-    r = _run([*args, "trainer.max_epochs=1"])
-    assert r.returncode == 0, r.stderr[-2000:]
+    """Epoch 1 runs in-process through the library (the same call the shell makes); then the shell itself,
+    in a subprocess, refuses nothing and continues the run with resume=auto to epoch 2."""
+    from common.checkpoint import ResumeError
+    from common.config import LoggerConfig, TrainerConfig
+    from label_efficient_seg.experiment import DataConfig, run_experiment
+
     run = tmp_path / "run"
+    # experiment=smoke with the TINY overrides below, spelled out for the in-process call
+    args = (DataConfig("shapes", crop=16, shapes_n=8, shapes_size=16), {"name": "scribbles"},
+            {"base": 4, "depth": 2}, {"lr": 0.01}, TrainerConfig(max_epochs=1, batch_size=4, progress_bar=False))
+    run_experiment(*args, run, logger_cfg=LoggerConfig(tensorboard=False))
     final = json.loads((run / "final_metrics.json").read_text())
     assert final["method"] == "scribbles" and 0 <= final["score"] <= 1 and final["steps"] == 2
     assert 0 < final["labelled_pixel_share"] < 0.5
     assert any("train/loss" in row for row in read_jsonl(run / "metrics.jsonl"))
-    # the same run directory without resume=auto is refused (checked in-process: no second interpreter)
-    from common.checkpoint import ResumeError
-    from common.config import TrainerConfig
-    from label_efficient_seg.experiment import DataConfig, run_experiment
-
-    with pytest.raises(ResumeError, match="resume=auto"):
-        run_experiment(DataConfig("shapes", crop=16, shapes_n=8, shapes_size=16), {"name": "scribbles"},
-                       {"base": 4, "depth": 2}, None, TrainerConfig(max_epochs=1, batch_size=4, progress_bar=False),
-                       run)
-    # resume=auto continues from the epoch-1 checkpoint to epoch 2
-    cont = _run([*args, "trainer.max_epochs=2", "resume=auto"])
+    assert any("val/score" in row for row in read_jsonl(run / "metrics.jsonl"))
+    with pytest.raises(ResumeError, match="resume=auto"):  # the same run directory without resume=auto
+        run_experiment(*args, run, logger_cfg=LoggerConfig(tensorboard=False))
+    cont = _run(["-m", "label_efficient_seg.train", *TINY, f"paths.output_dir={tmp_path}", "name=run",
+                 "method=scribbles", "trainer.max_epochs=2", "resume=auto"])
     assert cont.returncode == 0, cont.stderr[-2000:]
+    assert "scribbles on shapes: test miou" in cont.stdout
     assert json.loads((run / "final_metrics.json").read_text())["steps"] == 4
 
 

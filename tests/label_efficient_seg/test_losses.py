@@ -133,7 +133,7 @@ def test_boxinst_loss_terms_and_padding():
     out = L.boxinst_loss(logits, box, sim, warmup_factor=0.5)
     assert {"loss", "loss_bg", "loss_proj", "loss_pair", "pairs", "warmup"} <= set(out)
     expect = out["loss_bg"] + out["loss_proj"] + 0.5 * out["loss_pair"]
-    assert float(out["loss"]) == pytest.approx(float(expect), rel=1e-6)
+    assert float(out["loss"].detach()) == pytest.approx(float(expect), rel=1e-6)
     out["loss"].backward()
     assert torch.isfinite(logits.grad).all()
     with pytest.raises(ValueError):
