@@ -51,7 +51,7 @@ class PipelineStyleLoop:
             intent, _, slots = self.model.decode(enc["input_ids"], enc["attention_mask"], word_index,
                                                  torch.ones_like(word_index, dtype=torch.bool))
             tags = [vocab.slots[s] for s in slots[0]] + ["O"] * (len(words) - len(slots[0]))
-            out.append((vocab.intents[int(intent[0])], tags))
+            out.append((intent[0], tags))
         return out
 
 

@@ -24,6 +24,8 @@ from common.data import DataFormatError, dataset_path
 
 PAD_LABEL = "PAD"
 UNK_LABEL = "UNK"
+MULTI_INTENT_SEP = "#"
+"""ATIS joins co-occurring intents with '#' (``atis_flight#atis_airfare``)."""
 IGNORE_INDEX = -100
 """Slot label of padded or truncated word positions (never enters the loss)."""
 
@@ -97,6 +99,21 @@ class LabelVocab:
             return cls(intents, slots)
         except ValueError as e:
             raise DataFormatError(intent_file if "intent" in str(e) else slot_file, str(e)) from None
+
+    def multi_label(self) -> LabelVocab:
+        """The vocabulary of the multi-label intent mode: UNK + every atomic intent, sorted.
+
+        ``atis_flight#atis_airfare`` becomes the two labels ``atis_flight`` and ``atis_airfare``.
+        """
+        atoms = sorted({a for intent in self.intents[1:] for a in intent.split(MULTI_INTENT_SEP)})
+        return LabelVocab([UNK_LABEL] + atoms, list(self.slots))
+
+    def intent_multi_hot(self, intent: str) -> list[float]:
+        """Multi-label target: 1 for each '#'-separated atom (unseen atoms set the UNK position)."""
+        target = [0.0] * self.num_intents
+        for atom in intent.split(MULTI_INTENT_SEP):
+            target[self.intent_id(atom)] = 1.0
+        return target
 
     def to_dict(self) -> dict[str, list[str]]:
         return {"intents": list(self.intents), "slots": list(self.slots)}
@@ -215,21 +232,26 @@ def _tokenizes_empty(tokenizer, word: str) -> bool:
     return len(tokenizer(word, add_special_tokens=False)["input_ids"]) == 0
 
 
-def encode_example(tokenizer, example: NLUExample, vocab: LabelVocab, max_length: int = 50) -> dict:
-    """Model features of one example (lists, padded later by :func:`collate`)."""
+def encode_example(tokenizer, example: NLUExample, vocab: LabelVocab, max_length: int = 50,
+                   multi_label: bool = False) -> dict:
+    """Model features of one example (lists, padded later by :func:`collate`).
+
+    ``intent_label`` is a class id, or with ``multi_label`` a multi-hot list over ``vocab.intents``.
+    """
     feats = align_words(tokenizer, example.words, max_length)
     n = len(feats["word_index"])
     feats["slot_labels"] = [vocab.slot_id(t) for t in example.tags[:n]]
-    feats["intent_label"] = vocab.intent_id(example.intent)
+    feats["intent_label"] = vocab.intent_multi_hot(example.intent) if multi_label else vocab.intent_id(example.intent)
     return feats
 
 
 class EncodedDataset(torch.utils.data.Dataset):
     """Examples encoded once up front (ATIS: ~1 s); nothing is cached on disk."""
 
-    def __init__(self, examples: Sequence[NLUExample], tokenizer, vocab: LabelVocab, max_length: int = 50):
+    def __init__(self, examples: Sequence[NLUExample], tokenizer, vocab: LabelVocab, max_length: int = 50,
+                 multi_label: bool = False):
         self.examples = list(examples)
-        self.features = [encode_example(tokenizer, ex, vocab, max_length) for ex in self.examples]
+        self.features = [encode_example(tokenizer, ex, vocab, max_length, multi_label) for ex in self.examples]
 
     def __len__(self) -> int:
         return len(self.features)
@@ -257,7 +279,9 @@ def collate(features: Sequence[dict], pad_token_id: int = 0, pad_to: int | None 
     has_labels = "slot_labels" in features[0]
     if has_labels:
         batch["slot_labels"] = torch.full((len(features), n_words), IGNORE_INDEX, dtype=torch.long)
-        batch["intent_label"] = torch.tensor([f["intent_label"] for f in features], dtype=torch.long)
+        multi_hot = isinstance(features[0]["intent_label"], list)
+        batch["intent_label"] = torch.tensor([f["intent_label"] for f in features],
+                                             dtype=torch.float if multi_hot else torch.long)
     for i, f in enumerate(features):
         n, w = len(f["input_ids"]), len(f["word_index"])
         batch["input_ids"][i, :n] = torch.tensor(f["input_ids"])

@@ -6,6 +6,9 @@
   tag lists against the **original gold strings** (an unseen gold tag is an ordinary missed chunk, not
   a bogus "UNK" chunk). Predictions never contain PAD or UNK (the model masks them).
 * Sentence (semantic-frame) accuracy: intent correct and every word's tag equal to gold.
+
+In the (non-paper) multi-label intent mode an intent is correct when the predicted set of '#'-joined
+atomic intents equals the gold set.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from seqeval.metrics import f1_score, precision_score, recall_score
 
-from .data import EncodedDataset, NLUExample, collate
+from .data import MULTI_INTENT_SEP, EncodedDataset, NLUExample, collate
 
 
 def _check_lengths(gold, pred, what: str) -> None:
@@ -24,9 +27,16 @@ def _check_lengths(gold, pred, what: str) -> None:
         raise ValueError(f"{what}: {len(gold)} gold vs {len(pred)} predicted sentences")
 
 
-def intent_accuracy(gold: Sequence[str], pred: Sequence[str]) -> float:
+def _same_intent(gold: str, pred: str, multi_label: bool) -> bool:
+    """Exact string match (atomic classes); in the multi-label mode, equal sets of '#' atoms."""
+    if multi_label:
+        return set(gold.split(MULTI_INTENT_SEP)) == set(pred.split(MULTI_INTENT_SEP))
+    return gold == pred
+
+
+def intent_accuracy(gold: Sequence[str], pred: Sequence[str], multi_label: bool = False) -> float:
     _check_lengths(gold, pred, "intent_accuracy")
-    return sum(g == p for g, p in zip(gold, pred)) / max(1, len(gold))
+    return sum(_same_intent(g, p, multi_label) for g, p in zip(gold, pred)) / max(1, len(gold))
 
 
 def slot_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, float]:
@@ -42,18 +52,18 @@ def slot_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) ->
             "slot_f1": float(f1_score(gold, pred, zero_division=0))}
 
 
-def sentence_accuracy(gold_intents, pred_intents, gold_tags, pred_tags) -> float:
+def sentence_accuracy(gold_intents, pred_intents, gold_tags, pred_tags, multi_label: bool = False) -> float:
     _check_lengths(gold_intents, pred_intents, "sentence_accuracy")
     _check_lengths(gold_tags, pred_tags, "sentence_accuracy")
-    ok = [gi == pi and list(gt) == list(pt)
+    ok = [_same_intent(gi, pi, multi_label) and list(gt) == list(pt)
           for gi, pi, gt, pt in zip(gold_intents, pred_intents, gold_tags, pred_tags)]
     return sum(ok) / max(1, len(ok))
 
 
-def compute_metrics(gold_intents, pred_intents, gold_tags, pred_tags) -> dict[str, float]:
-    out = {"intent_acc": intent_accuracy(gold_intents, pred_intents)}
+def compute_metrics(gold_intents, pred_intents, gold_tags, pred_tags, multi_label: bool = False) -> dict[str, float]:
+    out = {"intent_acc": intent_accuracy(gold_intents, pred_intents, multi_label)}
     out.update(slot_scores(gold_tags, pred_tags))
-    out["sentence_acc"] = sentence_accuracy(gold_intents, pred_intents, gold_tags, pred_tags)
+    out["sentence_acc"] = sentence_accuracy(gold_intents, pred_intents, gold_tags, pred_tags, multi_label)
     return out
 
 
@@ -80,10 +90,10 @@ def predict_encoded(model, dataset: EncodedDataset, batch_size: int = 64, device
         idx = order[start:start + batch_size]
         batch = collate([dataset[i] for i in idx], pad_token_id=pad_token_id)
         batch = {k: v.to(device) for k, v in batch.items()}
-        intent_ids, conf, slot_ids = model.decode(**batch)
+        batch_intents, conf, slot_ids = model.decode(**batch)
         for j, i in enumerate(idx):
-            intents[i] = vocab.intents[int(intent_ids[j])]
-            confs[i] = float(conf[j])
+            intents[i] = batch_intents[j]
+            confs[i] = conf[j]
             n_words = len(dataset.examples[i].words)
             word_tags = [vocab.slots[s] for s in slot_ids[j]]
             tags[i] = word_tags + ["O"] * (n_words - len(word_tags))
@@ -96,5 +106,5 @@ def evaluate_examples(model, dataset: EncodedDataset, batch_size: int = 64, devi
     """All metrics of ``model`` on an encoded split, scored against the original gold strings."""
     preds = predict_encoded(model, dataset, batch_size, device, pad_token_id)
     examples: list[NLUExample] = dataset.examples
-    return compute_metrics([e.intent for e in examples], preds.intents,
-                           [list(e.tags) for e in examples], preds.tags)
+    return compute_metrics([e.intent for e in examples], preds.intents, [list(e.tags) for e in examples],
+                           preds.tags, multi_label=model.config.intent_mode == "multi_label")

@@ -64,13 +64,12 @@ class JointNLUPredictor:
             idx = order[s:s + self.batch_size]
             batch = collate([feats[i] for i in idx], pad_token_id=self.tokenizer.pad_token_id or 0)
             batch = {k: v.to(device) for k, v in batch.items()}
-            intent_ids, conf, slot_ids = self.model.decode(**batch)
+            intents, conf, slot_ids = self.model.decode(**batch)
             for j, i in enumerate(idx):
                 words, offsets = split[i]
                 tags = [vocab.slots[t] for t in slot_ids[j]]
                 tags += ["O"] * (len(words) - len(tags))
-                results[i] = {"text": texts[i], "intent": vocab.intents[int(intent_ids[j])],
-                              "confidence": round(float(conf[j]), 6),
+                results[i] = {"text": texts[i], "intent": intents[j], "confidence": round(conf[j], 6),
                               "slots": spans_from_tags(texts[i], offsets, tags), "tags": tags}
         return results
 

