@@ -108,3 +108,123 @@ def exact_top_k(queries: torch.Tensor, keys: torch.Tensor, k: int) -> tuple[torc
     """Exact cosine/inner-product nearest neighbours by one matrix product: (scores, indices), (Q, k)."""
     sims = queries @ keys.T
     return sims.topk(min(k, keys.shape[0]), dim=-1)
+
+
+# ----------------------------------------------------------------------------------------- save / load
+def file_sha256(path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_lm(lm: LM, folder, base_file=None) -> None:
+    """Save a (fine-tuned or dequantized) LM as safetensors plus its tokenizer when it has one.
+
+    transformers cannot write GGUF, so the weights go to safetensors; ``base_file`` (the GGUF the weights
+    came from) is recorded with its sha256 in ``lm_source.json``.
+    """
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = lm.model
+    if getattr(model, "hf_quantizer", None) is not None:  # loaded from GGUF: a plain copy is serializable
+        from transformers import AutoModelForCausalLM
+
+        cfg = model.config.__class__.from_dict(
+            {k: v for k, v in model.config.to_dict().items() if k != "quantization_config"})
+        plain = AutoModelForCausalLM.from_config(cfg, dtype=next(model.parameters()).dtype)
+        plain.load_state_dict(model.state_dict())
+        model = plain
+    model.save_pretrained(folder, safe_serialization=True)
+    if hasattr(lm.tokenizer, "save_pretrained"):
+        lm.tokenizer.save_pretrained(folder)
+    source = {"name": lm.name, "tokenizer": "saved" if hasattr(lm.tokenizer, "save_pretrained") else "byte"}
+    if base_file is not None:
+        source.update(base_file=Path(base_file).name, base_sha256=file_sha256(base_file))
+    (folder / "lm_source.json").write_text(json.dumps(source, indent=2))
+
+
+def load_saved_lm(folder, dtype: torch.dtype = torch.float32) -> LM:
+    """Inverse of :func:`save_lm` (local files only)."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(folder)
+    meta_path = folder / "lm_source.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{folder} is not a folder written by save_lm (no lm_source.json)")
+    meta = json.loads(meta_path.read_text())
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True).eval()
+    tok = (ByteTokenizer() if meta["tokenizer"] == "byte"
+           else AutoTokenizer.from_pretrained(folder, local_files_only=True))
+    return LM(model, tok, meta["name"])
+
+
+# ----------------------------------------------------------------------------------------- reference forward
+@torch.no_grad()
+def gguf_reference_logits(path, input_ids: list[int]) -> torch.Tensor:
+    """A LLaMA forward written directly over the GGUF tensors (dequantized by the ``gguf`` package), with no
+    transformers code: the reference the loader is checked against. Returns (T, V) fp32 logits.
+
+    llama.cpp's converter permutes the q/k rows so that RoPE rotates adjacent pairs (2i, 2i+1); this forward
+    uses that layout as stored (transformers un-permutes on load and rotates halves instead).
+    """
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(str(path))
+
+    def field(name):
+        f = reader.fields[name]
+        return f.parts[f.data[0]].tolist()[0]
+
+    tensors = {}
+    for t in reader.tensors:
+        arr = gguf.quants.dequantize(t.data, t.tensor_type)
+        tensors[t.name] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).reshape(
+            tuple(reversed([int(s) for s in t.shape])))
+    n_layers, n_heads = field("llama.block_count"), field("llama.attention.head_count")
+    n_kv, eps = field("llama.attention.head_count_kv"), field("llama.attention.layer_norm_rms_epsilon")
+    theta = field("llama.rope.freq_base")
+    emb = tensors["token_embd.weight"]  # (V, d)
+    d = emb.shape[1]
+    hd = d // n_heads
+    T = len(input_ids)
+
+    def rms(x, w):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+    inv = theta ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None]  # (T, hd/2)
+    cos, sin = ang.cos().float(), ang.sin().float()
+
+    def rope(x):  # (H, T, hd), adjacent pairs
+        a, b = x[..., 0::2], x[..., 1::2]
+        return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
+
+    causal = torch.full((T, T), float("-inf")).triu(1)
+    x = emb[torch.tensor(input_ids)]
+    for i in range(n_layers):
+        p = f"blk.{i}."
+        h = rms(x, tensors[p + "attn_norm.weight"])
+        q = (h @ tensors[p + "attn_q.weight"].T).view(T, n_heads, hd).transpose(0, 1)
+        k = (h @ tensors[p + "attn_k.weight"].T).view(T, n_kv, hd).transpose(0, 1)
+        v = (h @ tensors[p + "attn_v.weight"].T).view(T, n_kv, hd).transpose(0, 1)
+        q, k = rope(q), rope(k)
+        k, v = k.repeat_interleave(n_heads // n_kv, 0), v.repeat_interleave(n_heads // n_kv, 0)
+        att = ((q @ k.transpose(1, 2)) / hd ** 0.5 + causal).softmax(-1)
+        x = x + (att @ v).transpose(0, 1).reshape(T, d) @ tensors[p + "attn_output.weight"].T
+        h = rms(x, tensors[p + "ffn_norm.weight"])
+        gate = torch.nn.functional.silu(h @ tensors[p + "ffn_gate.weight"].T)
+        x = x + (gate * (h @ tensors[p + "ffn_up.weight"].T)) @ tensors[p + "ffn_down.weight"].T
+    x = rms(x, tensors["output_norm.weight"])
+    head = tensors.get("output.weight", emb)  # tied embeddings when there is no output tensor
+    return x @ head.T

@@ -320,3 +320,47 @@ def test_llm_ranker_scores_every_candidate(lm):
     s = llm_candidate_scores(lm, titles, [1, 2], [3, 4, 5])
     p = llm_candidate_scores(lm, titles, [1, 2], [3, 4, 5], pmi=True)
     assert s.shape == (3,) and p.shape == (3,) and not (s == p).all()
+
+
+# ----------------------------------------------------------------------------------------- GGUF loader
+def test_tiny_lm_save_load_round_trip_keeps_logits(tmp_path):
+    from llm_specialization.models import load_saved_lm, save_lm
+
+    lm = tiny_llama(hidden=32, layers=2, seed=3)
+    base = tmp_path / "base.bin"
+    base.write_bytes(b"pretend base weights")
+    save_lm(lm, tmp_path / "saved", base_file=base)
+    back = load_saved_lm(tmp_path / "saved")
+    ids = torch.tensor([lm.tokenizer.encode("Topic: crude oil")])
+    with torch.no_grad():
+        torch.testing.assert_close(back.model(input_ids=ids).logits, lm.model(input_ids=ids).logits, rtol=0, atol=0)
+    import json
+
+    meta = json.loads((tmp_path / "saved" / "lm_source.json").read_text())
+    import hashlib
+
+    assert meta["base_sha256"] == hashlib.sha256(b"pretend base weights").hexdigest()
+    with pytest.raises(FileNotFoundError, match="lm_source.json"):
+        load_saved_lm(tmp_path)
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_loader_matches_reference_forward_and_round_trips(tmp_path):
+    """SmolLM2 from GGUF (transformers) vs a LLaMA forward written over the gguf package's dequantized
+    tensors, then save (safetensors) / load: about 2 min on 2 busy cores, hence slow."""
+    from common.pretrained import smollm2_gguf_path
+    from llm_specialization.models import gguf_reference_logits, load_saved_lm, load_smollm2, save_lm
+
+    lm = load_smollm2()
+    ids = lm.tokenizer("Reuters - Oil prices rose on Monday after", add_special_tokens=False).input_ids
+    with torch.no_grad():
+        logits = lm.model(input_ids=torch.tensor([ids])).logits[0]
+    ref = gguf_reference_logits(smollm2_gguf_path(), ids)
+    assert logits.shape == (len(ids), 49152)
+    torch.testing.assert_close(logits, ref, rtol=1e-4, atol=1e-3)
+    assert torch.equal(logits.argmax(-1), ref.argmax(-1))
+    save_lm(lm, tmp_path / "smollm2", base_file=smollm2_gguf_path())
+    back = load_saved_lm(tmp_path / "smollm2")
+    assert back.tokenizer("Reuters - Oil prices rose on Monday after", add_special_tokens=False).input_ids == ids
+    with torch.no_grad():
+        assert torch.equal(back.model(input_ids=torch.tensor([ids])).logits[0], logits)
