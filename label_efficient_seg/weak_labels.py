@@ -5,7 +5,8 @@ draws random numbers, an ``np.random.Generator``, so a (seed, image index) pair 
 label. Sparse labels (scribbles, points) are returned as *partial label maps*: the class on annotated
 pixels and ``IGNORE_INDEX`` everywhere else, which is exactly what partial cross-entropy consumes.
 
-Annotation costs (seconds per image, from the literature the survey cites; written beside the results):
+Annotation costs (seconds per image, recalled from the literature the survey cites and not verified here;
+written beside the results only to order the label types by cost):
 full polygon masks ~ 239 s/image on VOC-like scenes (Bearman et al. 2016), image tags ~ 20 s, points
 ~ 22 s, scribbles ~ 30-35 s (Lin et al. 2016), boxes ~ 7 s per object (Papadopoulos et al. 2017).
 """
