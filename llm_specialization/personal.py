@@ -169,12 +169,24 @@ def hr_ndcg(ranks: list[int], k: int = 10) -> tuple[float, float]:
     return float(hit.mean()), float(np.where(hit, 1.0 / np.log2(r + 2), 0.0).mean())
 
 
-def sampled_candidates(split: LeaveOneOut, n_items: int, n_neg: int = 19, seed: int = 0) -> dict[int, list[int]]:
-    """Per user: the test item and n_neg random items the user never interacted with (fixed by the seed)."""
+def same_title_items(titles: dict[int, str] | None) -> dict[int, set[int]]:
+    """item -> the other items with the same title (MovieLens-100k lists a few films twice, e.g. 246/268
+    'Chasing Amy'): an LLM cannot tell them apart, so they never serve as negatives for each other."""
+    by_title: dict[str, set[int]] = {}
+    for i, t in (titles or {}).items():
+        by_title.setdefault(t, set()).add(i)
+    return {i: ids - {i} for ids in by_title.values() if len(ids) > 1 for i in ids}
+
+
+def sampled_candidates(split: LeaveOneOut, n_items: int, n_neg: int = 19, seed: int = 0,
+                       titles: dict[int, str] | None = None) -> dict[int, list[int]]:
+    """Per user: the test item and n_neg random items the user never interacted with (fixed by the seed);
+    with ``titles``, items sharing the positive's title are left out of its candidate set."""
     rng = np.random.default_rng(seed)
+    dup = same_title_items(titles)
     out = {}
     for u in sorted(split.test):
-        seen = set(split.train[u]) | {split.valid[u], split.test[u]}
+        seen = set(split.train[u]) | {split.valid[u], split.test[u]} | dup.get(split.test[u], set())
         pool = [i for i in range(1, n_items + 1) if i not in seen]
         if len(pool) < n_neg:
             raise ValueError(f"user {u} has only {len(pool)} unseen items; cannot sample {n_neg} negatives")
@@ -243,8 +255,10 @@ def sasrec_loss(model, batch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sasrec_ranks(model: SASRec, split: LeaveOneOut, stage: str = "test", batch_size: int = 256) -> list[int]:
-    """Full-ranking rank of the held-out item per user; history items are excluded from the ranking."""
+def sasrec_ranks(model: SASRec, split: LeaveOneOut, stage: str = "test", batch_size: int = 256,
+                 same_title: dict[int, set[int]] | None = None) -> list[int]:
+    """Full-ranking rank of the held-out item per user; history items (and, given ``same_title``, other
+    items with the held-out item's title) are excluded from the ranking."""
     model.eval()
     users = sorted(split.test)
     ranks = []
@@ -255,7 +269,7 @@ def sasrec_ranks(model: SASRec, split: LeaveOneOut, stage: str = "test", batch_s
         for u, h, s in zip(us, hist, scores):
             s[0] = -np.inf
             target = split.test[u] if stage == "test" else split.valid[u]
-            ranks.append(rank_of(s, target, set(h)))
+            ranks.append(rank_of(s, target, set(h) | (same_title or {}).get(target, set())))
     return ranks
 
 

@@ -205,7 +205,8 @@ def run_personalization(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg
     seed_everything(seed)
     ml = movielens or P.read_movielens(P.fetch_movielens(cache_dir))
     split = P.leave_one_out(ml)
-    cands = P.sampled_candidates(split, ml.n_items, seed=seed)
+    cands = P.sampled_candidates(split, ml.n_items, seed=seed, titles=ml.titles)
+    dup = P.same_title_items(ml.titles)
     rows = []
 
     def add(name, full_ranks, sampled_ranks, note=""):
@@ -218,7 +219,8 @@ def run_personalization(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg
 
     pop = P.popularity_scores(split, ml.n_items)
     users = sorted(split.test)
-    add("Pop", [P.rank_of(pop, split.test[u], set(split.train[u]) | {split.valid[u]}) for u in users],
+    add("Pop", [P.rank_of(pop, split.test[u], set(split.train[u]) | {split.valid[u]} | dup.get(split.test[u], set()))
+                for u in users],
         [P.sampled_rank(pop[cands[u]]) for u in users])
 
     torch.manual_seed(seed)
@@ -232,7 +234,7 @@ def run_personalization(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg
         sas.eval()
         hist = {u: split.train[u] + [split.valid[u]] for u in users}
         scores = {u: sas(torch.tensor([P.pad_left(hist[u], max_len)]))[0].numpy() for u in users}
-    add("SASRec", P.sasrec_ranks(sas, split, "test"), [P.sampled_rank(scores[u][cands[u]]) for u in users])
+    add("SASRec", P.sasrec_ranks(sas, split, "test", same_title=dup), [P.sampled_rank(scores[u][cands[u]]) for u in users])
 
     if llm_users:
         lm = load_lm(model)
@@ -244,4 +246,63 @@ def run_personalization(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg
                 note=f"{lm.name}; {len(chosen)} users, sampled candidates only")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "personalization.json").write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def run_rec_tuning(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg=None, resume: str = "never",
+                   cache_dir: str | Path = ".cache/ml-100k", model: str = "smollm2", build: str = "parity",
+                   template: str = "alpaca", history: int = 10, max_records: int = 10_000, n_train: int = 64,
+                   n_valid: int = 200, n_test: int = 1000, lr: float = 1e-4, lora_r: int = 8,
+                   lora_alpha: int = 16, lora_dropout: float = 0.05, train_on_inputs: bool = False,
+                   eval_batch_size: int = 8, seed: int = 0, movielens=None) -> list[dict]:
+    """TALLRec-style rec-tuning (protocol B): baselines, zero-shot LLM and LoRA(q/v) rec-tuned LLM, AUC each.
+
+    The LoRA model trains through the shared trainer with validation AUC as its monitor (early stopping
+    when trainer.early_stopping_patience is set) and is tested from its best checkpoint.
+    """
+    from llm_specialization import personal as P
+    from llm_specialization import rectune as R
+
+    seed_everything(seed)
+    ml = movielens or P.read_movielens(P.fetch_movielens(cache_dir))
+    examples = R.build_examples(ml, history, max_records)
+    train_all, valid_all, test_all = R.split_examples(examples, build, seed)
+    train = R.sample(train_all, n_train, seed)
+    valid, test = R.sample(valid_all, n_valid, seed + 1), R.sample(test_all, n_test, seed + 2)
+    labels = [e.label for e in test]
+    base = {"build": build, "template": template, "n_train": len(train), "n_valid": len(valid),
+            "n_test": len(test), "test_like_rate": float(sum(labels) / max(len(labels), 1))}
+    rows = [dict(base, model="history like fraction", auc=R.roc_auc(labels, R.history_like_fraction(test)),
+                 trainable_params=0),
+            dict(base, model="target item like rate (train examples)",
+                 auc=R.roc_auc(labels, R.item_like_rate(train, test)), trainable_params=0)]
+    lm = load_lm(model)
+    t0 = time.time()
+    auc0, _ = R.evaluate_auc(lm.model, lm.tokenizer, test, ml.titles, template, eval_batch_size)
+    rows.append(dict(base, model=f"zero-shot LLM ({lm.name})", auc=auc0, trainable_params=0,
+                     infer_ms_per_example=1000 * (time.time() - t0) / len(test)))
+    if n_train:
+        net = ladder.adapt(lm, "lora", lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                           target_modules=("q_proj", "v_proj"))
+        data = R.RecTuneDataset(lm, train, ml.titles, template, train_on_inputs)
+        trainer = Trainer(trainer_cfg, run_dir / "lora", logger_cfg=logger_cfg, resume=resume)
+        t0 = time.time()
+        fit = trainer.fit(net, data, R.rectune_loss, collate_fn=data.collate,
+                          optimizer_fn=lambda m: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad],
+                                                                   lr=lr),
+                          eval_fn=lambda m: {"valid_auc": R.evaluate_auc(m, lm.tokenizer, valid, ml.titles,
+                                                                         template, eval_batch_size)[0]})
+        train_s = time.time() - t0
+        if fit.best_checkpoint:
+            trainer.load_best(net)
+        net.eval()
+        t0 = time.time()
+        auc, _ = R.evaluate_auc(net, lm.tokenizer, test, ml.titles, template, eval_batch_size)
+        rows.append(dict(base, model=f"LoRA rec-tuned LLM (r={lora_r}, q/v, lr={lr:g})", auc=auc,
+                         trainable_params=ladder.trainable_parameters(net), train_seconds=train_s,
+                         infer_ms_per_example=1000 * (time.time() - t0) / len(test),
+                         best_valid_auc=(fit.best_metrics or {}).get("valid_auc"),
+                         loss_on="prompt and response" if train_on_inputs else "response"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "rec_tuning.json").write_text(json.dumps(rows, indent=2))
     return rows

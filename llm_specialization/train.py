@@ -1,4 +1,5 @@
-"""Hydra shell: python -m llm_specialization.train task=domain_ladder|knn_lm|kg_fusion|personalization method=... model=smollm2|tiny"""
+"""Hydra shell: python -m llm_specialization.train
+task=domain_ladder|knn_lm|kg_fusion|personalization|rec_tuning method=... model=smollm2|tiny"""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from llm_specialization.run import (
     run_kg_fusion,
     run_knn_lm,
     run_personalization,
+    run_rec_tuning,
 )
 
 
@@ -56,6 +58,21 @@ def main(cfg: DictConfig) -> None:
                                    lr=t.lr, seed=cfg.trainer.seed, show_progress=cfg.trainer.progress_bar)
         for r in rows:
             print(r)
+    elif task == "rec_tuning":
+        t = cfg.task
+        movielens = None
+        if t.synthetic:
+            from llm_specialization.rectune import synthetic_ratings
+
+            movielens = synthetic_ratings(seed=cfg.trainer.seed)
+        rows = run_rec_tuning(run_dir=run_dir, trainer_cfg=cfg.trainer, logger_cfg=cfg.logger, resume=cfg.resume,
+                              cache_dir=t.cache_dir, model=cfg.model, build=t.build, template=t.template,
+                              history=t.history, max_records=t.max_records, n_train=t.n_train, n_valid=t.n_valid,
+                              n_test=t.n_test, lr=t.lr, lora_r=t.lora_r, lora_alpha=t.lora_alpha,
+                              lora_dropout=t.lora_dropout, train_on_inputs=t.train_on_inputs,
+                              eval_batch_size=t.eval_batch_size, seed=cfg.trainer.seed, movielens=movielens)
+        for r in rows:
+            print(f"{r['model']:48s} AUC {r['auc']:.4f}  trainable {r['trainable_params']:,}")
     else:
         raise SystemExit(f"error: unknown task {task!r}")
 

@@ -364,3 +364,112 @@ def test_smollm2_gguf_loader_matches_reference_forward_and_round_trips(tmp_path)
     assert back.tokenizer("Reuters - Oil prices rose on Monday after", add_special_tokens=False).input_ids == ids
     with torch.no_grad():
         assert torch.equal(back.model(input_ids=torch.tensor([ids])).logits[0], logits)
+
+
+def test_duplicate_titles_never_negatives_of_each_other():
+    from llm_specialization.personal import leave_one_out, rank_of, same_title_items, sampled_candidates
+
+    ml = _synthetic_movielens(n_users=30, n_items=40)
+    ml.titles[7] = ml.titles[9] = "Chasing Amy"
+    assert same_title_items(ml.titles) == {7: {9}, 9: {7}}
+    split = leave_one_out(ml)
+    cands = sampled_candidates(split, 40, n_neg=30, seed=0, titles=ml.titles)
+    hit = [u for u in cands if split.test[u] in (7, 9)]
+    assert hit  # the cycles make some user's test item 7 or 9
+    for u in hit:
+        assert not ({7, 9} - {split.test[u]}) & set(cands[u])
+    import numpy as np
+
+    scores = np.arange(41, dtype=float)  # item 9 outranks item 7
+    assert rank_of(scores, 7, same_title_items(ml.titles)[7]) == rank_of(scores, 7) - 1
+
+
+# ----------------------------------------------------------------------------------------- TALLRec-style
+def _ratings():
+    import numpy as np
+
+    from llm_specialization.personal import MovieLens
+
+    # user 2 rates items 1..5 (times out of id order), user 1 rates 6..9
+    users = np.array([2, 2, 2, 2, 2, 1, 1, 1, 1])
+    items = np.array([3, 1, 2, 5, 4, 6, 7, 8, 9])
+    ratings = np.array([5, 1, 4, 2, 3, 4, 4, 1, 5], dtype=float)
+    ts = np.array([30, 10, 20, 50, 40, 1, 2, 3, 4])
+    return MovieLens(users, items, ratings, ts, {i: f"M{i}" for i in range(1, 10)})
+
+
+def test_rec_examples_follow_tallrec_construction():
+    from llm_specialization import rectune as R
+
+    ex = R.build_examples(_ratings(), history=2, max_records=None)
+    # users in id order; per user, in time order, every position >= 2 with the 2 previous items
+    assert [(e.user, e.history, e.liked, e.target, e.label) for e in ex] == [
+        (1, (6, 7), (True, True), 8, 0), (1, (7, 8), (True, False), 9, 1),
+        (2, (1, 2), (False, True), 3, 1), (2, (2, 3), (True, True), 4, 0), (2, (3, 4), (True, False), 5, 0)]
+    assert R.build_examples(_ratings(), history=2, max_records=2) == ex[-2:]  # the last records are kept
+    with pytest.raises(ValueError):
+        R.build_examples(_ratings(), history=0)
+
+
+def test_rec_splits_parity_slices_and_clean_separates_users():
+    from llm_specialization import rectune as R
+
+    ex = R.build_examples(R.synthetic_ratings(n_users=20, length=6), history=3)
+    tr, va, te = R.split_examples(ex, "parity")
+    assert tr + va + te == ex and (len(tr), len(va), len(te)) == (48, 6, 6)
+    tr, va, te = R.split_examples(ex, "clean", seed=1)
+    users = [{e.user for e in s} for s in (tr, va, te)]
+    assert not (users[0] & users[1] or users[0] & users[2] or users[1] & users[2])
+    assert sorted(tr + va + te, key=ex.index) == ex and (len(users[1]), len(users[2])) == (2, 2)
+    assert R.split_examples(ex, "clean", seed=1) == (tr, va, te)
+    with pytest.raises(ValueError):
+        R.split_examples(ex, "random")
+
+
+def test_roc_auc_hand_computed_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from llm_specialization.rectune import roc_auc
+
+    # positives 0.8, 0.4; negatives 0.4, 0.1, 0.5: 0.8 wins 3 pairs, 0.4 wins 1 and ties 1 -> 4.5 of 6
+    y, s = [1, 1, 0, 0, 0], [0.8, 0.4, 0.4, 0.1, 0.5]
+    assert roc_auc(y, s) == (3 + 1.5) / 6 == roc_auc_score(y, s)
+    with pytest.raises(ValueError, match="both"):
+        roc_auc([1, 1], [0.2, 0.3])
+
+
+def test_yes_probability_matches_direct_softmax_and_ignores_padding(lm):
+    from llm_specialization import rectune as R
+
+    yes, no = R.answer_ids(lm.tokenizer)
+    assert yes == [ord("Y") + 3] and no == [ord("N") + 3]  # the shared ' ' of ' Yes'/' No' is dropped
+    prompts = ["short prompt", "a much longer prompt that pads the other one\n"]
+    batched = R.yes_probability(lm.model, lm.tokenizer, prompts, batch_size=2)
+    for p, b in zip(prompts, batched):
+        with torch.no_grad():
+            probs = lm.model(input_ids=torch.tensor([lm.tokenizer.encode(p)])).logits[0, -1].softmax(-1)
+        assert abs(float(probs[yes].sum() / (probs[yes].sum() + probs[no].sum())) - b) < 1e-5
+
+
+def test_rec_prompt_dataset_and_baselines(lm):
+    import numpy as np
+
+    from llm_specialization import rectune as R
+
+    ml = _ratings()
+    ex = R.build_examples(ml, history=2, max_records=None)
+    text = R.render_prompt(ex[0], ml.titles)
+    assert 'User Preference: "M6", "M7"\nUser Unpreference: \n' in text and text.endswith("### Response:\n")
+    assert 'target movie "M8"?' in text
+    with pytest.raises(ValueError):
+        R.render_prompt(ex[0], ml.titles, lm.tokenizer, "chat")  # the byte tokenizer has no chat template
+    data = R.RecTuneDataset(lm, ex[:2], ml.titles)
+    batch = data.collate([data[0], data[1]])
+    n_prompt = len(lm.tokenizer.encode(text))
+    lab0 = batch["labels"][0]
+    assert (lab0[:n_prompt] == -100).all() and lm.tokenizer.decode(lab0[n_prompt:][lab0[n_prompt:] >= 0].tolist()) == "No."
+    full = R.RecTuneDataset(lm, ex[:1], ml.titles, train_on_inputs=True)
+    assert full[0][1] == full[0][0]
+    assert np.allclose(R.history_like_fraction(ex), [1, 0.5, 0.5, 1, 0.5])
+    # item 9 never occurs in ex[:1]: the global like rate of its 3 occurrences (2 liked) is used
+    assert np.allclose(R.item_like_rate(ex[:1], [ex[1], ex[0]]), [2 / 3, 0.0])
