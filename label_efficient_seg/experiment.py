@@ -149,6 +149,8 @@ class Splits:
     test: D.SegSet
     target_train: D.SegSet | None = None
     notes: list[str] = field(default_factory=list)
+    target_val: D.SegSet | None = None
+    """Labelled target validation images: model selection of the target oracle only."""
 
 
 def _split_indices(n: int, seed: int, fractions=(0.7, 0.1, 0.2)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -198,6 +200,7 @@ def load_splits(dc: DataConfig, data_dir=None, seed: int = 0) -> Splits:
             tgt = D.read_cvc(data_dir, dc.size)
             ttr, tva, tte = _split_indices(len(tgt), dc.split_seed)
             splits.target_train = lim(tgt.subset(ttr), dc.train_limit)
+            splits.target_val = lim(tgt.subset(tva), dc.eval_limit)
             # model selection stays on held-out *source* data: target labels are for the test only
             splits.test = lim(tgt.subset(tte), dc.eval_limit)
             splits.notes.append("DA: val = Kvasir (source) val; test = CVC-ClinicDB test split")
@@ -358,6 +361,9 @@ def run_experiment(data_cfg, method_cfg, model_cfg, optim_cfg, trainer_cfg, run_
     train = splits.train
     if mc.name == "oracle":  # the target-supervised upper bound of domain adaptation
         train = splits.target_train
+        if splits.target_val is not None:
+            splits.val = splits.target_val
+            splits.notes.append("oracle: val = CVC-ClinicDB val split")
     num_classes = train.num_classes
     weak, sparse = _weak_for(mc, train, seed)
     info: dict[str, Any] = {"method": mc.name, "supervision": METHODS[mc.name][0], "dataset": dc.dataset,
