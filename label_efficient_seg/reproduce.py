@@ -192,9 +192,12 @@ def run_profile(ctx: ProfileContext, profile: str) -> ReproReport:
              percent_of_full_bars(bars[0], bars[1], ctx.out_dir / f"percent_of_full_{profile}.png")]
     headline_label = "camvid/fixmatch_1_8" if "camvid/fixmatch_1_8" in results else plans[1].label
     head = next(r for r in rows if r.metric.startswith(headline_label))
+    caveat = {"smoke": "smoke: synthetic shapes, 2 steps; meaningless by design. ",
+              "quick": "quick: 20 steps, models still near-constant; a pipeline check, not a result. "
+              }.get(profile, "")
     headline = Row(f"{headline_label}: score as % of full supervision on the same data",
                    extra[headline_label]["percent_of_reference"], "survey: weak labels close much of the gap",
-                   head.note)
+                   caveat + head.note)
     return ReproReport(rows, headline=headline, plots=plots, notes=_notes(profile, st), extra=extra)
 
 
