@@ -250,7 +250,7 @@ def run_personalization(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg
 
 
 def run_rec_tuning(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg=None, resume: str = "never",
-                   cache_dir: str | Path = ".cache/ml-100k", model: str = "smollm2", build: str = "parity",
+                   cache_dir: str | Path = ".cache/ml-100k", model="smollm2", build: str = "parity",
                    template: str = "alpaca", history: int = 10, max_records: int = 10_000, n_train: int = 64,
                    n_valid: int = 200, n_test: int = 1000, lr: float = 1e-4, lora_r: int = 8,
                    lora_alpha: int = 16, lora_dropout: float = 0.05, train_on_inputs: bool = False,
@@ -276,7 +276,7 @@ def run_rec_tuning(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg=None
                  trainable_params=0),
             dict(base, model="target item like rate (train examples)",
                  auc=R.roc_auc(labels, R.item_like_rate(train, test)), trainable_params=0)]
-    lm = load_lm(model)
+    lm = load_lm(model) if isinstance(model, str) else model  # a name, or an LM object (tests)
     t0 = time.time()
     auc0, _ = R.evaluate_auc(lm.model, lm.tokenizer, test, ml.titles, template, eval_batch_size)
     rows.append(dict(base, model=f"zero-shot LLM ({lm.name})", auc=auc0, trainable_params=0,
