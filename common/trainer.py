@@ -51,6 +51,8 @@ class FitResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
     best_metrics: dict[str, float] | None = None
     best_checkpoint: Path | None = None
+    best_step: int | None = None  # optimizer step of the best evaluation (of the last one without a monitor)
+    best_epoch: int | None = None  # epochs completed at that evaluation
     stopped_reason: str = ""
     wall_seconds: float = 0.0
 
@@ -154,7 +156,8 @@ class Trainer:
 
         # Counters that a checkpoint restores. `micro` = micro-batches of `epoch` already consumed.
         st = {"step": 0, "epoch": 0, "micro": 0, "best_value": None, "bad_evals": 0,
-              "best_metrics": None, "last_metrics": {}, "stopped_reason": ""}
+              "best_metrics": None, "last_metrics": {}, "stopped_reason": "", "best_step": None,
+              "best_epoch": None}
         ckpt_path = self.ckpt.resolve_resume(self.resume)
         if ckpt_path is not None:
             ck = load_checkpoint(ckpt_path, map_location=self.device)
@@ -200,12 +203,13 @@ class Trainer:
             st["last_metrics"] = metrics
             logger.log(st["step"], {f"val/{k}": v for k, v in metrics.items()} | {"epoch": st["epoch"]})
             if cfg.monitor is None:
-                st["best_metrics"] = metrics
+                st.update(best_metrics=metrics, best_step=st["step"], best_epoch=st["epoch"])
                 return False
             if cfg.monitor not in metrics:
                 raise KeyError(f"trainer.monitor={cfg.monitor!r} is not among eval metrics {sorted(metrics)}")
             if self._better(metrics[cfg.monitor], st["best_value"]):
-                st.update(best_value=metrics[cfg.monitor], bad_evals=0, best_metrics=metrics)
+                st.update(best_value=metrics[cfg.monitor], bad_evals=0, best_metrics=metrics, best_step=st["step"],
+                          best_epoch=st["epoch"])
                 self.ckpt.save_best(checkpoint_state())
             else:
                 st["bad_evals"] += 1
@@ -219,8 +223,11 @@ class Trainer:
         done = st["step"] >= total_steps or st["stopped_reason"] == "early_stopping"
         while not done:
             batches = self._epoch_batches(len(train_data), st["epoch"])
+            # A DataLoader draws its workers' base seed from `generator`; with the default (the global RNG)
+            # a loader rebuilt on resume would shift every later random draw (dropout, augmentation).
+            loader_rng = torch.Generator().manual_seed(cfg.seed * 100_003 + st["epoch"] + 7)
             loader = DataLoader(train_data, batch_sampler=batches[st["micro"]:], num_workers=cfg.num_workers,
-                                collate_fn=collate_fn or default_collate)
+                                collate_fn=collate_fn or default_collate, generator=loader_rng)
             optimizer.zero_grad(set_to_none=True)
             accum_loss, accum_n, extra = 0.0, 0, {}
             for batch in loader:
@@ -302,4 +309,5 @@ class Trainer:
         best_ckpt = self.ckpt.best_path if self.ckpt.best_path.exists() else None
         return FitResult(step=st["step"], epoch=st["epoch"], last_metrics=st["last_metrics"],
                          best_metrics=st["best_metrics"], best_checkpoint=best_ckpt,
+                         best_step=st.get("best_step"), best_epoch=st.get("best_epoch"),
                          stopped_reason=st["stopped_reason"], wall_seconds=wall)

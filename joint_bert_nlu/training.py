@@ -20,6 +20,7 @@ from transformers import AutoTokenizer
 
 from common.bench import peak_rss_bytes
 from common.checkpoint import CheckpointManager, load_checkpoint, seed_everything
+from common.schedules import linear_warmup_decay
 from common.trainer import FitResult, Trainer
 
 from .data import EncodedDataset, NLUDataset, collate, load_dataset
@@ -73,20 +74,6 @@ def build_optimizer(model, opts: OptimOptions) -> torch.optim.Optimizer:
             (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=opts.lr, eps=opts.adam_eps)
-
-
-def linear_warmup_decay(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up to the base lr, then linear decay to 0 at ``total_steps``.
-
-    The same schedule as transformers' ``get_linear_schedule_with_warmup``, written out because importing
-    that function pulls in transformers' Trainer stack (and peft), which costs seconds per process here.
-    """
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return step / max(1, warmup_steps)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def joint_loss(model, batch) -> dict[str, torch.Tensor]:

@@ -17,11 +17,12 @@ import torch
 from torch.utils.data import Dataset
 from transformers import BertForSequenceClassification, BertTokenizerFast
 
+from common.schedules import warmup_linear_decay
 from common.trainer import Trainer
 
 from .corpus import read_nlu_intents, read_sst2
 from .model import quiet_transformers
-from .pretrain import warmup_linear_decay, with_overrides
+from .pretrain import with_overrides
 
 
 @dataclass

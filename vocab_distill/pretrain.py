@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from transformers import BertForMaskedLM
 
 from common.config import TrainerConfig
+from common.schedules import warmup_linear_decay
 from common.trainer import FitResult, Trainer
 
 from .mixed import (
@@ -78,22 +79,6 @@ def with_overrides(trainer_cfg, **overrides) -> TrainerConfig:
 
         trainer_cfg = to_dataclass(trainer_cfg, TrainerConfig)
     return dataclasses.replace(trainer_cfg, **overrides)
-
-
-def warmup_linear_decay(warmup_fraction: float = 0.06):
-    """scheduler_fn: linear warm-up over ``warmup_fraction`` of the steps, then linear decay to 0."""
-
-    def build(optimizer, total_steps):
-        warm = max(1, int(warmup_fraction * total_steps))
-
-        def factor(step):
-            if step < warm:
-                return (step + 1) / warm
-            return max(0.0, (total_steps - step) / max(1, total_steps - warm))
-
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-    return build
 
 
 @dataclass

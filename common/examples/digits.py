@@ -31,6 +31,8 @@ class DigitsModelConfig:
     """Adam learning rate."""
     n_val: int = 297
     """Held-out images (the remaining 1,500 train)."""
+    dropout: float = 0.0
+    """Dropout after the hidden layer (random draws every step: what exact resume must reproduce)."""
 
 
 def load_digits_split(n_val: int = 297, split_seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
@@ -46,9 +48,9 @@ def load_digits_split(n_val: int = 297, split_seed: int = 0) -> tuple[TensorData
 
 
 class MLP(nn.Module):
-    def __init__(self, n_in: int = 64, hidden: int = 64, n_out: int = 10):
+    def __init__(self, n_in: int = 64, hidden: int = 64, n_out: int = 10, dropout: float = 0.0):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, n_out))
+        self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 64) -> (B, 10)
         return self.net(x)
@@ -72,7 +74,7 @@ def train_digits(trainer_cfg, run_dir, model_cfg: DigitsModelConfig | None = Non
     model_cfg = model_cfg or DigitsModelConfig()
     train, val = load_digits_split(model_cfg.n_val)
     torch.manual_seed(trainer_cfg.seed)
-    model = MLP(hidden=model_cfg.hidden)
+    model = MLP(hidden=model_cfg.hidden, dropout=model_cfg.dropout)
     trainer = Trainer(trainer_cfg, run_dir, logger_cfg=logger_cfg, resume=resume, config=config)
     result = trainer.fit(
         model, train, loss_fn,

@@ -47,14 +47,15 @@ def _run_worker(kill_at: int, run_dir: Path, *extra: str) -> subprocess.Complete
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
-    ref = _run_worker(0, tmp_path / "straight")
+    # Dropout makes every step draw from the global RNG, so the resumed run must restore it exactly.
+    ref = _run_worker(0, tmp_path / "straight", "model.dropout=0.2")
     assert ref.returncode == 0, ref.stderr[-2000:]
     # 1,500 train images / 64 = 24 micro-batches per epoch; micro-batch 40 is mid-epoch 2, and the
     # newest checkpoint at that moment is step 30.
-    killed = _run_worker(40, tmp_path / "crashy")
+    killed = _run_worker(40, tmp_path / "crashy", "model.dropout=0.2")
     assert killed.returncode == -9
     assert CheckpointManager(tmp_path / "crashy").latest().name == "step_30.pt"
-    resumed = _run_worker(0, tmp_path / "crashy", "resume=auto")
+    resumed = _run_worker(0, tmp_path / "crashy", "resume=auto", "model.dropout=0.2")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     a, b = _final_state(tmp_path / "straight"), _final_state(tmp_path / "crashy")
@@ -116,6 +117,7 @@ def test_early_stopping_stops(tmp_path):
     result = trainer.fit(MLP(), train, loss_fn, optimizer_fn=lambda m: torch.optim.SGD(m.parameters(), lr=0.0),
                          eval_fn=lambda m: {"loss_like": 1.0})  # never improves after the first eval
     assert result.stopped_reason == "early_stopping" and result.epoch == 3
+    assert (result.best_step, result.best_epoch) == (24, 1)  # the first evaluation, end of epoch 0
     assert result.best_checkpoint is not None and result.best_checkpoint.exists()
 
 

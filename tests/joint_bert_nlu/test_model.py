@@ -137,24 +137,6 @@ def test_predictor_spans_and_empty_input():
     assert out[1] == {"text": "", "intent": None, "confidence": 0.0, "slots": [], "tags": []}
 
 
-def test_linear_schedule_matches_transformers():
-    from transformers import get_linear_schedule_with_warmup
-
-    from joint_bert_nlu.training import linear_warmup_decay
-
-    lrs = []
-    for make in (linear_warmup_decay, get_linear_schedule_with_warmup):
-        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-        sched = make(opt, 3, 10)
-        seq = []
-        for _ in range(11):
-            seq.append(opt.param_groups[0]["lr"])
-            opt.step()
-            sched.step()
-        lrs.append(seq)
-    assert lrs[0] == pytest.approx(lrs[1])
-
-
 def test_multi_label_intent_mode():
     """a#b = {a, b}: multi-hot targets, summed BCE, thresholded decoding that is never empty or UNK."""
     vocab = LabelVocab(["UNK", "a", "a#b", "c"], VOCAB.slots).multi_label()
