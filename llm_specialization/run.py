@@ -269,6 +269,9 @@ def run_rec_tuning(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg=None
     train_all, valid_all, test_all = R.split_examples(examples, build, seed)
     train = R.sample(train_all, n_train, seed)
     valid, test = R.sample(valid_all, n_valid, seed + 1), R.sample(test_all, n_test, seed + 2)
+    for part, name in ((valid, "validation"), (test, "test")):
+        if len({e.label for e in part}) < 2:
+            raise ValueError(f"the {name} sample has only one like label; AUC is undefined (use more examples)")
     labels = [e.label for e in test]
     base = {"build": build, "template": template, "n_train": len(train), "n_valid": len(valid),
             "n_test": len(test), "test_like_rate": float(sum(labels) / max(len(labels), 1))}

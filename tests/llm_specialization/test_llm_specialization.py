@@ -130,7 +130,7 @@ def test_reproduce_smoke_writes_report(tmp_path):
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     report = (tmp_path / "rep" / "llm_specialization" / "report.md").read_text()
-    assert "kNN-LM perplexity" in report and "R0 TF-IDF + LR" in report
+    assert "kNN-LM perplexity" in report and "R0 TF-IDF + LR" in report and "rec-tuning" in report
     assert (tmp_path / "rep" / "llm_specialization" / "knn_lm_smoke.png").exists()
 
 
@@ -517,3 +517,17 @@ def test_learning_rec_tuning_lora_on_synthetic_ratings(tmp_path):
     # r=8 on q (32->32: 8*32 + 32*8) and v (32->16, 2 KV heads of 8: 8*32 + 16*8), 2 layers
     assert rows[-1]["trainable_params"] == 2 * ((8 * 32 + 32 * 8) + (8 * 32 + 16 * 8))
     assert json.loads((tmp_path / "rt" / "rec_tuning.json").read_text())[-1]["auc"] == rows[-1]["auc"]
+
+
+@pytest.mark.slow
+def test_train_cli_rec_tuning_synthetic_and_resume(tmp_path):
+    args = [sys.executable, "-m", "llm_specialization.train", "experiment=rec_tuning", "model=tiny",
+            f"paths.output_dir={tmp_path}", "task.synthetic=true", "task.history=2", "task.n_train=16",
+            "task.n_valid=8", "task.n_test=16", "trainer.max_epochs=2", "trainer.grad_accum_steps=1",
+            "trainer.progress_bar=false", "resume=auto"]
+    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "LoRA rec-tuned LLM" in out.stdout and "zero-shot LLM" in out.stdout
+    assert (tmp_path / "llm_rec_tuning" / "rec_tuning.json").exists()
+    again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)  # resumes: nothing left
+    assert again.returncode == 0, again.stderr[-2000:]
