@@ -250,3 +250,53 @@ def predict_scores(model, dataset: TripleTextDataset, batch_size: int = 128) -> 
         batch = dataset.collate([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
         out.append(model(**batch).float())
     return torch.cat(out).numpy()
+
+
+# ----------------------------------------------------------------------------------------- K3
+class KAdapterClassifier(nn.Module):
+    """K3, K-Adapter-style: the encoder is **frozen**; a knowledge adapter of ``len(plug_layers)`` adapter
+    layers, each ``depth`` transformer layers of the encoder's width, reads the encoder's hidden states at
+    ``plug_layers`` (outputs of those transformer layers, as K-Adapter plugs into RoBERTa-large at 0/11/23):
+    a_j = x_j + T_j(x_j) with x_j = h^(plug_j) + a_{j-1}. The frozen K0 entity vectors, projected to the
+    width, are added at the head/tail first sub-tokens of the adapter's input. The head reads
+    concat(h_CLS of the encoder, h_CLS of the adapter)."""
+
+    def __init__(self, encoder: nn.Module, entity_vectors: torch.Tensor | None = None,
+                 plug_layers: tuple[int, ...] = (0, 3, 5), depth: int = 2, heads: int = 4, dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        n_layers = encoder.config.num_hidden_layers
+        if not plug_layers or any(not 0 <= k < n_layers for k in plug_layers):
+            raise ValueError(f"plug_layers must index the encoder's {n_layers} layers, got {plug_layers}")
+        self.plug_layers = tuple(plug_layers)
+        width = encoder.config.hidden_size
+        self.adapters = nn.ModuleList(
+            nn.TransformerEncoder(nn.TransformerEncoderLayer(width, heads, 4 * width, dropout, activation="gelu",
+                                                             batch_first=True), depth, enable_nested_tensor=False)
+            for _ in plug_layers)
+        self.fusion = entity_vectors is not None
+        if self.fusion:
+            self.register_buffer("entity_vectors", entity_vectors.detach().clone())
+            self.project = nn.Linear(entity_vectors.shape[1], width)
+        self.head = nn.Linear(2 * width, 1)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.encoder.eval()  # frozen: no dropout in the backbone either
+        return self
+
+    def forward(self, input_ids, attention_mask, entities=None, positions=None, labels=None):
+        with torch.no_grad():
+            out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        hidden = out.hidden_states  # embeddings, then one per transformer layer
+        pad = attention_mask == 0
+        a = torch.zeros_like(hidden[0])
+        for j, (k, block) in enumerate(zip(self.plug_layers, self.adapters)):
+            x = hidden[k + 1] + a
+            if j == 0 and self.fusion:
+                rows = torch.arange(x.shape[0], device=x.device).unsqueeze(-1).expand_as(positions)
+                x = x.index_put((rows, positions), self.project(self.entity_vectors[entities]), accumulate=True)
+            a = x + block(x, src_key_padding_mask=pad)
+        return self.head(torch.cat([out.last_hidden_state[:, 0], a[:, 0]], dim=-1)).squeeze(-1)

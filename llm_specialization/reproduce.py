@@ -2,9 +2,9 @@
 
 smoke: a random tiny LLaMA and a few KG-embedding epochs (seconds; checks the plumbing only).
 quick: SmolLM2-135M, the prompting rungs on 200 R8 test documents, a 30k-token kNN-LM datastore, UMLS
-       K0-K2 with K1/K2 on 1,000 training triples for one epoch; rec-tuning with 16 examples, 200 test.
+       K0-K3 with K1-K3 on 1,000 training triples for one epoch; rec-tuning with 16 examples, 200 test.
 full:  every rung on the fixed 800-document subset, LoRA/prompt tuning/full fine-tuning on 256 documents,
-       kNN-LM datastores up to 300k tokens with 20k evaluation tokens, UMLS K0-K2 on all triples,
+       kNN-LM datastores up to 300k tokens with 20k evaluation tokens, UMLS K0-K3 on all triples,
        rec-tuning with 64 examples (the 16/256 points: python -m llm_specialization.train experiment=rec_tuning
        task.n_train=16|256), 1,000 test examples.
 """
@@ -40,7 +40,8 @@ PROFILES = {
                   knn=dict(store_tokens=30_000, n_eval_tokens=5_000, window=512, stride=256,
                            sizes=(10_000, 30_000), ks=(8, 32, 128), lams=(0.0, 0.1, 0.25, 0.4),
                            temperatures=(1.0, 10.0)),
-                  kg=dict(models=("K0-TransE", "K0-DistMult", "K1", "K2"), kg_epochs=200, max_train=1000, epochs=1),
+                  kg=dict(models=("K0-TransE", "K0-DistMult", "K1", "K2", "K3"), kg_epochs=200, max_train=1000,
+                          epochs=1),
                   rec=dict(synthetic=False, epochs=5, llm_users=50),
                   rt=dict(synthetic=False, history=10, n_train=16, n_valid=50, n_test=200, epochs=8, lr=3e-4,
                           batch_size=8, grad_accum=2)),
@@ -50,7 +51,8 @@ PROFILES = {
                  knn=dict(store_tokens=300_000, n_eval_tokens=20_000, window=512, stride=256,
                           sizes=(10_000, 30_000, 100_000, 300_000), ks=(1, 8, 32, 128, 1024),
                           lams=(0.0, 0.1, 0.25, 0.4, 0.6, 0.8), temperatures=(1.0, 10.0, 100.0)),
-                 kg=dict(models=("K0-TransE", "K0-DistMult", "K1", "K2"), kg_epochs=200, max_train=None, epochs=3),
+                 kg=dict(models=("K0-TransE", "K0-DistMult", "K1", "K2", "K3"), kg_epochs=200, max_train=None,
+                         epochs=3),
                  rec=dict(synthetic=False, epochs=200, llm_users=300),
                  rt=dict(synthetic=False, history=10, n_train=64, n_valid=200, n_test=1000, epochs=20, lr=3e-4,
                          batch_size=8, grad_accum=2)),

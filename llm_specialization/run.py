@@ -140,7 +140,7 @@ def run_knn_lm(*, model: str, run_dir: Path, data_dir=None, store_tokens: int = 
 def run_kg_fusion(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg=None, resume: str = "never",
                   data_dir=None, kg_dim: int = 100, kg_epochs: int = 200, encoder_lr: float = 5e-5,
                   train_negatives: int = 1, max_train: int | None = None, encoder_path=None,
-                  models=("K0-TransE", "K0-DistMult", "K1", "K2"), seed: int = 0) -> list:
+                  models=("K0-TransE", "K0-DistMult", "K1", "K2"), adapter_lr: float = 1e-4, seed: int = 0) -> list:
     """UMLS triple classification: KG-only, text-only and fused models on the same balanced dev/test sets."""
     import numpy as np
     from transformers import AutoModel, AutoTokenizer
@@ -157,7 +157,7 @@ def run_kg_fusion(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg=None,
     results, vectors = [], {}
     for kind in ("transe", "distmult"):
         name = f"K0-{'TransE' if kind == 'transe' else 'DistMult'}"
-        if name not in models and not (kind == "distmult" and "K2" in models):
+        if name not in models and not (kind == "distmult" and {"K2", "K3"} & set(models)):
             continue
         emb = K.train_kg_embedding(data, kind, kg_dim, kg_epochs, seed=seed)
         vectors[kind] = emb.ent.weight.detach()
@@ -172,17 +172,21 @@ def run_kg_fusion(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg=None,
     negs = [t for i in range(train_negatives)
             for t in K.corrupt(pos, len(data.entities), set(data.train), seed * 31 + i)]
     train_x, train_y = K.labelled(pos, negs)
-    for name, fused in (("K1", False), ("K2", True)):
+    for name, fused in (("K1", False), ("K2", True), ("K3", True)):
         if name not in models:
             continue
         torch.manual_seed(seed)
-        model = K.TripleClassifier(AutoModel.from_pretrained(path, local_files_only=True),
-                                   vectors["distmult"] if fused else None)
+        encoder = AutoModel.from_pretrained(path, local_files_only=True)
+        if name == "K3":  # frozen encoder, knowledge adapter + head trained from scratch
+            model = K.KAdapterClassifier(encoder, vectors["distmult"])
+        else:
+            model = K.TripleClassifier(encoder, vectors["distmult"] if fused else None)
+        lr = adapter_lr if name == "K3" else encoder_lr
         train_ds = K.TripleTextDataset(data, train_x, train_y, tok)
         trainer = Trainer(trainer_cfg, run_dir / name, logger_cfg=logger_cfg, resume=resume)
         trainer.fit(model, train_ds, K.triple_loss, collate_fn=train_ds.collate,
-                    optimizer_fn=lambda m: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad],
-                                                             lr=encoder_lr))
+                    optimizer_fn=lambda m, lr=lr: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad],
+                                                                    lr=lr))
         ds = K.predict_scores(model, K.TripleTextDataset(data, dev_x, dev_y, tok))
         ts = K.predict_scores(model, K.TripleTextDataset(data, test_x, test_y, tok))
         results.append(K.evaluate_scores(name, ds, dev_y, dev_rel, ts, test_y, test_rel,

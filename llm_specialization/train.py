@@ -47,7 +47,8 @@ def main(cfg: DictConfig) -> None:
         t = cfg.task
         results = run_kg_fusion(run_dir=run_dir, trainer_cfg=cfg.trainer, logger_cfg=cfg.logger, resume=cfg.resume,
                                 data_dir=cfg.paths.data_dir, kg_dim=t.kg_dim, kg_epochs=t.kg_epochs,
-                                encoder_lr=t.encoder_lr, train_negatives=t.train_negatives, max_train=t.max_train,
+                                encoder_lr=t.encoder_lr, adapter_lr=t.adapter_lr,
+                                train_negatives=t.train_negatives, max_train=t.max_train,
                                 models=tuple(t.models), seed=cfg.trainer.seed)
         for r in results:
             print(f"{r.model:12s} acc {r.accuracy:.4f}  AUC {r.auc:.4f}  trainable {r.trainable_params:,}")
