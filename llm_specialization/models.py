@@ -25,13 +25,23 @@ def load_smollm2(dtype: torch.dtype = torch.float32) -> LM:
 
     The weights are the dequantized Q4_1 ones, not the original bf16 checkpoint.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     path = smollm2_gguf_path()
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
-    model.eval()
-    return LM(model, tok, "SmolLM2-135M-Instruct (Q4_1 dequantized)")
+    return LM(load_gguf_model(path, dtype), tok, "SmolLM2-135M-Instruct (Q4_1 dequantized)")
+
+
+def load_gguf_model(path, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A causal LM from a GGUF file, dequantized by transformers to a trainable ``dtype`` model (eval mode)."""
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file {path} not found")
+    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype).eval()
 
 
 def tiny_llama(tokenizer=None, hidden: int = 64, layers: int = 2, seed: int = 0) -> LM:
@@ -189,7 +199,7 @@ def gguf_reference_logits(path, input_ids: list[int]) -> torch.Tensor:
     tensors = {}
     for t in reader.tensors:
         arr = gguf.quants.dequantize(t.data, t.tensor_type)
-        tensors[t.name] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).reshape(
+        tensors[t.name] = torch.from_numpy(np.array(arr, dtype=np.float32)).reshape(
             tuple(reversed([int(s) for s in t.shape])))
     n_layers, n_heads = field("llama.block_count"), field("llama.attention.head_count")
     n_kv, eps = field("llama.attention.head_count_kv"), field("llama.attention.layer_norm_rms_epsilon")

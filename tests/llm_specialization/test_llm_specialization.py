@@ -344,6 +344,73 @@ def test_tiny_lm_save_load_round_trip_keeps_logits(tmp_path):
         load_saved_lm(tmp_path)
 
 
+def _write_llama_gguf(model, path):
+    """An f32 GGUF of a LlamaForCausalLM in llama.cpp's layout (q/k rows permuted for adjacent-pair RoPE)."""
+    import gguf
+    import numpy as np
+
+    c = model.config
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_rope_freq_base(10000.0)
+    w.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
+    w.add_vocab_size(c.vocab_size)
+
+    def perm(x, heads):
+        o, i = x.shape
+        return x.reshape(heads, 2, o // heads // 2, i).swapaxes(1, 2).reshape(o, i)
+
+    sd = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    names = {"attn_norm": "input_layernorm", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+             "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+             "ffn_down": "mlp.down_proj"}
+    for i in range(c.num_hidden_layers):
+        p = f"model.layers.{i}."
+        for g, h in names.items():
+            w.add_tensor(f"blk.{i}.{g}.weight", sd[f"{p}{h}.weight"])
+        w.add_tensor(f"blk.{i}.attn_q.weight", perm(sd[p + "self_attn.q_proj.weight"], c.num_attention_heads))
+        w.add_tensor(f"blk.{i}.attn_k.weight", perm(sd[p + "self_attn.k_proj.weight"], c.num_key_value_heads))
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_gguf_loader_matches_reference_forward_and_round_trips_tiny(tmp_path):
+    """The issue's loader test on a tiny f32 GGUF written here: transformers' GGUF loading gives the logits of
+    the transformers-free reference forward, and they survive a save/load round trip bit for bit."""
+    import hashlib
+    import json
+
+    from llm_specialization.models import LM, gguf_reference_logits, load_gguf_model, load_saved_lm, save_lm
+
+    src = tiny_llama(hidden=32, layers=2, seed=5)
+    path = tmp_path / "tiny.gguf"
+    _write_llama_gguf(src.model, path)
+    model = load_gguf_model(path)
+    ids = src.tokenizer.encode("Reuters - Oil prices rose")
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+        torch.testing.assert_close(logits, src.model(input_ids=torch.tensor([ids])).logits[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(logits, gguf_reference_logits(path, ids), rtol=1e-5, atol=1e-5)
+    save_lm(LM(model, src.tokenizer, "tiny from GGUF"), tmp_path / "saved", base_file=path)
+    back = load_saved_lm(tmp_path / "saved")
+    with torch.no_grad():
+        assert torch.equal(back.model(input_ids=torch.tensor([ids])).logits[0], logits)
+    meta = json.loads((tmp_path / "saved" / "lm_source.json").read_text())
+    assert meta["base_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(FileNotFoundError):
+        load_gguf_model(tmp_path / "missing.gguf")
+
+
 @pytest.mark.slow
 def test_smollm2_gguf_loader_matches_reference_forward_and_round_trips(tmp_path):
     """SmolLM2 from GGUF (transformers) vs a LLaMA forward written over the gguf package's dequantized
