@@ -34,7 +34,8 @@ def toy_data(tmp_path_factory):
 
 @pytest.mark.parametrize("use_crf", [False, True])
 def test_learns_a_small_solvable_task(tmp_path, toy_data, use_crf):
-    res = train_joint(_trainer(max_epochs=8, early_stopping_patience=2), tmp_path / "run",
+    # 12 epochs / patience 3: with 8 / 2 the CRF variant sat at slot F1 0.79 on one random stream.
+    res = train_joint(_trainer(max_epochs=12, early_stopping_patience=3), tmp_path / "run",
                       ModelOptions(encoder="tiny-random", use_crf=use_crf, head_dropout=0.0),
                       DataOptions(dataset=str(toy_data)), OptimOptions(lr=5e-3))
     losses = [r["train/loss"] for r in map(json.loads, open(tmp_path / "run" / "metrics.jsonl")) if "train/loss" in r]
@@ -42,7 +43,7 @@ def test_learns_a_small_solvable_task(tmp_path, toy_data, use_crf):
     assert res["dev"]["intent_acc"] == 1.0 and res["test"]["intent_acc"] == 1.0
     assert res["dev"]["slot_f1"] >= 0.9 and res["test"]["slot_f1"] >= 0.9
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert saved["test"] == res["test"] and 1 <= saved["best_dev_epoch"] <= 8
+    assert saved["test"] == res["test"] and 1 <= saved["best_dev_epoch"] <= 12
 
 
 def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(tmp_path, toy_data):
