@@ -24,13 +24,14 @@ class _FallbackHandler(_pylogging.StreamHandler):
 
 def get_logger(name: str) -> _pylogging.Logger:
     """A console logger with one consistent format across packages (safe to call at import time)."""
-    log = _pylogging.getLogger(name)
-    if not any(isinstance(h, _FallbackHandler) for h in log.handlers):
+    # The handler sits on the top-level package logger only, so "pkg" and "pkg.sub" never print a record twice.
+    top = _pylogging.getLogger(name.split(".")[0])
+    if not any(isinstance(h, _FallbackHandler) for h in top.handlers):
         h = _FallbackHandler()
         h.setFormatter(_pylogging.Formatter("[%(asctime)s %(name)s] %(message)s", "%H:%M:%S"))
-        log.addHandler(h)
-        log.setLevel(_pylogging.INFO)
-    return log
+        top.addHandler(h)
+        top.setLevel(_pylogging.INFO)
+    return _pylogging.getLogger(name)
 
 
 def _is_rank0() -> bool:

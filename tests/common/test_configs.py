@@ -74,6 +74,7 @@ def test_logger_prints_once_with_or_without_root_handlers(capsys):
 
     from common.logging import get_logger
 
+    get_logger("common")  # a parent package logger too: a child's record must still print once
     log = get_logger("common.test_once")
     root = logging.getLogger()
     saved = root.handlers[:]
