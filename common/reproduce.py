@@ -235,8 +235,9 @@ def write_index(rows: dict[str, dict[str, Any]], profile: str, reports_dir: Path
         head = r.get("headline") or {}
         ours = f"{head.get('metric', '')}: {fmt(head.get('ours'))}" if head else "—"
         report = f"[report]({info.name}/report.{profile}.md)" if r["status"] == "ok" else ""
+        seconds = f" ({r['seconds']:.0f} s)" if "seconds" in r else ""
         lines.append(f"| `{info.name}` | {info.paper} | {info.claim} | {info.paper_number} | {ours} | "
-                     f"{r['status']} | {report} |")
+                     f"{r['status']}{seconds} | {report} |")
     lines.append("")
     reports_dir.mkdir(parents=True, exist_ok=True)
     path = reports_dir / "index.md"
@@ -264,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{name}] running profile {args.profile} ...", flush=True)
         rows[name] = run_package(name, args.profile, reports_dir, args.data_dir, args.timeout)
         print(f"[{name}] {rows[name]['status']} in {rows[name]['seconds']:.0f} s", flush=True)
+        pending = {n: {"status": "pending"} for n in (args.only or names) if n not in rows}
+        write_index({**rows, **pending}, args.profile, reports_dir)  # readable while the others still run
     path = write_index(rows, args.profile, reports_dir)
     print(f"wrote {path}")
     return 1 if any(r["status"].startswith("failed") for r in rows.values()) else 0
