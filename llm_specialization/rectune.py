@@ -241,3 +241,53 @@ def evaluate_auc(model, tokenizer, examples: list[RecExample], titles: dict[int,
     scores = yes_probability(model, tokenizer, [render_prompt(e, titles, tokenizer, template) for e in examples],
                              batch_size)
     return roc_auc([e.label for e in examples], scores), scores
+
+
+# ----------------------------------------------------------------------------------------- SASRec baseline
+class LabelledSASRec(torch.nn.Module):
+    """TALLRec's few-shot SASRec baseline design: SASRec's encoder over the history, each item embedding plus
+    a like/dislike embedding; logit = <h_last, e_target> + b, trained with BCE on the same n examples."""
+
+    def __init__(self, n_items: int, hidden: int = 64, layers: int = 2, heads: int = 2, dropout: float = 0.2,
+                 max_len: int = 10):
+        super().__init__()
+        self.item = torch.nn.Embedding(n_items + 1, hidden)
+        self.like = torch.nn.Embedding(2, hidden)
+        self.pos = torch.nn.Embedding(max_len, hidden)
+        block = torch.nn.TransformerEncoderLayer(hidden, heads, 4 * hidden, dropout, activation="gelu",
+                                                 batch_first=True)
+        self.encoder = torch.nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm = torch.nn.LayerNorm(hidden)
+        self.bias = torch.nn.Parameter(torch.zeros(()))
+        torch.nn.init.normal_(self.item.weight, std=0.02)
+
+    def forward(self, history, liked, target, labels=None):  # (B, L), (B, L), (B,) -> (B,) logits
+        L = history.shape[1]
+        h = self.item(history) + self.like(liked) + self.pos(torch.arange(L, device=history.device))
+        causal = torch.triu(torch.ones(L, L, dtype=torch.bool, device=history.device), 1)
+        h = self.norm(self.encoder(h, mask=causal))[:, -1]
+        return (h * self.item(target)).sum(-1) + self.bias
+
+
+class LabelledSeqDataset(torch.utils.data.Dataset):
+    def __init__(self, examples: list[RecExample]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i):
+        e = self.examples[i]
+        return {"history": torch.tensor(e.history), "liked": torch.tensor([int(x) for x in e.liked]),
+                "target": torch.tensor(e.target), "labels": torch.tensor(float(e.label))}
+
+
+def labelled_sasrec_loss(model, batch) -> torch.Tensor:
+    return torch.nn.functional.binary_cross_entropy_with_logits(model(**batch), batch["labels"])
+
+
+@torch.no_grad()
+def labelled_sasrec_scores(model: LabelledSASRec, examples: list[RecExample]) -> np.ndarray:
+    model.eval()
+    batch = torch.utils.data.default_collate([LabelledSeqDataset(examples)[i] for i in range(len(examples))])
+    return torch.sigmoid(model(**batch)).numpy()

@@ -258,7 +258,7 @@ def run_rec_tuning(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg=None
                    template: str = "alpaca", history: int = 10, max_records: int = 10_000, n_train: int = 64,
                    n_valid: int = 200, n_test: int = 1000, lr: float = 1e-4, lora_r: int = 8,
                    lora_alpha: int = 16, lora_dropout: float = 0.05, train_on_inputs: bool = False,
-                   eval_batch_size: int = 8, seed: int = 0, movielens=None) -> list[dict]:
+                   eval_batch_size: int = 8, sasrec_epochs: int = 50, seed: int = 0, movielens=None) -> list[dict]:
     """TALLRec-style rec-tuning (protocol B): baselines, zero-shot LLM and LoRA(q/v) rec-tuned LLM, AUC each.
 
     The LoRA model trains through the shared trainer with validation AUC as its monitor (early stopping
@@ -283,12 +283,27 @@ def run_rec_tuning(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg=None
                  trainable_params=0),
             dict(base, model="target item like rate (train examples)",
                  auc=R.roc_auc(labels, R.item_like_rate(train, test)), trainable_params=0)]
+    if n_train:  # TALLRec's SASRec baseline on the same n examples (its own small trainer run)
+        torch.manual_seed(seed)
+        sas = R.LabelledSASRec(ml.n_items, max_len=history)
+        sas_cfg = TrainerConfig(max_epochs=sasrec_epochs, batch_size=min(32, len(train)), progress_bar=False,
+                                seed=seed, monitor="valid_auc", log_every_steps=50)
+        sas_trainer = Trainer(sas_cfg, run_dir / "sasrec", logger_cfg=logger_cfg, resume=resume)
+        sas_trainer.fit(sas, R.LabelledSeqDataset(train), R.labelled_sasrec_loss,
+                        optimizer_fn=lambda m: torch.optim.Adam(m.parameters(), lr=1e-3),
+                        eval_fn=lambda m: {"valid_auc": R.roc_auc([e.label for e in valid],
+                                                                  R.labelled_sasrec_scores(m, valid))})
+        sas_trainer.load_best(sas)
+        rows.append(dict(base, model="SASRec with like labels (same n examples)",
+                         auc=R.roc_auc(labels, R.labelled_sasrec_scores(sas, test)),
+                         trainable_params=sum(p.numel() for p in sas.parameters())))
     lm = load_lm(model) if isinstance(model, str) else model  # a name, or an LM object (tests)
     t0 = time.time()
     auc0, _ = R.evaluate_auc(lm.model, lm.tokenizer, test, ml.titles, template, eval_batch_size)
     rows.append(dict(base, model=f"zero-shot LLM ({lm.name})", auc=auc0, trainable_params=0,
                      infer_ms_per_example=1000 * (time.time() - t0) / len(test)))
     if n_train:
+        torch.manual_seed(seed)  # the adapter's initialisation does not depend on what ran before
         net = ladder.adapt(lm, "lora", lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                            target_modules=("q_proj", "v_proj"))
         data = R.RecTuneDataset(lm, train, ml.titles, template, train_on_inputs)

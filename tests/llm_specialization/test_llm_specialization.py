@@ -581,6 +581,7 @@ def test_learning_rec_tuning_lora_on_synthetic_ratings(tmp_path):
     auc = {r["model"].split(" (")[0]: r["auc"] for r in rows}
     assert auc["target item like rate"] == 1.0  # the like label is an item property here
     assert auc["zero-shot LLM"] < 0.8 and auc["LoRA rec-tuned LLM"] > 0.95
+    assert auc["SASRec with like labels"] > 0.9, auc  # item embeddings learn the like-ness of an item
     # r=8 on q (32->32: 8*32 + 32*8) and v (32->16, 2 KV heads of 8: 8*32 + 16*8), 2 layers
     assert rows[-1]["trainable_params"] == 2 * ((8 * 32 + 32 * 8) + (8 * 32 + 16 * 8))
     assert json.loads((tmp_path / "rt" / "rec_tuning.json").read_text())[-1]["auc"] == rows[-1]["auc"]
