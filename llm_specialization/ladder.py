@@ -21,6 +21,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from common.bench import peak_rss_bytes
 from common.progress import progress
 from llm_specialization.data import R8, R8_VERBALIZERS, Example
+from llm_specialization.models import lm_loss, pad_lm_batch
 from llm_specialization.scoring import score_candidates
 
 INSTRUCTION = ("Classify the news article into one of these topics: earnings, acquisition, crude oil, trade, "
@@ -161,18 +162,10 @@ class VerbalizerDataset(torch.utils.data.Dataset):
         return self.items[i]
 
     def collate(self, batch):
-        n = max(len(ids) for ids, _ in batch)
-        ids = torch.full((len(batch), n), self.pad, dtype=torch.long)
-        labels = torch.full((len(batch), n), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), n), dtype=torch.long)
-        for i, (x, y) in enumerate(batch):
-            ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        return pad_lm_batch(batch, self.pad)
 
 
-def verbalizer_loss(model, batch) -> torch.Tensor:
-    """Cross-entropy on the verbalizer tokens only (transformers shifts the labels)."""
-    return model(**batch).loss
+verbalizer_loss = lm_loss  # cross-entropy on the verbalizer tokens only (the others are labelled -100)
 
 
 def adapt(lm, method: str, lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.05,

@@ -238,3 +238,19 @@ def gguf_reference_logits(path, input_ids: list[int]) -> torch.Tensor:
     x = rms(x, tensors["output_norm.weight"])
     head = tensors.get("output.weight", emb)  # tied embeddings when there is no output tensor
     return x @ head.T
+
+
+def pad_lm_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad (token ids, labels) rows into a causal-LM batch; labels are -100 where no loss is taken."""
+    n = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), n), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), n), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def lm_loss(model, batch) -> torch.Tensor:
+    """The causal-LM cross-entropy on the labelled tokens (transformers shifts the labels)."""
+    return model(**batch).loss

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from llm_specialization.models import lm_loss, pad_lm_batch
+
 LIKE_ABOVE = 3.0  # like = rating > 3
 
 TALLREC_INSTRUCTION = ("Given the user's preference and unpreference, identify whether the user will like the "
@@ -223,17 +225,10 @@ class RecTuneDataset(torch.utils.data.Dataset):
         return self.rows[i]
 
     def collate(self, batch):
-        T = max(len(ids) for ids, _ in batch)
-        ids = torch.full((len(batch), T), self.pad, dtype=torch.long)
-        labels = torch.full((len(batch), T), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), T), dtype=torch.long)
-        for j, (x, y) in enumerate(batch):
-            ids[j, : len(x)], labels[j, : len(y)], mask[j, : len(x)] = torch.tensor(x), torch.tensor(y), 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        return pad_lm_batch(batch, self.pad)
 
 
-def rectune_loss(model, batch) -> torch.Tensor:
-    return model(**batch).loss
+rectune_loss = lm_loss  # cross-entropy on the response tokens (or the whole prompt with train_on_inputs)
 
 
 def evaluate_auc(model, tokenizer, examples: list[RecExample], titles: dict[int, str], template: str = "alpaca",
