@@ -125,9 +125,14 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def cell(value: Any) -> str:
+    """A markdown table cell: formatted, with literal pipes escaped (|V| would split the row)."""
+    return fmt(value).replace("|", "\\|")
+
+
 def _table(rows: list[Row]) -> str:
     lines = ["| metric | paper | ours | note |", "|---|---|---|---|"]
-    lines += [f"| {r.metric} | {fmt(r.paper)} | {fmt(r.ours)} | {r.note} |" for r in rows]
+    lines += [f"| {cell(r.metric)} | {cell(fmt(r.paper))} | {cell(fmt(r.ours))} | {cell(r.note)} |" for r in rows]
     return "\n".join(lines)
 
 
@@ -236,8 +241,8 @@ def write_index(rows: dict[str, dict[str, Any]], profile: str, reports_dir: Path
         ours = f"{head.get('metric', '')}: {fmt(head.get('ours'))}" if head else "—"
         report = f"[report]({info.name}/report.{profile}.md)" if r["status"] == "ok" else ""
         seconds = f" ({r['seconds']:.0f} s)" if "seconds" in r else ""
-        lines.append(f"| `{info.name}` | {info.paper} | {info.claim} | {info.paper_number} | {ours} | "
-                     f"{r['status']}{seconds} | {report} |")
+        lines.append(f"| `{info.name}` | {cell(info.paper)} | {cell(info.claim)} | {cell(info.paper_number)} | "
+                     f"{cell(ours)} | {r['status']}{seconds} | {report} |")
     lines.append("")
     reports_dir.mkdir(parents=True, exist_ok=True)
     path = reports_dir / "index.md"
@@ -254,10 +259,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reports-dir", default=str(REPO_ROOT / "reports"))
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--timeout", type=float, default=None, help="seconds per package (default: none)")
+    ap.add_argument("--index-only", action="store_true",
+                    help="run nothing: rebuild reports/index.md from the results.<profile>.json already there")
     args = ap.parse_args(argv)
     reports_dir = Path(args.reports_dir)
     rows: dict[str, dict[str, Any]] = {}
     for name in args.only or names:
+        if args.index_only:
+            results = reports_dir / name / f"results.{args.profile}.json"
+            data = json.loads(results.read_text()) if results.exists() else None
+            rows[name] = ({"status": "ok", "seconds": data.get("wall_seconds", 0.0), "headline": data.get("headline")}
+                          if data else {"status": "not run" if package_exists(name) else "not implemented"})
+            continue
         if not package_exists(name):
             rows[name] = {"status": "not implemented"}
             print(f"[{name}] not implemented")

@@ -60,3 +60,19 @@ def test_cli_help():
     out = subprocess.run([sys.executable, "-m", "common.reproduce", "--help"], cwd=REPO, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0 and "--only" in out.stdout and "--profile" in out.stdout
+
+
+def test_pipes_in_cells_are_escaped(tmp_path):
+    report = ReproReport(rows=[Row("size at |V|=4,928", 1.0, paper="a|b")])
+    run_profiles("toy", {"smoke": lambda ctx: report}, ["--profile", "smoke", "--reports-dir", str(tmp_path),
+                                                         "--work-dir", str(tmp_path / "w")])
+    md = (tmp_path / "toy" / "report.md").read_text()
+    assert "| size at \\|V\\|=4,928 | a\\|b | 1 |  |" in md
+
+
+def test_index_only_rebuilds_from_existing_results(tmp_path):
+    run_profiles("fuyou_offload", {"smoke": _smoke}, ["--profile", "smoke", "--reports-dir", str(tmp_path),
+                                                      "--work-dir", str(tmp_path / "w")])
+    assert reproduce.main(["--profile", "smoke", "--index-only", "--reports-dir", str(tmp_path)]) == 0
+    index = (tmp_path / "index.md").read_text()
+    assert "| accuracy: 0.91 | ok (" in index and "not run" in index
