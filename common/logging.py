@@ -6,6 +6,7 @@ import json
 import logging as _pylogging
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +20,7 @@ class _FallbackHandler(_pylogging.StreamHandler):
 
     def emit(self, record: _pylogging.LogRecord) -> None:
         if not _pylogging.getLogger().handlers:
+            self.stream = sys.stderr  # the current stderr (it may have been redirected since import)
             super().emit(record)
 
 
