@@ -6,14 +6,9 @@ uninterrupted one, without saving any loader state.
 
 from __future__ import annotations
 
-import tarfile
-
 import torch
 
-from common.data import DataFormatError, dataset_path
-
-REUTERS_SOURCE = ("nltk_data corpora/reuters (Reuters-21578 ApteMod), tarred as reuters21578/reuters.tar.gz; "
-                  "see ../shared/data/SOURCES.md")
+from common.corpora import read_reuters as read_reuters_docs
 
 
 class ByteTokenizer:
@@ -39,32 +34,15 @@ class HFTokenizer:
 
 
 def read_reuters(split: str = "training", data_dir: str | None = None, limit: int | None = None) -> list[str]:
-    """The documents of one Reuters-21578 split (``training`` or ``test``), in file-id order."""
+    """The documents of one Reuters-21578 split (``training`` or ``test``), in file-id order.
+
+    Reading and validation are the shared :func:`common.corpora.read_reuters` (its ``cats.txt`` order is
+    the numeric file-id order).
+    """
     if split not in ("training", "test"):
         raise ValueError(f"split must be training or test, not {split!r}")
-    path = dataset_path("Reuters-21578", "reuters21578/reuters.tar.gz", source=REUTERS_SOURCE, data_dir=data_dir)
-    docs: list[tuple[int, str]] = []
-    try:
-        with tarfile.open(path, "r:gz") as tar:
-            for m in tar.getmembers():
-                parts = m.name.split("/")
-                if len(parts) == 3 and parts[1] == split and m.isfile():
-                    if not parts[2].isdigit():
-                        raise DataFormatError(path, f"member {m.name} is not named by a numeric document id")
-                    raw = tar.extractfile(m).read()
-                    try:
-                        text = raw.decode("utf-8")
-                    except UnicodeDecodeError:
-                        text = raw.decode("latin-1")
-                    docs.append((int(parts[2]), text))
-    except (tarfile.TarError, EOFError, OSError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise DataFormatError(path, f"not a readable .tar.gz ({e})") from e
-    if not docs:
-        raise DataFormatError(path, f"no documents under reuters/{split}/")
-    docs.sort()
-    out = [t for _, t in docs]
+    want = {"training": "train", "test": "test"}[split]
+    out = [d.text for d in read_reuters_docs(data_dir=data_dir, splits=(want,))]
     return out[:limit] if limit else out
 
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import html
 import re
-import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.corpora import read_reuters
 from common.data import DataFormatError, dataset_path
 
-REUTERS_SOURCE = "the NLTK data repository (corpora/reuters.zip), re-tarred as reuters21578/reuters.tar.gz"
 SST2_SOURCE = "GLUE SST-2 (https://gluebenchmark.com/tasks), as glue/sst2/{train,dev}.tsv"
 NLU_SOURCE = "monologg/JointBERT data/{atis,snips} (https://github.com/monologg/JointBERT)"
 
@@ -42,26 +41,10 @@ def split_words(text: str, max_words: int) -> list[str]:
 
 
 def read_reuters_training(data_dir=None, limit: int | None = None) -> Iterator[str]:
-    """Yield the raw text of the Reuters-21578 ApteMod *training* documents (test documents are skipped)."""
-    path = dataset_path("Reuters-21578", "reuters21578/reuters.tar.gz", source=REUTERS_SOURCE, data_dir=data_dir)
-    n = 0
-    try:
-        with tarfile.open(path, "r:gz") as tar:
-            for member in tar:
-                if not member.isfile() or not member.name.startswith("reuters/training/"):
-                    continue
-                raw = tar.extractfile(member).read()
-                try:
-                    yield raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    yield raw.decode("latin-1")
-                n += 1
-                if limit is not None and n >= limit:
-                    return
-    except tarfile.TarError as e:
-        raise DataFormatError(path, f"not a readable gzip tar archive ({e})") from None
-    if n == 0:
-        raise DataFormatError(path, "no reuters/training/<id> documents in the archive")
+    """Yield the raw text of the Reuters-21578 ApteMod *training* documents in file-id order (test documents
+    are skipped); reading and validation are the shared :func:`common.corpora.read_reuters`."""
+    docs = read_reuters(data_dir=data_dir, splits=("train",))
+    yield from (d.text for d in docs[:limit])
 
 
 def read_sst2(split: str = "train", data_dir=None, limit: int | None = None) -> list[tuple[str, int]]:

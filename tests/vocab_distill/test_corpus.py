@@ -40,7 +40,8 @@ def data_root(tmp_path):
     (root / "reuters21578").mkdir()
     with tarfile.open(root / "reuters21578" / "reuters.tar.gz", "w:gz") as tar:
         for name, text in [("reuters/training/1", "COCOA &lt;UP>\n  Prices rose\n  sharply ."),
-                           ("reuters/test/2", "test documents are never read")]:
+                           ("reuters/test/2", "test documents are never read"),
+                           ("reuters/cats.txt", "training/1 cocoa\ntest/2 earn\n")]:
             data = text.encode()
             info = tarfile.TarInfo(name)
             info.size = len(data)
