@@ -163,7 +163,7 @@ def _plot(results: dict[str, dict], out_dir: Path, profile: str) -> list[Path]:
     ax.barh(names, vals, color=["tab:gray" if ("L2" in n or "SSIM" in n or "PSNR" in n) else "tab:blue"
                                 for n in names])
     ax.set_xlim(min(vals) - 5, max(vals) + 2)
-    ax.set_xlabel("2AFC agreement (%), mean of the BAPPS-named splits — SYNTHETIC judgments")
+    ax.set_xlabel("2AFC agreement (%), mean of the BAPPS-named splits\nSYNTHETIC judgments, not human")
     ax.invert_yaxis()
     fig.tight_layout()
     path = out_dir / f"2afc_{profile}.png"
