@@ -228,11 +228,21 @@ def run_package(name: str, profile: str, reports_dir: Path, data_dir: str | None
     return row
 
 
+def _full_cell(name: str, reports_dir: Path) -> str:
+    """The headline of the package's last ``full`` run, linked to its report; '—' if it has none."""
+    results = reports_dir / name / "results.full.json"
+    if not results.exists():
+        return "—"
+    head = json.loads(results.read_text()).get("headline") or {}
+    ours = f"{head.get('metric', '')}: {fmt(head.get('ours'))}" if head else "see report"
+    return f"{cell(ours)} ([report]({name}/report.full.md))"
+
+
 def write_index(rows: dict[str, dict[str, Any]], profile: str, reports_dir: Path) -> Path:
     lines = [f"# Reproduction index (profile `{profile}`)", "",
              f"Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')} · Hardware: {hardware_summary()}",
-             "", "| package | paper | headline claim | paper's number | our number | status | report |",
-             "|---|---|---|---|---|---|---|"]
+             "", "| package | paper | headline claim | paper's number | our number | status | report | our number, `full` |",
+             "|---|---|---|---|---|---|---|---|"]
     for info in PACKAGES:
         r = rows.get(info.name)
         if r is None:
@@ -242,7 +252,7 @@ def write_index(rows: dict[str, dict[str, Any]], profile: str, reports_dir: Path
         report = f"[report]({info.name}/report.{profile}.md)" if r["status"] == "ok" else ""
         seconds = f" ({r['seconds']:.0f} s)" if "seconds" in r else ""
         lines.append(f"| `{info.name}` | {cell(info.paper)} | {cell(info.claim)} | {cell(info.paper_number)} | "
-                     f"{cell(ours)} | {r['status']}{seconds} | {report} |")
+                     f"{cell(ours)} | {r['status']}{seconds} | {report} | {_full_cell(info.name, reports_dir)} |")
     lines.append("")
     reports_dir.mkdir(parents=True, exist_ok=True)
     path = reports_dir / "index.md"

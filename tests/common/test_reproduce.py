@@ -76,3 +76,14 @@ def test_index_only_rebuilds_from_existing_results(tmp_path):
     assert reproduce.main(["--profile", "smoke", "--index-only", "--reports-dir", str(tmp_path)]) == 0
     index = (tmp_path / "index.md").read_text()
     assert "| accuracy: 0.91 | ok (" in index and "not run" in index
+
+
+def test_index_shows_the_full_profile_beside_the_current_one(tmp_path):
+    for profile in ("smoke", "full"):
+        run_profiles("fuyou_offload", {profile: _smoke}, ["--profile", profile, "--reports-dir", str(tmp_path),
+                                                          "--work-dir", str(tmp_path / "w" / profile)])
+    assert reproduce.main(["--profile", "smoke", "--index-only", "--reports-dir", str(tmp_path)]) == 0
+    row = next(line for line in (tmp_path / "index.md").read_text().splitlines() if "`fuyou_offload`" in line)
+    assert row.endswith("| accuracy: 0.91 ([report](fuyou_offload/report.full.md)) |")
+    other = next(line for line in (tmp_path / "index.md").read_text().splitlines() if "`scpo_rl`" in line)
+    assert other.endswith("| — |")
