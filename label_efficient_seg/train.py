@@ -20,12 +20,12 @@ import common.config  # noqa: F401  (registers trainer/paths/logger/run_layout)
 from common.hydra_utils import report_user_errors, run_dir_from, to_plain
 from label_efficient_seg.experiment import DataConfig, MethodConfig, ModelConfig, OptimConfig, run_experiment
 
-# typed schemas of the package's groups: every yaml option starts from `base` (unknown keys fail)
+# Typed schemas of the package's groups: every yaml option starts from `/schema/label_efficient_seg/<group>`
+# (unknown keys fail). They live under a package-specific group because Hydra's ConfigStore is global: a
+# `method` group registered here would make `method=...` a group choice in every other package's app.
 _cs = ConfigStore.instance()
-_cs.store(group="data", name="base", node=DataConfig)
-_cs.store(group="method", name="base", node=MethodConfig)
-_cs.store(group="model", name="base", node=ModelConfig)
-_cs.store(group="optim", name="base", node=OptimConfig)
+for _group, _schema in (("data", DataConfig), ("method", MethodConfig), ("model", ModelConfig), ("optim", OptimConfig)):
+    _cs.store(group="schema/label_efficient_seg", name=_group, node=_schema)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -19,8 +19,10 @@ from common.hydra_utils import report_user_errors, run_dir_from, to_dataclass, t
 
 from .training import DataConfig, MetricTrainConfig, train_metric
 
-ConfigStore.instance().store(group="model", name="base_metric", node=MetricTrainConfig)
-ConfigStore.instance().store(group="data", name="base_bapps", node=DataConfig)
+# Typed schemas under a package-specific group (Hydra's ConfigStore is global: a plain `model` or `data`
+# group here would add options to every other package's groups of that name).
+ConfigStore.instance().store(group="schema/lpips_metric", name="model", node=MetricTrainConfig)
+ConfigStore.instance().store(group="schema/lpips_metric", name="data", node=DataConfig)
 
 
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).parent / "conf"), config_name="config")

@@ -36,6 +36,16 @@ def test_config_composes_and_resolves(module, conf_dir, name, overrides):
     assert not OmegaConf.missing_keys(cfg) or overrides == [], OmegaConf.missing_keys(cfg)
 
 
+def test_packages_register_no_group_that_leaks_into_other_apps():
+    """Hydra's ConfigStore is global: a package's schemas must not create top-level groups such as `method`,
+    which turn another app's plain key (meta_multilabel's `method: meta`) into a group choice."""
+    for module, _, _ in APPS:
+        importlib.import_module(module)
+    with initialize_config_dir(str(REPO / "meta_multilabel" / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["method=inverse_freq"])
+    assert cfg.method == "inverse_freq"
+
+
 def test_experiment_overrides_package_values():
     importlib.import_module("common.examples.digits")
     with initialize_config_dir(str(REPO / "common/examples/conf"), version_base="1.3"):

@@ -71,7 +71,7 @@ def test_train_subprocess_resume_and_help(tmp_path):
     assert max(r["step"] for r in read_jsonl(tmp_path / "smoke" / "metrics.jsonl")) == 6
     out = _run(["-m", "lpips_metric.train", "--help"])
     assert out.returncode == 0
-    assert "model: base_metric, lin, scratch, tune" in out.stdout and "data: " in out.stdout
+    assert "model: lin, scratch, tune" in out.stdout and "data: " in out.stdout
 
 
 def test_reproduce_smoke(tmp_path):

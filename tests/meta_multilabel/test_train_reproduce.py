@@ -16,8 +16,6 @@ from meta_multilabel.pipeline import run_experiment
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "meta_multilabel" / "conf"
-# `method` is a plain key here (default: meta). It is not overridden: in one test process another package
-# (label_efficient_seg) registers a `method` config group, which would make Hydra read method=... as a group.
 SYNTHETIC = ["data=synthetic", "features=raw", "meta.episodes=2", "meta.inner_epochs=1",
              "meta.warmup_epochs=1", "meta.hidden=8", "meta.label_dim=4", "classifier.batch_size=128",
              "trainer.progress_bar=false", "logger.tensorboard=false"]
