@@ -99,6 +99,32 @@ def test_resume_at_epoch_boundary_is_exact(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_mid_epoch_is_exact(tmp_path):
+    """The same FixMatch run checkpointed every step, resumed from step 3 (the first step of epoch 2, with
+    its second batch still to come) ends bit-identical to the uninterrupted run."""
+    import shutil
+
+    import torch
+
+    from common.checkpoint import load_checkpoint
+    from common.config import LoggerConfig, TrainerConfig
+    from label_efficient_seg.experiment import DataConfig, run_experiment
+
+    args = (DataConfig("shapes", crop=16, shapes_n=8, shapes_size=16),
+            {"name": "fixmatch", "labelled_fraction": 0.5, "tau": 0.5}, {"base": 4, "depth": 2}, None,
+            TrainerConfig(max_epochs=2, batch_size=4, progress_bar=False, checkpoint_every_steps=1))
+    logger = LoggerConfig(tensorboard=False)
+    run_experiment(*args, tmp_path / "straight", logger_cfg=logger)
+    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    (tmp_path / "resumed" / "checkpoints" / "step_4.pt").unlink()
+    (tmp_path / "resumed" / "checkpoints" / "best.pt").unlink(missing_ok=True)
+    assert (tmp_path / "resumed" / "checkpoints" / "step_3.pt").exists()
+    run_experiment(*args, tmp_path / "resumed", logger_cfg=logger, resume="auto")
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "step_4.pt")["model"]
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "step_4.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.slow
 def test_bench_runs_side_by_side(tmp_path):
     from label_efficient_seg import bench
