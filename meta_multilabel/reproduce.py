@@ -11,12 +11,14 @@ The paper's result tables were not retrieved (see the README): the paper column 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from common.logging import MetricLogger, get_logger
+from common.progress import progress
 from common.reproduce import ProfileContext, ReproReport, Row, run_profiles
 from meta_multilabel.meta import ClassifierConfig, MetaConfig
 from meta_multilabel.pipeline import DataConfig, FeaturesConfig, prepare_task, run_method, write_results
@@ -110,6 +112,8 @@ def run_plan(ctx: ProfileContext, plan: Plan) -> ReproReport:
     histories: dict[str, list[dict]] = {}
     plots: list[Path] = []
     tasks = {}
+    # the cells train silently (progress_bar=False inside); this bar and one log line per cell show the run
+    bar = progress(total=len(plan.datasets) * len(plan.methods) * len(plan.seeds), desc="cells", unit="cell")
     for dname, dplan in plan.datasets.items():
         dplan.features = replace(dplan.features, cache_dir=str(ctx.work_dir / "feature_cache"))
         task = prepare_task(dplan.data, dplan.features, data_dir=ctx.data_dir, progress_bar=False)
@@ -123,12 +127,16 @@ def run_plan(ctx: ProfileContext, plan: Plan) -> ReproReport:
                     results = payload["results"]
                     history = payload.get("history")
                 else:
+                    t0 = time.time()
                     with MetricLogger(run_dir, tensorboard=plan.tensorboard) as logger:
                         out = run_method(task, method, dplan.classifier, dplan.meta, run_dir, seed=seed,
                                          resume=ctx.resume, logger=logger, progress_bar=False)
                     history = out.get("_history")
                     write_results(run_dir, task, out, {"method": method, "seed": seed, "history": history})
                     results = {k: v for k, v in out.items() if not k.startswith("_")}
+                    log.info("%s/%s seed %d done in %.0f s", dname, method, seed, time.time() - t0)
+                bar.update(1)
+                bar.set_postfix_str(f"{dname}/{method} seed {seed}")
                 for name, res in results.items():
                     cells.setdefault((dname, name), []).append(res)
                 if history and seed == plan.seeds[0]:
@@ -138,6 +146,7 @@ def run_plan(ctx: ProfileContext, plan: Plan) -> ReproReport:
                     plots.append(plot_policies(task, results[name].get("weights"), results[name]["thresholds"],
                                                ctx.out_dir / f"policies_{dname}_{method}.png",
                                                title=f"{dname} {name} (seed {seed})"))
+    bar.close()
     return _report(plan, tasks, cells, plots)
 
 
