@@ -141,10 +141,10 @@ def run_plan(ctx: ProfileContext, plan: Plan) -> ReproReport:
                     cells.setdefault((dname, name), []).append(res)
                 if history and seed == plan.seeds[0]:
                     histories[f"{dname}/{method}"] = history
-                    plots.append(plot_rewards(history, ctx.out_dir / f"reward_{dname}_{method}.png"))
+                    plots.append(plot_rewards(history, ctx.out_dir / f"reward_{dname}_{method}_{ctx.profile}.png"))
                     name = METHOD_NAMES[method][0]
                     plots.append(plot_policies(task, results[name].get("weights"), results[name]["thresholds"],
-                                               ctx.out_dir / f"policies_{dname}_{method}.png",
+                                               ctx.out_dir / f"policies_{dname}_{method}_{ctx.profile}.png",
                                                title=f"{dname} {name} (seed {seed})"))
     bar.close()
     return _report(plan, tasks, cells, plots)
