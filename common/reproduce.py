@@ -132,7 +132,7 @@ def cell(value: Any) -> str:
 
 def _table(rows: list[Row]) -> str:
     lines = ["| metric | paper | ours | note |", "|---|---|---|---|"]
-    lines += [f"| {cell(r.metric)} | {cell(fmt(r.paper))} | {cell(fmt(r.ours))} | {cell(r.note)} |" for r in rows]
+    lines += [f"| {cell(r.metric)} | {cell(r.paper)} | {cell(r.ours)} | {cell(r.note)} |" for r in rows]
     return "\n".join(lines)
 
 
@@ -228,13 +228,17 @@ def run_package(name: str, profile: str, reports_dir: Path, data_dir: str | None
     return row
 
 
+def _headline_text(head: dict[str, Any] | None, absent: str) -> str:
+    """``metric: ours`` of a results.json headline, or ``absent`` when it has none."""
+    return f"{head.get('metric', '')}: {fmt(head.get('ours'))}" if head else absent
+
+
 def _full_cell(name: str, reports_dir: Path) -> str:
     """The headline of the package's last ``full`` run, linked to its report; '—' if it has none."""
     results = reports_dir / name / "results.full.json"
     if not results.exists():
         return "—"
-    head = json.loads(results.read_text()).get("headline") or {}
-    ours = f"{head.get('metric', '')}: {fmt(head.get('ours'))}" if head else "see report"
+    ours = _headline_text(json.loads(results.read_text()).get("headline"), "see report")
     return f"{cell(ours)} ([report]({name}/report.full.md))"
 
 
@@ -247,8 +251,7 @@ def write_index(rows: dict[str, dict[str, Any]], profile: str, reports_dir: Path
         r = rows.get(info.name)
         if r is None:
             continue
-        head = r.get("headline") or {}
-        ours = f"{head.get('metric', '')}: {fmt(head.get('ours'))}" if head else "—"
+        ours = _headline_text(r.get("headline"), "—")
         report = f"[report]({info.name}/report.{profile}.md)" if r["status"] == "ok" else ""
         seconds = f" ({r['seconds']:.0f} s)" if "seconds" in r else ""
         lines.append(f"| `{info.name}` | {cell(info.paper)} | {cell(info.claim)} | {cell(info.paper_number)} | "
