@@ -100,13 +100,23 @@ def bench_schedules(mcfg: GPTConfig, work_dir: str | Path, *, batch: int = 4, se
         out["schedules"][s] = info
     if "fuyou" in out["schedules"]:
         f = out["schedules"]["fuyou"]
-        io_s = f["ssd_read_bytes"] / profile.ssd_read_bps + f["ssd_write_bytes"] / profile.ssd_write_bps
+        io_s = io_bound_seconds(f["ssd_read_bytes"], f["ssd_write_bytes"], profile, throttle_bytes_per_s)
         f["io_bound_s"] = io_s
         f["overlap_ratio"] = f["median_step_s"] / max(f["compute_s"], io_s)
         if "zero_infinity" in out["schedules"]:
             out["speedup_vs_zero_infinity"] = out["schedules"]["zero_infinity"]["median_step_s"] / f["median_step_s"]
     out["peak_rss_bytes"] = peak_rss_bytes()
     return out
+
+
+def io_bound_seconds(read_bytes: int, write_bytes: int, profile: Profile,
+                     throttle_bytes_per_s: float | None = None) -> float:
+    """The I/O floor of a step: reads and writes at the measured bandwidths, one after the other; under a
+    throttle no faster than its one token bucket (it meters both directions together) lets through."""
+    io_s = read_bytes / profile.ssd_read_bps + write_bytes / profile.ssd_write_bps
+    if throttle_bytes_per_s:
+        io_s = max(io_s, (read_bytes + write_bytes) / throttle_bytes_per_s)
+    return io_s
 
 
 def format_bench(res: dict[str, Any]) -> str:

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from common.logging import get_logger
+from common.progress import progress
 from common.reproduce import ProfileContext, ReproReport, Row, run_profiles
 
 from .baseline import InMemoryTrainer
@@ -27,6 +29,8 @@ from .memory import HostBudgetError
 from .model import GPTConfig, init_gpt
 from .planner import BlockPlan, choose_plan, plan_for_fraction, predict_step, size_buffers
 from .profiling import measure_floors
+
+log = get_logger("fuyou_offload.reproduce")  # not __main__ under python -m
 
 
 @dataclass
@@ -71,7 +75,7 @@ def equivalence(work: Path) -> float:
     return max(((got[k] - want[k]).abs().max() / want[k].abs().max()).item() for k in want)
 
 
-def capacity(sc: Scale, work: Path, prof) -> tuple[list[dict], dict[str, dict[int, int]]]:
+def capacity(sc: Scale, work: Path, prof, bar=None) -> tuple[list[dict], dict[str, dict[int, int]]]:
     """(a) For each budget and schedule, the largest model (by hidden size) whose step fits."""
     results, best = [], {s: {} for s in ("in_memory", "zero_infinity", "fuyou")}
     batch, seq = sc.batches[-1], sc.seq
@@ -116,10 +120,13 @@ def capacity(sc: Scale, work: Path, prof) -> tuple[list[dict], dict[str, dict[in
                 if ok:
                     best[s][budget] = max(best[s].get(budget, 0), n)
             results.append({"budget_mib": budget, "hidden": h, "params": n, **{f"fits_{s}": ok for s, ok in fits.items()}})
+            log.info("(a) budget %d MiB, %.1fM params: %s", budget, n / 1e6,
+                     ", ".join(f"{s} {'fits' if ok else 'no'}" for s, ok in fits.items()))
+            _tick(bar, f"(a) {budget} MiB, hidden {h}")
     return results, best
 
 
-def throughput(sc: Scale, work: Path, prof, throttle_fracs=(1.0,)) -> list[dict]:
+def throughput(sc: Scale, work: Path, prof, throttle_fracs=(1.0,), bar=None) -> list[dict]:
     """(b)/(c) tokens/s of fuyou and zero_infinity per tokens-per-step (and per throttle)."""
     cfg = GPTConfig(vocab_size=sc.vocab, hidden=sc.hidden, layers=sc.layers, heads=sc.heads)
     rows = []
@@ -135,10 +142,15 @@ def throughput(sc: Scale, work: Path, prof, throttle_fracs=(1.0,)) -> list[dict]
                          "bytes_match": f["ssd_read_bytes"] == f["expected_ssd_read_bytes"]
                          and f["ssd_write_bytes"] == f["expected_ssd_write_bytes"]})
             shutil.rmtree(work / f"tp_{frac}_{b}", ignore_errors=True)
+            r = rows[-1]
+            log.info("(b/c) %g x SSD, %d tokens/step: fuyou %.1f tok/s, zero_infinity %.1f tok/s, speedup %.2f, "
+                     "overlap ratio %.2f", frac, r["tokens_per_step"], r["fuyou_tok_s"], r["zero_infinity_tok_s"],
+                     r["speedup"], r["overlap_ratio"])
+            _tick(bar, f"(b/c) {frac:g} x SSD, {b * sc.seq} tok/step")
     return rows
 
 
-def planner_sweep(sc: Scale, work: Path, prof) -> list[dict]:
+def planner_sweep(sc: Scale, work: Path, prof, bar=None) -> list[dict]:
     """(d) measured against predicted step time for k = 0..5 cached op groups per block (host tier)."""
     cfg = GPTConfig(vocab_size=sc.vocab, hidden=sc.hidden, layers=sc.layers, heads=sc.heads)
     b = sc.batches[-1]
@@ -151,10 +163,18 @@ def planner_sweep(sc: Scale, work: Path, prof) -> list[dict]:
         rows.append({"k": k, "cached": list(plans[0].cached), "measured_s": res["schedules"]["fuyou"]["median_step_s"],
                      "predicted_s": pred.total_s})
         shutil.rmtree(work / f"plan_{k}", ignore_errors=True)
+        log.info("(d) k=%d: measured %.3f s, predicted %.3f s", k, rows[-1]["measured_s"], rows[-1]["predicted_s"])
+        _tick(bar, f"(d) k={k}")
     return rows
 
 
-def _plots(out: Path, cap, tp, sweep) -> list[Path]:
+def _tick(bar, label: str) -> None:
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix_str(label)
+
+
+def _plots(out: Path, cap, tp, sweep, profile: str) -> list[Path]:
     """One figure, four panels: (a) capacity, (b) throughput, (c) bandwidth sweep, (d) planner."""
     import matplotlib
 
@@ -182,7 +202,7 @@ def _plots(out: Path, cap, tp, sweep) -> list[Path]:
     ax[3].plot([r["k"] for r in sweep], [r["predicted_s"] for r in sweep], "s--", label="predicted")
     ax[3].set(xlabel="op groups cached per block (by OB)", ylabel="step time (s)", title="(d) planner")
     ax[3].legend()
-    path = out / "figures.png"
+    path = out / f"figures_{profile}.png"  # per profile, so a full run keeps the quick figure
     fig.savefig(path, dpi=70)
     plt.close(fig)
     return [path]
@@ -193,15 +213,24 @@ def _profile(ctx: ProfileContext) -> ReproReport:
     work = ctx.work_dir / "offload"
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(ctx.seed)
+    # one bar over every measurement: equivalence, floors, (a) cells, (b/c) cells, (d) points
+    n_cells = 2 + len(sc.capacity_budgets_mib) * len(sc.capacity_hiddens) + len(sc.throttles) * len(sc.batches) \
+        + len(sc.ks)
+    bar = progress(total=n_cells, desc=f"fuyou {ctx.profile}", unit="cell")
     eq = equivalence(work / "equivalence")
     shutil.rmtree(work / "equivalence", ignore_errors=True)
+    log.info("equivalence: max rel. param diff %.3g", eq)
+    _tick(bar, "equivalence")
     mcfg = GPTConfig(vocab_size=sc.vocab, hidden=sc.hidden, layers=sc.layers, heads=sc.heads)
     prof, floors = measure_floors(work / "floors", io_bytes=sc.floor_bytes_mib << 20,
                                   model=mcfg, batch=sc.batches[-1], seq=sc.seq)
-    cap_rows, cap = capacity(sc, work, prof)
-    tp = throughput(sc, work, prof, sc.throttles)
-    sweep = planner_sweep(sc, work, prof)
-    plots = _plots(ctx.out_dir, cap, tp, sweep)
+    log.info("floors: %s", ", ".join(f"{k}={v:.3g}" for k, v in floors.items()))
+    _tick(bar, "floors")
+    cap_rows, cap = capacity(sc, work, prof, bar)
+    tp = throughput(sc, work, prof, sc.throttles, bar)
+    sweep = planner_sweep(sc, work, prof, bar)
+    bar.close()
+    plots = _plots(ctx.out_dir, cap, tp, sweep, ctx.profile)
     full_bw = [r for r in tp if r["throttle"] == 1.0]
     best = max(full_bw, key=lambda r: r["speedup"])
     k_pred = min(sweep, key=lambda r: r["predicted_s"])["k"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from fuyou_offload.bench import bench_schedules, format_bench
+from fuyou_offload.bench import bench_schedules, format_bench, io_bound_seconds
 from fuyou_offload.model import GPTConfig
 from fuyou_offload.planner import Profile
 from fuyou_offload.reproduce import main as reproduce_main
@@ -15,11 +15,11 @@ def test_reproduce_smoke_profile_writes_report(tmp_path):
                     "--work-dir", str(tmp_path / "work")])
     out = tmp_path / "reports" / "fuyou_offload"
     report = (out / "report.md").read_text()
-    assert "speedup over zero_infinity" in report and "figures.png" in report
+    assert "speedup over zero_infinity" in report and "figures_smoke.png" in report
     res = json.loads((out / "results.json").read_text())
     text = json.dumps(res)
     assert "equivalence_max_rel_diff" in text
-    assert (out / "figures.png").exists()
+    assert (out / "figures_smoke.png").exists()
 
 
 def test_bench_runs_the_three_schedules_side_by_side(tmp_path):
@@ -32,3 +32,12 @@ def test_bench_runs_the_three_schedules_side_by_side(tmp_path):
     # zero_infinity reloads every block in backward; fuyou keeps the last one resident
     assert res["schedules"]["zero_infinity"]["ssd_read_bytes"] > res["schedules"]["fuyou"]["ssd_read_bytes"]
     assert "zero_infinity / fuyou" in format_bench(res)
+
+
+def test_io_floor_uses_the_throttle_when_it_is_the_bottleneck():
+    prof = Profile(ssd_read_bps=1e9, ssd_write_bps=2e9)
+    assert io_bound_seconds(10**9, 2 * 10**9, prof) == 2.0  # 1 s of reads + 1 s of writes
+    # one bucket at 0.5 GB/s meters both directions: 3 GB take 6 s
+    assert io_bound_seconds(10**9, 2 * 10**9, prof, throttle_bytes_per_s=5e8) == 6.0
+    # a throttle above the drive's own bandwidth changes nothing
+    assert io_bound_seconds(10**9, 2 * 10**9, prof, throttle_bytes_per_s=1e10) == 2.0
