@@ -2,7 +2,7 @@
 
 * ``smoke``: tiny random encoder, 64 ATIS training sentences, one epoch (seconds; tests use it).
 * ``quick``: ATIS with MiniLM, 3 epochs, one seed, then the inference benchmark on the trained model.
-* ``full``:  ATIS (10 epochs) and SNIPS (5 epochs) with MiniLM, softmax slots over 3 seeds and the CRF
+* ``full``:  ATIS and SNIPS (up to 10 epochs each) with MiniLM, softmax slots over 3 seeds and the CRF
   over 1 seed; the epoch is chosen on dev; mean and spread over seeds beside the paper's and the
   reference repository's numbers. Every run is resumable and finished runs are skipped, so the profile
   can be restarted as often as needed until it completes.
@@ -136,7 +136,9 @@ def bench_rows(bench: dict) -> list[Row]:
 
 def full(ctx: ProfileContext) -> ReproReport:
     seeds = [ctx.seed + 1234 + i for i in range(3)]
-    epochs = {"atis": 10, "snips": 5}
+    # Both at the reference's upper bound of 10 epochs. SNIPS was 5 until a 5-epoch run's dev slot F1 and
+    # sentence accuracy were still rising at the last epoch (kept for the record in the README).
+    epochs = {"atis": 10, "snips": 10}
     plan = [(ds, False, s) for ds in ("atis", "snips") for s in seeds] + [(ds, True, seeds[0]) for ds in ("atis", "snips")]
     results: dict[tuple[str, bool], list[dict]] = {}
     for ds, crf, seed in plan:
@@ -164,7 +166,7 @@ def full(ctx: ProfileContext) -> ReproReport:
                f"{statistics.mean(100 * r['test']['slot_f1'] for r in snips):.2f}", "98.6 / 97.0", ENCODER_NOTE)
     return ReproReport(rows=rows, headline=head, extra={"runs": per_run},
                        notes=f"{ENCODER_NOTE}. AdamW lr 1e-4, batch 32, linear decay, no warm-up, clip 1.0, "
-                             "dynamic padding, token-mean slot loss; ATIS up to 10 epochs and SNIPS up to 5, "
+                             "dynamic padding, token-mean slot loss; ATIS and SNIPS up to 10 epochs, "
                              "the epoch (checkpoint) with the best dev sentence accuracy is evaluated once on test. "
                              "Spread is the sample standard deviation over seeds.")
 

@@ -54,7 +54,7 @@ def test_full_profile_plans_and_aggregates(tmp_path, monkeypatch):
     assert [c[0] for c in calls] == ["atis_softmax_s1234", "atis_softmax_s1235", "atis_softmax_s1236",
                                      "snips_softmax_s1234", "snips_softmax_s1235", "snips_softmax_s1236",
                                      "atis_crf_s1234", "snips_crf_s1234"]
-    assert {c[1] for c in calls if c[0].startswith("atis")} == {10} and {c[1] for c in calls if "snips" in c[0]} == {5}
+    assert {c[1] for c in calls} == {10}  # ATIS and SNIPS both up to 10 epochs
     row = next(r for r in report.rows if r.metric == "ATIS Joint BERT: test intent acc")
     # seeds 1234, 1235, 1236 -> 0.90, 0.91, 0.92 (seed % 3 = 1, 2, 0): mean 91.00, stdev 1.00
     assert row.ours == "91.00 ± 1.00 (n=3)" and row.paper == 97.5
