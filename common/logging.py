@@ -26,6 +26,9 @@ class _FallbackHandler(_pylogging.StreamHandler):
 
 def get_logger(name: str) -> _pylogging.Logger:
     """A console logger with one consistent format across packages (safe to call at import time)."""
+    if name == "__main__":  # under ``python -m pkg.mod`` name the module, not "__main__"
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        name = spec.name if spec is not None else name
     # The handler sits on the top-level package logger only, so "pkg" and "pkg.sub" never print a record twice.
     top = _pylogging.getLogger(name.split(".")[0])
     if not any(isinstance(h, _FallbackHandler) for h in top.handlers):

@@ -30,7 +30,7 @@ from .model import GPTConfig, init_gpt
 from .planner import BlockPlan, choose_plan, plan_for_fraction, predict_step, size_buffers
 from .profiling import measure_floors
 
-log = get_logger("fuyou_offload.reproduce")  # not __main__ under python -m
+log = get_logger(__name__)
 
 
 @dataclass

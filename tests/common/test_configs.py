@@ -79,6 +79,17 @@ def test_multirun_dirname_ignores_resume_and_budget_keys():
     assert {"resume", "paths.output_dir", "trainer.max_steps", "trainer.max_epochs"} <= set(excluded)
 
 
+def test_logger_under_python_m_is_named_after_the_module(monkeypatch):
+    import types
+
+    from common.logging import get_logger
+
+    main = types.ModuleType("__main__")
+    main.__spec__ = types.SimpleNamespace(name="fuyou_offload.reproduce")  # as ``python -m`` sets it
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    assert get_logger("__main__").name == "fuyou_offload.reproduce"
+
+
 def test_logger_prints_once_with_or_without_root_handlers(capsys):
     import logging
 
