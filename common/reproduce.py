@@ -113,6 +113,7 @@ class ProfileContext:
     data_dir: str | None = None
     seed: int = 0
     resume: str = "auto"
+    jobs: int | None = None  # processes for profiles that run several trainings at once; None: the profile's own
 
 
 def fmt(value: Any) -> str:
@@ -183,10 +184,16 @@ def run_profiles(pkg: str, profiles: dict[str, Callable[[ProfileContext], ReproR
     ap.add_argument("--data-dir", default=None, help="data root (default: $PAPERS_DATA_DIR, ./data, ../shared/data)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fresh", action="store_true", help="ignore checkpoints of an earlier run of this profile")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="processes for profiles that train or sample several things at once (default: the "
+                         "profile's own, at most 2 here); results do not depend on it")
     args = ap.parse_args(argv)
+    if args.jobs is not None and args.jobs < 1:
+        ap.error(f"--jobs must be at least 1, got {args.jobs}")
     ctx = ProfileContext(pkg=pkg, profile=args.profile, out_dir=Path(args.reports_dir) / pkg,
                          work_dir=Path(args.work_dir or f"runs/reproduce/{pkg}/{args.profile}"),
-                         data_dir=args.data_dir, seed=args.seed, resume="never" if args.fresh else "auto")
+                         data_dir=args.data_dir, seed=args.seed, resume="never" if args.fresh else "auto",
+                         jobs=args.jobs)
     if args.fresh and ctx.work_dir.exists():
         import shutil
 

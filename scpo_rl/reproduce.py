@@ -187,7 +187,7 @@ def run_studies(ctx: ProfileContext, profile: str) -> ReproReport:
     studies: list[Study] = spec["studies"]
     runs_dir = (ctx.work_dir / "runs").resolve()
     t0 = time.time()
-    train_all(studies, runs_dir, spec["jobs"])
+    train_all(studies, runs_dir, ctx.jobs or spec["jobs"])
     train_seconds = time.time() - t0
     eval_seed = 10_000 + ctx.seed  # shared by every method and training seed
     rows: list[Row] = []

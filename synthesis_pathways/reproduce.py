@@ -110,6 +110,8 @@ def run(ctx: ProfileContext, prof: Profile) -> ReproReport:
     work = ctx.work_dir
     pipe_dir = work / "train"
     trainer = dataclasses.replace(prof.trainer, seed=ctx.seed)
+    if ctx.jobs:  # sampling processes; the trees do not depend on how many produce them
+        prof = dataclasses.replace(prof, pipeline=dataclasses.replace(prof.pipeline, workers=ctx.jobs))
     info = run_pipeline(prof.pipeline, pipe_dir, trainer_cfg=trainer, data_dir=ctx.data_dir,
                         resume="auto" if ctx.resume != "never" else "never", progress=prof.trainer.progress_bar)
     model = SynNetModel.load(pipe_dir / "model.pt")

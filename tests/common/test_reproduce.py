@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from common import reproduce
 from common.reproduce import ReproReport, Row, run_profiles
 
@@ -26,6 +28,22 @@ def test_run_profiles_writes_report_and_results(tmp_path):
     assert "![curve](curve.png)" in md
     res = json.loads((tmp_path / "toy" / "results.smoke.json").read_text())
     assert res["headline"]["ours"] == 0.91 and res["profile"] == "smoke" and res["date"]
+
+
+def test_jobs_reaches_the_profile_and_must_be_positive(tmp_path):
+    seen = []
+
+    def profile(ctx):
+        seen.append(ctx.jobs)
+        return ReproReport(rows=[Row("m", 1.0)])
+
+    args = ["--profile", "smoke", "--reports-dir", str(tmp_path), "--work-dir", str(tmp_path / "w")]
+    run_profiles("toy", {"smoke": profile}, args)
+    run_profiles("toy", {"smoke": profile}, args + ["--jobs", "1"])
+    assert seen == [None, 1]  # None: the profile keeps its own number of processes
+    with pytest.raises(SystemExit) as err:
+        run_profiles("toy", {"smoke": profile}, args + ["--jobs", "0"])
+    assert err.value.code == 2
 
 
 def test_index_lists_missing_packages_as_not_implemented(tmp_path, monkeypatch):
