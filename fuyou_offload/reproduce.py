@@ -75,7 +75,7 @@ def equivalence(work: Path) -> float:
     return max(((got[k] - want[k]).abs().max() / want[k].abs().max()).item() for k in want)
 
 
-def capacity(sc: Scale, work: Path, prof, bar=None) -> tuple[list[dict], dict[str, dict[int, int]]]:
+def capacity(sc: Scale, work: Path, prof, bar) -> tuple[list[dict], dict[str, dict[int, int]]]:
     """(a) For each budget and schedule, the largest model (by hidden size) whose step fits."""
     results, best = [], {s: {} for s in ("in_memory", "zero_infinity", "fuyou")}
     batch, seq = sc.batches[-1], sc.seq
@@ -126,7 +126,7 @@ def capacity(sc: Scale, work: Path, prof, bar=None) -> tuple[list[dict], dict[st
     return results, best
 
 
-def throughput(sc: Scale, work: Path, prof, throttle_fracs=(1.0,), bar=None) -> list[dict]:
+def throughput(sc: Scale, work: Path, prof, throttle_fracs, bar) -> list[dict]:
     """(b)/(c) tokens/s of fuyou and zero_infinity per tokens-per-step (and per throttle)."""
     cfg = GPTConfig(vocab_size=sc.vocab, hidden=sc.hidden, layers=sc.layers, heads=sc.heads)
     rows = []
@@ -150,7 +150,7 @@ def throughput(sc: Scale, work: Path, prof, throttle_fracs=(1.0,), bar=None) -> 
     return rows
 
 
-def planner_sweep(sc: Scale, work: Path, prof, bar=None) -> list[dict]:
+def planner_sweep(sc: Scale, work: Path, prof, bar) -> list[dict]:
     """(d) measured against predicted step time for k = 0..5 cached op groups per block (host tier)."""
     cfg = GPTConfig(vocab_size=sc.vocab, hidden=sc.hidden, layers=sc.layers, heads=sc.heads)
     b = sc.batches[-1]
@@ -169,9 +169,8 @@ def planner_sweep(sc: Scale, work: Path, prof, bar=None) -> list[dict]:
 
 
 def _tick(bar, label: str) -> None:
-    if bar is not None:
-        bar.update(1)
-        bar.set_postfix_str(label)
+    bar.update(1)
+    bar.set_postfix_str(label)
 
 
 def _plots(out: Path, cap, tp, sweep, profile: str) -> list[Path]:
