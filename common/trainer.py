@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +89,26 @@ def _dist_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def length_grouped_batches(order: list[int], lengths: Sequence[int], batch_size: int,
+                           generator: torch.Generator, window_batches: int = 50) -> list[list[int]]:
+    """Cut the shuffled ``order`` into batches of similar length, still in random order.
+
+    The order is split into windows of ``window_batches`` batches; each window is sorted by length
+    (longest first, ties kept in shuffled order) and cut into batches; the batches of the epoch are then
+    shuffled with ``generator``. Same idea as transformers' ``LengthGroupedSampler``: every example is used
+    once per epoch and the batch count is unchanged, but a batch pads to a length close to its members'.
+    """
+    window = batch_size * window_batches
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda i: -lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    # Only the last batch of the last window may be short; keep it last so a rank split sees it as usual.
+    full, tail = (batches[:-1], batches[-1:]) if len(batches[-1]) < batch_size else (batches, [])
+    perm = torch.randperm(len(full), generator=generator).tolist()
+    return [full[i] for i in perm] + tail
+
+
 class Trainer:
     def __init__(self, cfg, run_dir: str | os.PathLike, *, logger_cfg=None, resume: str | None = "never",
                  config: Mapping | None = None):
@@ -116,13 +136,16 @@ class Trainer:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def _epoch_batches(self, n: int, epoch: int) -> list[list[int]]:
+    def _epoch_batches(self, n: int, epoch: int, lengths: Sequence[int] | None = None) -> list[list[int]]:
         """This rank's micro-batches of epoch ``epoch``: a permutation seeded by (seed, epoch), cut into
-        global batches, each split strided over ranks."""
+        global batches (length-grouped when ``lengths`` is given), each split strided over ranks."""
         g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
         order = torch.randperm(n, generator=g).tolist()
         b = self.cfg.batch_size
-        batches = [order[i:i + b] for i in range(0, n, b)]
+        if lengths is not None:
+            batches = length_grouped_batches(order, lengths, b, g)
+        else:
+            batches = [order[i:i + b] for i in range(0, n, b)]
         if self.world_size > 1:  # every rank must take part in every step (DDP all-reduce)
             batches = [bt for bt in batches if len(bt) >= self.world_size]
         return [bt[self.rank::self.world_size] for bt in batches if len(bt[self.rank::self.world_size])]
@@ -143,12 +166,16 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self, model: nn.Module, train_data: Dataset, loss_fn: Callable, *, optimizer_fn: Callable,
             scheduler_fn: Callable | None = None, eval_fn: Callable | None = None,
-            collate_fn: Callable | None = None) -> FitResult:
+            collate_fn: Callable | None = None, lengths: Sequence[int] | None = None) -> FitResult:
+        """Train ``model``; ``lengths`` (one per example, e.g. token counts) turns on length-grouped
+        batches (see ``length_grouped_batches``), which cut padding when lengths vary a lot."""
         cfg, t_start = self.cfg, time.time()
+        if lengths is not None and len(lengths) != len(train_data):
+            raise ValueError(f"lengths has {len(lengths)} entries for {len(train_data)} training examples")
         seed_everything(cfg.seed)
         model.to(self.device)
         optimizer = optimizer_fn(model)
-        n_micro = len(self._epoch_batches(len(train_data), 0))
+        n_micro = len(self._epoch_batches(len(train_data), 0, lengths))
         steps_per_epoch = math.ceil(n_micro / cfg.grad_accum_steps)
         limits = [x for x in (cfg.max_steps, cfg.max_epochs and cfg.max_epochs * steps_per_epoch) if x]
         total_steps = min(limits)
@@ -222,7 +249,7 @@ class Trainer:
         window_loss, window_items, t_window = [], 0, time.time()
         done = st["step"] >= total_steps or st["stopped_reason"] == "early_stopping"
         while not done:
-            batches = self._epoch_batches(len(train_data), st["epoch"])
+            batches = self._epoch_batches(len(train_data), st["epoch"], lengths)
             # A DataLoader draws its workers' base seed from `generator`; with the default (the global RNG)
             # a loader rebuilt on resume would shift every later random draw (dropout, augmentation).
             loader_rng = torch.Generator().manual_seed(cfg.seed * 100_003 + st["epoch"] + 7)

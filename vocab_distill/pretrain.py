@@ -98,6 +98,9 @@ class MixedMLMOptions:
     """Mixing probability of the held-out evaluation (fixed, so evaluations are comparable)."""
     warmup_fraction: float = 0.06
     weight_decay: float = 0.01
+    group_by_length: bool = False
+    """Batch segments of similar V_t length together (``common.trainer.length_grouped_batches``): the
+    corpus mixes ~85-token Reuters segments with ~20-token sentences, so random batches are mostly padding."""
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -196,6 +199,7 @@ def train_mixed_teacher(model: MixedVocabMLM, codec: MixedVocabCodec, train_encs
     trainer = Trainer(trainer_cfg, run_dir, logger_cfg=logger_cfg, resume=resume, config=config)
     return trainer.fit(model, IndexDataset(len(train_encs)), loss_fn, optimizer_fn=optimizer_fn,
                        scheduler_fn=warmup_linear_decay(opts.warmup_fraction), collate_fn=index_collate,
+                       lengths=segment_lengths(train_encs) if opts.group_by_length else None,
                        eval_fn=lambda m: eval_mixed_mlm(m, codec, eval_encs, p=eval_p,
                                                         batch_size=EVAL_BATCH,
                                                         mask_prob=opts.mask_prob))
@@ -269,6 +273,13 @@ class StudentOptions:
     mask_prob: float = 0.15
     warmup_fraction: float = 0.06
     weight_decay: float = 0.01
+    group_by_length: bool = False
+    """Batch segments of similar length together (see ``MixedMLMOptions.group_by_length``)."""
+
+
+def segment_lengths(encs: Sequence) -> list[int]:
+    """Token count of each encoded segment (``EncodedText``: its V_t pieces; a student array: its length)."""
+    return [len(e.t_ids) if isinstance(e, EncodedText) else len(e) for e in encs]
 
 
 def train_student(distiller: StudentDistiller, codec: StudentCodec, train_encs: Sequence, eval_encs: Sequence,
@@ -288,6 +299,7 @@ def train_student(distiller: StudentDistiller, codec: StudentCodec, train_encs: 
         distiller, IndexDataset(len(train_encs)), loss_fn,
         optimizer_fn=lambda m: torch.optim.AdamW(m.trainable_parameters(), lr=opts.lr, weight_decay=opts.weight_decay),
         scheduler_fn=warmup_linear_decay(opts.warmup_fraction), collate_fn=index_collate,
+        lengths=segment_lengths(train_encs) if opts.group_by_length else None,
         eval_fn=lambda m: eval_student_mlm(m.student, codec, eval_encs,
                                            batch_size=EVAL_BATCH,
                                            mask_prob=opts.mask_prob))
@@ -362,6 +374,7 @@ def train_joint(model: JointDualTraining, codec: MixedVocabCodec, s_codec: Stude
     trainer = Trainer(trainer_cfg, run_dir, logger_cfg=logger_cfg, resume=resume, config=config)
     return trainer.fit(model, IndexDataset(len(train_encs)), loss_fn, optimizer_fn=optimizer_fn,
                        scheduler_fn=warmup_linear_decay(opts.warmup_fraction), collate_fn=index_collate,
+                       lengths=segment_lengths(train_encs) if opts.group_by_length else None,
                        eval_fn=lambda m: eval_student_mlm(m.student, s_codec, eval_s,
                                                           batch_size=EVAL_BATCH,
                                                           mask_prob=opts.mask_prob))

@@ -17,6 +17,7 @@ from vocab_distill.pretrain import (
     StudentOptions,
     eval_mixed_mlm,
     eval_student_mlm,
+    segment_lengths,
     train_mixed_teacher,
     train_student,
 )
@@ -78,7 +79,8 @@ def test_stage1_resume_is_exact(setup, tmp_path):
         assert torch.equal(v, resumed[k]), k
 
 
-def test_stage2_student_learns_with_projection(setup, tmp_path):
+@pytest.mark.parametrize("group_by_length", [False, True])
+def test_stage2_student_learns_with_projection(setup, tmp_path, group_by_length):
     codec, _, model = setup
     sc = StudentCodec(codec.student_tok, max_len=32)
     encs = sc.encode_all(CORPUS * 16)
@@ -89,10 +91,19 @@ def test_stage2_student_learns_with_projection(setup, tmp_path):
     dist = StudentDistiller(student, model.teacher, projection=proj, alpha=1.0)
     before_mlm = eval_student_mlm(student, sc, encs[:32])
     proj_before = proj.loss(model.teacher.bert, student.bert).item()
-    fit = train_student(dist, sc, encs, encs[:32], _cfg(60), tmp_path / "s2", opts=StudentOptions(lr=3e-3))
+    fit = train_student(dist, sc, encs, encs[:32], _cfg(60), tmp_path / "s2", opts=StudentOptions(lr=3e-3, group_by_length=group_by_length))
     assert fit.last_metrics["mlm_loss"] < before_mlm["mlm_loss"] - 0.5
     assert proj.loss(model.teacher.bert, student.bert).item() < proj_before
     assert all(not p.requires_grad for p in model.teacher.parameters())  # the teacher stayed frozen
+
+
+def test_segment_lengths_count_teacher_pieces_or_student_ids(setup):
+    codec, encs, _ = setup
+    sc = StudentCodec(codec.student_tok, max_len=32)
+    s_encs = sc.encode_all(CORPUS)
+    assert segment_lengths(encs[:3]) == [len(e.t_ids) for e in encs[:3]]
+    assert segment_lengths(s_encs) == [len(e) for e in s_encs]
+    assert len(set(segment_lengths(encs))) > 1  # the toy corpus has segments of several lengths
 
 
 def test_logit_kd_requires_shared_vocabulary(setup):
