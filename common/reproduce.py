@@ -185,8 +185,9 @@ def run_profiles(pkg: str, profiles: dict[str, Callable[[ProfileContext], ReproR
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fresh", action="store_true", help="ignore checkpoints of an earlier run of this profile")
     ap.add_argument("--jobs", type=int, default=None,
-                    help="processes for profiles that train or sample several things at once (default: the "
-                         "profile's own, at most 2 here); results do not depend on it")
+                    help="cores the profile may use: processes for profiles that train or sample several things "
+                         "at once, torch threads for single-process ones (default: the profile's own, at most "
+                         "2 here); results do not depend on it")
     args = ap.parse_args(argv)
     if args.jobs is not None and args.jobs < 1:
         ap.error(f"--jobs must be at least 1, got {args.jobs}")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
+from common.config import register_configs
 from common.reproduce import ProfileContext, ReproReport, Row, run_profiles
 
 from .evaluate import BERT_BASE_PARAMS
@@ -29,9 +30,12 @@ PAPER = {
 
 
 def compose_profile(profile: str, ctx: ProfileContext):
+    register_configs()  # the shared groups (trainer, paths, logger), also when nothing else imported them yet
     overrides = [f"experiment={profile}", f"trainer.seed={ctx.seed}", f"resume={ctx.resume}"]
     if ctx.data_dir:
         overrides.append(f"paths.data_dir={ctx.data_dir}")
+    if ctx.jobs:  # one process: --jobs caps its torch threads (e.g. --jobs 1 beside another run)
+        overrides.append(f"trainer.num_threads={ctx.jobs}")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
 

@@ -69,3 +69,14 @@ def test_reproduce_smoke_profile(tmp_path):
     assert set(sizes) == {"teacher", "dual_proj_d16", "scratch_d16", "logit_kd_d16"}
     assert sizes["dual_proj_d16"]["params"] == sizes["scratch_d16"]["params"]
     assert (tmp_path / "reports" / "vocab_distill" / "accuracy_vs_params.smoke.png").exists()
+
+
+def test_full_profile_groups_by_length_and_jobs_caps_threads(tmp_path):
+    from common.reproduce import ProfileContext
+    from vocab_distill.reproduce import compose_profile
+
+    cfg = compose_profile("full", ProfileContext("vocab_distill", "full", tmp_path / "out", tmp_path / "work", jobs=1))
+    assert cfg.stage1.group_by_length and cfg.stage2.group_by_length
+    assert cfg.trainer.num_threads == 1
+    default = compose_profile("full", ProfileContext("vocab_distill", "full", tmp_path / "out", tmp_path / "work"))
+    assert default.trainer.num_threads == 2
