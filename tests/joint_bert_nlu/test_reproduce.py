@@ -45,20 +45,33 @@ def test_full_profile_plans_and_aggregates(tmp_path, monkeypatch):
     calls = []
 
     def fake_run(ctx, tag, cfg, model, data, optim):
-        calls.append((tag, cfg.max_epochs, model.use_crf, optim.lr))
-        return _fake_result(data.dataset, model.use_crf, cfg.seed)
+        calls.append((tag, cfg.max_epochs, model.use_crf, model.slot_loss_reduction, optim.lr))
+        res = _fake_result(data.dataset, model.use_crf, cfg.seed)
+        if model.slot_loss_reduction == "sentence_sum" and data.dataset == "snips":  # better on dev and test
+            res["dev"]["sentence_acc"] += 0.05
+            res["test"]["slot_f1"] += 0.05
+        return res
 
     monkeypatch.setattr(rep, "_run", fake_run)
     ctx = ProfileContext("joint_bert_nlu", "full", tmp_path / "out", tmp_path / "work")
     report = rep.full(ctx)
     assert [c[0] for c in calls] == ["atis_softmax_s1234", "atis_softmax_s1235", "atis_softmax_s1236",
                                      "snips_softmax_s1234", "snips_softmax_s1235", "snips_softmax_s1236",
-                                     "atis_crf_s1234", "snips_crf_s1234"]
+                                     "atis_crf_s1234", "snips_crf_s1234",
+                                     "atis_softmax_sum_s1234", "atis_softmax_sum_s1235", "atis_softmax_sum_s1236",
+                                     "snips_softmax_sum_s1234", "snips_softmax_sum_s1235", "snips_softmax_sum_s1236"]
     assert {c[1] for c in calls} == {10}  # ATIS and SNIPS both up to 10 epochs
-    row = next(r for r in report.rows if r.metric == "ATIS Joint BERT: test intent acc")
+    assert [c[3] for c in calls].count("sentence_sum") == 6 and not any(c[2] and c[3] != "token_mean" for c in calls)
+    row = next(r for r in report.rows if r.metric == "ATIS Joint BERT (token mean slot loss): test intent acc")
     # seeds 1234, 1235, 1236 -> 0.90, 0.91, 0.92 (seed % 3 = 1, 2, 0): mean 91.00, stdev 1.00
     assert row.ours == "91.00 ± 1.00 (n=3)" and row.paper == 97.5
-    assert report.headline.paper == "98.6 / 97.0" and len(report.extra["runs"]) == 8
+    # Selection on dev: a tie on ATIS keeps the token mean; SNIPS's sentence sum wins on dev.
+    assert report.extra["selection"]["atis"]["chosen"] == "token_mean"
+    assert report.extra["selection"]["snips"]["chosen"] == "sentence_sum"
+    chosen = next(r for r in report.rows if r.metric == "SNIPS Joint BERT (slot loss chosen on dev): test slot F1")
+    assert chosen.ours == "95.00 ± 1.00 (n=3)" and chosen.note.startswith("sentence_sum: dev sentence acc 96.00")
+    assert report.headline.paper == "98.6 / 97.0" and report.headline.ours == "91.00 / 95.00"
+    assert len(report.extra["runs"]) == 14
 
 
 def test_quick_profile_report_with_canned_training(tmp_path, monkeypatch):
