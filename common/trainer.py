@@ -104,7 +104,7 @@ def length_grouped_batches(order: list[int], lengths: Sequence[int], batch_size:
         chunk = sorted(order[start:start + window], key=lambda i: -lengths[i])
         batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
     # Only the last batch of the last window may be short; keep it last so a rank split sees it as usual.
-    full, tail = (batches[:-1], batches[-1:]) if len(batches[-1]) < batch_size else (batches, [])
+    full, tail = (batches[:-1], batches[-1:]) if batches and len(batches[-1]) < batch_size else (batches, [])
     perm = torch.randperm(len(full), generator=generator).tolist()
     return [full[i] for i in perm] + tail
 
