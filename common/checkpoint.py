@@ -8,9 +8,11 @@ rename, fsync of the folder, so a crash mid-write leaves the previous checkpoint
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,30 @@ def atomic_write(path: str | os.PathLike, write_fn) -> Path:
             tmp.unlink()
     _fsync_dir(path.parent)
     return path
+
+
+def cached_result(path: str | os.PathLike, params: dict[str, Any], compute: Callable[[], Any],
+                  enabled: bool = True) -> Any:
+    """The JSON result stored at ``path`` for exactly these ``params``, or ``compute()``, stored atomically.
+
+    Long reproduce runs are cut short (a sitting ends, a machine goes back); a stage that finished (an
+    evaluation, a sweep) is then read back instead of recomputed. The file holds ``{"params", "result"}``;
+    a file written for other params is recomputed and overwritten, never reused. ``params`` and the
+    result must be JSON-serialisable. ``enabled=False`` (a ``resume=never`` run) always computes.
+    """
+    path = Path(path)
+    params = json.loads(json.dumps(params))  # compare what a reload would see (tuples -> lists)
+    if enabled and path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+        except ValueError:
+            stored = None  # a torn or foreign file: recompute rather than fail a long run
+        if isinstance(stored, dict) and stored.get("params") == params:
+            return stored["result"]
+    result = compute()
+    payload = json.dumps({"params": params, "result": result}, indent=1).encode()
+    atomic_write(path, lambda f: f.write(payload))
+    return json.loads(payload)["result"]
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:

@@ -105,7 +105,7 @@ def _profile(ctx: ProfileContext) -> ReproReport:
                                        use_encoder=p["use_encoder"], seed=ctx.seed,
                                        show_progress=ctx.profile != "smoke")
     knn = run_knn_lm(model=p["model"], run_dir=ctx.work_dir / "knn_lm", data_dir=ctx.data_dir, seed=ctx.seed,
-                     show_progress=ctx.profile != "smoke", **p["knn"])
+                     show_progress=ctx.profile != "smoke", resume=ctx.resume, **p["knn"])
     kg_cfg = p["kg"]
     kg_trainer = TrainerConfig(max_epochs=kg_cfg["epochs"], batch_size=32, progress_bar=ctx.profile != "smoke",
                                seed=ctx.seed)

@@ -1,16 +1,22 @@
-"""The comparisons as library calls (no Hydra): each returns rows of results and writes a JSON summary."""
+"""The comparisons as library calls (no Hydra): each returns rows of results and writes a JSON summary.
+
+A ``full`` run takes longer than one sitting, so every finished unit (a ladder rung, the kNN-LM sweep, a
+KG model, the personalization and rec-tuning stages) stores its result with
+:func:`common.checkpoint.cached_result`, keyed by its settings; a ``resume`` run reads those back and
+continues at the first unfinished unit (training itself resumes from the trainer's checkpoints).
+"""
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import torch
 
 from common.bench import peak_rss_bytes
-from common.checkpoint import seed_everything
+from common.checkpoint import cached_result, seed_everything
 from common.config import TrainerConfig
 from common.logging import get_logger
 from common.trainer import Trainer
@@ -32,6 +38,17 @@ def load_lm(name: str):
     raise ValueError(f"model must be smollm2 or tiny, not {name!r}")
 
 
+_RUNTIME_ONLY = {"progress_bar", "num_threads", "num_workers", "log_every_steps", "keep_last_checkpoints",
+                 "checkpoint_every_steps"}
+
+
+def training_key(cfg) -> dict:
+    """The trainer settings that can change a result (not how a run is shown or scheduled): part of the
+    key under which a finished stage's result is stored. ``cfg`` is a TrainerConfig or Hydra's node."""
+    d = asdict(cfg) if is_dataclass(cfg) else {k: cfg[k] for k in cfg}
+    return {k: v for k, v in d.items() if k not in _RUNTIME_ONLY}
+
+
 def run_domain_ladder(*, methods: list[str], model: str, run_dir: Path, trainer_cfg: TrainerConfig,
                       logger_cfg=None, resume: str = "never", data_dir=None, n_test: int = 800,
                       per_class: int = 32, max_tokens: int = 128, learning_rates: dict | None = None,
@@ -44,26 +61,30 @@ def run_domain_ladder(*, methods: list[str], model: str, run_dir: Path, trainer_
     r8 = load_r8(data_dir, seed=seed)
     test = fixed_test_subset(r8, n_test, seed)
     encoder = MiniLMEncoder() if use_encoder and ({"references", "retrieval"} & set(methods)) else None
-    results: list[ladder.RungResult] = []
     lrs = {"prompt_tuning": 3e-2, "lora": 2e-4, "full": 2e-5, **(learning_rates or {})}
-    if "references" in methods:
-        results += ladder.reference_rungs(r8, test, encoder)
-    lm = load_lm(model) if set(methods) - {"references"} else None
-    if "zero_shot" in methods:
-        results.append(ladder.prompting_rung("R1 zero-shot", lm, ladder.zero_shot_prompts(lm, test, max_tokens),
-                                             test, r8.labels, show_progress))
-    if "few_shot" in methods:
-        prompts = ladder.few_shot_prompts(lm, r8, test, seed, max_tokens=max_tokens)
-        results.append(ladder.prompting_rung("R2 few-shot ICL", lm, prompts, test, r8.labels, show_progress))
-    if "retrieval" in methods:
-        if encoder is None:
-            raise ValueError("the retrieval rung needs the MiniLM encoder (use_encoder=true)")
-        prompts = ladder.retrieval_prompts(lm, r8, test, encoder, max_tokens=max_tokens)
-        results.append(ladder.prompting_rung("R3 retrieval ICL", lm, prompts, test, r8.labels, show_progress))
-    for method, rung in TRAINED_RUNGS.items():
-        if method not in methods:
-            continue
+    # Each rung's result is stored once it is done (run_dir/rungs/<method>.json), so a run cut short
+    # resumes at the first unfinished rung; the LLM is loaded only when a rung still has to run.
+    shared = {"model": model, "test_ids_hash": ids_hash(test), "per_class": per_class, "max_tokens": max_tokens,
+              "seed": seed}
+    loaded = []
+
+    def lm_once():
+        if not loaded:
+            loaded.append(load_lm(model))
+        return loaded[0]
+
+    def rungs(method: str, compute, **params) -> list[ladder.RungResult]:
+        stored = cached_result(run_dir / "rungs" / f"{method}.json", {**shared, "method": method, **params},
+                               lambda: [asdict(r) for r in compute()], enabled=resume != "never")
+        return [ladder.RungResult(**r) for r in stored]
+
+    def prompting(rung: str, make_prompts):
+        lm = lm_once()
+        return [ladder.prompting_rung(rung, lm, make_prompts(lm), test, r8.labels, show_progress)]
+
+    def trained(method: str, rung: str):
         lm = load_lm(model)  # every trained rung starts from the same pretrained weights
+        torch.manual_seed(seed)  # and the same adapter initialisation, whichever rungs ran before
         net = ladder.adapt(lm, method)
         data = ladder.VerbalizerDataset(lm, balanced_sample(r8.train, per_class, seed), max_tokens)
         trainer = Trainer(trainer_cfg, run_dir / method, logger_cfg=logger_cfg, resume=resume)
@@ -74,9 +95,28 @@ def run_domain_ladder(*, methods: list[str], model: str, run_dir: Path, trainer_
         train_s = time.time() - t0
         preds, ms = ladder.predict_trained(net, lm, test, r8.labels, max_tokens, show_progress)
         acc, f1 = ladder.metrics([e.label for e in test], preds, r8.labels)
-        results.append(ladder.RungResult(rung, acc, f1, ladder.trainable_parameters(net), train_s, ms,
-                                         peak_rss_bytes() / 2**30, {"lr": lrs[method], "n_train": len(data)}))
-    summary = {"model": lm.name if lm else None, "test_ids_hash": ids_hash(test), "n_test": len(test),
+        return [ladder.RungResult(rung, acc, f1, ladder.trainable_parameters(net), train_s, ms,
+                                  peak_rss_bytes() / 2**30, {"lr": lrs[method], "n_train": len(data)})]
+
+    results: list[ladder.RungResult] = []
+    if "references" in methods:
+        results += rungs("references", lambda: ladder.reference_rungs(r8, test, encoder), use_encoder=use_encoder)
+    if "zero_shot" in methods:
+        results += rungs("zero_shot", lambda: prompting(
+            "R1 zero-shot", lambda lm: ladder.zero_shot_prompts(lm, test, max_tokens)))
+    if "few_shot" in methods:
+        results += rungs("few_shot", lambda: prompting(
+            "R2 few-shot ICL", lambda lm: ladder.few_shot_prompts(lm, r8, test, seed, max_tokens=max_tokens)))
+    if "retrieval" in methods:
+        if encoder is None:
+            raise ValueError("the retrieval rung needs the MiniLM encoder (use_encoder=true)")
+        results += rungs("retrieval", lambda: prompting(
+            "R3 retrieval ICL", lambda lm: ladder.retrieval_prompts(lm, r8, test, encoder, max_tokens=max_tokens)))
+    for method, rung in TRAINED_RUNGS.items():
+        if method in methods:
+            results += rungs(method, lambda method=method, rung=rung: trained(method, rung), lr=lrs[method],
+                             trainer=training_key(trainer_cfg))
+    summary = {"model": loaded[0].name if loaded else model, "test_ids_hash": ids_hash(test), "n_test": len(test),
                "results": [asdict(r) for r in results]}
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "ladder.json").write_text(json.dumps(summary, indent=2))
@@ -85,9 +125,10 @@ def run_domain_ladder(*, methods: list[str], model: str, run_dir: Path, trainer_
 
 
 def reuters_token_streams(tokenizer, data_dir=None, n_store_docs: int | None = None, n_eval_tokens: int = 20_000,
-                          seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                          seed: int = 0, n_store_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(datastore stream, evaluation stream): Reuters training documents EOS-separated in a fixed shuffled
-    order, and the first ``n_eval_tokens`` of test documents (never in the datastore)."""
+    order (the first ``n_store_tokens`` of it, if given), and the first ``n_eval_tokens`` of test documents
+    (never in the datastore)."""
     import random
 
     from common.corpora import read_reuters
@@ -107,20 +148,33 @@ def reuters_token_streams(tokenizer, data_dir=None, n_store_docs: int | None = N
                 return torch.tensor(ids[:limit_tokens])
         return torch.tensor(ids)
 
-    return stream(train[:n_store_docs] if n_store_docs else train), stream(test, n_eval_tokens)
+    return stream(train[:n_store_docs] if n_store_docs else train, n_store_tokens), stream(test, n_eval_tokens)
 
 
 def run_knn_lm(*, model: str, run_dir: Path, data_dir=None, store_tokens: int = 100_000, n_eval_tokens: int = 20_000,
                window: int = 512, stride: int = 256, sizes=(10_000, 30_000, 100_000), ks=(1, 8, 32, 128, 1024),
                lams=(0.0, 0.1, 0.25, 0.4, 0.6, 0.8), temperatures=(1.0, 10.0, 100.0), seed: int = 0,
-               show_progress: bool = True) -> dict:
-    """Build the datastore, encode the evaluation stream once, sweep; returns the summary dict."""
+               show_progress: bool = True, resume: str = "never") -> dict:
+    """Build the datastore, encode the evaluation stream once, sweep; returns the summary dict (stored in
+    run_dir/knn_lm.json, and read back from there by a ``resume`` run with the same settings)."""
+    params = dict(model=model, store_tokens=store_tokens, n_eval_tokens=n_eval_tokens, window=window,
+                  stride=stride, sizes=sizes, ks=ks, lams=lams, temperatures=temperatures, seed=seed,
+                  data_dir=data_dir and str(data_dir))
+    summary = cached_result(run_dir / "knn_lm.json", params,
+                            lambda: _knn_lm_summary(**{**params, "data_dir": data_dir}, show_progress=show_progress),
+                            enabled=resume != "never")
+    log.info("kNN-LM: LM ppl %.3f -> best %.3f (%s)", summary["lm_ppl"], summary["best"]["ppl"], summary["best"])
+    return summary
+
+
+def _knn_lm_summary(*, model, data_dir, store_tokens, n_eval_tokens, window, stride, sizes, ks, lams, temperatures,
+                    seed, show_progress) -> dict:
     from llm_specialization import knn_lm
 
     seed_everything(seed)
     lm = load_lm(model)
-    store_ids, eval_ids = reuters_token_streams(lm.tokenizer, data_dir, None, n_eval_tokens, seed)
-    store_ids = store_ids[: store_tokens + 1]
+    store_ids, eval_ids = reuters_token_streams(lm.tokenizer, data_dir, None, n_eval_tokens, seed,
+                                                n_store_tokens=store_tokens + 1)
     t0 = time.time()
     store = knn_lm.encode_stream(lm.model, store_ids, window, stride, show_progress)
     build_s = time.time() - t0
@@ -131,9 +185,6 @@ def run_knn_lm(*, model: str, run_dir: Path, data_dir=None, store_tokens: int = 
                "lm_ppl": knn_lm.perplexity(test.lm_logp), "best": sw.best(), "rows": sw.rows,
                "build_seconds": build_s, "sweep_seconds": time.time() - t0,
                "peak_rss_gib": peak_rss_bytes() / 2**30}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "knn_lm.json").write_text(json.dumps(summary, indent=2))
-    log.info("kNN-LM: LM ppl %.3f -> best %.3f (%s)", summary["lm_ppl"], sw.best()["ppl"], sw.best())
     return summary
 
 
@@ -172,16 +223,16 @@ def run_kg_fusion(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg=None,
     negs = [t for i in range(train_negatives)
             for t in K.corrupt(pos, len(data.entities), set(data.train), seed * 31 + i)]
     train_x, train_y = K.labelled(pos, negs)
-    for name, fused in (("K1", False), ("K2", True), ("K3", True)):
-        if name not in models:
-            continue
+    key = dict(kg_dim=kg_dim, kg_epochs=kg_epochs, train_negatives=train_negatives, max_train=max_train,
+               encoder=str(path), seed=seed, data_dir=data_dir and str(data_dir), trainer=training_key(trainer_cfg))
+
+    def fit_and_score(name: str, fused: bool, lr: float) -> dict:
         torch.manual_seed(seed)
         encoder = AutoModel.from_pretrained(path, local_files_only=True)
         if name == "K3":  # frozen encoder, knowledge adapter + head trained from scratch
             model = K.KAdapterClassifier(encoder, vectors["distmult"])
         else:
             model = K.TripleClassifier(encoder, vectors["distmult"] if fused else None)
-        lr = adapter_lr if name == "K3" else encoder_lr
         train_ds = K.TripleTextDataset(data, train_x, train_y, tok)
         trainer = Trainer(trainer_cfg, run_dir / name, logger_cfg=logger_cfg, resume=resume)
         trainer.fit(model, train_ds, K.triple_loss, collate_fn=train_ds.collate,
@@ -189,8 +240,15 @@ def run_kg_fusion(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg=None,
                                                                     lr=lr))
         ds = K.predict_scores(model, K.TripleTextDataset(data, dev_x, dev_y, tok))
         ts = K.predict_scores(model, K.TripleTextDataset(data, test_x, test_y, tok))
-        results.append(K.evaluate_scores(name, ds, dev_y, dev_rel, ts, test_y, test_rel,
-                                         sum(p.numel() for p in model.parameters() if p.requires_grad)))
+        return asdict(K.evaluate_scores(name, ds, dev_y, dev_rel, ts, test_y, test_rel,
+                                        sum(p.numel() for p in model.parameters() if p.requires_grad)))
+
+    for name, fused in (("K1", False), ("K2", True), ("K3", True)):
+        if name in models:  # each finished model's result is stored, so a cut-short run resumes at the next
+            lr = adapter_lr if name == "K3" else encoder_lr
+            results.append(K.TripleResult(**cached_result(
+                run_dir / "results" / f"{name}.json", {**key, "model": name, "lr": lr},
+                lambda name=name, fused=fused, lr=lr: fit_and_score(name, fused, lr), enabled=resume != "never")))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "kg_fusion.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
     return results
@@ -200,7 +258,22 @@ def run_personalization(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg
                         cache_dir: str | Path = ".cache/ml-100k", model: str = "smollm2", llm_users: int = 100,
                         max_len: int = 50, lr: float = 1e-3, seed: int = 0, movielens=None,
                         show_progress: bool = True) -> list[dict]:
-    """Pop, SASRec (full ranking and the sampled protocol) and the zero-shot LLM ranker (sampled only)."""
+    """Pop, SASRec (full ranking and the sampled protocol) and the zero-shot LLM ranker (sampled only).
+
+    The rows are stored in run_dir/personalization.json and read back by a ``resume`` run with the same
+    settings on MovieLens (a given ``movielens`` object is always recomputed)."""
+    key = dict(cache_dir=str(cache_dir), model=model, llm_users=llm_users, max_len=max_len, lr=lr, seed=seed,
+               trainer=training_key(trainer_cfg))
+    return cached_result(run_dir / "personalization.json", key,
+                         lambda: _personalization_rows(run_dir=run_dir, trainer_cfg=trainer_cfg, logger_cfg=logger_cfg,
+                                                       resume=resume, cache_dir=cache_dir, model=model,
+                                                       llm_users=llm_users, max_len=max_len, lr=lr, seed=seed,
+                                                       movielens=movielens, show_progress=show_progress),
+                         enabled=resume != "never" and movielens is None)
+
+
+def _personalization_rows(*, run_dir, trainer_cfg, logger_cfg, resume, cache_dir, model, llm_users, max_len, lr,
+                          seed, movielens, show_progress) -> list[dict]:
     import numpy as np
 
     from common.progress import progress
@@ -248,8 +321,6 @@ def run_personalization(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg
                      for u in progress(chosen, desc=f"LLM ranker{' PMI' if pmi else ''}", enabled=show_progress)]
             add(f"zero-shot LLM ranker{' (PMI)' if pmi else ''}", None, ranks,
                 note=f"{lm.name}; {len(chosen)} users, sampled candidates only")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "personalization.json").write_text(json.dumps(rows, indent=2))
     return rows
 
 
@@ -262,8 +333,25 @@ def run_rec_tuning(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg=None
     """TALLRec-style rec-tuning (protocol B): baselines, zero-shot LLM and LoRA(q/v) rec-tuned LLM, AUC each.
 
     The LoRA model trains through the shared trainer with validation AUC as its monitor (early stopping
-    when trainer.early_stopping_patience is set) and is tested from its best checkpoint.
+    when trainer.early_stopping_patience is set) and is tested from its best checkpoint. The rows are
+    stored in run_dir/rec_tuning.json and read back by a ``resume`` run with the same settings on
+    MovieLens (a given ``movielens`` object or LM object is always recomputed).
     """
+    settings = dict(build=build, template=template, history=history, max_records=max_records, n_train=n_train,
+                    n_valid=n_valid, n_test=n_test, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha,
+                    lora_dropout=lora_dropout, train_on_inputs=train_on_inputs, eval_batch_size=eval_batch_size,
+                    sasrec_epochs=sasrec_epochs, seed=seed)
+    key = dict(settings, cache_dir=str(cache_dir), model=str(model), trainer=training_key(trainer_cfg))
+    return cached_result(run_dir / "rec_tuning.json", key,
+                         lambda: _rec_tuning_rows(run_dir=run_dir, trainer_cfg=trainer_cfg, logger_cfg=logger_cfg,
+                                                  resume=resume, cache_dir=cache_dir, model=model,
+                                                  movielens=movielens, **settings),
+                         enabled=resume != "never" and movielens is None and isinstance(model, str))
+
+
+def _rec_tuning_rows(*, run_dir, trainer_cfg, logger_cfg, resume, cache_dir, model, build, template, history,
+                     max_records, n_train, n_valid, n_test, lr, lora_r, lora_alpha, lora_dropout, train_on_inputs,
+                     eval_batch_size, sasrec_epochs, seed, movielens) -> list[dict]:
     from llm_specialization import personal as P
     from llm_specialization import rectune as R
 
@@ -325,6 +413,4 @@ def run_rec_tuning(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg=None
                          infer_ms_per_example=1000 * (time.time() - t0) / len(test),
                          best_valid_auc=(fit.best_metrics or {}).get("valid_auc"),
                          loss_on="prompt and response" if train_on_inputs else "response"))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "rec_tuning.json").write_text(json.dumps(rows, indent=2))
     return rows

@@ -41,7 +41,7 @@ def main(cfg: DictConfig) -> None:
                              store_tokens=t.store_tokens, n_eval_tokens=t.eval_tokens, window=t.window,
                              stride=t.stride, sizes=list(t.sizes), ks=list(t.ks), lams=list(t.lambdas),
                              temperatures=list(t.temperatures), seed=cfg.trainer.seed,
-                             show_progress=cfg.trainer.progress_bar)
+                             show_progress=cfg.trainer.progress_bar, resume=cfg.resume)
         print(f"LM ppl {summary['lm_ppl']:.3f}; best kNN-LM {summary['best']}")
     elif task == "kg_fusion":
         t = cfg.task

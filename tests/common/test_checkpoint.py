@@ -1,4 +1,4 @@
-"""Atomic checkpoints survive a crash mid-write; resume resolution; RNG round trip."""
+"""Atomic checkpoints survive a crash mid-write; resume resolution; RNG round trip; cached stage results."""
 
 import random
 import subprocess
@@ -12,6 +12,7 @@ import torch
 from common.checkpoint import (
     CheckpointManager,
     ResumeError,
+    cached_result,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
@@ -73,3 +74,23 @@ def test_rng_state_round_trip(tmp_path):
     restore_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
     b = (random.random(), np.random.rand(), torch.rand(3))
     assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
+
+
+def test_cached_result_computes_once_per_params(tmp_path):
+    calls = []
+
+    def compute(value):
+        def run():
+            calls.append(value)
+            return {"value": value, "pair": (1, 2)}
+        return run
+
+    path = tmp_path / "stage" / "result.json"
+    first = cached_result(path, {"n": 3, "sizes": (1, 2)}, compute(1))
+    again = cached_result(path, {"n": 3, "sizes": [1, 2]}, compute(2))  # same params after a JSON round trip
+    assert calls == [1] and first == again == {"value": 1, "pair": [1, 2]}
+    changed = cached_result(path, {"n": 4, "sizes": [1, 2]}, compute(3))  # other params: recomputed
+    assert calls == [1, 3] and changed["value"] == 3
+    assert cached_result(path, {"n": 4, "sizes": [1, 2]}, compute(4), enabled=False)["value"] == 4
+    path.write_text("{torn")  # a torn file is recomputed, not an error
+    assert cached_result(path, {"n": 4, "sizes": [1, 2]}, compute(5))["value"] == 5

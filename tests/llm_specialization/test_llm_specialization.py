@@ -134,6 +134,31 @@ def test_reproduce_smoke_writes_report(tmp_path):
     assert (tmp_path / "rep" / "llm_specialization" / "knn_lm_smoke.png").exists()
 
 
+def test_a_rerun_reads_finished_rungs_and_the_knn_sweep_back(tmp_path, monkeypatch):
+    """A full run spans sittings: finished units are read back, not recomputed; other settings recompute."""
+    from llm_specialization import run as R
+
+    cfg = TrainerConfig(max_epochs=1, batch_size=4, progress_bar=False, seed=0)
+    ladder_args = dict(methods=["references", "zero_shot", "lora"], model="tiny", run_dir=tmp_path / "ladder",
+                       trainer_cfg=cfg, resume="auto", n_test=8, per_class=1, max_tokens=32, use_encoder=False,
+                       show_progress=False)
+    knn_args = dict(model="tiny", run_dir=tmp_path / "knn", store_tokens=1500, n_eval_tokens=300, window=64,
+                    stride=32, sizes=(1500,), ks=(4,), lams=(0.0, 0.5), temperatures=(1.0,), show_progress=False,
+                    resume="auto")
+    first, knn = R.run_domain_ladder(**ladder_args), R.run_knn_lm(**knn_args)
+
+    def must_not_run(*a, **k):
+        raise AssertionError("recomputed a finished unit")
+
+    monkeypatch.setattr(R, "load_lm", must_not_run)
+    monkeypatch.setattr(R.ladder, "reference_rungs", must_not_run)
+    assert R.run_domain_ladder(**ladder_args) == first and R.run_knn_lm(**knn_args) == knn
+    with pytest.raises(AssertionError, match="recomputed"):
+        R.run_domain_ladder(**{**ladder_args, "methods": ["zero_shot"], "max_tokens": 24})
+    with pytest.raises(AssertionError, match="recomputed"):
+        R.run_knn_lm(**{**knn_args, "resume": "never"})
+
+
 def test_prompt_tuning_starts_from_instruction_embeddings():
     fresh = tiny_llama(hidden=32, layers=2, seed=0)
     net = ladder.adapt(fresh, "prompt_tuning", n_virtual_tokens=5)
@@ -584,7 +609,7 @@ def test_learning_rec_tuning_lora_on_synthetic_ratings(tmp_path):
     assert auc["SASRec with like labels"] > 0.9, auc  # item embeddings learn the like-ness of an item
     # r=8 on q (32->32: 8*32 + 32*8) and v (32->16, 2 KV heads of 8: 8*32 + 16*8), 2 layers
     assert rows[-1]["trainable_params"] == 2 * ((8 * 32 + 32 * 8) + (8 * 32 + 16 * 8))
-    assert json.loads((tmp_path / "rt" / "rec_tuning.json").read_text())[-1]["auc"] == rows[-1]["auc"]
+    assert json.loads((tmp_path / "rt" / "rec_tuning.json").read_text())["result"][-1]["auc"] == rows[-1]["auc"]
 
 
 @pytest.mark.slow
