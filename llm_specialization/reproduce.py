@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 
 from common.config import TrainerConfig  # noqa: E402
 from common.reproduce import ProfileContext, ReproReport, Row, run_profiles  # noqa: E402
@@ -97,6 +98,8 @@ def _plots(ctx: ProfileContext, ladder_results, knn) -> list:
 
 def _profile(ctx: ProfileContext) -> ReproReport:
     p = PROFILES[ctx.profile]
+    if ctx.jobs:  # one process: --jobs caps its torch threads (e.g. --jobs 1 beside another run)
+        torch.set_num_threads(ctx.jobs)
     trainer = TrainerConfig(max_epochs=p["epochs"], batch_size=4, grad_accum_steps=4 if p["model"] != "tiny" else 1,
                             clip_grad_norm=1.0, progress_bar=ctx.profile != "smoke", seed=ctx.seed)
     ladder_results = run_domain_ladder(methods=p["methods"], model=p["model"], run_dir=ctx.work_dir / "ladder",
