@@ -10,11 +10,15 @@ with exact squared L2 distances d_i = |q|^2 - 2 q.k + |k|^2 computed by matrix p
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from common.checkpoint import load_checkpoint, save_checkpoint
 from common.progress import progress
 
 
@@ -43,18 +47,26 @@ def window_starts(n_tokens: int, window: int, stride: int) -> list[int]:
 
 
 @torch.no_grad()
-def encode_stream(model, ids: torch.Tensor, window: int = 512, stride: int = 256, show_progress: bool = True
-                  ) -> Encoded:
+def encode_stream(model, ids: torch.Tensor, window: int = 512, stride: int = 256, show_progress: bool = True,
+                  parts_dir: str | Path | None = None, windows_per_part: int = 50) -> Encoded:
     """Slide windows over a 1-D token stream and predict every token after the first exactly once, each
     from the window that gives it the most context seen so far (at least window - stride tokens after
-    the first window)."""
+    the first window).
+
+    With ``parts_dir``, every ``windows_per_part`` windows are saved there as one part (a 300k-token
+    datastore takes hours on a CPU), and a later call with the same stream and windows continues after
+    the last saved part; the result is the same as one uninterrupted call.
+    """
+    starts = window_starts(len(ids), window, stride)
+    parts = _Parts(parts_dir, ids, window, stride) if parts_dir is not None else None
+    keys, values, lps, covered = parts.load() if parts else ([], [], [], 0)
+    done = len(keys) if parts else 0  # parts hold one entry per window, so this counts finished windows
     captured = {}
     hook = _ffn_input_module(model).register_forward_hook(lambda m, i, o: captured.__setitem__("h", o))
-    keys, values, lps = [], [], []
-    covered = 0  # stream index of the last token already predicted (token 0 never is)
     try:
-        for s in progress(window_starts(len(ids), window, stride), desc="encode", enabled=show_progress,
-                          unit="win"):
+        for i in progress(range(done, len(starts)), desc="encode", enabled=show_progress, unit="win",
+                          initial=done, total=len(starts)):
+            s = starts[i]
             chunk = ids[s: s + window]
             logits = model(input_ids=chunk.unsqueeze(0)).logits[0, :-1].float()  # position t predicts s+t+1
             sel = slice(max(covered - s, 0), len(chunk) - 1)
@@ -63,9 +75,49 @@ def encode_stream(model, ids: torch.Tensor, window: int = 512, stride: int = 256
             values.append(tgt)
             lps.append(logits[sel].log_softmax(-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1))
             covered = s + len(chunk) - 1
+            if parts and ((i + 1) % windows_per_part == 0 or i + 1 == len(starts)):
+                parts.save(keys, values, lps, covered)
     finally:
         hook.remove()
     return Encoded(torch.cat(keys), torch.cat(values), torch.cat(lps))
+
+
+class _Parts:
+    """Saved windows of one encoding: ``part_<first window>.pt`` files plus ``meta.json`` naming the stream
+    (a hash of its ids) and the windowing, so parts of another stream are never mixed in."""
+
+    def __init__(self, folder: str | Path, ids: torch.Tensor, window: int, stride: int):
+        self.dir = Path(folder)
+        digest = hashlib.sha256(ids.to(torch.int64).numpy().tobytes()).hexdigest()
+        self.meta = {"ids_sha256": digest, "n_tokens": len(ids), "window": window, "stride": stride}
+        self.saved = 0  # windows already on disk
+
+    def load(self) -> tuple[list, list, list, int]:
+        keys, values, lps, covered = [], [], [], 0
+        meta = self.dir / "meta.json"
+        if meta.is_file() and json.loads(meta.read_text()) == self.meta:
+            for path in sorted(self.dir.glob("part_*.pt")):
+                part = load_checkpoint(path)
+                if part["first"] != len(keys):  # a gap (a part deleted by hand): keep what is contiguous
+                    break
+                keys += part["keys"]
+                values += part["values"]
+                lps += part["lps"]
+                covered = part["covered"]
+        else:
+            for path in self.dir.glob("part_*.pt"):
+                path.unlink()
+            self.dir.mkdir(parents=True, exist_ok=True)
+            meta.write_text(json.dumps(self.meta))
+        self.saved = len(keys)
+        return keys, values, lps, covered
+
+    def save(self, keys: list, values: list, lps: list, covered: int) -> None:
+        first = self.saved
+        save_checkpoint(self.dir / f"part_{first:07d}.pt", {"first": first, "keys": keys[first:],
+                                                             "values": values[first:], "lps": lps[first:],
+                                                             "covered": covered})
+        self.saved = len(keys)
 
 
 @torch.no_grad()

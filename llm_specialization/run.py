@@ -161,14 +161,15 @@ def run_knn_lm(*, model: str, run_dir: Path, data_dir=None, store_tokens: int = 
                   stride=stride, sizes=sizes, ks=ks, lams=lams, temperatures=temperatures, seed=seed,
                   data_dir=data_dir and str(data_dir))
     summary = cached_result(run_dir / "knn_lm.json", params,
-                            lambda: _knn_lm_summary(**{**params, "data_dir": data_dir}, show_progress=show_progress),
+                            lambda: _knn_lm_summary(**{**params, "data_dir": data_dir}, run_dir=run_dir,
+                                                    resume=resume, show_progress=show_progress),
                             enabled=resume != "never")
     log.info("kNN-LM: LM ppl %.3f -> best %.3f (%s)", summary["lm_ppl"], summary["best"]["ppl"], summary["best"])
     return summary
 
 
 def _knn_lm_summary(*, model, data_dir, store_tokens, n_eval_tokens, window, stride, sizes, ks, lams, temperatures,
-                    seed, show_progress) -> dict:
+                    seed, run_dir, resume, show_progress) -> dict:
     from llm_specialization import knn_lm
 
     seed_everything(seed)
@@ -176,9 +177,12 @@ def _knn_lm_summary(*, model, data_dir, store_tokens, n_eval_tokens, window, str
     store_ids, eval_ids = reuters_token_streams(lm.tokenizer, data_dir, None, n_eval_tokens, seed,
                                                 n_store_tokens=store_tokens + 1)
     t0 = time.time()
-    store = knn_lm.encode_stream(lm.model, store_ids, window, stride, show_progress)
-    build_s = time.time() - t0
-    test = knn_lm.encode_stream(lm.model, eval_ids, window, stride, show_progress)
+    # the encodings are saved in parts as they go, so a run cut short continues mid-datastore
+    store = knn_lm.encode_stream(lm.model, store_ids, window, stride, show_progress,
+                                 parts_dir=run_dir / "encoded" / "store" if resume != "never" else None)
+    build_s = time.time() - t0  # of this call: a resumed build counts only the windows it encoded
+    test = knn_lm.encode_stream(lm.model, eval_ids, window, stride, show_progress,
+                                parts_dir=run_dir / "encoded" / "eval" if resume != "never" else None)
     t0 = time.time()
     sw = knn_lm.sweep(test, store, list(sizes), list(ks), list(lams), list(temperatures))
     summary = {"model": lm.name, "datastore_tokens": len(store.values), "eval_tokens": len(test.values),

@@ -50,6 +50,33 @@ def test_knn_lm_is_the_lm_at_lambda_zero_and_a_distribution(lm):
     assert ((mixed > 0) & (mixed <= 1)).all()
 
 
+def test_encoding_cut_short_continues_from_saved_parts(lm, tmp_path):
+    ids = torch.randint(3, 259, (300,), generator=torch.Generator().manual_seed(1))
+    whole = knn_lm.encode_stream(lm.model, ids, window=64, stride=32, show_progress=False)
+
+    class DiesAfter(torch.nn.Module):  # the LM, killed after 5 windows (2 parts of 2 windows saved)
+        def __init__(self, inner, calls):
+            super().__init__()
+            self.model, self.inner, self.calls = inner.model, inner, calls
+
+        def forward(self, **kw):
+            self.calls -= 1
+            if self.calls < 0:
+                raise KeyboardInterrupt
+            return self.inner(**kw)
+
+    with pytest.raises(KeyboardInterrupt):
+        knn_lm.encode_stream(DiesAfter(lm.model, 5), ids, 64, 32, False, parts_dir=tmp_path, windows_per_part=2)
+    assert len(list(tmp_path.glob("part_*.pt"))) == 2
+    counted = DiesAfter(lm.model, 10**6)
+    resumed = knn_lm.encode_stream(counted, ids, 64, 32, False, parts_dir=tmp_path, windows_per_part=2)
+    assert 10**6 - counted.calls == len(knn_lm.window_starts(300, 64, 32)) - 4  # only the unsaved windows
+    for a, b in zip((whole.keys, whole.values, whole.lm_logp), (resumed.keys, resumed.values, resumed.lm_logp)):
+        assert torch.equal(a, b)
+    other = knn_lm.encode_stream(lm.model, ids.flip(0), 64, 32, False, parts_dir=tmp_path)  # another stream
+    assert torch.equal(other.values, ids.flip(0)[1:])
+
+
 def test_nearest_is_exact_against_brute_force():
     g = torch.Generator().manual_seed(1)
     q, k = torch.randn(7, 5, generator=g), torch.randn(40, 5, generator=g)
