@@ -161,8 +161,8 @@ def plot_heatmap(summary: dict[str, Any], path: str | os.PathLike, title: str) -
     else:
         grid = np.array([[cells[(m, f)][0] for m in masses] for f in frictions])
         im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis")
-        ax.set_xticks(range(len(masses)), [f"{m:.2g}" for m in masses], rotation=45)
-        ax.set_yticks(range(len(frictions)), [f"{f:.2g}" for f in frictions])
+        ax.set_xticks(range(len(masses)), [f"{m:.3g}" for m in masses], rotation=45)
+        ax.set_yticks(range(len(frictions)), [f"{f:.3g}" for f in frictions])
         ax.set_xlabel("relative mass")
         ax.set_ylabel("relative friction")
         fig.colorbar(im, ax=ax, label="return")
