@@ -60,7 +60,7 @@ def encode_stream(model, ids: torch.Tensor, window: int = 512, stride: int = 256
     starts = window_starts(len(ids), window, stride)
     parts = _Parts(parts_dir, ids, window, stride) if parts_dir is not None else None
     keys, values, lps, covered = parts.load() if parts else ([], [], [], 0)
-    done = len(keys) if parts else 0  # parts hold one entry per window, so this counts finished windows
+    done = len(keys)  # one entry per window, so this counts the windows read back from parts
     captured = {}
     hook = _ffn_input_module(model).register_forward_hook(lambda m, i, o: captured.__setitem__("h", o))
     try:
