@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 
 from common.bench import peak_rss_bytes
-from common.progress import progress
+from common.checkpoint import resumable_map
 from llm_specialization.data import R8, R8_VERBALIZERS, Example
 from llm_specialization.models import lm_loss, pad_lm_batch
 from llm_specialization.scoring import score_candidates
@@ -96,15 +96,29 @@ def reference_rungs(r8: R8, test: list[Example], encoder=None, k: int = 8) -> li
 
 
 # ----------------------------------------------------------------------------------------- R1-R3
-def predict_by_prompts(lm, prompts: list[str], labels: list[str], desc: str, show_progress: bool = True
+def _timed_predictions(predict_one, items: list, desc: str, show_progress: bool, cache: tuple | None
                        ) -> tuple[list[str], float]:
+    """Predictions and mean ms per item. ``cache=(path, params)`` keeps each prediction as it is made
+    (:func:`common.checkpoint.resumable_map`), so an 800-document rung cut short continues mid-way."""
+    def one(item):
+        t0 = time.perf_counter()
+        pred = predict_one(item)
+        return {"pred": pred, "ms": 1000 * (time.perf_counter() - t0)}
+
+    path, params = cache if cache is not None else (None, None)
+    rows = resumable_map(one, items, path, params, desc=desc, show_progress=show_progress, unit="doc")
+    return [r["pred"] for r in rows], float(np.mean([r["ms"] for r in rows])) if rows else 0.0
+
+
+def predict_by_prompts(lm, prompts: list[str], labels: list[str], desc: str, show_progress: bool = True,
+                       cache: tuple | None = None) -> tuple[list[str], float]:
     """Arg-max verbalizer after each prompt; returns predictions and ms per example."""
     cands = candidates(labels)
-    preds, t0 = [], time.time()
-    for prompt in progress(prompts, desc=desc, enabled=show_progress, unit="doc"):
-        scores = score_candidates(lm.model, lm.tokenizer, prompt, cands)
-        preds.append(labels[int(scores.total.argmax())])
-    return preds, 1000 * (time.time() - t0) / max(len(prompts), 1)
+
+    def one(prompt):
+        return labels[int(score_candidates(lm.model, lm.tokenizer, prompt, cands).total.argmax())]
+
+    return _timed_predictions(one, prompts, desc, show_progress, cache)
 
 
 def zero_shot_prompts(lm, test: list[Example], max_tokens: int = 128) -> list[str]:
@@ -136,8 +150,8 @@ def retrieval_prompts(lm, r8: R8, test: list[Example], encoder, k: int = 4, demo
 
 
 def prompting_rung(name: str, lm, prompts: list[str], test: list[Example], labels: list[str],
-                   show_progress: bool = True) -> RungResult:
-    preds, ms = predict_by_prompts(lm, prompts, labels, name, show_progress)
+                   show_progress: bool = True, cache: tuple | None = None) -> RungResult:
+    preds, ms = predict_by_prompts(lm, prompts, labels, name, show_progress, cache)
     return RungResult(name, *metrics([e.label for e in test], preds, labels), infer_ms_per_example=ms,
                       peak_rss_gib=peak_rss_bytes() / 2**30)
 
@@ -202,15 +216,15 @@ def trainable_parameters(model) -> int:
 
 @torch.no_grad()
 def predict_trained(model, lm, test: list[Example], labels: list[str], max_tokens: int = 128,
-                    show_progress: bool = True) -> tuple[list[str], float]:
+                    show_progress: bool = True, cache: tuple | None = None) -> tuple[list[str], float]:
     """Arg-max verbalizer with full (prompt + candidate) forwards, batched over candidates: works for
     any wrapped model (a PEFT soft prompt changes positions, so the KV-cache shortcut is not used)."""
     tok = lm.tokenizer
     cand_ids = [tok(c, add_special_tokens=False).input_ids for c in candidates(labels)]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     model.eval()
-    preds, t0 = [], time.time()
-    for ex in progress(test, desc="predict", enabled=show_progress, unit="doc"):
+
+    def one(ex):
         p = list(tok(INSTRUCTION + article_block(tok, ex, max_tokens), add_special_tokens=False).input_ids)
         seqs = [p + list(c) for c in cand_ids]
         n = max(map(len, seqs))
@@ -222,5 +236,6 @@ def predict_trained(model, lm, test: list[Example], labels: list[str], max_token
         logits = logits[:, -n:]  # drop virtual-token positions, if any
         logp = logits.log_softmax(-1)
         scores = [sum(float(logp[i, len(p) - 1 + j, t]) for j, t in enumerate(c)) for i, c in enumerate(cand_ids)]
-        preds.append(labels[int(np.argmax(scores))])
-    return preds, 1000 * (time.time() - t0) / max(len(test), 1)
+        return labels[int(np.argmax(scores))]
+
+    return _timed_predictions(one, test, "predict", show_progress, cache)

@@ -74,15 +74,19 @@ def run_domain_ladder(*, methods: list[str], model: str, run_dir: Path, trainer_
         return loaded[0]
 
     def rungs(method: str, compute, **params) -> list[ladder.RungResult]:
-        stored = cached_result(run_dir / "rungs" / f"{method}.json", {**shared, "method": method, **params},
-                               lambda: [asdict(r) for r in compute()], enabled=resume != "never")
+        # a rung's per-document predictions go to rungs/<method>.docs.jsonl as they are made, under the
+        # same key, so a rung cut short (an 800-document pass takes up to an hour) continues mid-way
+        key = {**shared, "method": method, **params}
+        docs = (run_dir / "rungs" / f"{method}.docs.jsonl", key) if resume != "never" else None
+        stored = cached_result(run_dir / "rungs" / f"{method}.json", key,
+                               lambda: [asdict(r) for r in compute(docs)], enabled=resume != "never")
         return [ladder.RungResult(**r) for r in stored]
 
-    def prompting(rung: str, make_prompts):
+    def prompting(rung: str, make_prompts, docs):
         lm = lm_once()
-        return [ladder.prompting_rung(rung, lm, make_prompts(lm), test, r8.labels, show_progress)]
+        return [ladder.prompting_rung(rung, lm, make_prompts(lm), test, r8.labels, show_progress, docs)]
 
-    def trained(method: str, rung: str):
+    def trained(method: str, rung: str, docs):
         lm = load_lm(model)  # every trained rung starts from the same pretrained weights
         torch.manual_seed(seed)  # and the same adapter initialisation, whichever rungs ran before
         net = ladder.adapt(lm, method)
@@ -93,29 +97,31 @@ def run_domain_ladder(*, methods: list[str], model: str, run_dir: Path, trainer_
                     optimizer_fn=lambda m, lr=lrs[method]: torch.optim.AdamW(
                         [p for p in m.parameters() if p.requires_grad], lr=lr))
         train_s = time.time() - t0
-        preds, ms = ladder.predict_trained(net, lm, test, r8.labels, max_tokens, show_progress)
+        preds, ms = ladder.predict_trained(net, lm, test, r8.labels, max_tokens, show_progress, docs)
         acc, f1 = ladder.metrics([e.label for e in test], preds, r8.labels)
         return [ladder.RungResult(rung, acc, f1, ladder.trainable_parameters(net), train_s, ms,
                                   peak_rss_bytes() / 2**30, {"lr": lrs[method], "n_train": len(data)})]
 
     results: list[ladder.RungResult] = []
     if "references" in methods:
-        results += rungs("references", lambda: ladder.reference_rungs(r8, test, encoder), use_encoder=use_encoder)
+        results += rungs("references", lambda docs: ladder.reference_rungs(r8, test, encoder),
+                         use_encoder=use_encoder)
     if "zero_shot" in methods:
-        results += rungs("zero_shot", lambda: prompting(
-            "R1 zero-shot", lambda lm: ladder.zero_shot_prompts(lm, test, max_tokens)))
+        results += rungs("zero_shot", lambda docs: prompting(
+            "R1 zero-shot", lambda lm: ladder.zero_shot_prompts(lm, test, max_tokens), docs))
     if "few_shot" in methods:
-        results += rungs("few_shot", lambda: prompting(
-            "R2 few-shot ICL", lambda lm: ladder.few_shot_prompts(lm, r8, test, seed, max_tokens=max_tokens)))
+        results += rungs("few_shot", lambda docs: prompting(
+            "R2 few-shot ICL", lambda lm: ladder.few_shot_prompts(lm, r8, test, seed, max_tokens=max_tokens), docs))
     if "retrieval" in methods:
         if encoder is None:
             raise ValueError("the retrieval rung needs the MiniLM encoder (use_encoder=true)")
-        results += rungs("retrieval", lambda: prompting(
-            "R3 retrieval ICL", lambda lm: ladder.retrieval_prompts(lm, r8, test, encoder, max_tokens=max_tokens)))
+        results += rungs("retrieval", lambda docs: prompting(
+            "R3 retrieval ICL",
+            lambda lm: ladder.retrieval_prompts(lm, r8, test, encoder, max_tokens=max_tokens), docs))
     for method, rung in TRAINED_RUNGS.items():
         if method in methods:
-            results += rungs(method, lambda method=method, rung=rung: trained(method, rung), lr=lrs[method],
-                             trainer=training_key(trainer_cfg))
+            results += rungs(method, lambda docs, method=method, rung=rung: trained(method, rung, docs),
+                             lr=lrs[method], trainer=training_key(trainer_cfg))
     summary = {"model": loaded[0].name if loaded else model, "test_ids_hash": ids_hash(test), "n_test": len(test),
                "results": [asdict(r) for r in results]}
     run_dir.mkdir(parents=True, exist_ok=True)

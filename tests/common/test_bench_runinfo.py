@@ -4,7 +4,15 @@ import json
 
 import numpy as np
 
-from common.bench import compare, current_rss_bytes, format_bytes, peak_rss_bytes, ratio, reset_peak_rss, time_fn
+from common.bench import (
+    compare,
+    current_rss_bytes,
+    format_bytes,
+    peak_rss_bytes,
+    ratio,
+    reset_peak_rss,
+    time_fn,
+)
 from common.runinfo import hardware_summary, write_run_info
 
 

@@ -16,6 +16,7 @@ from common.checkpoint import (
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
+    resumable_map,
     save_checkpoint,
 )
 
@@ -94,3 +95,41 @@ def test_cached_result_computes_once_per_params(tmp_path):
     assert cached_result(path, {"n": 4, "sizes": [1, 2]}, compute(4), enabled=False)["value"] == 4
     path.write_text("{torn")  # a torn file is recomputed, not an error
     assert cached_result(path, {"n": 4, "sizes": [1, 2]}, compute(5))["value"] == 5
+
+
+KILLED_MID_MAP = r"""
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+from common.checkpoint import resumable_map
+def square(x):
+    if x == 5:
+        with open({path!r}, "a") as f:
+            f.write('{{"half')  # a result line torn by the kill
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {{"x": x, "sq": x * x}}
+resumable_map(square, list(range(8)), {path!r}, {{"run": 1}}, show_progress=False)
+"""
+
+
+def test_resumable_map_killed_mid_way_continues_where_it_stopped(tmp_path):
+    path = tmp_path / "items.jsonl"
+    script = tmp_path / "kill.py"
+    script.write_text(KILLED_MID_MAP.format(repo=str(REPO), path=str(path)))
+    assert subprocess.run([sys.executable, str(script)], timeout=120).returncode == -9
+    calls = []
+
+    def square(x):
+        calls.append(x)
+        return {"x": x, "sq": x * x}
+
+    out = resumable_map(square, list(range(8)), path, {"run": 1}, show_progress=False)
+    assert calls == [5, 6, 7]  # 0-4 were read back; the torn line was dropped
+    assert out == [{"x": x, "sq": x * x} for x in range(8)]
+    assert len(path.read_text().splitlines()) == 9  # header + 8 results, no torn fragment
+    assert resumable_map(square, list(range(8)), path, {"run": 1}, show_progress=False) == out
+    assert calls == [5, 6, 7]  # all read back
+    resumable_map(square, list(range(8)), path, {"run": 2}, show_progress=False)  # other params: redone
+    resumable_map(square, list(range(8)), path, {"run": 2}, enabled=False, show_progress=False)
+    assert calls == [5, 6, 7] + list(range(8)) * 2
+    resumable_map(square, list(range(3)), path, {"run": 2}, show_progress=False)  # other item count
+    assert calls[-3:] == [0, 1, 2]

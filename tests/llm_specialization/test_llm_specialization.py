@@ -1,5 +1,6 @@
 """llm_specialization: scoring, kNN-LM math, R8 data, LoRA isolation, a learning test, the CLI."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -173,6 +174,24 @@ def test_a_rerun_reads_finished_rungs_and_the_knn_sweep_back(tmp_path, monkeypat
                     stride=32, sizes=(1500,), ks=(4,), lams=(0.0, 0.5), temperatures=(1.0,), show_progress=False,
                     resume="auto")
     first, knn = R.run_domain_ladder(**ladder_args), R.run_knn_lm(**knn_args)
+
+    # a prompt rung cut short after 3 documents: those are read back, only the others are scored
+    rungs = tmp_path / "ladder" / "rungs"
+    lines = (rungs / "zero_shot.docs.jsonl").read_text().splitlines()
+    n_docs = len(lines) - 1  # the header, then one line per test document
+    assert n_docs == json.loads((tmp_path / "ladder" / "ladder.json").read_text())["n_test"]
+    assert n_docs >= 8 and (rungs / "lora.docs.jsonl").is_file()
+    (rungs / "zero_shot.docs.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    (rungs / "zero_shot.json").unlink()
+    scored, real_score = [], R.ladder.score_candidates
+    monkeypatch.setattr(R.ladder, "score_candidates", lambda *a, **k: scored.append(1) or real_score(*a, **k))
+    first = R.run_domain_ladder(**ladder_args)
+    assert len(scored) == n_docs - 3
+    fresh = R.run_domain_ladder(**{**ladder_args, "methods": ["zero_shot"], "run_dir": tmp_path / "fresh",
+                                   "resume": "never"})  # uninterrupted
+    assert [(r.accuracy, r.macro_f1) for r in first if r.rung == "R1 zero-shot"] == [
+        (r.accuracy, r.macro_f1) for r in fresh]
+    assert not (tmp_path / "fresh" / "rungs" / "zero_shot.docs.jsonl").exists()  # resume=never: none kept
 
     def must_not_run(*a, **k):
         raise AssertionError("recomputed a finished unit")
