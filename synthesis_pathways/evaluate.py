@@ -8,16 +8,15 @@
 
 from __future__ import annotations
 
-import json
+import hashlib
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
-from common.progress import progress
+from common.checkpoint import resumable_map
 
 from .chem import canonical_smiles, properties
 from .decode import Decoder
@@ -40,38 +39,29 @@ class TargetResult:
 
 
 def plan_targets(decoder: Decoder, targets: Sequence[str], *, beam: int = 3, progress_bar: bool = True,
-                 desc: str = "planning", cache_path: str | os.PathLike | None = None) -> list[TargetResult]:
-    """Plan every target; with ``cache_path`` (JSONL) finished targets are appended as they complete and
-    reused on the next call, so a long evaluation resumes where it was killed."""
-    done: list[TargetResult] = []
-    if cache_path is not None and Path(cache_path).exists():
-        with open(cache_path) as f:
-            done = [TargetResult(**json.loads(line)) for line in f if line.strip()]
-        done = done[: len(targets)]
-    out = list(done)
-    sink = open(cache_path, "a") if cache_path is not None else None  # noqa: SIM115
-    try:
-        todo = targets[len(done):]
-        for target in progress(todo, total=len(todo), desc=desc, enabled=progress_bar):
-            canon = canonical_smiles(target)
-            if canon is None:  # an invalid target counts as a failure; it does not abort the set
-                res = TargetResult(target, None, 0.0, False, False, False, 0, 0.0)
-            else:
-                r = decoder.plan(canon, beam=beam)
-                res = TargetResult(
-                    target=canon, best=r.best, similarity=r.similarity, finished=r.finished,
-                    recovered_fp=r.finished and r.similarity >= 1.0 - 1e-9,
-                    recovered_smiles=r.finished and r.best == canon,
-                    depth=r.tree.depth if r.tree is not None else 0, seconds=r.seconds,
-                    route=r.tree.to_json() if r.tree is not None else "")
-            out.append(res)
-            if sink is not None:
-                sink.write(json.dumps(res.to_dict()) + "\n")
-                sink.flush()
-    finally:
-        if sink is not None:
-            sink.close()
-    return out
+                 desc: str = "planning", cache_path: str | os.PathLike | None = None,
+                 cache_params: dict | None = None) -> list[TargetResult]:
+    """Plan every target. With ``cache_path`` (JSONL, :func:`common.checkpoint.resumable_map`) each
+    finished target is kept as it completes and read back by a rerun with the same targets, beam and
+    ``cache_params`` (name the model there), so a long evaluation resumes where it was killed."""
+
+    def plan_one(target: str) -> dict:
+        canon = canonical_smiles(target)
+        if canon is None:  # an invalid target counts as a failure; it does not abort the set
+            return TargetResult(target, None, 0.0, False, False, False, 0, 0.0).to_dict()
+        r = decoder.plan(canon, beam=beam)
+        return TargetResult(
+            target=canon, best=r.best, similarity=r.similarity, finished=r.finished,
+            recovered_fp=r.finished and r.similarity >= 1.0 - 1e-9,
+            recovered_smiles=r.finished and r.best == canon,
+            depth=r.tree.depth if r.tree is not None else 0, seconds=r.seconds,
+            route=r.tree.to_json() if r.tree is not None else "").to_dict()
+
+    params = {"targets_sha1": hashlib.sha1("\n".join(targets).encode()).hexdigest(), "beam": beam,
+              **(cache_params or {})}
+    rows = resumable_map(plan_one, list(targets), cache_path, params, desc=desc, show_progress=progress_bar,
+                         unit="target")
+    return [TargetResult(**r) for r in rows]
 
 
 def summarize(results: Sequence[TargetResult]) -> dict[str, float]:

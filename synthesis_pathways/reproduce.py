@@ -12,6 +12,7 @@ a random-policy decoder; quick/full add property correlations, the GA and the be
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -83,9 +84,9 @@ def _profiles() -> dict[str, Profile]:
     }
 
 
-def _evaluate_set(name, decoder, targets, work, beam, progress_bar):
+def _evaluate_set(name, decoder, targets, work, beam, progress_bar, decoder_key: dict):
     return plan_targets(decoder, targets, beam=beam, progress_bar=progress_bar, desc=f"planning {name}",
-                        cache_path=work / f"plan_{name}.jsonl")
+                        cache_path=work / f"plan_{name}.jsonl", cache_params=decoder_key)
 
 
 def _plot_similarities(sets: dict[str, list], path: Path) -> Path:
@@ -128,10 +129,14 @@ def run(ctx: ProfileContext, prof: Profile) -> ReproReport:
         sets["chembl"] = read_molecules("chembl_1k", data_dir=ctx.data_dir).smiles[: prof.n_chembl]
     if prof.n_zinc:
         sets["zinc"] = read_molecules("zinc250k", data_dir=ctx.data_dir, limit=prof.n_zinc).smiles
-    results = {name: _evaluate_set(name, decoder, t, work, prof.beam, pb) for name, t in sets.items() if t}
+    # planned targets are kept as they finish, keyed by the model file and the policy (a retrained model
+    # or another seed plans again)
+    model_key = {"model_sha1": hashlib.sha1((pipe_dir / "model.pt").read_bytes()).hexdigest()}
+    random_key = {"policy": "random", "seed": ctx.seed}
+    results = {name: _evaluate_set(name, decoder, t, work, prof.beam, pb, model_key) for name, t in sets.items() if t}
     summaries = {name: summarize(r) for name, r in results.items()}
     baseline = {name: summarize(_evaluate_set(f"{name}_random", random_decoder, t[: prof.n_random_baseline], work,
-                                              prof.beam, pb))
+                                              prof.beam, pb, random_key))
                 for name, t in sets.items() if name in ("heldout", "chemprojector") and t}
 
     # per-net test metrics (act/rxn accuracy, rt1 MSE and MRR)

@@ -131,3 +131,20 @@ def test_mrr():
 def test_build_decoder_needs_model(space):
     with pytest.raises(ValueError, match="trained"):
         build_decoder(space, None, policy="model")
+
+
+def test_planning_cache_reads_finished_targets_back(space, tmp_path):
+    d = _decoder(space, RandomPolicy(len(space.blocks), space.n_templates, seed=0))
+    targets = ["O=C(Nc1ccccc1)c1ccco1", "CCOC(=O)c1cn[nH]c1", "not a smiles"]
+    cache = tmp_path / "plan.jsonl"
+    first = plan_targets(d, targets, beam=1, progress_bar=False, cache_path=cache, cache_params={"m": 1})
+    lines = cache.read_text().splitlines()
+    cache.write_text("\n".join(lines[:2]) + '\n{"target": "O=C(N')  # killed while writing the 2nd target
+    planned = []
+    real_plan = d.plan
+    d.plan = lambda *a, **k: planned.append(a[0]) or real_plan(*a, **k)
+    again = plan_targets(d, targets, beam=1, progress_bar=False, cache_path=cache, cache_params={"m": 1})
+    assert planned == ["CCOC(=O)c1cn[nH]c1"]  # the first came back from the file, the torn one is redone
+    assert [r.target for r in again] == [r.target for r in first] and again[0] == first[0]
+    plan_targets(d, targets, beam=1, progress_bar=False, cache_path=cache, cache_params={"m": 2})  # other model
+    assert len(planned) == 3
