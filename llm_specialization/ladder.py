@@ -22,7 +22,7 @@ from common.bench import peak_rss_bytes
 from common.checkpoint import resumable_map
 from llm_specialization.data import R8, R8_VERBALIZERS, Example
 from llm_specialization.models import lm_loss, pad_lm_batch
-from llm_specialization.scoring import score_candidates
+from llm_specialization.scoring import score_candidates, shared_prefix
 
 INSTRUCTION = ("Classify the news article into one of these topics: earnings, acquisition, crude oil, trade, "
                "foreign exchange, interest rates, shipping, grain.\n\n")
@@ -112,13 +112,16 @@ def _timed_predictions(predict_one, items: list, desc: str, show_progress: bool,
 
 def predict_by_prompts(lm, prompts: list[str], labels: list[str], desc: str, show_progress: bool = True,
                        cache: tuple | None = None) -> tuple[list[str], float]:
-    """Arg-max verbalizer after each prompt; returns predictions and ms per example."""
-    cands = candidates(labels)
+    """Arg-max verbalizer after each prompt; returns predictions and ms per example. A prefix all prompts
+    share (R2's demonstrations) is run once; its cost is left out of the ms per example."""
+    cands = [list(lm.tokenizer(c, add_special_tokens=False).input_ids) for c in candidates(labels)]
+    ids = [list(lm.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
+    prefix = shared_prefix(lm.model, ids)
 
-    def one(prompt):
-        return labels[int(score_candidates(lm.model, lm.tokenizer, prompt, cands).total.argmax())]
+    def one(i):
+        return labels[int(score_candidates(lm.model, lm.tokenizer, ids[i], cands, prefix).total.argmax())]
 
-    return _timed_predictions(one, prompts, desc, show_progress, cache)
+    return _timed_predictions(one, range(len(ids)), desc, show_progress, cache)
 
 
 def zero_shot_prompts(lm, test: list[Example], max_tokens: int = 128) -> list[str]:

@@ -2,11 +2,15 @@
 
 score(c | prompt) = sum_t log p(c_t | prompt, c_<t). The prompt runs once; its KV cache is repeated for
 all candidates, which then run as one right-padded batch (the candidates never see each other).
+Prompts that all begin with the same tokens (few-shot demonstrations: about 3/4 of each R2 prompt) share
+that part's KV cache too (:func:`shared_prefix`): it runs once, and each prompt runs only its own tail.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -21,20 +25,49 @@ class CandidateScores:
         return self.total / self.n_tokens
 
 
+@dataclass
+class SharedPrefix:
+    ids: list[int]  # the token ids every prompt starts with
+    cache: Any  # their KV cache (copied before each use: a forward pass appends to it)
+
+
 def _ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False).input_ids)
 
 
 @torch.no_grad()
-def score_candidates(model, tokenizer, prompt: str | list[int], candidates: list[str] | list[list[int]]
-                     ) -> CandidateScores:
-    """Log-likelihood of each candidate after ``prompt``, with one prompt forward pass (KV cache)."""
+def shared_prefix(model, prompt_ids: list[list[int]], min_tokens: int = 16) -> SharedPrefix | None:
+    """The KV cache of the longest token prefix common to all prompts, or None if shorter than
+    ``min_tokens``. Found on token ids, not text, so a merge across the text boundary cannot make a
+    cached prefix differ from how the whole prompt tokenizes; each prompt keeps at least one own token."""
+    if not prompt_ids:
+        return None
+    first, n = prompt_ids[0], min(len(p) for p in prompt_ids) - 1
+    for p in prompt_ids[1:]:
+        n = next((i for i in range(n) if p[i] != first[i]), n)
+    if n < min_tokens:
+        return None
+    device = next(model.parameters()).device
+    out = model(input_ids=torch.tensor([first[:n]], device=device), use_cache=True)
+    return SharedPrefix(first[:n], out.cache)
+
+
+@torch.no_grad()
+def score_candidates(model, tokenizer, prompt: str | list[int], candidates: list[str] | list[list[int]],
+                     prefix: SharedPrefix | None = None) -> CandidateScores:
+    """Log-likelihood of each candidate after ``prompt``, with one prompt forward pass (KV cache);
+    with ``prefix`` (a :func:`shared_prefix` the prompt starts with) only the prompt's tail runs."""
     p_ids = prompt if isinstance(prompt, list) else _ids(tokenizer, prompt)
     c_ids = [c if isinstance(c, list) else _ids(tokenizer, c) for c in candidates]
     if not p_ids or any(len(c) == 0 for c in c_ids):
         raise ValueError("prompt and every candidate must tokenize to at least one token")
     device = next(model.parameters()).device
-    out = model(input_ids=torch.tensor([p_ids], device=device), use_cache=True)
+    k = len(prefix.ids) if prefix is not None else 0
+    if prefix is not None and len(p_ids) > k and p_ids[:k] == prefix.ids:
+        out = model(input_ids=torch.tensor([p_ids[k:]], device=device), cache=copy.deepcopy(prefix.cache),
+                    position_ids=torch.arange(k, len(p_ids), device=device).unsqueeze(0), use_cache=True)
+    else:
+        out = model(input_ids=torch.tensor([p_ids], device=device), use_cache=True)
     first = out.logits[0, -1].float().log_softmax(-1)  # (V,): distribution of every candidate's first token
     n, longest = len(c_ids), max(len(c) for c in c_ids)
     totals = torch.stack([first[c[0]] for c in c_ids]).cpu()

@@ -33,6 +33,24 @@ def test_kv_cache_scoring_equals_full_forward(lm):
         score_candidates(lm.model, lm.tokenizer, "p", [""])
 
 
+def test_shared_prefix_scoring_equals_full_forward(lm):
+    """R2's prompts share their demonstrations: that prefix runs once and gives the same scores."""
+    from llm_specialization.scoring import shared_prefix
+
+    demos = "Classify the article.\nArticle: wheat harvest\nTopic: grain\n\n"
+    prompts = [demos + f"Article: {t}\nTopic:" for t in ("oil prices rose", "profit up", "oil")]
+    ids = [list(lm.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
+    prefix = shared_prefix(lm.model, ids)
+    assert prefix is not None and len(prefix.ids) == len(demos) + len("Article: ")  # byte tokenizer
+    cands = [" earnings", " crude oil", " grain"]
+    for p, i in zip(prompts, ids):
+        shared = score_candidates(lm.model, lm.tokenizer, i, cands, prefix)
+        torch.testing.assert_close(shared.total, score_candidates_naive(lm.model, lm.tokenizer, p, cands).total,
+                                   rtol=1e-5, atol=1e-4)
+    assert shared_prefix(lm.model, ids[:1] + [ids[1][:3]]) is None  # too little in common
+    assert len(shared_prefix(lm.model, [ids[0], ids[0]]).ids) == len(ids[0]) - 1  # a prompt keeps a token
+
+
 def test_knn_lm_is_the_lm_at_lambda_zero_and_a_distribution(lm):
     ids = torch.randint(3, 259, (200,), generator=torch.Generator().manual_seed(0))
     enc = knn_lm.encode_stream(lm.model, ids, window=64, stride=32, show_progress=False)
