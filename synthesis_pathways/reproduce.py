@@ -209,7 +209,7 @@ def run(ctx: ProfileContext, prof: Profile) -> ReproReport:
                         "paper Figure 4, reachable set (secondary source)"))
 
     for objective, g in prof.ga.items():
-        ga = _run_ga(ctx, decoder, objective, g, work)
+        ga = _run_ga(ctx, decoder, objective, g, work, progress_bar=pb)
         paper = {"qed": "0.948 / 0.948 / 0.947"}.get(objective)
         rows.append(Row(f"GA {objective}: top-1 / top-10 / top-100",
                         f"{ga['top1']:.3f} / {ga['top10']:.3f} / {ga['top100']:.3f}", paper,
@@ -248,7 +248,7 @@ def _match_row(unit: np.ndarray, target_bits: np.ndarray) -> int:
     return i if sims[i] > 1 - 1e-6 else -1
 
 
-def _run_ga(ctx: ProfileContext, decoder, objective: str, g: dict, work: Path) -> dict:
+def _run_ga(ctx: ProfileContext, decoder, objective: str, g: dict, work: Path, progress_bar: bool = False) -> dict:
     from .ga import GAConfig, GeneticOptimizer, seed_genomes
     from .oracles import get_oracle
 
@@ -260,7 +260,7 @@ def _run_ga(ctx: ProfileContext, decoder, objective: str, g: dict, work: Path) -
     ga_dir.mkdir(parents=True, exist_ok=True)
     result = GeneticOptimizer(decoder, get_oracle(objective), cfg).run(
         seed_genomes(seeds, decoder.featurizer.cfg.nbits), run_dir=ga_dir, resume=ctx.resume != "never",
-        progress_bar=False)
+        progress_bar=progress_bar)
     return result.summary() | {"top": list(zip(result.top_smiles[:5], result.top_scores[:5]))}
 
 
