@@ -96,47 +96,73 @@ def reference_rungs(r8: R8, test: list[Example], encoder=None, k: int = 8) -> li
 
 
 # ----------------------------------------------------------------------------------------- R1-R3
-def _timed_predictions(predict_one, items: list, desc: str, show_progress: bool, cache: tuple | None
-                       ) -> tuple[list[str], float]:
-    """Predictions and mean ms per item. ``cache=(path, params)`` keeps each prediction as it is made
+def _timed(fn, items, desc: str, show_progress: bool, cache: tuple | None) -> list[dict]:
+    """``fn(item)`` (a dict) plus its ms, per item. ``cache=(path, params)`` keeps each row as it is made
     (:func:`common.checkpoint.resumable_map`), so an 800-document rung cut short continues mid-way."""
     def one(item):
         t0 = time.perf_counter()
-        pred = predict_one(item)
-        return {"pred": pred, "ms": 1000 * (time.perf_counter() - t0)}
+        row = fn(item)
+        return {**row, "ms": 1000 * (time.perf_counter() - t0)}
 
     path, params = cache if cache is not None else (None, None)
-    rows = resumable_map(one, items, path, params, desc=desc, show_progress=show_progress, unit="doc")
-    return [r["pred"] for r in rows], float(np.mean([r["ms"] for r in rows])) if rows else 0.0
+    return resumable_map(one, items, path, params, desc=desc, show_progress=show_progress, unit="doc")
 
 
-def predict_by_prompts(lm, prompts: list[str], labels: list[str], desc: str, show_progress: bool = True,
-                       cache: tuple | None = None) -> tuple[list[str], float]:
-    """Arg-max verbalizer after each prompt; returns predictions and ms per example. A prefix all prompts
-    share (R2's demonstrations) is run once; its cost is left out of the ms per example."""
+def _mean_ms(rows: list[dict]) -> float:
+    return float(np.mean([r["ms"] for r in rows])) if rows else 0.0
+
+
+def score_prompts(lm, prompts: list[str], labels: list[str], desc: str = "", show_progress: bool = True,
+                  cache: tuple | None = None) -> tuple[np.ndarray, float]:
+    """(N, C) log-likelihood of each label's verbalizer after each prompt, and ms per example. A prefix
+    all prompts share (R2's demonstrations) is run once; its cost is left out of the ms per example."""
     cands = [list(lm.tokenizer(c, add_special_tokens=False).input_ids) for c in candidates(labels)]
     ids = [list(lm.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
     prefix = shared_prefix(lm.model, ids)
 
     def one(i):
-        return labels[int(score_candidates(lm.model, lm.tokenizer, ids[i], cands, prefix).total.argmax())]
+        return {"scores": score_candidates(lm.model, lm.tokenizer, ids[i], cands, prefix).total.tolist()}
 
-    return _timed_predictions(one, range(len(ids)), desc, show_progress, cache)
+    rows = _timed(one, range(len(ids)), desc, show_progress, cache)
+    return np.array([r["scores"] for r in rows]).reshape(len(rows), len(labels)), _mean_ms(rows)
+
+
+CONTENT_FREE = ("N/A", "[MASK]", "")
+
+
+def content_free_prior(lm, head: str, labels: list[str]) -> np.ndarray:
+    """Contextual calibration (Zhao et al., 2021): log of the label distribution the prompt gives when the
+    article is content-free ('N/A', '[MASK]', empty; averaged), i.e. the bias of the instruction and the
+    demonstrations alone (a small model copies the labels it has just seen)."""
+    scores, _ = score_prompts(lm, [head + f"Article: {x}\nTopic:" for x in CONTENT_FREE], labels,
+                              show_progress=False)
+    p = np.exp(scores - scores.max(1, keepdims=True))
+    return np.log((p / p.sum(1, keepdims=True)).mean(0))
+
+
+def calibrate(scores: np.ndarray, log_prior: np.ndarray) -> np.ndarray:
+    """argmax_y p(y|x) / p_cf(y): Zhao et al.'s diagonal W = diag(p_cf)^-1 with b = 0, in log space."""
+    return scores - log_prior[None, :]
 
 
 def zero_shot_prompts(lm, test: list[Example], max_tokens: int = 128) -> list[str]:
     return [INSTRUCTION + article_block(lm.tokenizer, ex, max_tokens) for ex in test]
 
 
-def few_shot_prompts(lm, r8: R8, test: list[Example], seed: int = 0, demo_tokens: int = 48,
-                     max_tokens: int = 128) -> list[str]:
-    """One demonstration per class, drawn once with a fixed seed, the same for every test document."""
+def few_shot_head(lm, r8: R8, seed: int = 0, demo_tokens: int = 48) -> str:
+    """The instruction and one demonstration per class, drawn once with a fixed seed."""
     rng = random.Random(seed)
     demos = [rng.choice(sorted((e for e in r8.train if e.label == lab), key=lambda e: e.fileid))
              for lab in r8.labels]
     rng.shuffle(demos)
-    prefix = INSTRUCTION + "".join(demo_block(lm.tokenizer, d, demo_tokens) for d in demos)
-    return [prefix + article_block(lm.tokenizer, ex, max_tokens) for ex in test]
+    return INSTRUCTION + "".join(demo_block(lm.tokenizer, d, demo_tokens) for d in demos)
+
+
+def few_shot_prompts(lm, r8: R8, test: list[Example], seed: int = 0, demo_tokens: int = 48,
+                     max_tokens: int = 128) -> list[str]:
+    """The same demonstrations (:func:`few_shot_head`) before every test document."""
+    head = few_shot_head(lm, r8, seed, demo_tokens)
+    return [head + article_block(lm.tokenizer, ex, max_tokens) for ex in test]
 
 
 def retrieval_prompts(lm, r8: R8, test: list[Example], encoder, k: int = 4, demo_tokens: int = 48,
@@ -153,10 +179,21 @@ def retrieval_prompts(lm, r8: R8, test: list[Example], encoder, k: int = 4, demo
 
 
 def prompting_rung(name: str, lm, prompts: list[str], test: list[Example], labels: list[str],
-                   show_progress: bool = True, cache: tuple | None = None) -> RungResult:
-    preds, ms = predict_by_prompts(lm, prompts, labels, name, show_progress, cache)
-    return RungResult(name, *metrics([e.label for e in test], preds, labels), infer_ms_per_example=ms,
-                      peak_rss_gib=peak_rss_bytes() / 2**30)
+                   show_progress: bool = True, cache: tuple | None = None, head: str | None = None
+                   ) -> list[RungResult]:
+    """The rung's result; with ``head`` (the prompt before the article, the same for every document) a
+    second, contextually calibrated result from the same scores."""
+    scores, ms = score_prompts(lm, prompts, labels, name, show_progress, cache)
+    gold = [e.label for e in test]
+    out = [RungResult(name, *metrics(gold, [labels[i] for i in scores.argmax(1)], labels),
+                      infer_ms_per_example=ms, peak_rss_gib=peak_rss_bytes() / 2**30)]
+    if head is not None:
+        prior = content_free_prior(lm, head, labels)
+        calibrated = calibrate(scores, prior).argmax(1)
+        out.append(RungResult(f"{name} + calibration", *metrics(gold, [labels[i] for i in calibrated], labels),
+                              infer_ms_per_example=ms, peak_rss_gib=peak_rss_bytes() / 2**30,
+                              extra={"content_free_prior": dict(zip(labels, np.exp(prior).round(4).tolist()))}))
+    return out
 
 
 # ----------------------------------------------------------------------------------------- R4-R6
@@ -241,4 +278,5 @@ def predict_trained(model, lm, test: list[Example], labels: list[str], max_token
         scores = [sum(float(logp[i, len(p) - 1 + j, t]) for j, t in enumerate(c)) for i, c in enumerate(cand_ids)]
         return labels[int(np.argmax(scores))]
 
-    return _timed_predictions(one, test, "predict", show_progress, cache)
+    rows = _timed(lambda ex: {"pred": one(ex)}, test, "predict", show_progress, cache)
+    return [r["pred"] for r in rows], _mean_ms(rows)

@@ -82,9 +82,10 @@ def run_domain_ladder(*, methods: list[str], model: str, run_dir: Path, trainer_
                                lambda: [asdict(r) for r in compute(docs)], enabled=resume != "never")
         return [ladder.RungResult(**r) for r in stored]
 
-    def prompting(rung: str, make_prompts, docs):
+    def prompting(rung: str, make_prompts, docs, head=None):
         lm = lm_once()
-        return [ladder.prompting_rung(rung, lm, make_prompts(lm), test, r8.labels, show_progress, docs)]
+        return ladder.prompting_rung(rung, lm, make_prompts(lm), test, r8.labels, show_progress, docs,
+                                     head(lm) if head else None)
 
     def trained(method: str, rung: str, docs):
         lm = load_lm(model)  # every trained rung starts from the same pretrained weights
@@ -106,12 +107,17 @@ def run_domain_ladder(*, methods: list[str], model: str, run_dir: Path, trainer_
     if "references" in methods:
         results += rungs("references", lambda docs: ladder.reference_rungs(r8, test, encoder),
                          use_encoder=use_encoder)
+    # R1 and R2 share one prompt head across documents, so each also reports a contextually calibrated
+    # result from the same scores (three extra prompts); R3's demonstrations change with every document
+    calibration = "contextual: " + ", ".join(repr(x) for x in ladder.CONTENT_FREE)
     if "zero_shot" in methods:
         results += rungs("zero_shot", lambda docs: prompting(
-            "R1 zero-shot", lambda lm: ladder.zero_shot_prompts(lm, test, max_tokens), docs))
+            "R1 zero-shot", lambda lm: ladder.zero_shot_prompts(lm, test, max_tokens), docs,
+            head=lambda lm: ladder.INSTRUCTION), calibration=calibration)
     if "few_shot" in methods:
         results += rungs("few_shot", lambda docs: prompting(
-            "R2 few-shot ICL", lambda lm: ladder.few_shot_prompts(lm, r8, test, seed, max_tokens=max_tokens), docs))
+            "R2 few-shot ICL", lambda lm: ladder.few_shot_prompts(lm, r8, test, seed, max_tokens=max_tokens), docs,
+            head=lambda lm: ladder.few_shot_head(lm, r8, seed)), calibration=calibration)
     if "retrieval" in methods:
         if encoder is None:
             raise ValueError("the retrieval rung needs the MiniLM encoder (use_encoder=true)")

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -144,6 +145,24 @@ def _toy_r8():
     return R8(train=train, dev=[], test=test, labels=["acq", "earn"])
 
 
+def test_contextual_calibration_golden_and_in_a_rung(lm):
+    scores, prior = np.log([[0.6, 0.4], [0.7, 0.3]]), np.log([0.8, 0.2])
+    assert scores.argmax(1).tolist() == [0, 0]
+    assert ladder.calibrate(scores, prior).argmax(1).tolist() == [1, 1]  # 0.6/0.8 < 0.4/0.2, 0.7/0.8 < 0.3/0.2
+    toy = _toy_r8()
+    head = ladder.few_shot_head(lm, toy, seed=0, demo_tokens=8)
+    prompts = ladder.few_shot_prompts(lm, toy, toy.test, seed=0, demo_tokens=8, max_tokens=16)
+    raw, cal = ladder.prompting_rung("R2", lm, prompts, toy.test, toy.labels, show_progress=False, head=head)
+    assert (raw.rung, cal.rung) == ("R2", "R2 + calibration")
+    prior = ladder.content_free_prior(lm, head, toy.labels)
+    assert np.exp(prior).sum() == pytest.approx(1.0)
+    assert cal.extra["content_free_prior"] == dict(zip(toy.labels, np.exp(prior).round(4).tolist()))
+    naive = np.array([score_candidates_naive(lm.model, lm.tokenizer, p, ladder.candidates(toy.labels)).total.numpy()
+                      for p in prompts])  # full forwards, no shared prefix
+    want = [toy.labels[i] for i in ladder.calibrate(naive, prior).argmax(1)]
+    assert cal.accuracy == ladder.metrics([e.label for e in toy.test], want, toy.labels)[0]
+
+
 def test_learning_fine_tuning_on_verbalizers(tmp_path):
     toy = _toy_r8()
     lm = tiny_llama(hidden=32, layers=2, seed=0)
@@ -204,11 +223,11 @@ def test_a_rerun_reads_finished_rungs_and_the_knn_sweep_back(tmp_path, monkeypat
     scored, real_score = [], R.ladder.score_candidates
     monkeypatch.setattr(R.ladder, "score_candidates", lambda *a, **k: scored.append(1) or real_score(*a, **k))
     first = R.run_domain_ladder(**ladder_args)
-    assert len(scored) == n_docs - 3
+    assert len(scored) == n_docs - 3 + len(ladder.CONTENT_FREE)  # and the calibration's content-free prompts
     fresh = R.run_domain_ladder(**{**ladder_args, "methods": ["zero_shot"], "run_dir": tmp_path / "fresh",
                                    "resume": "never"})  # uninterrupted
-    assert [(r.accuracy, r.macro_f1) for r in first if r.rung == "R1 zero-shot"] == [
-        (r.accuracy, r.macro_f1) for r in fresh]
+    assert [(r.rung, r.accuracy, r.macro_f1) for r in first if r.rung.startswith("R1")] == [
+        (r.rung, r.accuracy, r.macro_f1) for r in fresh]  # raw and calibrated
     assert not (tmp_path / "fresh" / "rungs" / "zero_shot.docs.jsonl").exists()  # resume=never: none kept
 
     def must_not_run(*a, **k):
@@ -264,7 +283,6 @@ def test_corruptions_change_one_side_and_avoid_known_triples():
 
 
 def test_thresholds_per_relation_hand_case():
-    import numpy as np
 
     from llm_specialization import kg as K
 
@@ -277,7 +295,6 @@ def test_thresholds_per_relation_hand_case():
 
 
 def test_learning_distmult_separates_umls_triples():
-    import numpy as np
 
     from llm_specialization import kg as K
 
@@ -323,7 +340,6 @@ def _synthetic_movielens(**kw):
 
 
 def test_leave_one_out_never_leaks_the_future():
-    import numpy as np
 
     from llm_specialization.personal import leave_one_out
 
@@ -339,8 +355,6 @@ def test_leave_one_out_never_leaks_the_future():
 
 def test_hr_ndcg_and_ranks_hand_computed():
     import math
-
-    import numpy as np
 
     from llm_specialization.personal import hr_ndcg, rank_of, sampled_rank
 
@@ -436,7 +450,6 @@ def test_tiny_lm_save_load_round_trip_keeps_logits(tmp_path):
 def _write_llama_gguf(model, path):
     """An f32 GGUF of a LlamaForCausalLM in llama.cpp's layout (q/k rows permuted for adjacent-pair RoPE)."""
     import gguf
-    import numpy as np
 
     c = model.config
     w = gguf.GGUFWriter(str(path), "llama")
@@ -534,7 +547,6 @@ def test_duplicate_titles_never_negatives_of_each_other():
     assert hit  # the cycles make some user's test item 7 or 9
     for u in hit:
         assert not ({7, 9} - {split.test[u]}) & set(cands[u])
-    import numpy as np
 
     scores = np.arange(41, dtype=float)  # item 9 outranks item 7
     assert rank_of(scores, 7, same_title_items(ml.titles)[7]) == rank_of(scores, 7) - 1
@@ -542,7 +554,6 @@ def test_duplicate_titles_never_negatives_of_each_other():
 
 # ----------------------------------------------------------------------------------------- TALLRec-style
 def _ratings():
-    import numpy as np
 
     from llm_specialization.personal import MovieLens
 
@@ -608,7 +619,6 @@ def test_yes_probability_matches_direct_softmax_and_ignores_padding(lm):
 
 
 def test_rec_prompt_dataset_and_baselines(lm):
-    import numpy as np
 
     from llm_specialization import rectune as R
 
