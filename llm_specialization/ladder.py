@@ -96,15 +96,17 @@ def reference_rungs(r8: R8, test: list[Example], encoder=None, k: int = 8) -> li
 
 
 # ----------------------------------------------------------------------------------------- R1-R3
-def _timed(fn, items, desc: str, show_progress: bool, cache: tuple | None) -> list[dict]:
-    """``fn(item)`` (a dict) plus its ms, per item. ``cache=(path, params)`` keeps each row as it is made
-    (:func:`common.checkpoint.resumable_map`), so an 800-document rung cut short continues mid-way."""
+def _timed(fn, items, desc: str, show_progress: bool, cache: tuple | None, row: str) -> list[dict]:
+    """``{row: fn(item), "ms": ...}`` per item. ``cache=(path, params)`` keeps each row as it is made
+    (:func:`common.checkpoint.resumable_map`), so an 800-document rung cut short continues mid-way; the
+    row's field is part of the key, so rows of another kind are never read back."""
     def one(item):
         t0 = time.perf_counter()
-        row = fn(item)
-        return {**row, "ms": 1000 * (time.perf_counter() - t0)}
+        value = fn(item)
+        return {row: value, "ms": 1000 * (time.perf_counter() - t0)}
 
     path, params = cache if cache is not None else (None, None)
+    params = {**params, "row": row} if params is not None else None
     return resumable_map(one, items, path, params, desc=desc, show_progress=show_progress, unit="doc")
 
 
@@ -121,9 +123,9 @@ def score_prompts(lm, prompts: list[str], labels: list[str], desc: str = "", sho
     prefix = shared_prefix(lm.model, ids)
 
     def one(i):
-        return {"scores": score_candidates(lm.model, lm.tokenizer, ids[i], cands, prefix).total.tolist()}
+        return score_candidates(lm.model, lm.tokenizer, ids[i], cands, prefix).total.tolist()
 
-    rows = _timed(one, range(len(ids)), desc, show_progress, cache)
+    rows = _timed(one, range(len(ids)), desc, show_progress, cache, row="scores")
     return np.array([r["scores"] for r in rows]).reshape(len(rows), len(labels)), _mean_ms(rows)
 
 
@@ -278,5 +280,5 @@ def predict_trained(model, lm, test: list[Example], labels: list[str], max_token
         scores = [sum(float(logp[i, len(p) - 1 + j, t]) for j, t in enumerate(c)) for i, c in enumerate(cand_ids)]
         return labels[int(np.argmax(scores))]
 
-    rows = _timed(lambda ex: {"pred": one(ex)}, test, "predict", show_progress, cache)
+    rows = _timed(one, test, "predict", show_progress, cache, row="pred")
     return [r["pred"] for r in rows], _mean_ms(rows)
