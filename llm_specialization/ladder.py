@@ -256,28 +256,43 @@ def trainable_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def shifts_positions(model) -> bool:
+    """True for PEFT prompt learning: virtual tokens come first, so a KV cache of the bare prompt is wrong."""
+    return any(getattr(c, "is_prompt_learning", False) for c in (getattr(model, "peft_config", None) or {}).values())
+
+
+@torch.no_grad()
+def full_forward_scores(model, prompt_ids: list[int], cand_ids: list[list[int]], pad: int) -> list[float]:
+    """Summed log-probability of each candidate from full (prompt + candidate) forwards, batched over the
+    candidates; right for any wrapped model, a soft prompt included."""
+    seqs = [prompt_ids + list(c) for c in cand_ids]
+    n = max(map(len, seqs))
+    ids = torch.full((len(seqs), n), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
+    logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    logp = logits[:, -n:].log_softmax(-1)  # drop virtual-token positions, if any
+    P = len(prompt_ids)
+    return [sum(float(logp[i, P - 1 + j, t]) for j, t in enumerate(c)) for i, c in enumerate(cand_ids)]
+
+
 @torch.no_grad()
 def predict_trained(model, lm, test: list[Example], labels: list[str], max_tokens: int = 128,
                     show_progress: bool = True, cache: tuple | None = None) -> tuple[list[str], float]:
-    """Arg-max verbalizer with full (prompt + candidate) forwards, batched over candidates: works for
-    any wrapped model (a PEFT soft prompt changes positions, so the KV-cache shortcut is not used)."""
+    """Arg-max verbalizer after each document's prompt. LoRA and full fine-tuning keep positions, so they
+    use the KV-cache scorer (the prompt runs once, not once per candidate); a PEFT soft prompt shifts
+    positions and gets full forwards (:func:`full_forward_scores`)."""
     tok = lm.tokenizer
-    cand_ids = [tok(c, add_special_tokens=False).input_ids for c in candidates(labels)]
+    cand_ids = [list(tok(c, add_special_tokens=False).input_ids) for c in candidates(labels)]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    kv_cache = not shifts_positions(model)
     model.eval()
 
     def one(ex):
         p = list(tok(INSTRUCTION + article_block(tok, ex, max_tokens), add_special_tokens=False).input_ids)
-        seqs = [p + list(c) for c in cand_ids]
-        n = max(map(len, seqs))
-        ids = torch.full((len(seqs), n), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()
-        logits = logits[:, -n:]  # drop virtual-token positions, if any
-        logp = logits.log_softmax(-1)
-        scores = [sum(float(logp[i, len(p) - 1 + j, t]) for j, t in enumerate(c)) for i, c in enumerate(cand_ids)]
+        scores = (score_candidates(model, tok, p, cand_ids).total.tolist() if kv_cache
+                  else full_forward_scores(model, p, cand_ids, pad))
         return labels[int(np.argmax(scores))]
 
     rows = _timed(one, test, "predict", show_progress, cache, row="pred")

@@ -137,6 +137,28 @@ def test_lora_trains_only_adapter_parameters(lm):
     assert any(not torch.equal(p, torch.zeros_like(p)) for n, p in net.named_parameters() if "lora_B" in n)
 
 
+def test_trained_rungs_kv_scoring_equals_full_forwards():
+    """LoRA keeps positions, so predict_trained's KV-cache scorer must equal full forwards; a soft prompt
+    shifts them and is detected."""
+    fresh = tiny_llama(hidden=32, layers=2, seed=0)
+    net = ladder.adapt(fresh, "lora", lora_r=2, lora_alpha=4, lora_dropout=0.0)
+    for n, p in net.named_parameters():
+        if "lora_B" in n:  # a trained adapter (B starts at zero)
+            torch.nn.init.normal_(p, std=0.5, generator=torch.Generator().manual_seed(0))
+    net.eval()
+    tok = fresh.tokenizer
+    prompt = list(tok(ladder.INSTRUCTION + "Article: oil prices rose\nTopic:", add_special_tokens=False).input_ids)
+    cands = [list(tok(c, add_special_tokens=False).input_ids) for c in ladder.candidates(["acq", "crude", "earn"])]
+    fast = score_candidates(net, tok, prompt, cands).total
+    slow = torch.tensor(ladder.full_forward_scores(net, prompt, cands, pad=0))
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-4)
+    with net.disable_adapter():  # the adapter does change the scores being compared
+        assert not torch.allclose(fast, score_candidates(net, tok, prompt, cands).total, atol=1e-3)
+    assert not ladder.shifts_positions(net) and not ladder.shifts_positions(fresh.model)
+    soft = ladder.adapt(tiny_llama(hidden=32, layers=2, seed=0), "prompt_tuning", n_virtual_tokens=3)
+    assert ladder.shifts_positions(soft)
+
+
 def _toy_r8():
     """Two classes whose articles share a tell-tale word, for the learning test."""
     mk = lambda i, lab, word: Example(f"training/{i}", f"{word} {word} report number {i}", lab)
