@@ -54,7 +54,10 @@ class FitResult:
     best_step: int | None = None  # optimizer step of the best evaluation (of the last one without a monitor)
     best_epoch: int | None = None  # epochs completed at that evaluation
     stopped_reason: str = ""
-    wall_seconds: float = 0.0
+    wall_seconds: float = 0.0  # this call
+    # the whole run over every session, as far as its last checkpoint (work a kill threw away is redone
+    # and counted once): what the result cost, where wall_seconds after a resume is only the last leg
+    wall_seconds_total: float = 0.0
 
 
 def move_to(obj: Any, device: torch.device) -> Any:
@@ -184,7 +187,7 @@ class Trainer:
         # Counters that a checkpoint restores. `micro` = micro-batches of `epoch` already consumed.
         st = {"step": 0, "epoch": 0, "micro": 0, "best_value": None, "bad_evals": 0,
               "best_metrics": None, "last_metrics": {}, "stopped_reason": "", "best_step": None,
-              "best_epoch": None}
+              "best_epoch": None, "wall_seconds": 0.0}
         ckpt_path = self.ckpt.resolve_resume(self.resume)
         if ckpt_path is not None:
             ck = load_checkpoint(ckpt_path, map_location=self.device)
@@ -195,6 +198,7 @@ class Trainer:
             restore_rng_state(ck["rng"])
             st.update(ck["trainer_state"])
             log.info("resumed from %s (step %d, epoch %d)", ckpt_path, st["step"], st["epoch"])
+        wall_before, t_leg = st["wall_seconds"], time.time()  # training wall of the earlier sessions
 
         net = model
         if self.world_size > 1:
@@ -205,6 +209,7 @@ class Trainer:
         run_info = RunInfo(self.run_dir, {"config": self.config} if self.config else None, enabled=self.is_main)
 
         def checkpoint_state() -> dict:
+            st["wall_seconds"] = wall_before + time.time() - t_leg
             return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "rng": capture_rng_state(), "trainer_state": dict(st), "config": self.config,
@@ -337,4 +342,5 @@ class Trainer:
         return FitResult(step=st["step"], epoch=st["epoch"], last_metrics=st["last_metrics"],
                          best_metrics=st["best_metrics"], best_checkpoint=best_ckpt,
                          best_step=st.get("best_step"), best_epoch=st.get("best_epoch"),
-                         stopped_reason=st["stopped_reason"], wall_seconds=wall)
+                         stopped_reason=st["stopped_reason"], wall_seconds=wall,
+                         wall_seconds_total=wall_before + time.time() - t_leg)

@@ -113,7 +113,9 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | os.PathLike, *, trainer_cfg
         stats = sample_to_disk(space, run_dir / "trees", attempts=cfg.attempts, seed=trainer_cfg.seed,
                                shard_size=cfg.shard_size, workers=cfg.workers, max_steps=cfg.max_steps,
                                qed_filter=cfg.qed_filter, progress=progress)
-        info["sample"] = stats.to_dict() | {"wall_seconds": time.time() - t0}
+        # a rerun reads finished shards back in moments: add its leg to the wall of the earlier sessions
+        wall = info.get("sample", {}).get("wall_seconds", 0.0) + time.time() - t0
+        info["sample"] = stats.to_dict() | {"wall_seconds": wall}
         save_info()
         log.info("sampling: %d attempts, %d trees kept", stats.attempts, stats.kept)
 
@@ -149,7 +151,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | os.PathLike, *, trainer_cfg
                                  config={"pipeline": dataclasses.asdict(cfg), "net": net})
             info["fit"][net] = {"rows": [len(tr), len(va)], "parameters": n_parameters(nets[net]),
                                 "step": result.step, "epoch": result.epoch, "stopped": result.stopped_reason,
-                                "best": result.best_metrics, "wall_seconds": result.wall_seconds}
+                                "best": result.best_metrics, "wall_seconds": result.wall_seconds_total}
             save_info()
         if set(cfg.networks) == set(NETWORKS):
             SynNetModel(nets, cfg.feat, space.n_templates, cfg.net_cfg).save(run_dir / "model.pt")

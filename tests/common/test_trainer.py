@@ -73,6 +73,8 @@ def test_resume_of_finished_run_is_a_no_op(tmp_path):
     _, first = train_digits(cfg, tmp_path / "r")
     _, second = train_digits(cfg, tmp_path / "r", resume="auto")
     assert second.step == first.step and second.last_metrics == first.last_metrics
+    # the resumed call took moments; the run's total is the first session's, kept in the checkpoint
+    assert second.wall_seconds_total >= 0.5 * first.wall_seconds_total > 0
     with pytest.raises(ResumeError, match="resume=auto"):
         train_digits(cfg, tmp_path / "r", resume="never")
 
