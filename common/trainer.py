@@ -189,6 +189,7 @@ class Trainer:
               "best_metrics": None, "last_metrics": {}, "stopped_reason": "", "best_step": None,
               "best_epoch": None, "wall_seconds": 0.0}
         ckpt_path = self.ckpt.resolve_resume(self.resume)
+        legacy_wall = False
         if ckpt_path is not None:
             ck = load_checkpoint(ckpt_path, map_location=self.device)
             model.load_state_dict(ck["model"])
@@ -197,6 +198,7 @@ class Trainer:
                 scheduler.load_state_dict(ck["scheduler"])
             restore_rng_state(ck["rng"])
             st.update(ck["trainer_state"])
+            legacy_wall = "wall_seconds" not in ck["trainer_state"]  # written before the wall was kept
             log.info("resumed from %s (step %d, epoch %d)", ckpt_path, st["step"], st["epoch"])
         wall_before, t_leg = st["wall_seconds"], time.time()  # training wall of the earlier sessions
 
@@ -207,6 +209,8 @@ class Trainer:
         logger = MetricLogger(self.run_dir, jsonl=getattr(self.logger_cfg, "jsonl", True),
                               tensorboard=getattr(self.logger_cfg, "tensorboard", True), enabled=self.is_main)
         run_info = RunInfo(self.run_dir, {"config": self.config} if self.config else None, enabled=self.is_main)
+        if legacy_wall and self.is_main:  # the best such a checkpoint allows: sessions that ended normally
+            wall_before = sum(s.get("wall_seconds", 0.0) for s in run_info.data["sessions"][:-1])
 
         def checkpoint_state() -> dict:
             st["wall_seconds"] = wall_before + time.time() - t_leg

@@ -1,5 +1,6 @@
 """The training core on scikit-learn's digits: it learns, resumes exactly, guards NaN, runs DDP."""
 
+import json
 import math
 import os
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.checkpoint import CheckpointManager, ResumeError, load_checkpoint
+from common.checkpoint import CheckpointManager, ResumeError, load_checkpoint, save_checkpoint
 from common.config import TrainerConfig
 from common.examples.digits import MLP, load_digits_split, loss_fn, train_digits
 from common.logging import read_jsonl
@@ -75,6 +76,14 @@ def test_resume_of_finished_run_is_a_no_op(tmp_path):
     assert second.step == first.step and second.last_metrics == first.last_metrics
     # the resumed call took moments; the run's total is the first session's, kept in the checkpoint
     assert second.wall_seconds_total >= 0.5 * first.wall_seconds_total > 0
+    # a checkpoint from before the wall was kept in it: the finished sessions of run_info.json count
+    latest = CheckpointManager(tmp_path / "r").latest()
+    ck = load_checkpoint(latest)
+    del ck["trainer_state"]["wall_seconds"]
+    save_checkpoint(latest, ck)
+    sessions = json.loads((tmp_path / "r" / "run_info.json").read_text())["sessions"]
+    _, third = train_digits(cfg, tmp_path / "r", resume="auto")
+    assert third.wall_seconds_total >= sum(s["wall_seconds"] for s in sessions)
     with pytest.raises(ResumeError, match="resume=auto"):
         train_digits(cfg, tmp_path / "r", resume="never")
 
