@@ -22,7 +22,7 @@ from common.bench import peak_rss_bytes
 from common.checkpoint import resumable_map
 from llm_specialization.data import R8, R8_VERBALIZERS, Example
 from llm_specialization.models import lm_loss, pad_lm_batch
-from llm_specialization.scoring import score_candidates, shared_prefix
+from llm_specialization.scoring import score_candidates, score_candidates_soft_prompt, shared_prefix
 
 INSTRUCTION = ("Classify the news article into one of these topics: earnings, acquisition, crude oil, trade, "
                "foreign exchange, interest rates, shipping, grain.\n\n")
@@ -280,20 +280,19 @@ def full_forward_scores(model, prompt_ids: list[int], cand_ids: list[list[int]],
 @torch.no_grad()
 def predict_trained(model, lm, test: list[Example], labels: list[str], max_tokens: int = 128,
                     show_progress: bool = True, cache: tuple | None = None) -> tuple[list[str], float]:
-    """Arg-max verbalizer after each document's prompt. LoRA and full fine-tuning keep positions, so they
-    use the KV-cache scorer (the prompt runs once, not once per candidate); a PEFT soft prompt shifts
-    positions and gets full forwards (:func:`full_forward_scores`)."""
+    """Arg-max verbalizer after each document's prompt, with the KV-cache scorer (the prompt runs once, not
+    once per candidate); a PEFT soft prompt goes through its base model with the virtual tokens first
+    (:func:`score_candidates_soft_prompt`). Both equal :func:`full_forward_scores` (tests)."""
     tok = lm.tokenizer
     cand_ids = [list(tok(c, add_special_tokens=False).input_ids) for c in candidates(labels)]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    kv_cache = not shifts_positions(model)
+    soft_prompt = shifts_positions(model)
     model.eval()
 
     def one(ex):
         p = list(tok(INSTRUCTION + article_block(tok, ex, max_tokens), add_special_tokens=False).input_ids)
-        scores = (score_candidates(model, tok, p, cand_ids).total.tolist() if kv_cache
-                  else full_forward_scores(model, p, cand_ids, pad))
-        return labels[int(np.argmax(scores))]
+        scores = (score_candidates_soft_prompt(model, tok, p, cand_ids) if soft_prompt
+                  else score_candidates(model, tok, p, cand_ids))
+        return labels[int(scores.total.argmax())]
 
     rows = _timed(one, test, "predict", show_progress, cache, row="pred")
     return [r["pred"] for r in rows], _mean_ms(rows)

@@ -68,6 +68,29 @@ def score_candidates(model, tokenizer, prompt: str | list[int], candidates: list
                     position_ids=torch.arange(k, len(p_ids), device=device).unsqueeze(0), use_cache=True)
     else:
         out = model(input_ids=torch.tensor([p_ids], device=device), use_cache=True)
+    return _score_after_prompt(model, tokenizer, out, len(p_ids), c_ids)
+
+
+@torch.no_grad()
+def score_candidates_soft_prompt(peft_model, tokenizer, prompt: list[int], candidates: list[list[int]]
+                                 ) -> CandidateScores:
+    """:func:`score_candidates` for a PEFT prompt-tuning model: its virtual token embeddings go first and
+    the prompt after them run once through the base model (what PEFT's forward does), then the candidates
+    share that cache. PEFT's own forward would prepend the virtual tokens again on the cached call."""
+    if not prompt or any(len(c) == 0 for c in candidates):
+        raise ValueError("prompt and every candidate must tokenize to at least one token")
+    base = peft_model.get_base_model()
+    embed = base.get_input_embeddings()
+    device = embed.weight.device
+    virtual = peft_model.get_prompt(batch_size=1).to(device=device, dtype=embed.weight.dtype)  # (1, V, H)
+    inputs = torch.cat([virtual, embed(torch.tensor([prompt], device=device))], dim=1)  # (1, V + P, H)
+    out = base(inputs_embeds=inputs, use_cache=True)
+    return _score_after_prompt(base, tokenizer, out, inputs.shape[1], candidates)
+
+
+def _score_after_prompt(model, tokenizer, out, P: int, c_ids: list[list[int]]) -> CandidateScores:
+    """The candidates after a prompt of P positions whose forward output (logits, cache) is ``out``."""
+    device = next(model.parameters()).device
     first = out.logits[0, -1].float().log_softmax(-1)  # (V,): distribution of every candidate's first token
     n, longest = len(c_ids), max(len(c) for c in c_ids)
     totals = torch.stack([first[c[0]] for c in c_ids]).cpu()
@@ -82,7 +105,6 @@ def score_candidates(model, tokenizer, prompt: str | list[int], candidates: list
     for i, c in enumerate(c_ids):
         tokens[i, : len(c)] = torch.tensor(c)
         mask[i, : len(c)] = 1
-    P = len(p_ids)
     attn = torch.cat([torch.ones((n, P), dtype=torch.long), mask], dim=1).to(device)
     pos = (P + torch.arange(longest)).unsqueeze(0).expand(n, -1).to(device)
     logits = model(input_ids=tokens.to(device), attention_mask=attn, position_ids=pos,

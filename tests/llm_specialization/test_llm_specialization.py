@@ -14,7 +14,7 @@ from common.trainer import Trainer
 from llm_specialization import knn_lm, ladder
 from llm_specialization.data import R8, Example, fixed_test_subset, load_r8
 from llm_specialization.models import exact_top_k, tiny_llama
-from llm_specialization.scoring import score_candidates, score_candidates_naive
+from llm_specialization.scoring import score_candidates, score_candidates_naive, score_candidates_soft_prompt
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -157,6 +157,14 @@ def test_trained_rungs_kv_scoring_equals_full_forwards():
     assert not ladder.shifts_positions(net) and not ladder.shifts_positions(fresh.model)
     soft = ladder.adapt(tiny_llama(hidden=32, layers=2, seed=0), "prompt_tuning", n_virtual_tokens=3)
     assert ladder.shifts_positions(soft)
+    with torch.no_grad():  # a trained soft prompt, not the instruction's own embeddings
+        soft.prompt_encoder["default"].embedding.weight.normal_(0, 1, generator=torch.Generator().manual_seed(1))
+    soft.eval()
+    fast = score_candidates_soft_prompt(soft, tok, prompt, cands).total
+    torch.testing.assert_close(fast, torch.tensor(ladder.full_forward_scores(soft, prompt, cands, pad=0)),
+                               rtol=1e-5, atol=1e-4)
+    with soft.disable_adapter():  # the virtual tokens do change the scores being compared
+        assert not torch.allclose(fast, score_candidates(soft, tok, prompt, cands).total, atol=1e-3)
 
 
 def _toy_r8():
