@@ -119,10 +119,10 @@ def resumable_map(fn: Callable[[Any], Any], items: Sequence[Any], path: str | os
         todo = items[len(done):]
         for item in progress(todo, total=len(items), initial=len(done), desc=desc, enabled=show_progress,
                              unit=unit):
-            result = json.loads(json.dumps(fn(item)))  # what a reload would see (tuples -> lists)
-            sink.write(json.dumps(result) + "\n")
+            line = json.dumps(fn(item))
+            sink.write(line + "\n")
             sink.flush()
-            out.append(result)
+            out.append(json.loads(line))  # what a reload would see (tuples -> lists)
     return out
 
 

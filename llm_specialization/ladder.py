@@ -262,27 +262,11 @@ def shifts_positions(model) -> bool:
 
 
 @torch.no_grad()
-def full_forward_scores(model, prompt_ids: list[int], cand_ids: list[list[int]], pad: int) -> list[float]:
-    """Summed log-probability of each candidate from full (prompt + candidate) forwards, batched over the
-    candidates; right for any wrapped model, a soft prompt included."""
-    seqs = [prompt_ids + list(c) for c in cand_ids]
-    n = max(map(len, seqs))
-    ids = torch.full((len(seqs), n), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
-    logits = model(input_ids=ids, attention_mask=mask).logits.float()
-    logp = logits[:, -n:].log_softmax(-1)  # drop virtual-token positions, if any
-    P = len(prompt_ids)
-    return [sum(float(logp[i, P - 1 + j, t]) for j, t in enumerate(c)) for i, c in enumerate(cand_ids)]
-
-
-@torch.no_grad()
 def predict_trained(model, lm, test: list[Example], labels: list[str], max_tokens: int = 128,
                     show_progress: bool = True, cache: tuple | None = None) -> tuple[list[str], float]:
     """Arg-max verbalizer after each document's prompt, with the KV-cache scorer (the prompt runs once, not
     once per candidate); a PEFT soft prompt goes through its base model with the virtual tokens first
-    (:func:`score_candidates_soft_prompt`). Both equal :func:`full_forward_scores` (tests)."""
+    (:func:`score_candidates_soft_prompt`). Both equal full forwards (tests)."""
     tok = lm.tokenizer
     cand_ids = [list(tok(c, add_special_tokens=False).input_ids) for c in candidates(labels)]
     soft_prompt = shifts_positions(model)

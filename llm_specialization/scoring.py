@@ -116,15 +116,17 @@ def _score_after_prompt(model, tokenizer, out, P: int, c_ids: list[list[int]]) -
 
 
 @torch.no_grad()
-def score_candidates_naive(model, tokenizer, prompt: str, candidates: list[str]) -> CandidateScores:
-    """Reference: one full forward of prompt + candidate per candidate (slow, obviously right)."""
-    p_ids = _ids(tokenizer, prompt)
+def score_candidates_naive(model, tokenizer, prompt: str | list[int], candidates: list[str] | list[list[int]]
+                           ) -> CandidateScores:
+    """Reference: one full forward of prompt + candidate per candidate (slow, obviously right). Works for
+    any wrapped model: positions a PEFT soft prompt puts first are dropped from the logits."""
+    p_ids = prompt if isinstance(prompt, list) else _ids(tokenizer, prompt)
     device = next(model.parameters()).device
     totals, lengths = [], []
     for cand in candidates:
-        c_ids = _ids(tokenizer, cand)
+        c_ids = cand if isinstance(cand, list) else _ids(tokenizer, cand)
         ids = torch.tensor([p_ids + c_ids], device=device)
-        logp = model(input_ids=ids).logits[0].float().log_softmax(-1).cpu()
+        logp = model(input_ids=ids).logits[0, -ids.shape[1]:].float().log_softmax(-1).cpu()
         P = len(p_ids)
         totals.append(sum(float(logp[P - 1 + j, t]) for j, t in enumerate(c_ids)))
         lengths.append(len(c_ids))

@@ -150,7 +150,7 @@ def test_trained_rungs_kv_scoring_equals_full_forwards():
     prompt = list(tok(ladder.INSTRUCTION + "Article: oil prices rose\nTopic:", add_special_tokens=False).input_ids)
     cands = [list(tok(c, add_special_tokens=False).input_ids) for c in ladder.candidates(["acq", "crude", "earn"])]
     fast = score_candidates(net, tok, prompt, cands).total
-    slow = torch.tensor(ladder.full_forward_scores(net, prompt, cands, pad=0))
+    slow = score_candidates_naive(net, tok, prompt, cands).total
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-4)
     with net.disable_adapter():  # the adapter does change the scores being compared
         assert not torch.allclose(fast, score_candidates(net, tok, prompt, cands).total, atol=1e-3)
@@ -161,7 +161,7 @@ def test_trained_rungs_kv_scoring_equals_full_forwards():
         soft.prompt_encoder["default"].embedding.weight.normal_(0, 1, generator=torch.Generator().manual_seed(1))
     soft.eval()
     fast = score_candidates_soft_prompt(soft, tok, prompt, cands).total
-    torch.testing.assert_close(fast, torch.tensor(ladder.full_forward_scores(soft, prompt, cands, pad=0)),
+    torch.testing.assert_close(fast, score_candidates_naive(soft, tok, prompt, cands).total,
                                rtol=1e-5, atol=1e-4)
     with soft.disable_adapter():  # the virtual tokens do change the scores being compared
         assert not torch.allclose(fast, score_candidates(soft, tok, prompt, cands).total, atol=1e-3)
