@@ -259,6 +259,10 @@ class EncodedDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         return self.features[i]
 
+    def lengths(self) -> list[int]:
+        """Sub-token count of each example (what a batch pads to)."""
+        return [len(f["input_ids"]) for f in self.features]
+
 
 def collate(features: Sequence[dict], pad_token_id: int = 0, pad_to: int | None = None) -> dict[str, torch.Tensor]:
     """Pad a batch to its longest sequence (``pad_to`` forces a fixed length, e.g. 50 for paper parity).

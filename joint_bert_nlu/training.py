@@ -53,6 +53,10 @@ class DataOptions:
     max_seq_length: int = 50
     pad_to_max_length: bool = False
     """Pad every batch to max_seq_length (paper/reference parity; 2-3x slower on CPU)."""
+    group_by_length: bool = False
+    """Length-grouped training batches (common.trainer.length_grouped_batches): each batch pads to
+    a length close to its members'. Same examples per epoch, different batch composition; the full
+    runs in the README were made without it."""
     train_limit: int | None = None
     """Use only the first N training sentences (smoke runs)."""
     eval_limit: int | None = None
@@ -122,7 +126,8 @@ def train_joint(trainer_cfg, run_dir: str | os.PathLike, model_opts: ModelOption
         optimizer_fn=partial(build_optimizer, opts=optim_opts), scheduler_fn=scheduler_fn,
         eval_fn=lambda m: evaluate_examples(m, encoded["dev"], eval_bs, trainer.device, pad_id),
         collate_fn=partial(collate, pad_token_id=pad_id,
-                           pad_to=data_opts.max_seq_length if data_opts.pad_to_max_length else None))
+                           pad_to=data_opts.max_seq_length if data_opts.pad_to_max_length else None),
+        lengths=encoded["train"].lengths() if data_opts.group_by_length else None)
     train_seconds = time.time() - t0
     if not trainer.is_main:  # under torchrun, rank 0 alone evaluates, saves and reports
         return {"steps": fit.step, "epochs": fit.epoch}

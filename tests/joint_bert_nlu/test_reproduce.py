@@ -103,3 +103,41 @@ def test_training_benchmark_pads_less():
                                  repeats=1)
     assert res["n_sentences"] == 8 and res["reference"]["padded_positions"] == 8 * 50
     assert res["ours"]["padded_positions"] < res["reference"]["padded_positions"] and res["speedup"] > 0
+
+
+def test_epoch_padding_counts_each_batching():
+    from joint_bert_nlu.bench import epoch_padding
+
+    # Hand case: 4 examples, batch 2. Seed 0 shuffles to some order; fixed pads all to 50.
+    pad = epoch_padding([3, 10, 4, 9], batch_size=2, pad_to=50, seed=0)
+    assert pad["fixed"] == 4 * 50 and pad["real_tokens"] == 26
+    assert pad["grouped"] == 2 * 10 + 2 * 4  # one window: sorted, so {10, 9} and {4, 3}
+    assert pad["grouped"] <= pad["random"] <= pad["fixed"]
+    # Mixed lengths (like a corpus of short and long sentences): grouping removes most padding.
+    lengths = [5 + (i * 37) % 40 for i in range(3200)]
+    pad = epoch_padding(lengths, batch_size=32)
+    assert pad["grouped"] < 0.7 * pad["random"] and pad["grouped"] >= pad["real_tokens"]
+
+
+def test_group_by_length_reaches_the_trainer(tmp_path, monkeypatch):
+    # With the option, the trainer batches by length (its grouping is tested in tests/common) over
+    # every training example's sub-token count; one epoch still has the same number of steps.
+    import json
+
+    import common.trainer
+    from common.config import TrainerConfig
+    from joint_bert_nlu.training import DataOptions, ModelOptions, OptimOptions, train_joint
+
+    from .helpers import write_synthetic_dataset
+
+    seen = []
+    real = common.trainer.length_grouped_batches
+    monkeypatch.setattr(common.trainer, "length_grouped_batches",
+                        lambda order, lengths, *a, **k: seen.append(list(lengths)) or real(order, lengths, *a, **k))
+    data = write_synthetic_dataset(tmp_path / "toy")
+    cfg = TrainerConfig(seed=0, device="cpu", max_epochs=1, batch_size=16, progress_bar=False, log_every_steps=1)
+    res = train_joint(cfg, tmp_path / "run", ModelOptions(encoder="tiny-random"),
+                      DataOptions(dataset=str(data), group_by_length=True), OptimOptions(lr=1e-3))
+    rows = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
+    assert res["steps"] == 6 and sum("train/loss" in r for r in rows) == 6
+    assert seen and all(len(x) == 96 and min(x) > 2 for x in seen)  # 96 toy sentences, [CLS] w.. [SEP]
