@@ -113,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="only run the paper-width rxn training-throughput check on this device (e.g. cuda)")
     args = p.parse_args(argv)
     if args.rxn_device:
+        import torch
+
+        if args.rxn_device.startswith("cuda") and not torch.cuda.is_available():
+            p.error(f"--rxn-device {args.rxn_device}: no CUDA device is visible on this machine")
         res = {p: rxn_throughput(args.rxn_device, precision=p) for p in ("fp32", "bf16")}
         print(json.dumps(res, indent=1))
         return 0
@@ -130,10 +134,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
 
 
 def rxn_throughput(device: str = "cuda", *, batch_size: int = 64, steps: int = 50, precision: str = "fp32") -> dict:
@@ -172,3 +172,7 @@ def rxn_throughput(device: str = "cuda", *, batch_size: int = 64, steps: int = 5
     dt = time.perf_counter() - t0
     return {"device": device, "precision": precision, "batch_size": batch_size, "rows_per_second": steps * batch_size / dt,
             "seconds_per_step": dt / steps, "cuda_peak": format_bytes(cuda_peak_bytes()) if device.startswith("cuda") else None}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

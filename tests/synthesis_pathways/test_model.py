@@ -138,3 +138,16 @@ def test_gpu_rxn_throughput():
         r = rxn_throughput("cuda", steps=20, precision=precision)
         print(r)
         assert r["rows_per_second"] > 0
+
+
+def test_rxn_device_cli_reaches_the_check():
+    """`python -m synthesis_pathways.bench --rxn-device ...` runs the check (it once sat below the
+    `__main__` guard and raised NameError); without CUDA it says so instead of a driver traceback."""
+    import subprocess
+    import sys
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible; test_gpu_rxn_throughput covers it")
+    r = subprocess.run([sys.executable, "-m", "synthesis_pathways.bench", "--rxn-device", "cuda"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no CUDA device is visible" in r.stderr and "Traceback" not in r.stderr
