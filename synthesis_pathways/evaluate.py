@@ -18,7 +18,7 @@ import numpy as np
 
 from common.checkpoint import resumable_map
 
-from .chem import canonical_smiles, properties
+from .chem import canonical_smiles, morgan_bits, properties
 from .decode import Decoder
 
 
@@ -81,6 +81,19 @@ def summarize(results: Sequence[TargetResult]) -> dict[str, float]:
         "unfinished": float(1 - fin.mean()),
         "seconds_per_target": float(np.mean([r.seconds for r in results])),
     }
+
+
+def nearest_block_similarity(targets: Sequence[str], blocks: Sequence[str]) -> np.ndarray:
+    """Per target, the best Tanimoto (Morgan r=2, 4096 bits) of any single building block: the score of
+    answering with a block and no reaction. A planner that ends below it has not used the pool well;
+    on targets far from the pool it is also a ceiling-like reference for what the pool allows."""
+    if not len(targets) or not len(blocks):
+        return np.zeros(len(targets))
+    b = np.stack([morgan_bits(s) for s in blocks])  # [n_blocks, 4096]
+    t = np.stack([morgan_bits(canonical_smiles(s)) for s in targets])  # [n_targets, 4096]; invalid -> zeros
+    inter = t @ b.T
+    union = t.sum(1, keepdims=True) + b.sum(1)[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0).max(axis=1)
 
 
 def property_correlations(results: Sequence[TargetResult]) -> dict[str, float]:

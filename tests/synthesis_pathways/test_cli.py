@@ -79,7 +79,8 @@ def test_reproduce_smoke(tmp_path, space):
     metrics = {r["metric"] for r in results["rows"]}
     assert "heldout: mean similarity (all, failures = 0)" in metrics
     assert "chemprojector: random policy recovery / similarity" in metrics
-    assert "zinc: recovery (fingerprint)" in metrics
+    assert "zinc: recovery (fingerprint)" in metrics and "zinc: random policy recovery / similarity" in metrics
+    assert "zinc: nearest single block, similarity" in metrics
     assert (tmp_path / "reports" / "synthesis_pathways" / "similarity_smoke.png").exists()
 
 

@@ -1,9 +1,14 @@
 import numpy as np
 import pytest
 
-from synthesis_pathways.chem import morgan_bits
+from synthesis_pathways.chem import morgan_bits, tanimoto
 from synthesis_pathways.decode import Decoder, RandomPolicy, build_decoder
-from synthesis_pathways.evaluate import mean_reciprocal_rank, plan_targets, summarize
+from synthesis_pathways.evaluate import (
+    mean_reciprocal_rank,
+    nearest_block_similarity,
+    plan_targets,
+    summarize,
+)
 from synthesis_pathways.featurize import FeatureConfig, Featurizer
 from synthesis_pathways.knn import CosineKNN
 from synthesis_pathways.sampling import sample_shard
@@ -119,6 +124,16 @@ def test_summary_definitions():
     s = summarize(rs)
     assert s["recovery_fp"] == pytest.approx(1 / 3) and s["similarity_all"] == pytest.approx(0.5)
     assert s["similarity_unrecovered_finished"] == pytest.approx(0.5) and s["unfinished"] == pytest.approx(1 / 3)
+
+
+def test_nearest_block_similarity_equals_pairwise_tanimoto():
+    blocks = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccccc1", "OC(=O)CCN"]
+    targets = ["CC(=O)Nc1ccc(O)cc1", "CCO", "not a smiles", "NCCC(=O)OC"]
+    got = nearest_block_similarity(targets, blocks)
+    want = [max(tanimoto(t, b) for b in blocks) for t in targets]
+    assert got == pytest.approx(want, abs=1e-12)
+    assert got[1] == 1.0 and got[2] == 0.0  # a block itself; an invalid target scores 0
+    assert nearest_block_similarity([], blocks).shape == (0,)
 
 
 def test_mrr():
