@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
+from synthesis_pathways.chem import mol_from_smiles
 from synthesis_pathways.sampling import TreeSampler, iter_trees, sample_shard, sample_to_disk, split_indices
-from synthesis_pathways.space import ReactionSpace, compute_matches
+from synthesis_pathways.space import ReactionSpace, compute_matches, plain_slot_matches
 from synthesis_pathways.syntree import ADD, SyntheticTree
 
 
@@ -48,6 +49,10 @@ def test_screened_matches_equal_plain_matching(templates, pool_a, space):
     plain = np.array([[[t.matches(s, 0), t.bimolecular and t.matches(s, 1)] for t in templates] for s in sub])
     assert (compute_matches(sub, templates) == plain).all()
     assert (space.matches[:150] == plain).all()
+    assert all((plain_slot_matches(templates, mol_from_smiles(s)) == plain[i]).all() for i, s in enumerate(sub[:30]))
+    # molecules outside the pool (sampled products) are matched without the screen: same answers
+    products = [p for s in sub[:30] for t in templates if t.bimolecular is False for p in t.run(s)][:20]
+    assert products and all((space.slot_matches(p) == compute_matches([p], templates)[0]).all() for p in products)
 
 
 def test_partner_lists_and_reaction_mask(space):
@@ -72,3 +77,4 @@ def test_split():
     parts = split_indices(10, (0.6, 0.2, 0.2), seed=0)
     assert [len(p) for p in parts] == [6, 2, 2]
     assert sorted(np.concatenate(parts).tolist()) == list(range(10))
+
