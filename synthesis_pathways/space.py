@@ -35,37 +35,55 @@ def _cache_key(blocks: Sequence[str], templates: Sequence[Template]) -> str:
     return h.hexdigest()[:16]
 
 
-_SCREEN_BITS = 2048
+def relax_recursive_smarts(smarts: str) -> str:
+    """``smarts`` with every recursive primitive ``$(...)``, negated or not, replaced by ``*`` (true).
+
+    Inside a bracket atom, primitives are combined by AND/OR only, and ``!`` negates a single primitive,
+    so turning whole literals into "true" can only widen the match: every molecule the original query
+    matches, the relaxed one matches too (tested on the pool and on sampled products). The relaxed query
+    has no recursion and is 3x cheaper to test.
+    """
+    out, i = [], 0
+    while i < len(smarts):
+        neg = smarts.startswith("!$(", i)
+        if neg or smarts.startswith("$(", i):
+            j, depth = i + (3 if neg else 2), 1
+            while depth:
+                if j >= len(smarts):
+                    raise ValueError(f"unbalanced recursive SMARTS in {smarts!r}")
+                depth += {"(": 1, ")": -1}.get(smarts[j], 0)
+                j += 1
+            out.append("*")
+            i = j
+        else:
+            out.append(smarts[i])
+            i += 1
+    return "".join(out)
 
 
-class SlotScreen:
-    """Substructure pre-screen: a molecule can only match a slot whose pattern-fingerprint bits it
-    has (RDKit's pattern fingerprints have no false negatives). It skips ~30-40% of the RDKit matches,
-    which pays for the fingerprint on building blocks (1.0 vs 1.2 ms per block, measured) but not on
-    the larger products met while sampling and decoding (3.0 vs 2.6 ms): those use
-    :func:`plain_slot_matches`."""
+class SlotMatcher:
+    """Which template slots a molecule matches, in two stages: the slot query with its recursive SMARTS
+    relaxed (no false negatives, see :func:`relax_recursive_smarts`), then the exact query only where
+    the relaxed one matched. Same answers as :func:`plain_slot_matches`; measured 1.8x faster on
+    sampled products and 1.5x on building blocks (a pattern-fingerprint screen, tried before, saved too
+    little on products to pay for the fingerprint)."""
 
     def __init__(self, templates: Sequence[Template]):
-        self.templates = list(templates)
-        self.query_bits = np.zeros((len(self.templates), 2, _SCREEN_BITS), dtype=bool)
-        self.has_slot = np.zeros((len(self.templates), 2), dtype=bool)
-        self.queries = [[tpl.slot_query(s) for s in range(tpl.num_reactants)] for tpl in self.templates]
-        for t, tpl in enumerate(self.templates):
+        self.shape = (len(templates), 2)
+        self.slots = []  # (template, slot, relaxed query, exact query)
+        for t, tpl in enumerate(templates):
             for s in range(tpl.num_reactants):
-                q = Chem.Mol(tpl.slot_query(s))
-                q.UpdatePropertyCache(False)
-                Chem.FastFindRings(q)
-                self.query_bits[t, s] = _bitvect_to_bool(Chem.PatternFingerprint(q, _SCREEN_BITS))
-                self.has_slot[t, s] = True
+                exact = tpl.slot_query(s)
+                relaxed = Chem.MolFromSmarts(relax_recursive_smarts(Chem.MolToSmarts(exact)))
+                if relaxed is None:  # cannot happen for valid SMARTS; fall back to the exact query
+                    relaxed = exact
+                self.slots.append((t, s, relaxed, exact))
 
     def __call__(self, mol: Chem.Mol) -> np.ndarray:
         """Boolean [n_templates, 2] slot-match matrix of one molecule."""
-        bits = _bitvect_to_bool(Chem.PatternFingerprint(mol, _SCREEN_BITS))
-        candidates = self.has_slot & ~(self.query_bits & ~bits).any(axis=2)
-        out = np.zeros_like(candidates)
-        queries = self.queries
-        for t, s in zip(*np.nonzero(candidates)):
-            out[t, s] = mol.HasSubstructMatch(queries[t][s])
+        out = np.zeros(self.shape, dtype=bool)
+        for t, s, relaxed, exact in self.slots:
+            out[t, s] = mol.HasSubstructMatch(relaxed) and mol.HasSubstructMatch(exact)
         return out
 
 
@@ -74,19 +92,14 @@ def plain_slot_matches(templates: Sequence[Template], mol: Chem.Mol) -> np.ndarr
     return np.array([[t.matches(mol, 0), t.bimolecular and t.matches(mol, 1)] for t in templates], dtype=bool)
 
 
-def _bitvect_to_bool(fp) -> np.ndarray:
-    # one C++ call instead of iterating GetOnBits() in Python
-    return np.frombuffer(fp.ToBitString().encode(), dtype=np.uint8) == ord("1")
-
-
 def compute_matches(blocks: Sequence[str], templates: Sequence[Template]) -> np.ndarray:
     """Boolean [n_blocks, n_templates, 2] slot-match matrix (slot 1 is False for unimolecular templates)."""
-    screen = SlotScreen(templates)
+    matcher = SlotMatcher(templates)
     out = np.zeros((len(blocks), len(templates), 2), dtype=bool)
     for b, smi in enumerate(blocks):
         mol = mol_from_smiles(smi)
         if mol is not None:
-            out[b] = screen(mol)
+            out[b] = matcher(mol)
     return out
 
 
@@ -111,6 +124,7 @@ class ReactionSpace:
         self.partners: list[list[np.ndarray]] = [
             [np.flatnonzero(matches[:, t, s]) for s in range(2)] for t in range(len(self.templates))
         ]
+        self._matcher = SlotMatcher(self.templates)
         self._mol_matches: dict[str, np.ndarray] = {}
         self._merge_cache: dict[tuple[str, str], np.ndarray] = {}
 
@@ -149,7 +163,7 @@ class ReactionSpace:
         cached = self._mol_matches.get(smiles)
         if cached is None:
             mol = mol_from_smiles(smiles)
-            cached = np.zeros((len(self.templates), 2), dtype=bool) if mol is None else plain_slot_matches(self.templates, mol)
+            cached = np.zeros((len(self.templates), 2), dtype=bool) if mol is None else self._matcher(mol)
             self._mol_matches[smiles] = cached
         return cached
 

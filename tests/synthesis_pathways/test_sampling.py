@@ -1,9 +1,15 @@
 import numpy as np
 import pytest
+from rdkit import Chem
 
 from synthesis_pathways.chem import mol_from_smiles
 from synthesis_pathways.sampling import TreeSampler, iter_trees, sample_shard, sample_to_disk, split_indices
-from synthesis_pathways.space import ReactionSpace, compute_matches, plain_slot_matches
+from synthesis_pathways.space import (
+    ReactionSpace,
+    compute_matches,
+    plain_slot_matches,
+    relax_recursive_smarts,
+)
 from synthesis_pathways.syntree import ADD, SyntheticTree
 
 
@@ -44,15 +50,32 @@ def test_sampling_resumes_from_finished_shards(space, tmp_path):
     assert [t.to_json() for t in iter_trees(tmp_path / "a")] == [t.to_json() for t in iter_trees(tmp_path / "b")]
 
 
-def test_screened_matches_equal_plain_matching(templates, pool_a, space):
+def test_two_stage_matches_equal_plain_matching(templates, pool_a, space):
     sub = pool_a[:150]
     plain = np.array([[[t.matches(s, 0), t.bimolecular and t.matches(s, 1)] for t in templates] for s in sub])
     assert (compute_matches(sub, templates) == plain).all()
     assert (space.matches[:150] == plain).all()
     assert all((plain_slot_matches(templates, mol_from_smiles(s)) == plain[i]).all() for i, s in enumerate(sub[:30]))
-    # molecules outside the pool (sampled products) are matched without the screen: same answers
-    products = [p for s in sub[:30] for t in templates if t.bimolecular is False for p in t.run(s)][:20]
-    assert products and all((space.slot_matches(p) == compute_matches([p], templates)[0]).all() for p in products)
+    # molecules outside the pool (sampled products, larger than blocks) through the space's cache
+    trees, _ = sample_shard(space, 3, 0, 100)
+    products = sorted({p for t in trees for p in t.products()} - set(space.blocks))[:60]
+    assert len(products) >= 20
+    for p in products:
+        assert (space.slot_matches(p) == plain_slot_matches(templates, mol_from_smiles(p))).all(), p
+
+
+def test_relax_recursive_smarts():
+    assert relax_recursive_smarts("[C&$(C(B)([C&X4])[C&X4]),N;!$(N=*)]-[O:1]") == "[C&*,N;*]-[O:1]"
+    assert relax_recursive_smarts("[$([OH]),$(N(C)C)]C") == "[*,*]C"
+    assert relax_recursive_smarts("CC(=O)O") == "CC(=O)O"
+    with pytest.raises(ValueError, match="unbalanced"):
+        relax_recursive_smarts("[C&$(C(C)]")
+    # the relaxed query widens, never narrows: a molecule the exact query matches, it matches too
+    exact = Chem.MolFromSmarts("[N;$(NC)&!$(N=*)&!$(N[c,O])]")
+    relaxed = Chem.MolFromSmarts(relax_recursive_smarts(Chem.MolToSmarts(exact)))
+    for smi, hit in [("CCN", True), ("c1ccccc1N", False), ("C=N", False)]:
+        m = Chem.MolFromSmiles(smi)
+        assert m.HasSubstructMatch(exact) == hit and m.HasSubstructMatch(relaxed)
 
 
 def test_partner_lists_and_reaction_mask(space):
