@@ -64,9 +64,9 @@ def relax_recursive_smarts(smarts: str) -> str:
 class SlotMatcher:
     """Which template slots a molecule matches, in two stages: the slot query with its recursive SMARTS
     relaxed (no false negatives, see :func:`relax_recursive_smarts`), then the exact query only where
-    the relaxed one matched. Same answers as :func:`plain_slot_matches`; measured 1.8x faster on
-    sampled products and 1.5x on building blocks (a pattern-fingerprint screen, tried before, saved too
-    little on products to pay for the fingerprint)."""
+    the relaxed one matched. Same answers as :func:`plain_slot_matches`; in CPU time per molecule,
+    1.8x faster than plain matching on sampled products, and 1.5x faster on building blocks than the
+    pattern-fingerprint screen used before (which saved too little on products to pay for itself)."""
 
     def __init__(self, templates: Sequence[Template]):
         self.shape = (len(templates), 2)
