@@ -14,17 +14,18 @@ import argparse
 import json
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from common.bench import compare, format_bytes, peak_rss_bytes, ratio
 
-from .chem import morgan_bits
+from .chem import mol_from_smiles, morgan_bits
 from .featurize import FeatureConfig, Featurizer
 from .knn import CosineKNN
 from .sampling import sample_shard, sample_to_disk
-from .space import ReactionSpace
+from .space import ReactionSpace, plain_slot_matches
 
 
 def _cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -90,6 +91,26 @@ def sampling_benchmark(space: ReactionSpace, *, attempts: int = 400, workers: in
     return out
 
 
+def matching_side_by_side(space: ReactionSpace, *, attempts: int = 300, repeats: int = 3, shard: int = 20_000) -> dict:
+    """Single-process sampling with our two-stage slot matching against the reference's way (every slot,
+    exact query) on the same shard: identical trees (checked), interleaved, caches emptied per call."""
+    def call(name: str, plain: bool):
+        def run():
+            mol_from_smiles.cache_clear()
+            s = ReactionSpace(space.templates, space.blocks, matches=space.matches)
+            if plain:
+                s._matcher = partial(plain_slot_matches, space.templates)
+            trees[name] = [t.to_json() for t in sample_shard(s, 0, shard, attempts)[0]]
+        return run
+
+    trees: dict[str, list[str]] = {}
+    t = compare({"two_stage": call("two_stage", False), "plain": call("plain", True)}, warmup=1,
+                repeats=repeats, items_per_call=attempts)
+    return {"attempts": attempts, "same_trees": trees["two_stage"] == trees["plain"],
+            "two_stage_attempts_per_s": t["two_stage"].throughput, "plain_attempts_per_s": t["plain"].throughput,
+            "speedup": ratio(t, "two_stage", "plain")}
+
+
 def featurize_benchmark(space: ReactionSpace, trees, feat: FeatureConfig) -> dict:
     f = Featurizer(feat, space.bimolecular_mask())
     from .chem import morgan_on_bits
@@ -126,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     space = load_space(args.templates, args.blocks)
     res = {"match_seconds": time.perf_counter() - t0,
            "knn": knn_benchmark(space, n_queries=args.queries),
-           "sampling": sampling_benchmark(space, attempts=args.attempts, workers=args.workers)}
+           "sampling": sampling_benchmark(space, attempts=args.attempts, workers=args.workers),
+           "matching_side_by_side": matching_side_by_side(space, attempts=min(args.attempts, 300))}
     trees, _ = sample_shard(space, 0, 0, min(args.attempts, 300))
     res["featurize"] = featurize_benchmark(space, trees, FeatureConfig())
     res["peak_rss"] = format_bytes(peak_rss_bytes())

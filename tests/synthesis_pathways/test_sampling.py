@@ -101,3 +101,10 @@ def test_split():
     assert [len(p) for p in parts] == [6, 2, 2]
     assert sorted(np.concatenate(parts).tolist()) == list(range(10))
 
+
+
+def test_matching_benchmark_compares_identical_sampling(space):
+    from synthesis_pathways.bench import matching_side_by_side
+
+    res = matching_side_by_side(space, attempts=15, repeats=1)
+    assert res["same_trees"] and res["two_stage_attempts_per_s"] > 0 and res["plain_attempts_per_s"] > 0
