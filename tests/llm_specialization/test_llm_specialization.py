@@ -104,6 +104,9 @@ def test_nearest_is_exact_against_brute_force():
     brute = torch.cdist(q, k).pow(2)
     torch.testing.assert_close(d, brute.sort(-1).values[:, :3], rtol=1e-4, atol=1e-4)
     assert torch.equal(i, brute.argsort(-1)[:, :3])
+    d_bytes, i_bytes = knn_lm.nearest(q, k, 3, max_chunk_bytes=2 * 40 * 4)  # 2 queries per chunk
+    assert torch.equal(i_bytes, i)
+    torch.testing.assert_close(d_bytes, d)
     sims, idx = exact_top_k(torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1), 2)
     cos = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(k, dim=-1).T
     assert torch.equal(idx, cos.argsort(-1, descending=True)[:, :2])
