@@ -157,6 +157,8 @@ def leave_one_out(ml: MovieLens) -> LeaveOneOut:
 def rank_of(scores: np.ndarray, target: int, exclude: set[int] | list[int] = ()) -> int:
     """0-based rank of ``target`` among all items (higher score first), excluded items removed."""
     s = scores.astype(np.float64).copy()
+    if not np.isfinite(s[target]):  # NaN > nothing: a NaN score would silently rank first
+        raise ValueError(f"score of the target item {target} is {s[target]}; the model produced non-finite scores")
     for e in exclude:
         if e != target:
             s[e] = -np.inf
@@ -211,7 +213,7 @@ class SASRec(nn.Module):
     def __init__(self, n_items: int, hidden: int = 64, layers: int = 2, heads: int = 2, inner: int = 256,
                  dropout: float = 0.5, max_len: int = 50):
         super().__init__()
-        self.max_len = max_len
+        self.max_len, self.heads = max_len, heads
         self.item = nn.Embedding(n_items + 1, hidden, padding_idx=0)
         self.pos = nn.Embedding(max_len, hidden)
         block = nn.TransformerEncoderLayer(hidden, heads, inner, dropout, activation="gelu", batch_first=True,
@@ -221,13 +223,22 @@ class SASRec(nn.Module):
         self.drop = nn.Dropout(dropout)
         nn.init.normal_(self.item.weight, std=0.02)
 
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:  # (B, L) left-padded -> (B, n_items + 1) scores
+    def hidden_states(self, seq: torch.Tensor) -> torch.Tensor:  # (B, L) left-padded -> (B, L, hidden)
         L = seq.shape[1]
         h = self.item(seq) + self.pos(torch.arange(L, device=seq.device))
         h = self.drop(self.norm(h))
+        # One mask, causal and padding together, with the diagonal always open: the leading padded rows of a
+        # left-padded sequence would otherwise see nothing, and PyTorch's eval fast path (model.eval() under
+        # no_grad) turns such rows into NaN, which then reach the real positions (0 * NaN). Real positions
+        # never attend to padding either way, so their outputs equal those of the key-padding-mask form
+        # (tested); the NaN once ranked every short-history user's held-out item first.
         causal = torch.triu(torch.ones(L, L, dtype=torch.bool, device=seq.device), 1)
-        h = self.encoder(h, mask=causal, src_key_padding_mask=seq == 0)
-        return h[:, -1] @ self.item.weight.T  # the last position predicts the next item
+        eye = torch.eye(L, dtype=torch.bool, device=seq.device)
+        blocked = (causal | (seq == 0)[:, None, :]) & ~eye  # (B, L, L), True = may not attend
+        return self.encoder(h, mask=blocked.repeat_interleave(self.heads, dim=0))  # (B * heads, L, L)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:  # (B, L) left-padded -> (B, n_items + 1) scores
+        return self.hidden_states(seq)[:, -1] @ self.item.weight.T  # the last position predicts the next item
 
 
 def pad_left(seq: list[int], max_len: int) -> list[int]:
@@ -236,7 +247,8 @@ def pad_left(seq: list[int], max_len: int) -> list[int]:
 
 
 class NextItemDataset(torch.utils.data.Dataset):
-    """Every prefix of every training sequence -> its next item (RecBole's sequential augmentation)."""
+    """Every prefix of every training sequence -> its next item (RecBole's sequential augmentation): one
+    target per example, so each step computes max_len positions and trains on one (``training=prefixes``)."""
 
     def __init__(self, train: dict[int, list[int]], max_len: int = 50):
         self.items = [(pad_left(s[:t], max_len), s[t]) for s in train.values() for t in range(1, len(s))]
@@ -249,9 +261,49 @@ class NextItemDataset(torch.utils.data.Dataset):
         return torch.tensor(seq), torch.tensor(nxt)
 
 
+def sequence_windows(seq: list[int], max_len: int) -> list[tuple[list[int], list[int]]]:
+    """(inputs, targets) windows of one sequence, left-padded to max_len, target 0 = not trained on.
+
+    Kang & McAuley's training: the loss at every position (input s[t-1] -> target s[t]). Windows of
+    max_len inputs advance by max_len // 2, and a window trains only the targets no earlier window did, so
+    every transition of the sequence is a target exactly once per epoch, with at least max_len // 2 items
+    of context after the first window (the prefix scheme gives the same targets, ~max_len times the cost)."""
+    out, covered, step = [], 0, max(max_len // 2, 1)  # targets s[1..covered] are already assigned
+    end = min(len(seq), max_len + 1)  # the window holds items seq[start:end]
+    while len(seq) >= 2:
+        start = max(0, end - max_len - 1)
+        targets = [t if start + 1 + j > covered else 0 for j, t in enumerate(seq[start + 1:end])]
+        out.append((pad_left(seq[start:end - 1], max_len), pad_left(targets, max_len)))
+        covered = end - 1
+        if end == len(seq):
+            break
+        end = min(len(seq), end + step)
+    return out
+
+
+class SequenceWindowDataset(torch.utils.data.Dataset):
+    """All training sequences as ``sequence_windows``: each example trains up to max_len positions
+    (``training=all_positions``, the default)."""
+
+    def __init__(self, train: dict[int, list[int]], max_len: int = 50):
+        self.items = [w for s in train.values() for w in sequence_windows(s, max_len)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        seq, targets = self.items[i]
+        return torch.tensor(seq), torch.tensor(targets)
+
+
 def sasrec_loss(model, batch) -> torch.Tensor:
-    seq, nxt = batch
-    return nn.functional.cross_entropy(model(seq), nxt)
+    """Cross-entropy over all items: at the last position for prefix examples (targets (B,)), at every
+    position with a nonzero target for windows (targets (B, L))."""
+    seq, targets = batch
+    if targets.dim() == 1:
+        return nn.functional.cross_entropy(model(seq), targets)
+    logits = model.hidden_states(seq) @ model.item.weight.T  # (B, L, n_items + 1)
+    return nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=0)
 
 
 @torch.no_grad()
@@ -294,4 +346,6 @@ def llm_candidate_scores(lm, titles: dict[int, str], history: list[int], candida
 
 def sampled_rank(scores: np.ndarray) -> int:
     """Rank of candidate 0 (the positive) among the sampled candidates; ties count against it."""
+    if not np.isfinite(scores[0]):  # a NaN positive would compare False against everything: rank 0
+        raise ValueError(f"score of the positive candidate is {scores[0]}; the model produced non-finite scores")
     return int((scores[1:] >= scores[0]).sum())

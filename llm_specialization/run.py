@@ -272,23 +272,28 @@ def run_kg_fusion(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg=None,
 def run_personalization(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg=None, resume: str = "never",
                         cache_dir: str | Path = ".cache/ml-100k", model: str = "smollm2", llm_users: int = 100,
                         max_len: int = 50, lr: float = 1e-3, seed: int = 0, movielens=None,
-                        show_progress: bool = True) -> list[dict]:
+                        sasrec_training: str = "all_positions", show_progress: bool = True) -> list[dict]:
     """Pop, SASRec (full ranking and the sampled protocol) and the zero-shot LLM ranker (sampled only).
 
     The rows are stored in run_dir/personalization.json and read back by a ``resume`` run with the same
-    settings on MovieLens (a given ``movielens`` object is always recomputed)."""
+    settings on MovieLens (a given ``movielens`` object is always recomputed). ``sasrec_training``:
+    ``all_positions`` (Kang & McAuley: the loss at every position of sequence windows) or ``prefixes``
+    (RecBole: one example per prefix, the loss at its last position; the same targets at ~max_len x the cost)."""
+    if sasrec_training not in ("all_positions", "prefixes"):
+        raise ValueError(f"sasrec_training must be 'all_positions' or 'prefixes', got {sasrec_training!r}")
     key = dict(cache_dir=str(cache_dir), model=model, llm_users=llm_users, max_len=max_len, lr=lr, seed=seed,
-               trainer=training_key(trainer_cfg))
+               sasrec_training=sasrec_training, trainer=training_key(trainer_cfg))
     return cached_result(run_dir / "personalization.json", key,
                          lambda: _personalization_rows(run_dir=run_dir, trainer_cfg=trainer_cfg, logger_cfg=logger_cfg,
                                                        resume=resume, cache_dir=cache_dir, model=model,
                                                        llm_users=llm_users, max_len=max_len, lr=lr, seed=seed,
-                                                       movielens=movielens, show_progress=show_progress),
+                                                       movielens=movielens, sasrec_training=sasrec_training,
+                                                       show_progress=show_progress),
                          enabled=resume != "never" and movielens is None)
 
 
 def _personalization_rows(*, run_dir, trainer_cfg, logger_cfg, resume, cache_dir, model, llm_users, max_len, lr,
-                          seed, movielens, show_progress) -> list[dict]:
+                          seed, movielens, sasrec_training, show_progress) -> list[dict]:
     import numpy as np
 
     from common.progress import progress
@@ -317,7 +322,7 @@ def _personalization_rows(*, run_dir, trainer_cfg, logger_cfg, resume, cache_dir
 
     torch.manual_seed(seed)
     sas = P.SASRec(ml.n_items, max_len=max_len)
-    data = P.NextItemDataset(split.train, max_len)
+    data = (P.SequenceWindowDataset if sasrec_training == "all_positions" else P.NextItemDataset)(split.train, max_len)
     trainer = Trainer(trainer_cfg, run_dir / "sasrec", logger_cfg=logger_cfg, resume=resume)
     trainer.fit(sas, data, P.sasrec_loss, optimizer_fn=lambda m: torch.optim.Adam(m.parameters(), lr=lr),
                 eval_fn=lambda m: {"valid_NDCG@10": P.hr_ndcg(P.sasrec_ranks(m, split, "valid"), 10)[1]})

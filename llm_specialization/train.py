@@ -56,7 +56,8 @@ def main(cfg: DictConfig) -> None:
         t = cfg.task
         rows = run_personalization(run_dir=run_dir, trainer_cfg=cfg.trainer, logger_cfg=cfg.logger, resume=cfg.resume,
                                    cache_dir=t.cache_dir, model=cfg.model, llm_users=t.llm_users, max_len=t.max_len,
-                                   lr=t.lr, seed=cfg.trainer.seed, show_progress=cfg.trainer.progress_bar)
+                                   lr=t.lr, seed=cfg.trainer.seed, sasrec_training=t.sasrec_training,
+                                   show_progress=cfg.trainer.progress_bar)
         for r in rows:
             print(r)
     elif task == "rec_tuning":

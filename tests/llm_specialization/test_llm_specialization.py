@@ -412,19 +412,65 @@ def test_sampled_candidates_are_unseen_and_fixed():
         sampled_candidates(split, 12, n_neg=19)
 
 
-def test_learning_sasrec_on_cycles(tmp_path):
+@pytest.mark.parametrize("scheme", ["all_positions", "prefixes"])
+def test_learning_sasrec_on_cycles(tmp_path, scheme):
     from llm_specialization import personal as P
 
     ml = _synthetic_movielens(n_users=60, n_items=12, length=10)
     split = P.leave_one_out(ml)
     torch.manual_seed(0)
     model = P.SASRec(ml.n_items, hidden=32, inner=64, dropout=0.1, max_len=10)
-    data = P.NextItemDataset(split.train, 10)
-    cfg = TrainerConfig(max_epochs=15, batch_size=64, progress_bar=False)
+    data = (P.SequenceWindowDataset if scheme == "all_positions" else P.NextItemDataset)(split.train, 10)
+    cfg = TrainerConfig(max_epochs=15 if scheme == "prefixes" else 60, batch_size=64, progress_bar=False)
     Trainer(cfg, tmp_path / "sas").fit(model, data, P.sasrec_loss,
                                         optimizer_fn=lambda m: torch.optim.Adam(m.parameters(), lr=5e-3))
     hr1, _ = P.hr_ndcg(P.sasrec_ranks(model, split, "test"), 1)
     assert hr1 > 0.8  # the cycle's next item is deterministic
+
+
+def test_sasrec_left_padded_scores_are_finite_in_eval():
+    """PyTorch's eval fast path turned fully padded rows into NaN, which reached every position of a short,
+    left-padded history; rank_of then put the NaN-scored target first (a false hit)."""
+    from llm_specialization import personal as P
+
+    torch.manual_seed(0)
+    model = P.SASRec(30, hidden=16, inner=32, max_len=8).eval()
+    seq = torch.tensor([P.pad_left([3, 4, 5], 8), P.pad_left(list(range(1, 11)), 8)])
+    with torch.no_grad():
+        fast = model(seq)
+    slow = model(seq)  # with autograd on, the fast path is not taken
+    assert torch.isfinite(fast).all()
+    torch.testing.assert_close(fast, slow.detach())
+    # real positions match the key-padding-mask form (what training computed before the fix)
+    L = seq.shape[1]
+    h = model.drop(model.norm(model.item(seq) + model.pos(torch.arange(L))))
+    causal = torch.triu(torch.ones(L, L, dtype=torch.bool), 1)
+    ref = model.encoder(h, mask=causal, src_key_padding_mask=seq == 0)
+    torch.testing.assert_close(model.hidden_states(seq)[0, -3:], ref[0, -3:])
+    torch.testing.assert_close(model.hidden_states(seq)[1], ref[1])
+    with pytest.raises(ValueError, match="non-finite"):
+        P.rank_of(np.array([0.0, np.nan, 1.0]), 1)
+    with pytest.raises(ValueError, match="non-finite"):
+        P.sampled_rank(np.array([np.nan, 0.0, 1.0]))
+
+
+def test_sequence_windows_train_each_transition_once():
+    from llm_specialization.personal import pad_left, sequence_windows
+
+    seq = list(range(1, 24))  # 23 items, 22 transitions
+    wins = sequence_windows(seq, 6)
+    trained = []
+    for i, (inputs, targets) in enumerate(wins):
+        assert len(inputs) == len(targets) == 6
+        for j, t in enumerate(targets):
+            if t:
+                assert inputs[j] == t - 1  # the input at a position is the item before its target
+                trained.append(t)
+                context = sum(1 for x in inputs[: j + 1] if x)
+                assert context >= (1 if i == 0 else 3)
+    assert trained == seq[1:]  # every transition once, in order
+    assert sequence_windows([7, 8, 9], 6) == [(pad_left([7, 8], 6), pad_left([8, 9], 6))]
+    assert sequence_windows([7], 6) == []
 
 
 def test_movielens_reader_checks_header_and_fetch_from_wheel(tmp_path):
