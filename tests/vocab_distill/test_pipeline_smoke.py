@@ -70,6 +70,20 @@ def test_reproduce_smoke_profile(tmp_path):
     assert sizes["dual_proj_d16"]["params"] == sizes["scratch_d16"]["params"]
     assert (tmp_path / "reports" / "vocab_distill" / "accuracy_vs_params.smoke.png").exists()
 
+    # the learning-rate diagnostic re-fine-tunes an exported student with the pipeline's recipe
+    from vocab_distill.lr_check import lr_check
+    from vocab_distill.lr_check import main as lr_main
+
+    export = next((tmp_path / "work").rglob("stage2_dual_proj_d16/export"))
+    rows = lr_check(export, "snips_intent", [1e-3, 1e-4], [0], tmp_path / "lr", epochs=1, train_limit=16,
+                    eval_limit=16, progress_bar=False)
+    assert [r["lr"] for r in rows] == [1e-3, 1e-4] and all(0 <= r["test_acc"] <= 1 for r in rows)
+    assert json.loads((tmp_path / "lr" / "lr_check.json").read_text())["rows"] == rows
+    with pytest.raises(ValueError, match="unknown task"):
+        lr_check(export, "cola", [1e-3], [0], tmp_path / "lr")
+    with pytest.raises(SystemExit, match="no config.json"):
+        lr_main([str(tmp_path), "--task", "sst2"])
+
 
 def test_full_profile_groups_by_length_and_jobs_caps_threads(tmp_path):
     from common.reproduce import ProfileContext
