@@ -248,7 +248,7 @@ def pad_left(seq: list[int], max_len: int) -> list[int]:
 
 class NextItemDataset(torch.utils.data.Dataset):
     """Every prefix of every training sequence -> its next item (RecBole's sequential augmentation): one
-    target per example, so each step computes max_len positions and trains on one (``training=prefixes``)."""
+    target per example, so each step computes max_len positions and trains on one (``sasrec_training=prefixes``)."""
 
     def __init__(self, train: dict[int, list[int]], max_len: int = 50):
         self.items = [(pad_left(s[:t], max_len), s[t]) for s in train.values() for t in range(1, len(s))]
@@ -283,7 +283,7 @@ def sequence_windows(seq: list[int], max_len: int) -> list[tuple[list[int], list
 
 class SequenceWindowDataset(torch.utils.data.Dataset):
     """All training sequences as ``sequence_windows``: each example trains up to max_len positions
-    (``training=all_positions``, the default)."""
+    (``sasrec_training=all_positions``, the default)."""
 
     def __init__(self, train: dict[int, list[int]], max_len: int = 50):
         self.items = [w for s in train.values() for w in sequence_windows(s, max_len)]
