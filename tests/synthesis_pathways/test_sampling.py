@@ -102,7 +102,6 @@ def test_split():
     assert sorted(np.concatenate(parts).tolist()) == list(range(10))
 
 
-
 def test_matching_benchmark_compares_identical_sampling(space):
     from synthesis_pathways.bench import matching_side_by_side
 
