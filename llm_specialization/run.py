@@ -416,13 +416,12 @@ def _rec_tuning_rows(*, run_dir, trainer_cfg, logger_cfg, resume, cache_dir, mod
                            target_modules=("q_proj", "v_proj"))
         data = R.RecTuneDataset(lm, train, ml.titles, template, train_on_inputs)
         trainer = Trainer(trainer_cfg, run_dir / "lora", logger_cfg=logger_cfg, resume=resume)
-        t0 = time.time()
         fit = trainer.fit(net, data, R.rectune_loss, collate_fn=data.collate,
                           optimizer_fn=lambda m: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad],
                                                                    lr=lr),
                           eval_fn=lambda m: {"valid_auc": R.evaluate_auc(m, lm.tokenizer, valid, ml.titles,
                                                                          template, eval_batch_size)[0]})
-        train_s = time.time() - t0
+        train_s = fit.wall_seconds_total  # every session of a training cut short, not the last leg
         if fit.best_checkpoint:
             trainer.load_best(net)
         net.eval()

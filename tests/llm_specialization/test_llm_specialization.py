@@ -753,9 +753,12 @@ def test_learning_rec_tuning_lora_on_synthetic_ratings(tmp_path):
     tok = _WordTokenizer([R.ALPACA, R.TALLREC_INSTRUCTION, R.prompt_input(R.RecExample(0, (1,), (True,), 2, 1),
                                                                            ml.titles), *ml.titles.values(), "Yes. No."])
     lm = LM(tiny_llama(tokenizer=tok, hidden=32, layers=2, seed=0).model, tok, "tiny word-level LLaMA")
+    kw = dict(run_dir=tmp_path / "rt", model=lm, movielens=ml, build="clean", history=3, n_train=240, n_valid=8,
+              lr=1e-2, lora_dropout=0.0)  # learns at seeds 0-2
+    # two sessions: 8 epochs, then resumed to 20 (a run cut short and continued)
+    first = run_rec_tuning(trainer_cfg=TrainerConfig(max_epochs=8, batch_size=16, progress_bar=False, seed=0), **kw)
     cfg = TrainerConfig(max_epochs=20, batch_size=16, progress_bar=False, seed=0)
-    rows = run_rec_tuning(run_dir=tmp_path / "rt", trainer_cfg=cfg, model=lm, movielens=ml, build="clean",
-                          history=3, n_train=240, n_valid=8, lr=1e-2, lora_dropout=0.0)  # learns at seeds 0-2
+    rows = run_rec_tuning(trainer_cfg=cfg, resume="auto", **kw)
     auc = {r["model"].split(" (")[0]: r["auc"] for r in rows}
     assert auc["target item like rate"] == 1.0  # the like label is an item property here
     assert auc["zero-shot LLM"] < 0.8 and auc["LoRA rec-tuned LLM"] > 0.95
@@ -763,6 +766,10 @@ def test_learning_rec_tuning_lora_on_synthetic_ratings(tmp_path):
     # r=8 on q (32->32: 8*32 + 32*8) and v (32->16, 2 KV heads of 8: 8*32 + 16*8), 2 layers
     assert rows[-1]["trainable_params"] == 2 * ((8 * 32 + 32 * 8) + (8 * 32 + 16 * 8))
     assert json.loads((tmp_path / "rt" / "rec_tuning.json").read_text())["result"][-1]["auc"] == rows[-1]["auc"]
+    # the training time is the run's wall over both sessions (the last checkpoint carries it), not the last leg
+    last = max((tmp_path / "rt" / "lora" / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem[5:]))
+    wall = torch.load(last, weights_only=False)["trainer_state"]["wall_seconds"]
+    assert first[-1]["train_seconds"] < wall <= rows[-1]["train_seconds"] < wall + 5.0
 
 
 @pytest.mark.slow
