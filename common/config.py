@@ -63,6 +63,12 @@ class TrainerConfig:
     """torch.set_num_threads for this run (null: leave torch's default)."""
     progress_bar: bool = True
     """Show a tqdm bar with rate and ETA (rank 0 only)."""
+    find_unused_parameters: bool = False
+    """Under torchrun: DDP's find_unused_parameters, for models whose loss leaves some parameters unused
+    in a step (costs an extra graph traversal per step; ignored in a single process)."""
+    sync_batchnorm: bool = False
+    """Under torchrun: convert BatchNorm layers to SyncBatchNorm so statistics span every rank's shard of
+    the batch (ignored in a single process)."""
 
 
 @dataclass

@@ -33,6 +33,7 @@ from common.checkpoint import (
     restore_rng_state,
     seed_everything,
 )
+from common.distributed import init_from_env
 from common.logging import MetricLogger, get_logger
 from common.progress import progress
 from common.runinfo import RunInfo
@@ -84,14 +85,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def _dist_env() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank), initializing the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
 def length_grouped_batches(order: list[int], lengths: Sequence[int], batch_size: int,
                            generator: torch.Generator, window_batches: int = 50) -> list[list[int]]:
     """Cut the shuffled ``order`` into batches of similar length, still in random order.
@@ -119,7 +112,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.resume = resume
         self.config = dict(config) if config is not None else None
-        self.rank, self.world_size, local_rank = _dist_env()
+        self.rank, self.world_size, local_rank = init_from_env()
         self.is_main = self.rank == 0
         self.device = resolve_device(cfg.device, local_rank)
         if cfg.precision not in ("fp32", "bf16"):
@@ -169,13 +162,22 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self, model: nn.Module, train_data: Dataset, loss_fn: Callable, *, optimizer_fn: Callable,
             scheduler_fn: Callable | None = None, eval_fn: Callable | None = None,
-            collate_fn: Callable | None = None, lengths: Sequence[int] | None = None) -> FitResult:
+            collate_fn: Callable | None = None, lengths: Sequence[int] | None = None,
+            eval_sharded: bool = False) -> FitResult:
         """Train ``model``; ``lengths`` (one per example, e.g. token counts) turns on length-grouped
-        batches (see ``length_grouped_batches``), which cut padding when lengths vary a lot."""
+        batches (see ``length_grouped_batches``), which cut padding when lengths vary a lot.
+
+        ``eval_fn(model)`` returns a dict of metrics. By default it runs on rank 0 only and its metrics are
+        broadcast; with ``eval_sharded=True`` it runs on every rank and must shard its data itself with
+        ``common.distributed.shard`` / ``gather_shards`` (so it returns the same metrics everywhere)."""
         cfg, t_start = self.cfg, time.time()
         if lengths is not None and len(lengths) != len(train_data):
             raise ValueError(f"lengths has {len(lengths)} entries for {len(train_data)} training examples")
-        seed_everything(cfg.seed)
+        # The global RNG (dropout, augmentation) gets a per-rank seed so that ranks draw different masks;
+        # the data order stays a function of (seed, epoch) alone, and DDP broadcasts rank 0's initial weights.
+        seed_everything(cfg.seed + self.rank)
+        if self.world_size > 1 and cfg.sync_batchnorm:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(self.device)
         optimizer = optimizer_fn(model)
         n_micro = len(self._epoch_batches(len(train_data), 0, lengths))
@@ -205,7 +207,8 @@ class Trainer:
         net = model
         if self.world_size > 1:
             net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=cfg.find_unused_parameters)
         logger = MetricLogger(self.run_dir, jsonl=getattr(self.logger_cfg, "jsonl", True),
                               tensorboard=getattr(self.logger_cfg, "tensorboard", True), enabled=self.is_main)
         run_info = RunInfo(self.run_dir, {"config": self.config} if self.config else None, enabled=self.is_main)
@@ -229,10 +232,11 @@ class Trainer:
             if eval_fn is None:
                 return False
             net.eval()
+            runs_here = self.is_main or eval_sharded
             with torch.no_grad(), self.autocast():
-                metrics = {k: float(v) for k, v in eval_fn(model).items()} if self.is_main else {}
+                metrics = {k: float(v) for k, v in eval_fn(model).items()} if runs_here else {}
             net.train()
-            if self.world_size > 1:
+            if self.world_size > 1:  # rank 0's metrics everywhere, so every rank takes the same decisions
                 box = [metrics]
                 dist.broadcast_object_list(box, src=0)
                 metrics = box[0]

@@ -202,3 +202,34 @@ def test_fit_with_lengths_uses_the_grouped_batches(tmp_path):
     with pytest.raises(ValueError, match="lengths has 3 entries"):
         Trainer(cfg, tmp_path / "bad").fit(MLP(), train, loss_fn, lengths=[1, 2, 3],
                                            optimizer_fn=lambda m: torch.optim.SGD(m.parameters(), lr=0.1))
+
+
+DDP_SHARDED_EVAL = r"""
+import sys, json, torch
+sys.path.insert(0, {repo!r})
+from common.distributed import init_from_env, shard, gather_shards, rank_world
+rank, world, _ = init_from_env()
+items = list(range(11))
+mine = shard(items)
+back = gather_shards([x * x for x in mine], len(items))
+with open({out!r} + f".{{rank}}", "w") as f:
+    json.dump({{"mine": mine, "back": back, "world": world}}, f)
+"""
+
+
+def test_shard_and_gather_restore_the_single_process_order(tmp_path):
+    from common.distributed import gather_shards, shard
+
+    assert shard([1, 2, 3]) == [1, 2, 3] and gather_shards([4, 5], 2) == [4, 5]
+    with pytest.raises(ValueError, match="2 results for 3 items"):
+        gather_shards([1, 2], 3)
+    script = tmp_path / "shard.py"
+    script.write_text(DDP_SHARDED_EVAL.format(repo=str(REPO), out=str(tmp_path / "out")))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(29700 + os.getpid() % 1000), str(script)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = [json.loads((tmp_path / f"out.{r}").read_text()) for r in (0, 1)]
+    assert got[0]["mine"] == [0, 2, 4, 6, 8, 10] and got[1]["mine"] == [1, 3, 5, 7, 9]
+    assert got[0]["back"] == got[1]["back"] == [x * x for x in range(11)] and got[0]["world"] == 2
