@@ -95,9 +95,11 @@ class LoggerConfig:
 
 # Merged at the config root: a stable run directory (so resume=auto finds it) and the resume switch.
 RUN_LAYOUT: dict[str, Any] = {
+    "defaults": [{"launcher": None}, "_self_"],  # launcher=local|slurm: common.launch
     "name": "run",  # every package sets its own; experiment files set theirs
     "resume": "never",
     "hydra": {
+        "callbacks": {"rank_zero_writes": {"_target_": "common.launch.RankZeroWrites"}},  # torchrun
         "run": {"dir": "${paths.output_dir}/${name}"},
         "sweep": {"dir": "${paths.output_dir}/${name}/multirun", "subdir": "${hydra:job.override_dirname}"},
         "job": {"chdir": False,
@@ -105,7 +107,7 @@ RUN_LAYOUT: dict[str, Any] = {
                 # (or a longer budget, or another output root) finds the same folders.
                 "config": {"override_dirname": {"exclude_keys": [
                     "resume", "paths.output_dir", "paths.data_dir", "trainer.progress_bar", "trainer.max_steps",
-                    "trainer.max_epochs", "trainer.num_threads"]}}},
+                    "trainer.max_epochs", "trainer.num_threads", "launcher"]}}},
     },
 }
 
@@ -117,6 +119,9 @@ def register_configs() -> None:
     cs.store(group="paths", name="default", node=PathsConfig)
     cs.store(group="logger", name="default", node=LoggerConfig)
     cs.store(name="run_layout", node=RUN_LAYOUT)
+    from common.launch import register_launchers  # the `launcher` group run_layout lists
+
+    register_launchers()
 
 
 register_configs()

@@ -177,7 +177,10 @@ class Trainer:
         # the data order stays a function of (seed, epoch) alone, and DDP broadcasts rank 0's initial weights.
         seed_everything(cfg.seed + self.rank)
         if self.world_size > 1 and cfg.sync_batchnorm:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            if self.device.type == "cuda":  # SyncBatchNorm has no CPU kernel: gloo runs keep per-rank statistics
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            elif self.is_main:
+                log.warning("trainer.sync_batchnorm needs CUDA; on CPU each rank's BatchNorm uses its own shard")
         model.to(self.device)
         optimizer = optimizer_fn(model)
         n_micro = len(self._epoch_batches(len(train_data), 0, lengths))

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 from scipy import ndimage as ndi
 
+from common.distributed import gather_shards, shard
+
 from . import metrics as M
 from .data import SegSet, to_tensor_image
 from .losses import rgb_to_lab
@@ -34,20 +36,29 @@ def predicted_instances(fg: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def evaluate_model(model: nn.Module, ds: SegSet, device: torch.device | str = "cpu",
                    num_clusters: int | None = None, max_images: int | None = None,
-                   keep_predictions: int = 0) -> dict:
+                   keep_predictions: int = 0, sharded: bool = False) -> dict:
     """Scores of ``model`` on ``ds``; with ``num_clusters`` the outputs are clusters (Hungarian-matched).
 
     Returns a flat dict of floats (plus ``"predictions"``: the first ``keep_predictions`` label maps).
+    ``sharded=True`` (every rank of a torchrun job calls it): each rank predicts its share of the images
+    (``common.distributed.shard``), the label maps are gathered in image order, and every rank scores them
+    all, so the scores equal a single process's exactly.
     """
     was_training = model.training
     model.eval()
     n = len(ds) if max_images is None else min(max_images, len(ds))
     k = num_clusters or ds.num_classes
+    order = list(range(n))
+    mine = shard(order) if sharded else order
+    # int16 maps: what travels between ranks (classes and clusters are few; argmax indices, no rounding)
+    maps = [predict_logits(model, ds.images[i], device).argmax(0).to(torch.int16).numpy() for i in mine]
+    if sharded:
+        maps = gather_shards(maps, n)
     conf = torch.zeros(ds.num_classes, k, dtype=torch.int64)
     meter = M.SegMeter(ds.num_classes) if num_clusters is None else None
     f1s, ajis, preds = [], [], []
-    for i in range(n):
-        pred = predict_logits(model, ds.images[i], device).argmax(0)
+    for i, pred_map in enumerate(maps):
+        pred = torch.from_numpy(pred_map).long()
         target = torch.from_numpy(ds.masks[i])
         if meter is not None:
             meter.update(pred[None], target[None])

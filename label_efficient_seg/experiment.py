@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from common.checkpoint import seed_everything
+from common.distributed import barrier, gather_shards, is_main_process, shard
 from common.logging import get_logger
 
 from . import data as D
@@ -251,10 +252,11 @@ def _score_key(num_classes: int) -> str:
 
 
 def make_eval_fn(ds: D.SegSet, device, num_clusters: int | None = None, prefix: str = "") -> Callable:
+    """The trainer's validation: sharded over the ranks of a torchrun job (``fit(eval_sharded=True)``)."""
     key = _score_key(ds.num_classes) if num_clusters is None else "miou"
 
     def eval_fn(model):
-        res = evaluate_model(model, ds, device, num_clusters=num_clusters)
+        res = evaluate_model(model, ds, device, num_clusters=num_clusters, sharded=True)
         res.pop("predictions")
         return {f"{prefix}{k}": v for k, v in res.items()} | {f"{prefix}score": res[key]}
     return eval_fn
@@ -377,7 +379,8 @@ def run_experiment(data_cfg, method_cfg, model_cfg, optim_cfg, trainer_cfg, run_
     augment = dict(crop=dc.crop, scale_range=(dc.scale_min, dc.scale_max))
     if mc.name == "subset" or mc.name in SEMI:
         lab_idx = labelled_subset(len(train), mc.labelled_fraction, dc.split_seed)
-        np.savetxt(run_dir / "labelled_split.txt", lab_idx, fmt="%d")  # the fixed split file
+        if is_main_process():
+            np.savetxt(run_dir / "labelled_split.txt", lab_idx, fmt="%d")  # the fixed split file
         info["labelled_images"] = len(lab_idx)
         info["_labelled_idx"] = set(int(i) for i in lab_idx)
         lab_ds = D.SegDataset(train.subset(lab_idx), [weak[i] for i in lab_idx], **augment)
@@ -401,7 +404,7 @@ def run_experiment(data_cfg, method_cfg, model_cfg, optim_cfg, trainer_cfg, run_
     clusters = num_classes if mc.name == "iic" else None
     result = trainer.fit(model, train_data, _objective(mc, warmup), optimizer_fn=optimizer_factory(oc),
                          scheduler_fn=poly_scheduler_factory(oc),
-                         eval_fn=make_eval_fn(splits.val, trainer.device, clusters))
+                         eval_fn=make_eval_fn(splits.val, trainer.device, clusters), eval_sharded=True)
     return _finish(trainer, model, result, splits.test, clusters, info, run_dir, t0, keep_predictions, mc, train,
                    weak)
 
@@ -413,9 +416,12 @@ def _cfg_dict(*cfgs) -> dict:
 def _finish(trainer, model, result, test, clusters, info, run_dir: Path, t0, keep_predictions, mc, train, weak
             ) -> dict:
     labelled_idx = info.pop("_labelled_idx", None)
-    if getattr(result, "best_checkpoint", None):
+    barrier()  # under torchrun: rank 0 has written best.pt before any rank looks for it
+    if trainer.ckpt.best_path.exists():
         trainer.load_best(model)
-    res = evaluate_model(model, test, trainer.device, num_clusters=clusters, keep_predictions=keep_predictions)
+    # every rank scores its share of the test images; all get the same scores, rank 0 writes them
+    res = evaluate_model(model, test, trainer.device, num_clusters=clusters, keep_predictions=keep_predictions,
+                         sharded=True)
     preds = res.pop("predictions")
     info.update({
         "test": res, "score_name": _score_key(test.num_classes) if clusters is None else "miou (Hungarian)",
@@ -424,7 +430,8 @@ def _finish(trainer, model, result, test, clusters, info, run_dir: Path, t0, kee
         "stopped_reason": str(result.stopped_reason), "wall_seconds": time.time() - t0,
         "annotation_seconds": _annotation_cost(mc, train, weak),
     })
-    (run_dir / "final_metrics.json").write_text(json.dumps(info, indent=2, default=float))
+    if is_main_process():
+        (run_dir / "final_metrics.json").write_text(json.dumps(info, indent=2, default=float))
     info["predictions"] = preds
     # the example row of the report grid: first training image, its ground truth, weak label, prediction
     example_weak = weak[0] if weak is not None else None
@@ -439,19 +446,24 @@ def _finish(trainer, model, result, test, clusters, info, run_dir: Path, t0, kee
 # ----------------------------------------------------------------------------- CAM (two stages)
 
 @torch.no_grad()
-def cam_pseudo_masks(model: UNet, ds: D.SegSet, mc: MethodConfig, device) -> list[np.ndarray]:
+def cam_pseudo_masks(model: UNet, ds: D.SegSet, mc: MethodConfig, device, sharded: bool = False) -> list[np.ndarray]:
     """Pseudo-masks of a training split from the tag classifier's CAMs, restricted to each image's tags
-    (whole-image tags with the same 1 % rule as the crop tags)."""
+    (whole-image tags with the same 1 % rule as the crop tags). ``sharded``: every rank of a torchrun job
+    computes its share of the images and all get every mask, in image order."""
     model.eval()
-    out = []
     binary = ds.num_classes == 2
-    for img, gt in zip(ds.images, ds.masks):
-        x = D.to_tensor_image(img)[None].to(device)
+    order = list(range(len(ds.images)))
+
+    def one(i: int) -> np.ndarray:
+        x = D.to_tensor_image(ds.images[i])[None].to(device)
         feats = model.features(x)
         cams = class_activation_maps(feats, model.head.weight[:, :, 0, 0]).cpu()
-        tags = torch.from_numpy(image_tags(gt, ds.num_classes, mc.tag_min_fraction))[None]
-        out.append(cam_pseudo_labels(cams, tags, mc.cam_fg, mc.cam_bg, binary=binary)[0].numpy())
-    return out
+        tags = torch.from_numpy(image_tags(ds.masks[i], ds.num_classes, mc.tag_min_fraction))[None]
+        return cam_pseudo_labels(cams, tags, mc.cam_fg, mc.cam_bg, binary=binary)[0].numpy()
+
+    if not sharded:
+        return [one(i) for i in order]
+    return gather_shards([one(i) for i in shard(order)], len(order))
 
 
 def _run_cam(dc, mc, model_cfg, oc, trainer_cfg, run_dir: Path, splits: Splits, info, logger_cfg, resume, t0,
@@ -473,8 +485,9 @@ def _run_cam(dc, mc, model_cfg, oc, trainer_cfg, run_dir: Path, splits: Splits, 
         z = np.load(pseudo_file)
         pseudo = [z[f"m{i}"] for i in range(len(train))]
     else:
-        pseudo = cam_pseudo_masks(clf, train, mc, t1.device)
-        np.savez_compressed(pseudo_file, **{f"m{i}": m for i, m in enumerate(pseudo)})
+        pseudo = cam_pseudo_masks(clf, train, mc, t1.device, sharded=True)
+        if is_main_process():
+            np.savez_compressed(pseudo_file, **{f"m{i}": m for i, m in enumerate(pseudo)})
     info["pseudo_mask_quality_train"] = evaluate_label_maps(pseudo, train)
     info["pseudo_mask_miou_all_pixels"] = evaluate_label_maps(
         [np.where(p == 255, 0 if train.num_classes == 2 else 255, p) for p in pseudo], train,
@@ -484,7 +497,8 @@ def _run_cam(dc, mc, model_cfg, oc, trainer_cfg, run_dir: Path, splits: Splits, 
     seg = Mth.attach_step_counter(UNet(train.num_classes, model_cfg.base, model_cfg.depth))
     result = t2.fit(seg, D.SegDataset(train, pseudo, crop=dc.crop, scale_range=(dc.scale_min, dc.scale_max)),
                     Mth.Supervised("weak"), optimizer_fn=optimizer_factory(oc),
-                    scheduler_fn=poly_scheduler_factory(oc), eval_fn=make_eval_fn(splits.val, t2.device))
+                    scheduler_fn=poly_scheduler_factory(oc), eval_fn=make_eval_fn(splits.val, t2.device),
+                    eval_sharded=True)
     return _finish(t2, seg, result, splits.test, None, info, run_dir, t0, keep_predictions, mc, train, pseudo)
 
 

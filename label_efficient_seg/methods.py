@@ -31,10 +31,18 @@ def attach_step_counter(model: nn.Module) -> nn.Module:
     return model
 
 
+def _core(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (itself otherwise). Only buffers and no-grad parts
+    are reached through it: every forward with gradients goes through ``model(...)``, or DDP would not
+    average its gradients across ranks."""
+    return getattr(model, "module", model)
+
+
 def _tick(model: nn.Module) -> int:
     """Advance the model's step counter and return the value before this call."""
-    t = int(model.loss_calls)
-    model.loss_calls += 1
+    core = _core(model)
+    t = int(core.loss_calls)
+    core.loss_calls += 1
     return t
 
 
@@ -163,7 +171,7 @@ class TagClassifier:
     """Stage 1 of CAM: multi-label BCE of the network's image logits (GAP of pixel logits) on crop tags."""
 
     def __call__(self, model: nn.Module, batch: dict) -> dict:
-        logits = model.image_logits(batch["image"])
+        logits = model(batch["image"], output="image")
         return {"loss": F.binary_cross_entropy_with_logits(logits, batch["tags"])}
 
 
@@ -211,12 +219,12 @@ class MeanTeacherObjective:
     def __call__(self, model: MeanTeacher, batch: dict) -> dict:
         step = _tick(model)
         if step > 0:  # fold in the optimizer step taken since the last call
-            model.update_teacher(self.alpha)
+            _core(model).update_teacher(self.alpha)
         x, y, u = batch["image"], batch["weak"], batch["u_image"]
-        loss_x = L.supervised_loss(model.student(x), y)
+        loss_x = L.supervised_loss(model(x), y)  # training mode: the student
         with torch.no_grad():
-            t_logits = model.teacher(u)
-        loss_c = L.softmax_mse(model.student(strong_photometric(u)), t_logits)
+            t_logits = _core(model).teacher(u)
+        loss_c = L.softmax_mse(model(strong_photometric(u)), t_logits)
         f = ramp(step, self.warmup)
         return {"loss": loss_x + self.weight * f * loss_c, "loss_x": loss_x.detach(),
                 "loss_cons": loss_c.detach(), "warmup": f}
@@ -233,7 +241,7 @@ class CrossPseudoSupervision:
         x, y, u = batch["image"], batch["weak"], batch["u_image"]
         b = x.shape[0]
         both = torch.cat([x, u])
-        la, lb = model.net_a(both), model.net_b(both)
+        la, lb = model(both, both=True)
         loss_x = L.supervised_loss(la[:b], y) + L.supervised_loss(lb[:b], y)
         loss_cps = L.cross_pseudo_supervision(la, lb)
         return {"loss": loss_x + self.weight * loss_cps, "loss_x": loss_x.detach(), "loss_cps": loss_cps.detach()}
@@ -268,8 +276,8 @@ class IIC:
         x2 = strong_photometric(x)
         if flip:
             x2 = x2.flip(-1)
-        a1, o1 = model.both_heads(x)
-        a2, o2 = model.both_heads(x2)
+        a1, o1 = model(x, both_heads=True)
+        a2, o2 = model(x2, both_heads=True)
         if flip:
             a2, o2 = a2.flip(-1), o2.flip(-1)
         loss_a = L.iic_loss(a1.softmax(1), a2.softmax(1), self.displacement)

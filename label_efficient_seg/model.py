@@ -56,14 +56,17 @@ class UNet(nn.Module):
             y = up(torch.cat([y, skip], 1))
         return y[..., :h, :w]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+    def forward(self, x: torch.Tensor, output: str = "pixels") -> torch.Tensor:
+        """Pixel logits ``[B, C, H, W]``, or with ``output="image"`` the image logits of ``image_logits``
+        (a forward argument, so that tag training also goes through DistributedDataParallel)."""
+        logits = self.head(self.features(x))
+        return logits.mean((2, 3)) if output == "image" else logits
 
     def image_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Multi-label image logits for tag supervision: global average pooling of the pixel logits,
         i.e. GAP of the features followed by the 1x1 head (GAP and a linear layer commute), so the class
         activation maps of this classifier are exactly ReLU of the pixel logits minus the bias."""
-        return self.forward(x).mean((2, 3))
+        return self.forward(x, output="image")
 
     def cams(self, x: torch.Tensor) -> torch.Tensor:
         """Un-normalised CAMs ``ReLU(sum_k w_ck f_k)`` at full resolution, ``[B, C, H, W]``."""
@@ -78,8 +81,9 @@ class ClusterNet(nn.Module):
         self.trunk = UNet(k, base, depth)
         self.over_head = nn.Conv2d(self.trunk.head.in_channels, k_over, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.trunk(x)
+    def forward(self, x: torch.Tensor, both_heads: bool = False):
+        """Main-head logits, or ``(main, over)`` with ``both_heads`` (what IIC trains, through DDP's forward)."""
+        return self.both_heads(x) if both_heads else self.trunk(x)
 
     def both_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.trunk.features(x)
@@ -124,8 +128,9 @@ class DualNet(nn.Module):
         super().__init__()
         self.net_a, self.net_b = net_a, net_b
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net_a(x)
+    def forward(self, x: torch.Tensor, both: bool = False):
+        """Branch A's logits, or ``(A, B)`` with ``both`` (what CPS trains, through DDP's forward)."""
+        return (self.net_a(x), self.net_b(x)) if both else self.net_a(x)
 
 
 def count_parameters(model: nn.Module) -> int:
