@@ -236,6 +236,9 @@ class Trainer:
                 return False
             net.eval()
             runs_here = self.is_main or eval_sharded
+            if eval_sharded and self.world_size > 1:  # each rank's last forward moved its own BatchNorm
+                for buf in model.buffers():            # statistics: all evaluate rank 0's model, as saved
+                    dist.broadcast(buf, src=0)
             with torch.no_grad(), self.autocast():
                 metrics = {k: float(v) for k, v in eval_fn(model).items()} if runs_here else {}
             net.train()

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from seqeval.metrics import f1_score, precision_score, recall_score
 
+from common.distributed import gather_shards, shard
+
 from .data import MULTI_INTENT_SEP, EncodedDataset, NLUExample, collate
 
 
@@ -76,35 +78,50 @@ class Predictions:
 
 @torch.no_grad()
 def predict_encoded(model, dataset: EncodedDataset, batch_size: int = 64, device=None,
-                    pad_token_id: int = 0) -> Predictions:
-    """Predict every example of ``dataset``; batches are length-sorted so padding stays small."""
+                    pad_token_id: int = 0, sharded: bool = False) -> Predictions:
+    """Predict every example of ``dataset``; batches are length-sorted so padding stays small.
+
+    ``sharded=True`` (every rank of a torchrun job calls it): the batches, cut exactly as in one process,
+    are dealt to the ranks (``common.distributed.shard``) and their predictions gathered, so each example is
+    predicted in the same batch, with the same padding, as in a single process: the same numbers exactly.
+    """
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     vocab = model.vocab
     order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
-    intents: list[str | None] = [None] * len(dataset)
-    confs: list[float] = [0.0] * len(dataset)
-    tags: list[list[str] | None] = [None] * len(dataset)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+    def predict(idx: list[int]) -> list[tuple[str, float, list[str]]]:
         batch = collate([dataset[i] for i in idx], pad_token_id=pad_token_id)
         batch = {k: v.to(device) for k, v in batch.items()}
         batch_intents, conf, slot_ids = model.decode(**batch)
+        out = []
         for j, i in enumerate(idx):
-            intents[i] = batch_intents[j]
-            confs[i] = conf[j]
             n_words = len(dataset.examples[i].words)
             word_tags = [vocab.slots[s] for s in slot_ids[j]]
-            tags[i] = word_tags + ["O"] * (n_words - len(word_tags))
+            out.append((batch_intents[j], conf[j], word_tags + ["O"] * (n_words - len(word_tags))))
+        return out
+
+    if sharded:
+        per_batch = gather_shards([predict(idx) for idx in shard(batches)], len(batches))
+    else:
+        per_batch = [predict(idx) for idx in batches]
+    intents: list[str | None] = [None] * len(dataset)
+    confs: list[float] = [0.0] * len(dataset)
+    tags: list[list[str] | None] = [None] * len(dataset)
+    for idx, preds in zip(batches, per_batch):
+        for i, (intent, conf, word_tags) in zip(idx, preds):
+            intents[i], confs[i], tags[i] = intent, conf, word_tags
     model.train(was_training)
     return Predictions(intents, confs, tags)
 
 
 def evaluate_examples(model, dataset: EncodedDataset, batch_size: int = 64, device=None,
-                      pad_token_id: int = 0) -> dict[str, float]:
-    """All metrics of ``model`` on an encoded split, scored against the original gold strings."""
-    preds = predict_encoded(model, dataset, batch_size, device, pad_token_id)
+                      pad_token_id: int = 0, sharded: bool = False) -> dict[str, float]:
+    """All metrics of ``model`` on an encoded split, scored against the original gold strings
+    (``sharded``: see :func:`predict_encoded`)."""
+    preds = predict_encoded(model, dataset, batch_size, device, pad_token_id, sharded=sharded)
     examples: list[NLUExample] = dataset.examples
     return compute_metrics([e.intent for e in examples], preds.intents, [list(e.tags) for e in examples],
                            preds.tags, multi_label=model.config.intent_mode == "multi_label")

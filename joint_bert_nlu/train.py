@@ -17,6 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 import common.config  # noqa: F401  (registers trainer/paths/logger/run_layout)
+from common.distributed import is_main_process
 from common.hydra_utils import report_user_errors, run_dir_from, to_dataclass, to_plain
 from common.pretrained import PretrainedNotFoundError
 from joint_bert_nlu.model import EncoderNotFoundError, resolve_encoder_path
@@ -36,8 +37,9 @@ def main(cfg: DictConfig) -> float:
         cfg.trainer, run_dir_from(cfg), to_dataclass(cfg.model, ModelOptions),
         to_dataclass(cfg.data, DataOptions), to_dataclass(cfg.optim, OptimOptions),
         data_dir=cfg.paths.data_dir, logger_cfg=cfg.logger, resume=cfg.resume, config=to_plain(cfg))
-    print(json.dumps({"dataset": results["dataset"], "best_dev_epoch": results["best_dev_epoch"],
-                      "dev": results["dev"], "test": results["test"]}))
+    if is_main_process():  # under torchrun every rank has the results; one prints them
+        print(json.dumps({"dataset": results["dataset"], "best_dev_epoch": results["best_dev_epoch"],
+                          "dev": results["dev"], "test": results["test"]}))
     return results["dev"]["sentence_acc"]
 
 

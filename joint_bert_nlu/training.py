@@ -20,6 +20,7 @@ from transformers import AutoTokenizer
 
 from common.bench import peak_rss_bytes
 from common.checkpoint import CheckpointManager, load_checkpoint, seed_everything
+from common.distributed import barrier
 from common.schedules import linear_warmup_decay
 from common.trainer import FitResult, Trainer
 
@@ -124,13 +125,15 @@ def train_joint(trainer_cfg, run_dir: str | os.PathLike, model_opts: ModelOption
     fit: FitResult = trainer.fit(
         model, encoded["train"], joint_loss,
         optimizer_fn=partial(build_optimizer, opts=optim_opts), scheduler_fn=scheduler_fn,
-        eval_fn=lambda m: evaluate_examples(m, encoded["dev"], eval_bs, trainer.device, pad_id),
+        eval_fn=lambda m: evaluate_examples(m, encoded["dev"], eval_bs, trainer.device, pad_id, sharded=True),
+        eval_sharded=True,
         collate_fn=partial(collate, pad_token_id=pad_id,
                            pad_to=data_opts.max_seq_length if data_opts.pad_to_max_length else None),
         lengths=encoded["train"].lengths() if data_opts.group_by_length else None)
     train_seconds = time.time() - t0
-    if not trainer.is_main:  # under torchrun, rank 0 alone evaluates, saves and reports
-        return {"steps": fit.step, "epochs": fit.epoch}
+    # Under torchrun every rank loads the dev-selected checkpoint (once rank 0 has written it) and scores its
+    # share of dev and test; all get the same results, and rank 0 alone saves and reports.
+    barrier()
     best_epoch = _load_best(model, run_dir, fit)
     model.eval()
     results = {
@@ -141,9 +144,10 @@ def train_joint(trainer_cfg, run_dir: str | os.PathLike, model_opts: ModelOption
         "torch_threads": torch.get_num_threads(), "peak_rss_bytes": peak_rss_bytes(),
     }
     for split in ("dev", "test"):
-        results[split] = evaluate_examples(model, encoded[split], eval_bs, trainer.device, pad_id)
-    save_joint_model(model, tokenizer, run_dir / "model")
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        results[split] = evaluate_examples(model, encoded[split], eval_bs, trainer.device, pad_id, sharded=True)
+    if trainer.is_main:
+        save_joint_model(model, tokenizer, run_dir / "model")
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
 

@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 import common.config  # noqa: F401  (registers trainer/paths/logger/run_layout)
+from common.distributed import is_main_process
 from common.hydra_utils import report_user_errors, run_dir_from, to_plain
 from label_efficient_seg.experiment import DataConfig, MethodConfig, ModelConfig, OptimConfig, run_experiment
 
@@ -35,8 +36,9 @@ def main(cfg: DictConfig) -> float:
                          logger_cfg=cfg.logger, resume=cfg.resume, data_dir=cfg.paths.data_dir,
                          config=to_plain(cfg))
     test = ", ".join(f"{k} {v:.4f}" for k, v in res["test"].items() if isinstance(v, float))
-    print(f"{res['method']} on {res['dataset']}: test {test} ({res['steps']} steps, "
-          f"{res['wall_seconds']:.0f} s, {res['stopped_reason']})")
+    if is_main_process():  # under torchrun every rank has the scores; one prints them
+        print(f"{res['method']} on {res['dataset']}: test {test} ({res['steps']} steps, "
+              f"{res['wall_seconds']:.0f} s, {res['stopped_reason']})")
     return float(res["score"])
 
 

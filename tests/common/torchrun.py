@@ -67,9 +67,10 @@ def free_port() -> int:
 
 
 def run_torchrun(module: str, overrides: list[str], tmp_path: Path, *, watch: Path | None = None,
-                 nproc: int = 2, timeout: int = 600) -> TorchrunResult:
+                 nproc: int = 2, timeout: int = 600, module_flag: bool = True) -> TorchrunResult:
     """``python -m torch.distributed.run --nproc_per_node <nproc> -m <module> <overrides>`` from the repo
-    root, on CPU, with the rank > 0 write audit over ``watch`` (default: ``tmp_path``)."""
+    root, on CPU, with the rank > 0 write audit over ``watch`` (default: ``tmp_path``). ``module_flag=False``
+    runs a script path instead of a module."""
     audit_dir = tmp_path / "_audit"
     audit_dir.mkdir(parents=True, exist_ok=True)
     (audit_dir / "sitecustomize.py").write_text(SITECUSTOMIZE)
@@ -81,7 +82,7 @@ def run_torchrun(module: str, overrides: list[str], tmp_path: Path, *, watch: Pa
     if "PAPERS_DATA_DIR" not in env and DATA.is_dir():
         env["PAPERS_DATA_DIR"] = str(DATA)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_port", str(free_port()), "-m", module, *overrides]
+           "--master_port", str(free_port()), *(["-m"] if module_flag else []), module, *overrides]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     seconds = time.time() - t0
