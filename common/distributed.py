@@ -64,6 +64,7 @@ def gather_shards(local: Sequence[T], n_total: int) -> list[T]:
         if len(local) != n_total:
             raise ValueError(f"gather_shards: {len(local)} results for {n_total} items")
         return list(local)
+    init_from_env()  # a package may gather before its first Trainer has set up the group
     parts: list[list[T] | None] = [None] * world
     dist.all_gather_object(parts, list(local))
     out: list[T | None] = [None] * n_total
@@ -76,6 +77,21 @@ def gather_shards(local: Sequence[T], n_total: int) -> list[T]:
     return out  # type: ignore[return-value]
 
 
+def broadcast_object(obj: T, src: int = 0) -> T:
+    """Rank ``src``'s ``obj`` on every rank (any picklable object); ``obj`` itself in one process.
+
+    For decisions that must not differ between ranks, e.g. whether a stage's output already exists while
+    rank 0 may be writing it: every rank takes rank 0's answer."""
+    if rank_world()[1] == 1:
+        return obj
+    init_from_env()
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def barrier() -> None:
+    """Wait for every rank (under torchrun; the group is set up on first use). A no-op in one process."""
+    init_from_env()
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

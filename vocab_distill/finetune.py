@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import BertForSequenceClassification, BertTokenizerFast
 
+from common.distributed import barrier, gather_shards, shard
 from common.schedules import warmup_linear_decay
 from common.trainer import Trainer
 
@@ -88,15 +89,20 @@ def pad_collate(pad_id: int):
 
 
 @torch.no_grad()
-def accuracy(model, data: EncodedClassification, batch_size: int = 128) -> float:
+def accuracy(model, data: EncodedClassification, batch_size: int = 128, sharded: bool = False) -> float:
+    """Accuracy over ``data``; ``sharded``: the batches are dealt to the ranks of a torchrun job and the
+    correct counts gathered (every rank calls it and gets the single-process number)."""
     dev = next(model.parameters()).device
     collate = pad_collate(data.pad_id)
-    correct = 0
-    for i in range(0, len(data), batch_size):
+    starts = list(range(0, len(data), batch_size))
+
+    def correct(i: int) -> int:
         b = collate([data[j] for j in range(i, min(i + batch_size, len(data)))])
         logits = model(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev)).logits
-        correct += int((logits.argmax(-1).cpu() == b["labels"]).sum())
-    return correct / max(len(data), 1)
+        return int((logits.argmax(-1).cpu() == b["labels"]).sum())
+
+    counts = gather_shards([correct(i) for i in shard(starts)], len(starts)) if sharded else map(correct, starts)
+    return sum(counts) / max(len(data), 1)
 
 
 def load_classifier(model_dir: str | os.PathLike, num_labels: int) -> BertForSequenceClassification:
@@ -124,11 +130,13 @@ def finetune(model_dir: str | os.PathLike, task: TaskData, trainer_cfg, run_dir:
     result = trainer.fit(model, train, loss_fn,
                          optimizer_fn=lambda m: torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.01),
                          scheduler_fn=warmup_linear_decay(0.1), collate_fn=pad_collate(tok.pad_token_id),
-                         eval_fn=lambda m: {"dev_acc": accuracy(m, dev)})
-    out = {"dev_acc": float(result.last_metrics.get("dev_acc", accuracy(model.eval(), dev)))}
+                         eval_fn=lambda m: {"dev_acc": accuracy(m, dev, sharded=True)}, eval_sharded=True)
+    out = {"dev_acc": float(result.last_metrics["dev_acc"]) if "dev_acc" in result.last_metrics
+           else accuracy(model.eval(), dev, sharded=True)}
     if test is not None:
-        if result.best_checkpoint is not None:
+        barrier()  # under torchrun: rank 0 has written best.pt before any rank looks for it
+        if trainer.ckpt.best_path.exists():
             trainer.load_best(model)
             out["dev_acc"] = float(result.best_metrics["dev_acc"])
-        out["test_acc"] = accuracy(model.eval(), test)
+        out["test_acc"] = accuracy(model.eval(), test, sharded=True)
     return out

@@ -12,6 +12,9 @@ Layout of ``work_dir``::
 
 A finished stage leaves its ``export`` folder or ``result.json``; a rerun skips it. An unfinished one
 continues from its last checkpoint when ``resume="auto"``.
+
+Under ``torchrun`` every rank runs the whole pipeline (each stage's training is DDP, each evaluation is
+sharded); rank 0 alone writes, and every rank waits for it (``_on_rank0``) before reading what it wrote.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from transformers import BertForMaskedLM, BertModel
 
 from common.bench import peak_rss_bytes
 from common.checkpoint import ResumeError
+from common.distributed import barrier, broadcast_object, is_main_process
 from common.logging import get_logger
 
 from .corpus import ALL_SOURCES, build_corpus, read_nlu_intents, read_sst2
@@ -135,14 +139,36 @@ class PipelineConfig:
 
 
 def _json_dump(path: Path, obj) -> None:
+    """Write ``obj`` as JSON (rank 0 only: the other ranks of a torchrun job hold the same object)."""
+    if not is_main_process():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, default=str))
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()`` as rank 0 sees it, on every rank: ranks that saw a file rank 0 is writing differently
+    would part ways (one skipping a stage the other trains)."""
+    return broadcast_object(path.exists())
+
+
+def _on_rank0(write) -> None:
+    """``write()`` on rank 0, then every rank waits for it: what a stage exports, the next one loads."""
+    if is_main_process():
+        write()
+    barrier()
 
 
 def _stage_cfg(base, steps: int, batch_size: int, pc: PipelineConfig, **extra):
     return with_overrides(base, max_epochs=None, max_steps=steps, batch_size=batch_size,
                           eval_every_steps=pc.eval_every_steps, checkpoint_every_steps=pc.checkpoint_every_steps,
                           monitor=None, early_stopping_patience=None, **extra)
+
+
+# Mixed-vocabulary stages use a data-dependent set of parameters: stage 0 never touches E_s, P_e, Q, c_s, and
+# in stage I a batch without V_s (or V_t) targets leaves that softmax unused; DDP must be told (a parameter
+# unused on every rank keeps no gradient, as in one process, so AdamW leaves it alone there too).
+MIXED_DDP = {"find_unused_parameters": True}
 
 
 class Pipeline:
@@ -159,13 +185,14 @@ class Pipeline:
         self.teacher_dir = Path(pc.teacher_dir) if pc.teacher_dir else teacher_model_path()
         if pc.tiny_teacher:
             tiny = self.work / "tiny_teacher"
-            if not tiny.exists():
-                make_tiny_teacher(tiny, self.teacher_dir / "vocab.txt", seed=trainer_cfg.seed)
+            if not _exists(tiny):
+                _on_rank0(lambda: make_tiny_teacher(tiny, self.teacher_dir / "vocab.txt", seed=trainer_cfg.seed))
             self.teacher_dir = tiny
         self.results: dict = {"stages": {}}
         self._encoding_cache: dict[int, tuple[list, list]] = {}
         self._check_resume()
-        self.work.mkdir(parents=True, exist_ok=True)
+        if is_main_process():
+            self.work.mkdir(parents=True, exist_ok=True)
 
     def _check_resume(self) -> None:
         """resume=never refuses a work directory that already holds stage outputs; auto continues it.
@@ -195,9 +222,10 @@ class Pipeline:
 
         self.teacher_tok = load_teacher_wordpiece(self.teacher_dir)
         vocab_file = self.work / "vocab" / "student_vocab.txt"
-        if not vocab_file.exists():
-            tok = train_student_wordpiece(segments[n_eval:], pc.student_vocab_size, pc.vocab_min_frequency)
-            save_vocab_txt(tok, vocab_file)
+        if not _exists(vocab_file):
+            _on_rank0(lambda: save_vocab_txt(
+                train_student_wordpiece(segments[n_eval:], pc.student_vocab_size, pc.vocab_min_frequency),
+                vocab_file))
         self.student_vocab_file = vocab_file
         self.student_tok = load_wordpiece(vocab_file)
 
@@ -232,28 +260,28 @@ class Pipeline:
         """Give the teacher an MLM head: head-only training (encoder frozen), then an optional short
         unfrozen adaptation, both on V_t-only input. Held-out accuracy before, between and after."""
         out = self.work / "stage0" / "teacher_mlm"
-        if out.exists():
+        if _exists(out):
             self.results["stages"]["stage0"] = json.loads((out.parent / "stage0.json").read_text())
             return out
         t0 = time.time()
         torch.manual_seed(self.base.seed)
         model = MixedVocabMLM(load_teacher_mlm(self.teacher_dir), self.student_tok.get_vocab_size(), 8)
-        info: dict = {"before": eval_mixed_mlm(model, self.codec, self.eval_mixed, p=0.0)}
+        info: dict = {"before": eval_mixed_mlm(model, self.codec, self.eval_mixed, p=0.0, sharded=True)}
         phases = [("stage0", self.pc.stage0_steps, "after_head"),
                   ("stage0_adapt", self.pc.stage0_adapt_steps, "after_adapt")]
         for stage, steps, key in phases:
             if steps <= 0:
                 continue
-            cfg = _stage_cfg(self.base, steps, self.pc.pretrain_batch_size, self.pc)
+            cfg = _stage_cfg(self.base, steps, self.pc.pretrain_batch_size, self.pc, **MIXED_DDP)
             run_dir = out.parent if stage == "stage0" else self.work / "stage0_adapt"
             fit = train_mixed_teacher(model, self.codec, self.train_mixed, self.eval_mixed, cfg, run_dir,
                                       stage=stage, opts=self.mixed_opts, resume=self.resume,
                                       logger_cfg=self.logger_cfg)
             model.eval()
-            info[key] = eval_mixed_mlm(model, self.codec, self.eval_mixed, p=0.0)
+            info[key] = eval_mixed_mlm(model, self.codec, self.eval_mixed, p=0.0, sharded=True)
             info[f"{stage}_steps"] = fit.step
         info["after"] = info.get("after_adapt", info.get("after_head", info["before"]))
-        model.teacher.save_pretrained(out)
+        _on_rank0(lambda: model.teacher.save_pretrained(out))
         info["seconds"] = time.time() - t0
         _json_dump(out.parent / "stage0.json", info)
         self.results["stages"]["stage0"] = info
@@ -263,22 +291,27 @@ class Pipeline:
     def stage1(self, width: int, teacher0: Path) -> Path:
         out = self.work / f"stage1_d{width}" / "export"
         key = f"stage1_d{width}"
-        if out.exists():
+        if _exists(out):
             self.results["stages"][key] = json.loads((out / "stage1.json").read_text())
             return out
         t0 = time.time()
         torch.manual_seed(self.base.seed)
         model = MixedVocabMLM(load_teacher_mlm(teacher0), self.student_tok.get_vocab_size(), width)
-        cfg = _stage_cfg(self.base, self.pc.stage1_steps, self.pc.pretrain_batch_size, self.pc)
+        cfg = _stage_cfg(self.base, self.pc.stage1_steps, self.pc.pretrain_batch_size, self.pc, **MIXED_DDP)
         fit = train_mixed_teacher(model, self.codec, self.train_mixed, self.eval_mixed, cfg, out.parent,
                                   stage="stage1", opts=self.mixed_opts, resume=self.resume,
                                   logger_cfg=self.logger_cfg)
         model.eval()
-        metrics = {f"p{p}": eval_mixed_mlm(model, self.codec, self.eval_mixed, p=p) for p in (0.0, 0.5, 1.0)}
-        model.teacher.save_pretrained(out / "teacher")
-        torch.save(model.student_embeddings.weight.detach().cpu(), out / "student_embeddings.pt")
+        metrics = {f"p{p}": eval_mixed_mlm(model, self.codec, self.eval_mixed, p=p, sharded=True)
+                   for p in (0.0, 0.5, 1.0)}
         info = {"heldout": metrics, "steps": fit.step, "seconds": time.time() - t0}
-        _json_dump(out / "stage1.json", info)
+
+        def export():
+            model.teacher.save_pretrained(out / "teacher")
+            torch.save(model.student_embeddings.weight.detach().cpu(), out / "student_embeddings.pt")
+            _json_dump(out / "stage1.json", info)
+
+        _on_rank0(export)
         self.results["stages"][key] = info
         return out
 
@@ -286,7 +319,7 @@ class Pipeline:
     def student(self, method: str, width: int, teacher0: Path, stage1_dir: Path | None) -> Path:
         out = self.work / f"stage2_{method}_d{width}" / "export"
         key = f"stage2_{method}_d{width}"
-        if out.exists():
+        if _exists(out):
             self.results["stages"][key] = json.loads((out / "stage2.json").read_text())
             return out
         t0 = time.time()
@@ -322,13 +355,20 @@ class Pipeline:
             distiller = StudentDistiller(student, teacher, kd_weight=self.pc.kd_weight,
                                          temperature=self.pc.kd_temperature)
         train, held = self._encoded(codec)
-        cfg = _stage_cfg(self.base, self.pc.stage2_steps, self.pc.pretrain_batch_size, self.pc)
+        # one projection direction (down or up) leaves the other direction's matrices without gradients
+        unused = distiller.projection is not None and self.pc.direction != "both"
+        cfg = _stage_cfg(self.base, self.pc.stage2_steps, self.pc.pretrain_batch_size, self.pc,
+                         **(MIXED_DDP if unused else {}))
         fit = train_student(distiller, codec, train, held, cfg, out.parent, opts=self.student_opts,
                             resume=self.resume, logger_cfg=self.logger_cfg)
-        save_bert_folder(student.cpu().eval(), vocab_file, out)
         info = {"heldout": fit.last_metrics, "steps": fit.step, "seconds": time.time() - t0,
                 "vocab": codec.vocab_size}
-        _json_dump(out / "stage2.json", info)
+
+        def export():
+            save_bert_folder(student.cpu().eval(), vocab_file, out)
+            _json_dump(out / "stage2.json", info)
+
+        _on_rank0(export)
         self.results["stages"][key] = info
         return out
 
@@ -343,7 +383,7 @@ class Pipeline:
         """v1: mixed-vocabulary teacher and student trained together, E_s shared (replaces stage I + II)."""
         out = self.work / f"joint_d{width}" / "export"
         key = f"joint_d{width}"
-        if out.exists():
+        if _exists(out):
             self.results["stages"][key] = json.loads((out / "joint.json").read_text())
             return out
         t0 = time.time()
@@ -355,14 +395,18 @@ class Pipeline:
         proj = SharedProjection(mixed.teacher.config, student.config, init=self.pc.projection_init,
                                         vectors=self.pc.projection_vectors)
         model = JointDualTraining(mixed, student, proj, alpha=self.pc.alpha, direction=self.pc.direction)
-        cfg = _stage_cfg(self.base, self.pc.stage1_steps, self.pc.pretrain_batch_size, self.pc)
+        cfg = _stage_cfg(self.base, self.pc.stage1_steps, self.pc.pretrain_batch_size, self.pc, **MIXED_DDP)
         train_s, held_s = self._encoded(self.s_codec)
         fit = train_joint(model, self.codec, self.s_codec, self.train_mixed, train_s, held_s, cfg, out.parent,
                           opts=self.mixed_opts, student_lr=self.student_opts.lr, resume=self.resume,
                           logger_cfg=self.logger_cfg)
-        save_bert_folder(student.cpu().eval(), self.student_vocab_file, out)
         info = {"heldout": fit.last_metrics, "steps": fit.step, "seconds": time.time() - t0}
-        _json_dump(out / "joint.json", info)
+
+        def export():
+            save_bert_folder(student.cpu().eval(), self.student_vocab_file, out)
+            _json_dump(out / "joint.json", info)
+
+        _on_rank0(export)
         self.results["stages"][key] = info
         return out
 
@@ -380,7 +424,7 @@ class Pipeline:
                 for seed in seeds:
                     run_dir = self.work / "finetune" / name / tname / f"seed{seed}"
                     done = run_dir / "result.json"
-                    if done.exists():
+                    if _exists(done):
                         runs.append(json.loads(done.read_text()))
                         continue
                     cfg = with_overrides(self.base, seed=seed, max_epochs=pc.finetune_epochs,

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from transformers import BertForMaskedLM
 
 from common.config import TrainerConfig
+from common.distributed import gather_shards, shard
 from common.schedules import warmup_linear_decay
 from common.trainer import FitResult, Trainer
 
@@ -106,21 +107,39 @@ class MixedMLMOptions:
 # ----------------------------------------------------------------------------- evaluation
 
 
+def _per_batch(batches: list, score, sharded: bool) -> list:
+    """``[score(b) for b in batches]``; ``sharded``: each rank of a torchrun job scores its share and every
+    rank gets all results in batch order (the batches themselves, masking draws included, are built on
+    every rank exactly as in one process, so the sums below are the single-process sums)."""
+    if not sharded:
+        return [score(b) for b in batches]
+    return gather_shards([score(b) for b in shard(batches)], len(batches))
+
+
 @torch.no_grad()
 def eval_mixed_mlm(model: MixedVocabMLM, codec: MixedVocabCodec, encs: Sequence[EncodedText], *, p: float,
-                   batch_size: int = 64, mask_prob: float = 0.15, seed: int = 1234) -> dict[str, float]:
-    """Held-out masked-token loss and accuracy per vocabulary, with a fixed mixing and masking draw."""
+                   batch_size: int = 64, mask_prob: float = 0.15, seed: int = 1234,
+                   sharded: bool = False) -> dict[str, float]:
+    """Held-out masked-token loss and accuracy per vocabulary, with a fixed mixing and masking draw
+    (``sharded``: the batches are dealt to the ranks of a torchrun job, see ``_per_batch``)."""
     g = torch.Generator().manual_seed(seed)
     dev = next(model.parameters()).device
-    loss_sum = n_t = n_s = c_t = c_s = 0.0
+    batches = []
     for i in range(0, len(encs), batch_size):
         b = codec.batch(encs[i : i + batch_size], p, generator=g)
         ids, labels = mask_tokens(b["input_ids"], b["special_mask"], mask_id=codec.mask_id,
                                   vocab_ranges=mixed_vocab_ranges(codec), mask_prob=mask_prob, generator=g)
-        out = model.mlm_loss(ids.to(dev), b["attention_mask"].to(dev), labels.to(dev))
-        n = out.n_teacher + out.n_student
-        loss_sum += float(out.loss) * n
-        n_t, n_s, c_t, c_s = n_t + out.n_teacher, n_s + out.n_student, c_t + out.correct_teacher, c_s + out.correct_student
+        batches.append((ids, b["attention_mask"], labels))
+
+    def score(batch):
+        ids, mask, labels = batch
+        out = model.mlm_loss(ids.to(dev), mask.to(dev), labels.to(dev))
+        return float(out.loss), out.n_teacher, out.n_student, out.correct_teacher, out.correct_student
+
+    loss_sum = n_t = n_s = c_t = c_s = 0.0
+    for loss, bt, bs, ct, cs in _per_batch(batches, score, sharded):
+        loss_sum += loss * (bt + bs)
+        n_t, n_s, c_t, c_s = n_t + bt, n_s + bs, c_t + ct, c_s + cs
     n = max(n_t + n_s, 1)
     return {"mlm_loss": loss_sum / n, "acc": (c_t + c_s) / n, "acc_teacher_vocab": c_t / max(n_t, 1),
             "acc_student_vocab": c_s / max(n_s, 1), "share_student_targets": n_s / n}
@@ -128,21 +147,26 @@ def eval_mixed_mlm(model: MixedVocabMLM, codec: MixedVocabCodec, encs: Sequence[
 
 @torch.no_grad()
 def eval_student_mlm(student: BertForMaskedLM, codec: StudentCodec, encs: Sequence, *, batch_size: int = 64,
-                     mask_prob: float = 0.15, seed: int = 1234) -> dict[str, float]:
-    """Held-out masked-token loss and accuracy of a single-vocabulary MLM."""
+                     mask_prob: float = 0.15, seed: int = 1234, sharded: bool = False) -> dict[str, float]:
+    """Held-out masked-token loss and accuracy of a single-vocabulary MLM (``sharded``: see ``_per_batch``)."""
     g = torch.Generator().manual_seed(seed)
     dev = next(student.parameters()).device
-    loss_sum = correct = total = 0.0
-    for i in range(0, len(encs), batch_size):
-        b = codec.masked_batch(encs[i : i + batch_size], mask_prob, generator=g)
-        logits = student(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev)).logits
+    batches = [codec.masked_batch(encs[i : i + batch_size], mask_prob, generator=g)
+               for i in range(0, len(encs), batch_size)]
+
+    def score(b):
         y = b["labels"].to(dev)
         sel = y != IGNORE_INDEX
         if not bool(sel.any()):
-            continue
-        loss_sum += float(nn.functional.cross_entropy(logits[sel].float(), y[sel], reduction="sum"))
-        correct += float((logits[sel].argmax(-1) == y[sel]).sum())
-        total += float(sel.sum())
+            return None
+        logits = student(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev)).logits
+        return (float(nn.functional.cross_entropy(logits[sel].float(), y[sel], reduction="sum")),
+                float((logits[sel].argmax(-1) == y[sel]).sum()), float(sel.sum()))
+
+    loss_sum = correct = total = 0.0
+    for r in _per_batch(batches, score, sharded):
+        if r is not None:
+            loss_sum, correct, total = loss_sum + r[0], correct + r[1], total + r[2]
     return {"mlm_loss": loss_sum / max(total, 1), "acc": correct / max(total, 1)}
 
 
@@ -202,7 +226,8 @@ def train_mixed_teacher(model: MixedVocabMLM, codec: MixedVocabCodec, train_encs
                        lengths=segment_lengths(train_encs) if opts.group_by_length else None,
                        eval_fn=lambda m: eval_mixed_mlm(m, codec, eval_encs, p=eval_p,
                                                         batch_size=EVAL_BATCH,
-                                                        mask_prob=opts.mask_prob))
+                                                        mask_prob=opts.mask_prob, sharded=True),
+                       eval_sharded=True)
 
 
 # ----------------------------------------------------------------------------- stage II and the baselines
@@ -302,7 +327,8 @@ def train_student(distiller: StudentDistiller, codec: StudentCodec, train_encs: 
         lengths=segment_lengths(train_encs) if opts.group_by_length else None,
         eval_fn=lambda m: eval_student_mlm(m.student, codec, eval_encs,
                                            batch_size=EVAL_BATCH,
-                                           mask_prob=opts.mask_prob))
+                                           mask_prob=opts.mask_prob, sharded=True),
+        eval_sharded=True)
 
 
 # ----------------------------------------------------------------------------- v1: joint schedule
@@ -377,4 +403,5 @@ def train_joint(model: JointDualTraining, codec: MixedVocabCodec, s_codec: Stude
                        lengths=segment_lengths(train_encs) if opts.group_by_length else None,
                        eval_fn=lambda m: eval_student_mlm(m.student, s_codec, eval_s,
                                                           batch_size=EVAL_BATCH,
-                                                          mask_prob=opts.mask_prob))
+                                                          mask_prob=opts.mask_prob, sharded=True),
+                       eval_sharded=True)

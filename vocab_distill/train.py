@@ -12,6 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 import common.config  # noqa: F401  (registers trainer/paths/logger/run_layout)
+from common.distributed import is_main_process
 from common.hydra_utils import report_user_errors, run_dir_from, to_dataclass
 
 
@@ -29,7 +30,8 @@ def build_pipeline(cfg: DictConfig, work_dir):
 @report_user_errors
 def main(cfg: DictConfig) -> None:
     results = build_pipeline(cfg, run_dir_from(cfg)).run()
-    print(json.dumps({"finetune": results["finetune"], "vocab": results["vocab"]}, indent=2))
+    if is_main_process():  # under torchrun every rank has the results; one prints them
+        print(json.dumps({"finetune": results["finetune"], "vocab": results["vocab"]}, indent=2))
 
 
 if __name__ == "__main__":
