@@ -11,7 +11,9 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from common.distributed import gather_shards, shard
 
 from . import classic
 from .model import LPIPS
@@ -98,26 +100,36 @@ def _loader(dataset: Dataset, batch_size: int) -> Iterable[dict]:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
 
 
+def _per_batch(dataset: Dataset, batch_size: int, score, sharded: bool) -> list:
+    """``score(batch)`` for the consecutive batches of ``dataset``, in order. ``sharded`` (every rank of a
+    torchrun job calls it): the same batches are dealt to the ranks and the results gathered, so every rank
+    gets the single-process arrays exactly."""
+    if not sharded:
+        return [score(batch) for batch in _loader(dataset, batch_size)]
+    starts = list(range(0, len(dataset), batch_size))
+    mine = [score(default_collate([dataset[i] for i in range(s, min(s + batch_size, len(dataset)))]))
+            for s in shard(starts)]
+    return gather_shards(mine, len(starts))
+
+
 @torch.no_grad()
-def evaluate_2afc(dataset: Dataset, distance: DistanceFn, batch_size: int = 50) -> dict:
-    """2AFC score of ``distance`` over a BAPPS-format 2AFC dataset (items with ref, p0, p1, judge)."""
-    d0s, d1s, hs = [], [], []
-    for batch in _loader(dataset, batch_size):
-        d0s.append(_flat(distance(batch["ref"], batch["p0"])))
-        d1s.append(_flat(distance(batch["ref"], batch["p1"])))
-        hs.append(_flat(batch["judge"]))
-    d0, d1, h = np.concatenate(d0s), np.concatenate(d1s), np.concatenate(hs)
+def evaluate_2afc(dataset: Dataset, distance: DistanceFn, batch_size: int = 50, sharded: bool = False) -> dict:
+    """2AFC score of ``distance`` over a BAPPS-format 2AFC dataset (items with ref, p0, p1, judge);
+    ``sharded``: see ``_per_batch``."""
+    rows = _per_batch(dataset, batch_size, lambda b: (_flat(distance(b["ref"], b["p0"])),
+                                                      _flat(distance(b["ref"], b["p1"])), _flat(b["judge"])),
+                      sharded)
+    d0, d1, h = (np.concatenate([r[k] for r in rows]) for k in range(3))
     score, per = score_2afc(d0, d1, h)
     return {"score": score, "d0": d0, "d1": d1, "judge": h, "per_triplet": per}
 
 
 @torch.no_grad()
-def evaluate_jnd(dataset: Dataset, distance: DistanceFn, batch_size: int = 50) -> dict:
-    """JND mAP of ``distance`` over a BAPPS-format JND dataset (items with p0, p1, same)."""
-    ds, ss = [], []
-    for batch in _loader(dataset, batch_size):
-        ds.append(_flat(distance(batch["p0"], batch["p1"])))
-        ss.append(_flat(batch["same"]))
-    d, s = np.concatenate(ds), np.concatenate(ss)
+def evaluate_jnd(dataset: Dataset, distance: DistanceFn, batch_size: int = 50, sharded: bool = False) -> dict:
+    """JND mAP of ``distance`` over a BAPPS-format JND dataset (items with p0, p1, same); ``sharded``: see
+    ``_per_batch``."""
+    rows = _per_batch(dataset, batch_size, lambda b: (_flat(distance(b["p0"], b["p1"])), _flat(b["same"])),
+                      sharded)
+    d, s = np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
     score, _ = score_jnd(d, s)
     return {"score": score, "distances": d, "same": s}

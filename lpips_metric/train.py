@@ -15,6 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 import common.config  # noqa: F401  (registers trainer/paths/logger/run_layout)
+from common.distributed import is_main_process
 from common.hydra_utils import report_user_errors, run_dir_from, to_dataclass, to_plain
 
 from .training import DataConfig, MetricTrainConfig, train_metric
@@ -33,8 +34,9 @@ def main(cfg: DictConfig) -> float:
     _, result, heads = train_metric(cfg.trainer, run_dir_from(cfg), model_cfg, data_cfg, logger_cfg=cfg.logger,
                                     resume=cfg.resume, config=to_plain(cfg), data_dir=cfg.paths.data_dir)
     best = result.best_metrics or result.last_metrics
-    print(f"2AFC mean {best.get('2afc_mean', float('nan')):.4f}, JND mean {best.get('jnd_mean', float('nan')):.4f} "
-          f"after {result.step} steps ({result.stopped_reason}); heads: {heads}")
+    if is_main_process():  # under torchrun every rank has the result; one prints it
+        print(f"2AFC mean {best.get('2afc_mean', float('nan')):.4f}, JND mean {best.get('jnd_mean', float('nan')):.4f} "
+              f"after {result.step} steps ({result.stopped_reason}); heads: {heads}")
     return best.get("2afc_mean", 0.0)
 
 

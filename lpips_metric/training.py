@@ -163,16 +163,18 @@ def make_scheduler(optimizer, steps_per_epoch: int, cfg: MetricTrainConfig):
         optimizer, lambda step: lr_factor(step // max(1, steps_per_epoch), cfg.nepoch, cfg.nepoch_decay))
 
 
-def evaluate_metric(metric: LPIPS, val_sets: dict, jnd_sets: dict | None = None, batch_size: int = 50) -> dict:
-    """2AFC per val split (+ mean) and JND mAP per JND split (+ mean), with the metric in eval mode."""
+def evaluate_metric(metric: LPIPS, val_sets: dict, jnd_sets: dict | None = None, batch_size: int = 50,
+                    sharded: bool = False) -> dict:
+    """2AFC per val split (+ mean) and JND mAP per JND split (+ mean), with the metric in eval mode
+    (``sharded``: every rank of a torchrun job scores a share of the batches, see ``evaluate._per_batch``)."""
     was_training = metric.training
     metric.eval()
     fn = lpips_distance(metric)
-    out = {f"2afc_{k}": evaluate_2afc(ds, fn, batch_size)["score"] for k, ds in val_sets.items()}
+    out = {f"2afc_{k}": evaluate_2afc(ds, fn, batch_size, sharded)["score"] for k, ds in val_sets.items()}
     if out:
         out["2afc_mean"] = sum(out.values()) / len(out)
     if jnd_sets:
-        jnd = {f"jnd_{k}": evaluate_jnd(ds, fn, batch_size)["score"] for k, ds in jnd_sets.items()}
+        jnd = {f"jnd_{k}": evaluate_jnd(ds, fn, batch_size, sharded)["score"] for k, ds in jnd_sets.items()}
         jnd["jnd_mean"] = sum(jnd.values()) / len(jnd)
         out.update(jnd)
     metric.train(was_training)
@@ -200,14 +202,23 @@ def steps_per_epoch(n_items: int, batch_size: int, grad_accum: int = 1) -> int:
 
 
 def resolve_data_root(cfg: DataConfig, data_dir: str | None = None) -> Path:
-    """The BAPPS-format root: cfg.root, or the synthetic set (written on first use)."""
+    """The BAPPS-format root: cfg.root, or the synthetic set (written on first use; under torchrun by rank 0,
+    which the other ranks wait for: they then find it finished and reuse it)."""
     if cfg.root:
         return Path(cfg.root)
+    from common.distributed import barrier, is_main_process
+
     from .synthetic import generate
 
-    return generate(cfg.synthetic_dir, n_train=cfg.n_train, n_val=cfg.n_val, n_jnd=cfg.n_jnd,
-                    seed=cfg.synthetic_seed, data_dir=data_dir, train_splits=tuple(cfg.train_splits),
-                    val_splits=tuple(cfg.val_splits), jnd_splits=tuple(cfg.jnd_splits))
+    def make() -> Path:
+        return generate(cfg.synthetic_dir, n_train=cfg.n_train, n_val=cfg.n_val, n_jnd=cfg.n_jnd,
+                        seed=cfg.synthetic_seed, data_dir=data_dir, train_splits=tuple(cfg.train_splits),
+                        val_splits=tuple(cfg.val_splits), jnd_splits=tuple(cfg.jnd_splits))
+
+    if is_main_process():
+        make()
+    barrier()
+    return make()
 
 
 def load_sets(cfg: DataConfig, data_dir: str | None = None, *, splits_train: Sequence[str] | None = None):
@@ -222,7 +233,9 @@ def load_sets(cfg: DataConfig, data_dir: str | None = None, *, splits_train: Seq
 
 def train_metric(trainer_cfg, run_dir, model_cfg: MetricTrainConfig, data_cfg: DataConfig, *, logger_cfg=None,
                  resume: str = "never", config=None, data_dir: str | None = None):
-    """Train with the common Trainer; returns (metric, FitResult, path of the exported heads)."""
+    """Train with the common Trainer; returns (metric, FitResult, path of the exported heads). Under torchrun
+    every rank trains, evaluates its share and loads the best weights; rank 0 alone exports them."""
+    from common.distributed import barrier
     from common.trainer import Trainer
 
     _, train, val, jnd = load_sets(data_cfg, data_dir)
@@ -235,9 +248,12 @@ def train_metric(trainer_cfg, run_dir, model_cfg: MetricTrainConfig, data_cfg: D
         model, train, loss_fn,
         optimizer_fn=lambda m: make_optimizer(m, model_cfg),
         scheduler_fn=lambda opt, total: make_scheduler(opt, spe, model_cfg),
-        eval_fn=lambda m: evaluate_metric(m.metric, val, jnd, eval_bs),
+        eval_fn=lambda m: evaluate_metric(m.metric, val, jnd, eval_bs, sharded=True), eval_sharded=True,
     )
-    if trainer_cfg.monitor and result.best_checkpoint is not None:
+    barrier()  # rank 0 has written best.pt before any rank looks for it
+    if trainer_cfg.monitor and trainer.ckpt.best_path.exists():
         trainer.load_best(model)
-    heads = export_metric(model.metric, Path(run_dir) / "lpips_heads.pth", model_cfg.variant)
+    heads = Path(run_dir) / "lpips_heads.pth"
+    if trainer.is_main:
+        export_metric(model.metric, heads, model_cfg.variant)
     return model.metric, result, heads
