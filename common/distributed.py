@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
@@ -28,11 +29,16 @@ import torch.distributed as dist
 T = TypeVar("T")
 
 
+# How long a collective may wait. Some stages run on rank 0 alone while the others wait in a barrier (sampling
+# synthesis trees, writing a synthetic data set): torch's 30-minute default would end a long preparation.
+TIMEOUT = timedelta(hours=3)
+
+
 def init_from_env() -> tuple[int, int, int]:
     """(rank, world_size, local_rank); under torchrun (WORLD_SIZE > 1) initialize the process group once."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=TIMEOUT)
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 

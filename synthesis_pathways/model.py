@@ -25,6 +25,7 @@ from torch import nn
 
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.config import TrainerConfig
+from common.distributed import barrier, gather_shards, shard
 from common.trainer import FitResult, Trainer
 
 from .featurize import NETWORKS, FeatureConfig, NetworkData, SparseRowDataset
@@ -82,22 +83,26 @@ def loss_fn_for(net: str):
 
 @torch.no_grad()
 def validate(model: nn.Module, data: NetworkData, net: str, *, batch_size: int = 512,
-             device: torch.device | str = "cpu") -> dict[str, float]:
-    """act/rxn: accuracy and CE; rt1/rt2: MSE."""
+             device: torch.device | str = "cpu", sharded: bool = False) -> dict[str, float]:
+    """act/rxn: accuracy and CE; rt1/rt2: MSE. ``sharded`` (every rank of a torchrun job calls it): the same
+    batches are dealt to the ranks and their sums gathered and added in batch order, as one process would."""
     was_training = model.training
     model.eval()
     ds = SparseRowDataset(data)
-    total, n, correct = 0.0, 0, 0
-    for start in range(0, len(ds), batch_size):
+    starts = list(range(0, len(ds), batch_size))
+
+    def sums(start: int) -> tuple[float, int, int]:
         batch = ds.collate(list(range(start, min(start + batch_size, len(ds)))))
         x, y = batch["x"].to(device), batch["y"].to(device)
         out = model(x)
         if net in CLASSIFIERS:
-            total += float(nn.functional.cross_entropy(out, y, reduction="sum"))
-            correct += int((out.argmax(-1) == y).sum())
-        else:
-            total += float(nn.functional.mse_loss(out, y, reduction="sum")) / y.shape[1]
-        n += len(y)
+            return float(nn.functional.cross_entropy(out, y, reduction="sum")), int((out.argmax(-1) == y).sum()), len(y)
+        return float(nn.functional.mse_loss(out, y, reduction="sum")) / y.shape[1], 0, len(y)
+
+    per_batch = gather_shards([sums(s) for s in shard(starts)], len(starts)) if sharded else map(sums, starts)
+    total, n, correct = 0.0, 0, 0
+    for t, c, k in per_batch:
+        total, correct, n = total + t, correct + c, n + k
     model.train(was_training)
     if n == 0:
         return {}
@@ -120,10 +125,12 @@ def fit_network(net: str, model: nn.Module, train: NetworkData, valid: NetworkDa
     ds = SparseRowDataset(train)
     eval_fn = None
     if valid is not None and len(valid):
-        eval_fn = lambda m: validate(m, valid, net, batch_size=cfg.eval_batch_size or 512, device=trainer.device)
+        eval_fn = lambda m: validate(m, valid, net, batch_size=cfg.eval_batch_size or 512, device=trainer.device,
+                                     sharded=True)
     result = trainer.fit(model, ds, loss_fn_for(net), optimizer_fn=lambda m: torch.optim.Adam(m.parameters(), lr=lr),
-                         eval_fn=eval_fn, collate_fn=ds.collate)
-    if result.best_checkpoint is not None:
+                         eval_fn=eval_fn, collate_fn=ds.collate, eval_sharded=True)
+    barrier()  # under torchrun: rank 0 has written best.pt before any rank looks for it
+    if trainer.ckpt.best_path.exists():
         trainer.load_best(model)
     model.to("cpu").eval()
     return result

@@ -9,6 +9,9 @@ continues with ``resume=auto``:
     <run_dir>/nets/<net>/              common.trainer run of each network (checkpoints, metrics.jsonl, tb/)
     <run_dir>/model.pt                 the four trained nets + feature config (what decoding loads)
     <run_dir>/pipeline.json            stage statistics and wall-clock per stage
+
+Under ``torchrun`` rank 0 alone samples, featurizes and writes; the other ranks wait for it, then every rank
+reads the features and the nets train with DDP (sharded validation); rank 0 writes ``model.pt``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 
 from common.checkpoint import ResumeError
 from common.config import TrainerConfig
+from common.distributed import barrier, is_main_process
 from common.logging import get_logger
 
 from .data import load_building_blocks, load_templates
@@ -94,47 +98,30 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | os.PathLike, *, trainer_cfg
     if resume == "never" and any((run_dir / "trees").glob("shard_*.jsonl")):
         raise ResumeError(f"{run_dir} already holds sampled trees; pass resume=auto to continue it, "
                           "or choose another name=... / paths.output_dir=...")
-    run_dir.mkdir(parents=True, exist_ok=True)
     info_path = run_dir / "pipeline.json"
     info: dict = json.loads(info_path.read_text()) if info_path.exists() else {}
     info["config"] = dataclasses.asdict(cfg)
+    barrier()  # under torchrun: every rank has looked before rank 0 writes
+    main = is_main_process()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
 
     def save_info():
-        info_path.write_text(json.dumps(info, indent=1, default=str))
+        if main:
+            info_path.write_text(json.dumps(info, indent=1, default=str))
 
-    space = load_space(cfg.templates, cfg.blocks, blocks_column=cfg.blocks_column, data_dir=data_dir,
-                       cache_dir=run_dir / "cache")
-    info["space"] = {"templates": space.n_templates, "blocks": len(space.blocks),
-                     "usable_templates": int(space.usable_templates().sum()),
-                     "match_seconds": space.match_seconds}
+    def space_now():
+        return load_space(cfg.templates, cfg.blocks, blocks_column=cfg.blocks_column, data_dir=data_dir,
+                          cache_dir=run_dir / "cache")
 
-    if "sample" in cfg.stages:
-        t0 = time.time()
-        stats = sample_to_disk(space, run_dir / "trees", attempts=cfg.attempts, seed=trainer_cfg.seed,
-                               shard_size=cfg.shard_size, workers=cfg.workers, max_steps=cfg.max_steps,
-                               qed_filter=cfg.qed_filter, progress=progress)
-        # a rerun reads finished shards back in moments: add its leg to the wall of the earlier sessions
-        wall = info.get("sample", {}).get("wall_seconds", 0.0) + time.time() - t0
-        info["sample"] = stats.to_dict() | {"wall_seconds": wall}
-        save_info()
-        log.info("sampling: %d attempts, %d trees kept", stats.attempts, stats.kept)
-
+    # Data (the match cache, trees, features) come from rank 0; the other ranks wait, then read them.
+    if main:
+        space = space_now()
+        _prepare_data(cfg, run_dir, space, info, save_info, trainer_cfg.seed, progress)
+    barrier()
+    if not main:
+        space = space_now()  # the cache rank 0 wrote: loaded, not recomputed
     feat_dir = run_dir / "features"
-    featurizer = Featurizer(cfg.feat, space.bimolecular_mask())
-    if "featurize" in cfg.stages and not all((feat_dir / f"{s}.npz").exists() for s in SPLITS):
-        t0 = time.time()
-        trees = list(iter_trees(run_dir / "trees"))
-        parts = split_indices(len(trees), cfg.split, seed=trainer_cfg.seed)
-        feat_dir.mkdir(parents=True, exist_ok=True)
-        (feat_dir / "split.json").write_text(json.dumps({s: p.tolist() for s, p in zip(SPLITS, parts)}))
-        rows = {}
-        for name, part in zip(SPLITS, parts):
-            data = featurizer.featurize(trees[i] for i in part)
-            data.save(feat_dir / f"{name}.npz")
-            rows[name] = {"trees": len(part), "steps": len(data)}
-        dt = time.time() - t0
-        info["featurize"] = {"rows": rows, "wall_seconds": dt, "trees_per_second": len(trees) / max(dt, 1e-9)}
-        save_info()
 
     if "fit" in cfg.stages:
         train = StepData.load(feat_dir / "train.npz")
@@ -153,7 +140,44 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | os.PathLike, *, trainer_cfg
                                 "step": result.step, "epoch": result.epoch, "stopped": result.stopped_reason,
                                 "best": result.best_metrics, "wall_seconds": result.wall_seconds_total}
             save_info()
-        if set(cfg.networks) == set(NETWORKS):
+        if set(cfg.networks) == set(NETWORKS) and main:
             SynNetModel(nets, cfg.feat, space.n_templates, cfg.net_cfg).save(run_dir / "model.pt")
     save_info()
     return info
+
+
+def _prepare_data(cfg: PipelineConfig, run_dir: Path, space: ReactionSpace, info: dict, save_info, seed: int,
+                  progress: bool) -> None:
+    """The sample and featurize stages (each skipped when its output exists)."""
+    info["space"] = {"templates": space.n_templates, "blocks": len(space.blocks),
+                     "usable_templates": int(space.usable_templates().sum()),
+                     "match_seconds": space.match_seconds}
+
+    if "sample" in cfg.stages:
+        t0 = time.time()
+        stats = sample_to_disk(space, run_dir / "trees", attempts=cfg.attempts, seed=seed,
+                               shard_size=cfg.shard_size, workers=cfg.workers, max_steps=cfg.max_steps,
+                               qed_filter=cfg.qed_filter, progress=progress)
+        # a rerun reads finished shards back in moments: add its leg to the wall of the earlier sessions
+        wall = info.get("sample", {}).get("wall_seconds", 0.0) + time.time() - t0
+        info["sample"] = stats.to_dict() | {"wall_seconds": wall}
+        save_info()
+        log.info("sampling: %d attempts, %d trees kept", stats.attempts, stats.kept)
+
+    feat_dir = run_dir / "features"
+    featurizer = Featurizer(cfg.feat, space.bimolecular_mask())
+    if "featurize" in cfg.stages and not all((feat_dir / f"{s}.npz").exists() for s in SPLITS):
+        t0 = time.time()
+        trees = list(iter_trees(run_dir / "trees"))
+        parts = split_indices(len(trees), cfg.split, seed=seed)
+        feat_dir.mkdir(parents=True, exist_ok=True)
+        (feat_dir / "split.json").write_text(json.dumps({s: p.tolist() for s, p in zip(SPLITS, parts)}))
+        rows = {}
+        for name, part in zip(SPLITS, parts):
+            data = featurizer.featurize(trees[i] for i in part)
+            data.save(feat_dir / f"{name}.npz")
+            rows[name] = {"trees": len(part), "steps": len(data)}
+        dt = time.time() - t0
+        info["featurize"] = {"rows": rows, "wall_seconds": dt, "trees_per_second": len(trees) / max(dt, 1e-9)}
+        save_info()
+

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import common.config  # noqa: F401  (registers trainer/paths/logger/run_layout)
 from common.config import TrainerConfig
+from common.distributed import is_main_process
 from common.hydra_utils import report_user_errors, run_dir_from, to_dataclass
 
 from .pipeline import PipelineConfig, run_pipeline
@@ -32,6 +33,8 @@ def main(cfg: DictConfig) -> None:
     info = run_pipeline(pipeline_config(cfg), run_dir_from(cfg), trainer_cfg=to_dataclass(cfg.trainer, TrainerConfig),
                         data_dir=cfg.paths.data_dir, resume=cfg.resume, logger_cfg=cfg.logger,
                         progress=cfg.trainer.progress_bar)
+    if not is_main_process():  # under torchrun rank 0 reports
+        return
     for net, r in info.get("fit", {}).items():
         print(f"{net}: {r['parameters']:,} params, {r['step']} steps ({r['stopped']}), best {r['best']}")
     if "sample" in info:
