@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.distributed import is_main_process
 from common.progress import progress
 
 _STEP_RE = re.compile(r"^step_(\d+)\.pt$")
@@ -77,7 +78,8 @@ def cached_result(path: str | os.PathLike, params: dict[str, Any], compute: Call
             return stored["result"]
     result = compute()
     payload = json.dumps({"params": params, "result": result}, indent=1).encode()
-    atomic_write(path, lambda f: f.write(payload))
+    if is_main_process():  # under torchrun every rank computes the same result; rank 0 stores it
+        atomic_write(path, lambda f: f.write(payload))
     return json.loads(payload)["result"]
 
 
@@ -111,11 +113,14 @@ def resumable_map(fn: Callable[[Any], Any], items: Sequence[Any], path: str | os
                 except ValueError:
                     break  # the line a kill tore, and nothing valid can follow it
     done = done[: len(items)]
-    # rewrite what is kept (drops a torn tail or a foreign file), then append as items finish
+    # rewrite what is kept (drops a torn tail or a foreign file), then append as items finish; under torchrun
+    # the other ranks read the file but compute the rest themselves, writing nothing
     kept = "".join(json.dumps(x) + "\n" for x in [header, *done]).encode()
-    atomic_write(path, lambda f: f.write(kept))
+    main = is_main_process()
+    if main:
+        atomic_write(path, lambda f: f.write(kept))
     out = list(done)
-    with open(path, "a") as sink:
+    with open(path, "a") if main else open(os.devnull, "w") as sink:
         todo = items[len(done):]
         for item in progress(todo, total=len(items), initial=len(done), desc=desc, enabled=show_progress,
                              unit=unit):

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from common.data import DataFormatError, DatasetNotFoundError
+from common.distributed import gather_shards, shard
 
 ML100K_FILES = {"ml-100k.inter": "user_id:token\titem_id:token\trating:float\ttimestamp:float",
                 "ml-100k.item": "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"}
@@ -237,8 +238,13 @@ class SASRec(nn.Module):
         blocked = (causal | (seq == 0)[:, None, :]) & ~eye  # (B, L, L), True = may not attend
         return self.encoder(h, mask=blocked.repeat_interleave(self.heads, dim=0))  # (B * heads, L, L)
 
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:  # (B, L) left-padded -> (B, n_items + 1) scores
-        return self.hidden_states(seq)[:, -1] @ self.item.weight.T  # the last position predicts the next item
+    def forward(self, seq: torch.Tensor, all_positions: bool = False) -> torch.Tensor:
+        """(B, L) left-padded -> (B, n_items + 1) scores: the last position predicts the next item; with
+        ``all_positions`` every position's scores, (B, L, n_items + 1) (what window training needs, as a
+        forward argument so that it goes through DistributedDataParallel)."""
+        if all_positions:
+            return self.hidden_states(seq) @ self.item.weight.T
+        return self.hidden_states(seq)[:, -1] @ self.item.weight.T
 
 
 def pad_left(seq: list[int], max_len: int) -> list[int]:
@@ -302,27 +308,34 @@ def sasrec_loss(model, batch) -> torch.Tensor:
     seq, targets = batch
     if targets.dim() == 1:
         return nn.functional.cross_entropy(model(seq), targets)
-    logits = model.hidden_states(seq) @ model.item.weight.T  # (B, L, n_items + 1)
+    logits = model(seq, all_positions=True)  # (B, L, n_items + 1)
     return nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=0)
 
 
 @torch.no_grad()
 def sasrec_ranks(model: SASRec, split: LeaveOneOut, stage: str = "test", batch_size: int = 256,
-                 same_title: dict[int, set[int]] | None = None) -> list[int]:
+                 same_title: dict[int, set[int]] | None = None, sharded: bool = False) -> list[int]:
     """Full-ranking rank of the held-out item per user; history items (and, given ``same_title``, other
-    items with the held-out item's title) are excluded from the ranking."""
+    items with the held-out item's title) are excluded from the ranking. ``sharded`` (every rank of a
+    torchrun job calls it): the same user batches are dealt to the ranks and the ranks gathered in order."""
     model.eval()
     users = sorted(split.test)
-    ranks = []
-    for i in range(0, len(users), batch_size):
+
+    def batch_ranks(i: int) -> list[int]:
         us = users[i:i + batch_size]
         hist = [split.train[u] + ([split.valid[u]] if stage == "test" else []) for u in us]
         scores = model(torch.tensor([pad_left(h, model.max_len) for h in hist])).numpy()
+        out = []
         for u, h, s in zip(us, hist, scores):
             s[0] = -np.inf
             target = split.test[u] if stage == "test" else split.valid[u]
-            ranks.append(rank_of(s, target, set(h) | (same_title or {}).get(target, set())))
-    return ranks
+            out.append(rank_of(s, target, set(h) | (same_title or {}).get(target, set())))
+        return out
+
+    starts = list(range(0, len(users), batch_size))
+    per_batch = gather_shards([batch_ranks(i) for i in shard(starts)], len(starts)) if sharded \
+        else [batch_ranks(i) for i in starts]
+    return [r for batch in per_batch for r in batch]
 
 
 # ----------------------------------------------------------------------------------------- LLM ranker

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from common.distributed import gather_shards, shard
 from llm_specialization.models import lm_loss, pad_lm_batch
 
 LIKE_ABOVE = 3.0  # like = rating > 3
@@ -141,14 +142,16 @@ def answer_ids(tokenizer) -> tuple[list[int], list[int]]:
 
 # ----------------------------------------------------------------------------------------- scoring
 @torch.no_grad()
-def yes_probability(model, tokenizer, prompts: list[str], batch_size: int = 8) -> np.ndarray:
+def yes_probability(model, tokenizer, prompts: list[str], batch_size: int = 8, sharded: bool = False) -> np.ndarray:
     """s = p(Yes) / (p(Yes) + p(No)) at the position after each prompt (right-padded batches: the last real
-    position never sees the padding under the causal mask)."""
+    position never sees the padding under the causal mask). ``sharded`` (every rank of a torchrun job calls
+    it): the same batches are dealt to the ranks and the scores gathered in order."""
     yes, no = answer_ids(tokenizer)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out = []
-    for i in range(0, len(prompts), batch_size):
+    starts = list(range(0, len(prompts), batch_size))
+
+    def score(i: int) -> torch.Tensor:
         ids = [_ids(tokenizer, p) for p in prompts[i:i + batch_size]]
         T = max(len(x) for x in ids)
         tokens = torch.full((len(ids), T), pad, dtype=torch.long)
@@ -160,7 +163,9 @@ def yes_probability(model, tokenizer, prompts: list[str], batch_size: int = 8) -
         last = logits[torch.arange(len(ids)), mask.sum(1).to(device) - 1]  # (B, V)
         lse_yes = last[:, yes].logsumexp(-1)
         lse_no = last[:, no].logsumexp(-1)
-        out.append(torch.sigmoid(lse_yes - lse_no).cpu())
+        return torch.sigmoid(lse_yes - lse_no).cpu()
+
+    out = gather_shards([score(i) for i in shard(starts)], len(starts)) if sharded else [score(i) for i in starts]
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
@@ -232,9 +237,9 @@ rectune_loss = lm_loss  # cross-entropy on the response tokens (or the whole pro
 
 
 def evaluate_auc(model, tokenizer, examples: list[RecExample], titles: dict[int, str], template: str = "alpaca",
-                 batch_size: int = 8) -> tuple[float, np.ndarray]:
+                 batch_size: int = 8, sharded: bool = False) -> tuple[float, np.ndarray]:
     scores = yes_probability(model, tokenizer, [render_prompt(e, titles, tokenizer, template) for e in examples],
-                             batch_size)
+                             batch_size, sharded)
     return roc_auc([e.label for e in examples], scores), scores
 
 

@@ -4,6 +4,9 @@ A ``full`` run takes longer than one sitting, so every finished unit (a ladder r
 KG model, the personalization and rec-tuning stages) stores its result with
 :func:`common.checkpoint.cached_result`, keyed by its settings; a ``resume`` run reads those back and
 continues at the first unfinished unit (training itself resumes from the trainer's checkpoints).
+
+Under ``torchrun`` every rank runs the same units (training is DDP, the trainers' validations are sharded);
+rank 0 alone stores results and summaries, and the others read what it stored.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from common.bench import peak_rss_bytes
 from common.checkpoint import cached_result, seed_everything
 from common.config import TrainerConfig
+from common.distributed import barrier, is_main_process
 from common.logging import get_logger
 from common.trainer import Trainer
 from llm_specialization import ladder
@@ -129,8 +133,9 @@ def run_domain_ladder(*, methods: list[str], model: str, run_dir: Path, trainer_
                              lr=lrs[method], trainer=training_key(trainer_cfg))
     summary = {"model": loaded[0].name if loaded else model, "test_ids_hash": ids_hash(test), "n_test": len(test),
                "results": [asdict(r) for r in results]}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "ladder.json").write_text(json.dumps(summary, indent=2))
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "ladder.json").write_text(json.dumps(summary, indent=2))
     return results
 
 
@@ -188,12 +193,14 @@ def _knn_lm_summary(*, model, data_dir, store_tokens, n_eval_tokens, window, str
     store_ids, eval_ids = reuters_token_streams(lm.tokenizer, data_dir, None, n_eval_tokens, seed,
                                                 n_store_tokens=store_tokens + 1)
     t0 = time.time()
-    # the encodings are saved in parts as they go, so a run cut short continues mid-datastore
+    # the encodings are saved in parts as they go (by rank 0 under torchrun), so a run cut short continues
+    # mid-datastore
+    keep = resume != "never" and is_main_process()
     store = knn_lm.encode_stream(lm.model, store_ids, window, stride, show_progress,
-                                 parts_dir=run_dir / "encoded" / "store" if resume != "never" else None)
+                                 parts_dir=run_dir / "encoded" / "store" if keep else None)
     build_s = time.time() - t0  # of this call: a resumed build counts only the windows it encoded
     test = knn_lm.encode_stream(lm.model, eval_ids, window, stride, show_progress,
-                                parts_dir=run_dir / "encoded" / "eval" if resume != "never" else None)
+                                parts_dir=run_dir / "encoded" / "eval" if keep else None)
     t0 = time.time()
     sw = knn_lm.sweep(test, store, list(sizes), list(ks), list(lams), list(temperatures))
     summary = {"model": lm.name, "datastore_tokens": len(store.values), "eval_tokens": len(test.values),
@@ -264,9 +271,20 @@ def run_kg_fusion(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg=None,
             results.append(K.TripleResult(**cached_result(
                 run_dir / "results" / f"{name}.json", {**key, "model": name, "lr": lr},
                 lambda name=name, fused=fused, lr=lr: fit_and_score(name, fused, lr), enabled=resume != "never")))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "kg_fusion.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "kg_fusion.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
     return results
+
+
+def _fetch_movielens(cache_dir):
+    """MovieLens-100k in ``cache_dir``: under torchrun rank 0 fetches it (once) while the others wait."""
+    from llm_specialization import personal as P
+
+    if is_main_process():
+        P.fetch_movielens(cache_dir)
+    barrier()
+    return P.fetch_movielens(cache_dir)
 
 
 def run_personalization(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg=None, resume: str = "never",
@@ -300,7 +318,7 @@ def _personalization_rows(*, run_dir, trainer_cfg, logger_cfg, resume, cache_dir
     from llm_specialization import personal as P
 
     seed_everything(seed)
-    ml = movielens or P.read_movielens(P.fetch_movielens(cache_dir))
+    ml = movielens or P.read_movielens(_fetch_movielens(cache_dir))
     split = P.leave_one_out(ml)
     cands = P.sampled_candidates(split, ml.n_items, seed=seed, titles=ml.titles)
     dup = P.same_title_items(ml.titles)
@@ -325,7 +343,9 @@ def _personalization_rows(*, run_dir, trainer_cfg, logger_cfg, resume, cache_dir
     data = (P.SequenceWindowDataset if sasrec_training == "all_positions" else P.NextItemDataset)(split.train, max_len)
     trainer = Trainer(trainer_cfg, run_dir / "sasrec", logger_cfg=logger_cfg, resume=resume)
     trainer.fit(sas, data, P.sasrec_loss, optimizer_fn=lambda m: torch.optim.Adam(m.parameters(), lr=lr),
-                eval_fn=lambda m: {"valid_NDCG@10": P.hr_ndcg(P.sasrec_ranks(m, split, "valid"), 10)[1]})
+                eval_fn=lambda m: {"valid_NDCG@10": P.hr_ndcg(P.sasrec_ranks(m, split, "valid", sharded=True), 10)[1]},
+                eval_sharded=True)
+    barrier()  # under torchrun: rank 0 has written best.pt before any rank loads it
     trainer.load_best(sas)
     with torch.no_grad():
         sas.eval()
@@ -376,7 +396,7 @@ def _rec_tuning_rows(*, run_dir, trainer_cfg, logger_cfg, resume, cache_dir, mod
     from llm_specialization import rectune as R
 
     seed_everything(seed)
-    ml = movielens or P.read_movielens(P.fetch_movielens(cache_dir))
+    ml = movielens or P.read_movielens(_fetch_movielens(cache_dir))
     examples = R.build_examples(ml, history, max_records)
     train_all, valid_all, test_all = R.split_examples(examples, build, seed)
     train = R.sample(train_all, n_train, seed)
@@ -401,6 +421,7 @@ def _rec_tuning_rows(*, run_dir, trainer_cfg, logger_cfg, resume, cache_dir, mod
                         optimizer_fn=lambda m: torch.optim.Adam(m.parameters(), lr=1e-3),
                         eval_fn=lambda m: {"valid_auc": R.roc_auc([e.label for e in valid],
                                                                   R.labelled_sasrec_scores(m, valid))})
+        barrier()  # under torchrun: rank 0 has written best.pt before any rank loads it
         sas_trainer.load_best(sas)
         rows.append(dict(base, model="SASRec with like labels (same n examples)",
                          auc=R.roc_auc(labels, R.labelled_sasrec_scores(sas, test)),
@@ -420,9 +441,11 @@ def _rec_tuning_rows(*, run_dir, trainer_cfg, logger_cfg, resume, cache_dir, mod
                           optimizer_fn=lambda m: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad],
                                                                    lr=lr),
                           eval_fn=lambda m: {"valid_auc": R.evaluate_auc(m, lm.tokenizer, valid, ml.titles,
-                                                                         template, eval_batch_size)[0]})
+                                                                         template, eval_batch_size, sharded=True)[0]},
+                          eval_sharded=True)
         train_s = fit.wall_seconds_total  # every session of a training cut short, not the last leg
-        if fit.best_checkpoint:
+        barrier()  # under torchrun: rank 0 has written best.pt before any rank looks for it
+        if trainer.ckpt.best_path.exists():
             trainer.load_best(net)
         net.eval()
         t0 = time.time()

@@ -3,12 +3,14 @@ task=domain_ladder|knn_lm|kg_fusion|personalization|rec_tuning method=... model=
 
 from __future__ import annotations
 
+import builtins
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import common.config  # noqa: F401  (registers trainer/paths/logger/run_layout)
+from common.distributed import is_main_process
 from common.hydra_utils import report_user_errors, run_dir_from
 from llm_specialization.run import (
     ALL_METHODS,
@@ -20,10 +22,17 @@ from llm_specialization.run import (
 )
 
 
+def _print_on_rank0(*args, **kwargs) -> None:
+    """Under torchrun every rank has the results; rank 0 prints them."""
+    if is_main_process():
+        builtins.print(*args, **kwargs)
+
+
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).parent / "conf"), config_name="config")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
     run_dir = run_dir_from(cfg)
+    print = _print_on_rank0
     task = cfg.task.name
     if task == "domain_ladder":
         methods = list(cfg.method) if OmegaConf.is_list(cfg.method) else [str(cfg.method)]
