@@ -88,12 +88,14 @@ def _quote(value: str) -> str:
 
 
 def multirun_command(module: str, jobs_file: str | os.PathLike, *, sweep_dir: str | os.PathLike,
-                     subdir: str = "${hydra:job.override_dirname}", launcher: str = "local",
-                     n_jobs: int | None = None, common: Sequence[str] = ()) -> list[str]:
-    """The ``python -m <module> -m ...`` command line of :func:`multirun` (printed, logged, testable)."""
+                     subdir: str | None = None, launcher: str = "local", n_jobs: int | None = None,
+                     common: Sequence[str] = ()) -> list[str]:
+    """The ``python -m <module> -m ...`` command line of :func:`multirun` (logged, testable)."""
     cmd = [sys.executable, "-m", module, "-m", "hydra/sweeper=list",
            f"hydra.sweeper.jobs_file={_quote(os.fspath(jobs_file))}",
-           f"hydra.sweep.dir={_quote(os.fspath(sweep_dir))}", f"hydra.sweep.subdir={subdir}"]
+           f"hydra.sweep.dir={_quote(os.fspath(sweep_dir))}"]
+    if subdir is not None:
+        cmd.append(f"hydra.sweep.subdir={subdir}")
     if launcher in LAUNCHERS:
         cmd.append(f"launcher={launcher}")
     else:  # any option of Hydra's own group, e.g. submitit_local or basic
@@ -104,7 +106,7 @@ def multirun_command(module: str, jobs_file: str | os.PathLike, *, sweep_dir: st
 
 
 def multirun(module: str, runs: Sequence[Sequence[str]], *, sweep_dir: str | os.PathLike,
-             subdir: str = "${hydra:job.override_dirname}", launcher: str = "local", n_jobs: int | None = None,
+             subdir: str | None = None, launcher: str = "local", n_jobs: int | None = None,
              common: Sequence[str] = (), log_path: str | os.PathLike | None = None,
              env: Mapping[str, str] | None = None, cwd: str | os.PathLike = REPO_ROOT) -> None:
     """Run ``python -m <module>`` once per override set in ``runs``, as one Hydra multirun.
@@ -113,7 +115,8 @@ def multirun(module: str, runs: Sequence[Sequence[str]], *, sweep_dir: str | os.
     ``common``: overrides shared by every run. The runs go through ``launcher`` (``local``: joblib with
     ``n_jobs`` at a time; ``slurm``; or any ``hydra/launcher`` option such as ``submitit_local``) and each
     lives in ``<sweep_dir>/<subdir>`` (``subdir`` is interpolated per run: ``${name}`` keeps a package's
-    usual run directory name, so a grid rerun with ``resume=auto`` finds every run). The list is written to
+    usual run directory name, so a grid rerun with ``resume=auto`` finds every run; None: the app's
+    ``hydra.sweep.subdir``, i.e. the run's overrides). The list is written to
     ``<sweep_dir>/multirun_jobs.json``; output goes to ``log_path`` (appended) or to this console.
     Raises ``RuntimeError`` naming the log when a run (or the multirun) fails.
     """

@@ -3,17 +3,15 @@ then evaluate every final policy on the robustness grid and report nominal learn
 and worst cell (mean +- 95% CI over training seeds), per-seed CSVs, heatmaps.
 
 Every training run is ``python -m scpo_rl.train ... resume=auto`` in its own directory under the
-profile's work dir, two single-threaded runs at a time; grid evaluations are cached as CSV beside each run.
-Re-running a profile therefore continues where it stopped (``--fresh`` starts over).
+profile's work dir; the unfinished ones go as ONE Hydra multirun through the joblib launcher
+(``common.launch.multirun``), ``--jobs`` single-threaded runs at a time; grid evaluations are cached as CSV
+beside each run. Re-running a profile therefore continues where it stopped (``--fresh`` starts over).
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from common.checkpoint import CheckpointManager, load_checkpoint
+from common.launch import multirun
 from common.logging import get_logger
 from common.progress import progress
 from common.reproduce import ProfileContext, ReproReport, Row, run_profiles
@@ -35,8 +34,6 @@ from scpo_rl.evaluate import (
     write_rows_csv,
 )
 from scpo_rl.loop import load_agent
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -98,60 +95,26 @@ def train_overrides(study: Study, method: str, seed: int, runs_dir: Path) -> lis
             "trainer.progress_bar=false", *study.overrides]
 
 
-def _train_in_process(overrides: list[str]) -> int:
-    """The same run as the CLI (same config composition), without a new interpreter (smoke profile)."""
-    from hydra import compose, initialize_config_dir
-
-    import common.config  # noqa: F401  (registers the shared groups)
-    from scpo_rl.config import run_config_from
-    from scpo_rl.loop import RLTrainer
-
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    run_dir = Path(cfg.paths.output_dir) / cfg.name
-    RLTrainer(run_config_from(cfg), run_dir, resume=cfg.resume, logger_cfg=cfg.logger).run()
-    return 0
-
-
 def _is_done(run_dir: Path, steps: int) -> bool:
     return (run_dir / "checkpoints" / f"step_{steps}.pt").is_file()
 
 
-def _train_subprocess(overrides: list[str], log_path: Path) -> int:
-    cmd = [sys.executable, "-m", "scpo_rl.train", *overrides]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a") as log:
-        log.write(f"\n$ {' '.join(cmd)}\n")
-        log.flush()
-        return subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+def train_all(studies: list[Study], runs_dir: Path, jobs: int, launcher: str = "local") -> None:
+    """Launch every unfinished run (``resume=auto``) as one Hydra multirun, ``jobs`` at a time.
 
-
-def train_all(studies: list[Study], runs_dir: Path, jobs: int) -> None:
-    """Launch every unfinished run (``resume=auto``), ``jobs`` at a time."""
+    Each run keeps its usual directory ``<runs_dir>/<env>_<method>_s<seed>`` (the sweep's subdir is the run's
+    ``name``), so a rerun finds the finished runs and continues the others; the multirun's output is
+    appended to ``<runs_dir>/multirun.log``.
+    """
     todo = [(s, m, seed) for s in studies for m in s.methods for seed in s.seeds
             if not _is_done(runs_dir / run_name(s.env, m, seed), s.steps)]
     if not todo:
         return
     log = get_logger("scpo_rl.reproduce")
-    log.info("training %d runs, %d at a time (runs and logs in %s)", len(todo), jobs, runs_dir)
-    bar = progress(total=len(todo), desc="runs", unit="run")
-
-    def work(item):
-        s, m, seed = item
-        name = run_name(s.env, m, seed)
-        overrides = train_overrides(s, m, seed, runs_dir)
-        rc = _train_in_process(overrides) if jobs == 1 else _train_subprocess(overrides, runs_dir / f"{name}.log")
-        bar.update(1)
-        return name, rc
-
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = list(pool.map(work, todo))
-    bar.close()
-    failed = [f"{n} (exit {rc}, see {runs_dir / (n + '.log')})" for n, rc in results if rc != 0]
-    if failed:
-        raise RuntimeError("training runs failed: " + ", ".join(failed))
+    log.info("training %d runs, %d at a time (runs in %s, log in multirun.log)", len(todo), jobs, runs_dir)
+    multirun("scpo_rl.train", [train_overrides(s, m, seed, runs_dir) for s, m, seed in todo],
+             sweep_dir=runs_dir, subdir="${name}", launcher=launcher, n_jobs=jobs,
+             log_path=runs_dir / "multirun.log", env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"))
 
 
 # ----- evaluation ---------------------------------------------------------------------------------
