@@ -21,7 +21,7 @@ import torch
 from common.bench import peak_rss_bytes
 from common.checkpoint import cached_result, seed_everything
 from common.config import TrainerConfig
-from common.distributed import barrier, is_main_process
+from common.distributed import barrier, broadcast_object, is_main_process
 from common.logging import get_logger
 from common.trainer import Trainer
 from llm_specialization import ladder
@@ -77,13 +77,19 @@ def run_domain_ladder(*, methods: list[str], model: str, run_dir: Path, trainer_
             loaded.append(load_lm(model))
         return loaded[0]
 
-    def rungs(method: str, compute, **params) -> list[ladder.RungResult]:
+    def rungs(method: str, compute, rank0_only: bool = False, **params) -> list[ladder.RungResult]:
         # a rung's per-document predictions go to rungs/<method>.docs.jsonl as they are made, under the
-        # same key, so a rung cut short (an 800-document pass takes up to an hour) continues mid-way
+        # same key, so a rung cut short (an 800-document pass takes up to an hour) continues mid-way.
+        # Under torchrun a rung without training (rank0_only) runs on rank 0 alone, the others wait for its
+        # result: the same numbers, and timings not slowed by a second copy of the work.
         key = {**shared, "method": method, **params}
         docs = (run_dir / "rungs" / f"{method}.docs.jsonl", key) if resume != "never" else None
-        stored = cached_result(run_dir / "rungs" / f"{method}.json", key,
-                               lambda: [asdict(r) for r in compute(docs)], enabled=resume != "never")
+
+        def run():
+            return cached_result(run_dir / "rungs" / f"{method}.json", key,
+                                 lambda: [asdict(r) for r in compute(docs)], enabled=resume != "never")
+
+        stored = broadcast_object(run() if is_main_process() else None) if rank0_only else run()
         return [ladder.RungResult(**r) for r in stored]
 
     def prompting(rung: str, make_prompts, docs, head=None):
@@ -108,7 +114,7 @@ def run_domain_ladder(*, methods: list[str], model: str, run_dir: Path, trainer_
 
     results: list[ladder.RungResult] = []
     if "references" in methods:
-        results += rungs("references", lambda docs: ladder.reference_rungs(r8, test, encoder),
+        results += rungs("references", lambda docs: ladder.reference_rungs(r8, test, encoder), rank0_only=True,
                          use_encoder=use_encoder)
     # R1 and R2 share one prompt head across documents, so each also reports a contextually calibrated
     # result from the same scores (three extra prompts); R3's demonstrations change with every document
@@ -116,17 +122,18 @@ def run_domain_ladder(*, methods: list[str], model: str, run_dir: Path, trainer_
     if "zero_shot" in methods:
         results += rungs("zero_shot", lambda docs: prompting(
             "R1 zero-shot", lambda lm: ladder.zero_shot_prompts(lm, test, max_tokens), docs,
-            head=lambda lm: ladder.INSTRUCTION), calibration=calibration)
+            head=lambda lm: ladder.INSTRUCTION), rank0_only=True, calibration=calibration)
     if "few_shot" in methods:
         results += rungs("few_shot", lambda docs: prompting(
             "R2 few-shot ICL", lambda lm: ladder.few_shot_prompts(lm, r8, test, seed, max_tokens=max_tokens), docs,
-            head=lambda lm: ladder.few_shot_head(lm, r8, seed)), calibration=calibration)
+            head=lambda lm: ladder.few_shot_head(lm, r8, seed)), rank0_only=True, calibration=calibration)
     if "retrieval" in methods:
         if encoder is None:
             raise ValueError("the retrieval rung needs the MiniLM encoder (use_encoder=true)")
         results += rungs("retrieval", lambda docs: prompting(
             "R3 retrieval ICL",
-            lambda lm: ladder.retrieval_prompts(lm, r8, test, encoder, max_tokens=max_tokens), docs))
+            lambda lm: ladder.retrieval_prompts(lm, r8, test, encoder, max_tokens=max_tokens), docs),
+            rank0_only=True)
     for method, rung in TRAINED_RUNGS.items():
         if method in methods:
             results += rungs(method, lambda docs, method=method, rung=rung: trained(method, rung, docs),
@@ -176,10 +183,13 @@ def run_knn_lm(*, model: str, run_dir: Path, data_dir=None, store_tokens: int = 
     params = dict(model=model, store_tokens=store_tokens, n_eval_tokens=n_eval_tokens, window=window,
                   stride=stride, sizes=sizes, ks=ks, lams=lams, temperatures=temperatures, seed=seed,
                   data_dir=data_dir and str(data_dir))
-    summary = cached_result(run_dir / "knn_lm.json", params,
-                            lambda: _knn_lm_summary(**{**params, "data_dir": data_dir}, run_dir=run_dir,
-                                                    resume=resume, show_progress=show_progress),
-                            enabled=resume != "never")
+    def run():
+        return cached_result(run_dir / "knn_lm.json", params,
+                             lambda: _knn_lm_summary(**{**params, "data_dir": data_dir}, run_dir=run_dir,
+                                                     resume=resume, show_progress=show_progress),
+                             enabled=resume != "never")
+
+    summary = broadcast_object(run() if is_main_process() else None)  # no training: rank 0 alone computes
     log.info("kNN-LM: LM ppl %.3f -> best %.3f (%s)", summary["lm_ppl"], summary["best"]["ppl"], summary["best"])
     return summary
 
@@ -193,14 +203,12 @@ def _knn_lm_summary(*, model, data_dir, store_tokens, n_eval_tokens, window, str
     store_ids, eval_ids = reuters_token_streams(lm.tokenizer, data_dir, None, n_eval_tokens, seed,
                                                 n_store_tokens=store_tokens + 1)
     t0 = time.time()
-    # the encodings are saved in parts as they go (by rank 0 under torchrun), so a run cut short continues
-    # mid-datastore
-    keep = resume != "never" and is_main_process()
+    # the encodings are saved in parts as they go, so a run cut short continues mid-datastore
     store = knn_lm.encode_stream(lm.model, store_ids, window, stride, show_progress,
-                                 parts_dir=run_dir / "encoded" / "store" if keep else None)
+                                 parts_dir=run_dir / "encoded" / "store" if resume != "never" else None)
     build_s = time.time() - t0  # of this call: a resumed build counts only the windows it encoded
     test = knn_lm.encode_stream(lm.model, eval_ids, window, stride, show_progress,
-                                parts_dir=run_dir / "encoded" / "eval" if keep else None)
+                                parts_dir=run_dir / "encoded" / "eval" if resume != "never" else None)
     t0 = time.time()
     sw = knn_lm.sweep(test, store, list(sizes), list(ks), list(lams), list(temperatures))
     summary = {"model": lm.name, "datastore_tokens": len(store.values), "eval_tokens": len(test.values),

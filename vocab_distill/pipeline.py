@@ -471,7 +471,8 @@ class Pipeline:
         self.results["models"] = {k: str(v) for k, v in models.items()}
         ft_models = models if self.pc.finetune_teacher else {k: v for k, v in models.items() if k != "teacher"}
         self.results["finetune"] = self.finetune_all(ft_models)
-        self.results["size_speed"] = self.sizes_and_speed(models)
+        # timed on rank 0 alone (the others wait for its table): ranks timing at once would slow each other
+        self.results["size_speed"] = broadcast_object(self.sizes_and_speed(models) if is_main_process() else None)
         self.results["config"] = asdict(self.pc)
         self.results["wall_seconds"] = time.time() - t0
         self.results["peak_rss_bytes"] = peak_rss_bytes()
