@@ -105,7 +105,8 @@ class TrainerConfig:
     in a step (costs an extra graph traversal per step; ignored in a single process)."""
     sync_batchnorm: bool = False
     """Under torchrun: convert BatchNorm layers to SyncBatchNorm so statistics span every rank's shard of
-    the batch (ignored in a single process)."""
+    the batch (ignored in a single process). CUDA only: torch's SyncBatchNorm has no CPU implementation, so
+    a CPU run under torchrun refuses it."""
 
 
 @dataclass
@@ -174,7 +175,8 @@ def check_trainer_config(cfg: Any) -> None:
     ``cfg`` is a :class:`TrainerConfig` or anything with its attributes (an OmegaConf node). Called by the
     Hydra shells before any data or model is loaded (``common.hydra_utils.report_user_errors``) and again by
     ``Trainer`` for library callers. Types are OmegaConf's job; this checks values: the closed choices, the
-    ranges, a CUDA device when cuda is asked for, and that the batch splits over the torchrun ranks.
+    ranges, a CUDA device when cuda (or SyncBatchNorm under torchrun) is asked for, and that the batch splits
+    over the torchrun ranks.
     """
     if cfg.precision == "fp16":
         raise ConfigError("trainer.precision=fp16 is not supported: fp16 needs dynamic loss scaling (a "
@@ -201,12 +203,17 @@ def check_trainer_config(cfg: Any) -> None:
     if cfg.batch_size % world:
         raise ConfigError(f"trainer.batch_size={cfg.batch_size} must divide by the number of torchrun "
                           f"processes (WORLD_SIZE={world})")
-    if cfg.device == "cuda":
+    if cfg.device == "cuda" or (world > 1 and getattr(cfg, "sync_batchnorm", False)):
         import torch  # only here: the Hydra shells validate before their heavy imports
 
-        if not torch.cuda.is_available():
+        cuda = torch.cuda.is_available()
+        if cfg.device == "cuda" and not cuda:
             raise ConfigError("trainer.device=cuda but this machine has no visible CUDA device "
                               "(torch.cuda.is_available() is False); use trainer.device=cpu or auto")
+        if cfg.device == "cpu" or not cuda:
+            raise ConfigError("trainer.sync_batchnorm=true needs CUDA devices: torch's SyncBatchNorm runs on "
+                              "GPU modules only, and this run is on cpu; leave it false (each rank then "
+                              "normalises with its own rows' statistics)")
 
 
 def register_configs() -> None:
