@@ -4,6 +4,9 @@ A checkpoint is one ``torch.save`` dict. By convention it holds ``model``, ``opt
 ``rng`` (see :func:`capture_rng_state`), ``step``, ``epoch`` and ``config``; packages add their own keys
 (a replay buffer, an offload manifest). Writing is atomic: temporary file in the same folder, fsync,
 rename, fsync of the folder, so a crash mid-write leaves the previous checkpoint intact.
+
+Before a run starts, :func:`check_resume` decides from file names and ``<run_dir>/resolved_config.json``
+alone (no unpickling, nothing loaded or written) whether the ``resume`` setting may run in the folder.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import json
 import os
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,8 @@ import torch
 from common.progress import progress
 
 _STEP_RE = re.compile(r"^step_(\d+)\.pt$")
+RUN_CONFIG_FILE = "resolved_config.json"
+"""The resolved config of a run's latest session, in its run directory (JSON: cheap and safe to read)."""
 
 
 class ResumeError(RuntimeError):
@@ -205,7 +211,7 @@ class CheckpointManager:
         finished or crashed run is never overwritten by accident). auto: the newest checkpoint or None.
         A path: that file, which must exist.
         """
-        resume = "never" if resume in (None, "", False, "never", "none", "null") else str(resume)
+        resume = _resume_mode(resume)
         latest = self.latest()
         if resume == "never":
             if latest is not None:
@@ -220,3 +226,103 @@ class CheckpointManager:
         if not path.is_file():
             raise ResumeError(f"resume={resume}: no such checkpoint file")
         return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Deciding whether a run may start, before anything is loaded or written
+
+
+def _resume_mode(resume: Any) -> str:
+    """never | auto | the checkpoint path (None, "", "none" and "null" mean never)."""
+    return "never" if resume in (None, "", False, "never", "none", "null") else str(resume)
+
+
+def run_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Every step checkpoint in ``run_dir``, at any depth (a package that trains several nets keeps one
+    ``checkpoints/`` folder per net), except under ``run_dir/multirun`` (the sweeps launched under this
+    name are runs of their own)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = []
+    for dirpath, dirnames, filenames in os.walk(run_dir):
+        if Path(dirpath) == run_dir and "multirun" in dirnames:
+            dirnames.remove("multirun")
+        if os.path.basename(dirpath) == "checkpoints":
+            found += [Path(dirpath) / f for f in filenames if _STEP_RE.match(f)]
+    return sorted(found)
+
+
+def write_run_config(run_dir: str | os.PathLike, config: Mapping) -> Path:
+    """Store a run's resolved config as ``<run_dir>/resolved_config.json`` (atomically)."""
+    payload = json.dumps(config, indent=1, sort_keys=True, default=str).encode()
+    return atomic_write(Path(run_dir) / RUN_CONFIG_FILE, lambda f: f.write(payload))
+
+
+def read_run_config(run_dir: str | os.PathLike) -> dict | None:
+    """The config stored by :func:`write_run_config`, or None (a run from before it was kept)."""
+    path = Path(run_dir) / RUN_CONFIG_FILE
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+_ABSENT = "<absent>"
+
+
+def config_differences(saved: Mapping, now: Mapping, may_change: Iterable[str] = ()) -> list[tuple[str, Any, Any]]:
+    """(dotted key, saved value, new value) for every setting that differs, except those matching a pattern
+    of ``may_change`` (fnmatch: ``logger.*``; a key also covers what is nested under it). Values are
+    compared as JSON would store them (tuples = lists, enums = their value); a key only one side has is a
+    difference with ``<absent>`` on the other side."""
+    patterns = tuple(may_change)
+    saved, now = json.loads(json.dumps(saved, default=str)), json.loads(json.dumps(now, default=str))
+
+    def allowed(key: str) -> bool:
+        return any(fnmatchcase(key, p) or key.startswith(p + ".") for p in patterns)
+
+    def walk(a: Any, b: Any, prefix: str):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b), key=str):
+                yield from walk(a.get(k, _ABSENT), b.get(k, _ABSENT), f"{prefix}{k}.")
+        elif a != b and not allowed(prefix[:-1]):
+            yield prefix[:-1], a, b
+
+    return list(walk(saved, now, ""))
+
+
+def refuse_config_changes(saved: Mapping, now: Mapping, may_change: Iterable[str], *, run: str,
+                          resume: str = "auto") -> None:
+    """Raise :class:`ResumeError` (one line) when ``now`` differs from the ``saved`` config of ``run``
+    outside ``may_change``: a resumed run would otherwise continue silently under other settings."""
+    changed = config_differences(saved, now, may_change)
+    if changed:
+        shown = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed)
+        raise ResumeError(f"resume={resume}: {run} was trained with other settings: {shown}. Resume it with "
+                          "its original settings, or start a new run under another name=... (or delete the "
+                          "folder)")
+
+
+def check_resume(run_dir: str | os.PathLike, resume: Any, config: Mapping | None = None,
+                 may_change: Iterable[str] = ()) -> None:
+    """Raise :class:`ResumeError` (one line) if ``resume`` cannot run in ``run_dir``; reads file names and
+    ``resolved_config.json`` only, so it answers before any data or model is loaded.
+
+    never: refused when the folder already holds checkpoints (it would overwrite them). auto: when it holds
+    checkpoints and the stored config of the run differs from ``config`` outside ``may_change``, refused
+    with every differing key (old -> new). A path: the file must exist.
+    """
+    mode, run_dir = _resume_mode(resume), Path(run_dir)
+    if mode == "never":
+        found = run_checkpoints(run_dir)
+        if found:
+            raise ResumeError(f"{run_dir} already holds checkpoints ({len(found)}, e.g. "
+                              f"{found[-1].relative_to(run_dir)}). Continue it with resume=auto, or start fresh "
+                              "under another name=... (or delete the folder).")
+    elif mode == "auto":
+        saved = read_run_config(run_dir) if config is not None else None
+        if saved is not None and run_checkpoints(run_dir):
+            refuse_config_changes(saved, config, may_change, run=str(run_dir))
+    elif not Path(mode).is_file():
+        raise ResumeError(f"resume={mode}: no such checkpoint file")

@@ -1,9 +1,17 @@
-"""Small glue between Hydra shells and the Hydra-free library code."""
+"""Small glue between Hydra shells and the Hydra-free library code.
+
+Every package's ``train.py`` decorates its task with :func:`report_user_errors`, which first validates the
+run (:func:`validate_run`: the shared trainer options, the ``resume`` setting against what the run folder
+holds) before any data or model is loaded or anything is written, then writes ``<run_dir>/.hydra/*.yaml``
+(which Hydra itself no longer writes: ``hydra.output_subdir`` is null in ``RUN_LAYOUT``) and
+``<run_dir>/resolved_config.json``, then runs the task. A user error at any point prints one line.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +19,8 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from common.checkpoint import ResumeError
+from common.checkpoint import ResumeError, check_resume, write_run_config
+from common.config import RESUME_MAY_CHANGE, ConfigError, check_trainer_config
 from common.data import DataFormatError, DatasetNotFoundError
 from common.pretrained import PretrainedNotFoundError
 
@@ -20,7 +29,7 @@ T = TypeVar("T")
 # Errors caused by the user's input or setup (missing data or weights, malformed files, a resume conflict):
 # printed as one line, no traceback. Packages subclass these for their own assets.
 USER_ERRORS: tuple[type[BaseException], ...] = (DatasetNotFoundError, DataFormatError, ResumeError,
-                                               PretrainedNotFoundError)
+                                               PretrainedNotFoundError, ConfigError)
 
 
 def run_dir_from(cfg: DictConfig) -> Path:
@@ -48,9 +57,39 @@ def to_plain(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
+def validate_run(cfg: DictConfig, run_dir: str | os.PathLike) -> None:
+    """Raise a user error (one line) if this run cannot start: a shared trainer option with a value the core
+    cannot run with (``common.config.check_trainer_config``), or a ``resume`` setting the run folder
+    refuses (``common.checkpoint.check_resume``: resume=never on a folder with checkpoints, resume=auto with
+    settings that differ from the run's outside ``RESUME_MAY_CHANGE``). Reads nothing but file names and
+    ``resolved_config.json``: it answers in moments, before any data or model is loaded."""
+    if "trainer" in cfg:
+        check_trainer_config(cfg.trainer)
+    check_resume(run_dir, cfg.get("resume", "never"), to_plain(cfg), RESUME_MAY_CHANGE)
+
+
+def _write_run_files(cfg: DictConfig, run_dir: Path) -> None:
+    """What Hydra would have written before the task (``.hydra/config.yaml``, ``hydra.yaml``,
+    ``overrides.yaml``, the same content), plus ``resolved_config.json`` that the next ``resume=auto``
+    compares with. Rank 0 only under torchrun."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized() and HydraConfig.get().output_subdir is None:
+        hydra_dir = Path(HydraConfig.get().runtime.output_dir) / ".hydra"
+        hydra_dir.mkdir(parents=True, exist_ok=True)
+        (hydra_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        (hydra_dir / "hydra.yaml").write_text(OmegaConf.to_yaml(HydraConfig.instance().cfg))
+        (hydra_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(HydraConfig.get().overrides.task))
+    write_run_config(run_dir, to_plain(cfg))
+
+
 def report_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
-    """Decorate a Hydra task: a user error (missing dataset, malformed file, resume conflict, NaN loss)
-    exits with status 1 and one clear line instead of a traceback."""
+    """Decorate a Hydra task: validate the run before anything is loaded or written (:func:`validate_run`),
+    write the run's config files, then run the task. A user error (a missing value, an option the core
+    cannot run with, a resume conflict, a missing dataset, a malformed file, a NaN loss) exits with status 1
+    and one clear line instead of a traceback."""
     from common.trainer import NonFiniteLossError
 
     errors = USER_ERRORS + (NonFiniteLossError,)
@@ -63,6 +102,10 @@ def report_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
                   file=sys.stderr)
             sys.exit(1)
         try:
+            if isinstance(cfg, DictConfig) and "paths" in cfg and "name" in cfg:
+                run_dir = run_dir_from(cfg)
+                validate_run(cfg, run_dir)
+                _write_run_files(cfg, run_dir)
             return fn(cfg, *args, **kwargs)
         except errors as e:
             print(f"error: {e}", file=sys.stderr)

@@ -80,7 +80,7 @@ def train_digits(trainer_cfg, run_dir, model_cfg: DigitsModelConfig | None = Non
         model, train, loss_fn,
         optimizer_fn=lambda m: torch.optim.Adam(m.parameters(), lr=model_cfg.lr),
         scheduler_fn=lambda opt, total: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / (total + 1)),
-        eval_fn=lambda m: {"acc": accuracy(m, val)},
+        eval_fn=lambda m: {"acc": accuracy(m, val)}, eval_metrics=("acc",),
     )
     return model, result
 
