@@ -93,10 +93,14 @@ class LoggerConfig:
     """Write TensorBoard scalars to <run_dir>/tb."""
 
 
-# Merged at the config root: a stable run directory (so resume=auto finds it) and the resume switch.
+# Merged at the config root: a stable run directory (so resume=auto finds it), the resume switch and the
+# trust_checkpoint switch.
 RUN_LAYOUT: dict[str, Any] = {
     "name": "run",  # every package sets its own; experiment files set theirs
     "resume": "never",
+    # true: checkpoints and weight files may be fully unpickled (which can run code in them); only for
+    # files you made yourself. false: they load as plain weights, or are refused (common.checkpoint).
+    "trust_checkpoint": False,
     "hydra": {
         "run": {"dir": "${paths.output_dir}/${name}"},
         "sweep": {"dir": "${paths.output_dir}/${name}/multirun", "subdir": "${hydra:job.override_dirname}"},
@@ -104,8 +108,8 @@ RUN_LAYOUT: dict[str, Any] = {
                 # Multirun subfolders must not depend on these, so that re-running a sweep with resume=auto
                 # (or a longer budget, or another output root) finds the same folders.
                 "config": {"override_dirname": {"exclude_keys": [
-                    "resume", "paths.output_dir", "paths.data_dir", "trainer.progress_bar", "trainer.max_steps",
-                    "trainer.max_epochs", "trainer.num_threads"]}}},
+                    "resume", "trust_checkpoint", "paths.output_dir", "paths.data_dir", "trainer.progress_bar",
+                    "trainer.max_steps", "trainer.max_epochs", "trainer.num_threads"]}}},
     },
 }
 

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from common.checkpoint import ResumeError
+from common.checkpoint import CheckpointReadError, ResumeError, checkpoint_trust
 from common.data import DataFormatError, DatasetNotFoundError
 from common.pretrained import PretrainedNotFoundError
 
@@ -20,7 +20,7 @@ T = TypeVar("T")
 # Errors caused by the user's input or setup (missing data or weights, malformed files, a resume conflict):
 # printed as one line, no traceback. Packages subclass these for their own assets.
 USER_ERRORS: tuple[type[BaseException], ...] = (DatasetNotFoundError, DataFormatError, ResumeError,
-                                               PretrainedNotFoundError)
+                                               PretrainedNotFoundError, CheckpointReadError)
 
 
 def run_dir_from(cfg: DictConfig) -> Path:
@@ -49,8 +49,11 @@ def to_plain(cfg: DictConfig) -> dict:
 
 
 def report_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
-    """Decorate a Hydra task: a user error (missing dataset, malformed file, resume conflict, NaN loss)
-    exits with status 1 and one clear line instead of a traceback."""
+    """Decorate a Hydra task: a user error (missing dataset, malformed file, resume conflict, NaN loss, a
+    checkpoint refused as unsafe) exits with status 1 and one clear line instead of a traceback.
+
+    The task runs under ``checkpoint_trust(cfg.trust_checkpoint)``: every checkpoint it loads is loaded
+    without unpickling code unless the user passed ``trust_checkpoint=true``."""
     from common.trainer import NonFiniteLossError
 
     errors = USER_ERRORS + (NonFiniteLossError,)
@@ -62,8 +65,10 @@ def report_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
             print(f"error: missing required value(s): {', '.join(missing)}; set them as key=value overrides",
                   file=sys.stderr)
             sys.exit(1)
+        trust = bool(cfg.get("trust_checkpoint", False)) if isinstance(cfg, DictConfig) else False
         try:
-            return fn(cfg, *args, **kwargs)
+            with checkpoint_trust(trust, "trust_checkpoint=true"):
+                return fn(cfg, *args, **kwargs)
         except errors as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
