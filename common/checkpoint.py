@@ -197,8 +197,8 @@ def trusted(trust: bool | None = None) -> bool:
 
 def untrusted_error(path: str | os.PathLike, why: str, head: str = "refused to load {path}") -> UntrustedCheckpointError:
     """The one-line refusal: which file, why, and how to trust it (the current entry point's spelling)."""
-    return UntrustedCheckpointError(f"{head.format(path=path)}: {why}; if you made this file yourself, "
-                                    f"pass {_TRUST.get()[1]} to trust it")
+    return UntrustedCheckpointError(f"{head.format(path=path)}: {why}; if you made this file yourself or "
+                                    f"trust its maker, pass {_TRUST.get()[1]}")
 
 
 def _refusal(path: Path, err: pickle.UnpicklingError) -> CheckpointReadError:
@@ -400,6 +400,19 @@ class CheckpointManager:
         if not path.is_file():
             raise ResumeError(f"resume={resume}: no such checkpoint file")
         return path
+
+
+def load_export(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                trust: bool | None = None) -> Any:
+    """:func:`load_checkpoint` for exported models (heads, nets, embeddings): a ``.safetensors`` export,
+    or an older pickle one read as plain weights; refusing the latter names the one-off conversion."""
+    path = Path(path)
+    try:
+        return load_checkpoint(path, map_location, trust=trust)
+    except UntrustedCheckpointError as e:
+        raise UntrustedCheckpointError(
+            f"{e}, or convert it once with `python -m common.checkpoint convert {path} "
+            f"{path.with_suffix('.safetensors')} --trust-checkpoint`") from None
 
 
 def convert_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike | None = None, *,
