@@ -55,3 +55,23 @@ def run_main(main, argv: list[str], monkeypatch, capsys) -> str:
     out = capsys.readouterr()
     assert code == 1, f"exit status {code}; stderr:\n{out.err[-3000:]}"
     return out.err
+
+
+def run_task(main, conf_dir: str | Path, overrides: list[str], capsys, config_name: str = "config") -> str:
+    """Compose the Hydra config of ``conf_dir`` and pass it to the decorated ``main`` (Hydra runs the task
+    on a given config as is: the package's user-error and trust handling, without a second interpreter
+    nor Hydra's config search). It must exit with status 1; returns stderr."""
+    from hydra import compose, initialize_config_dir
+
+    import common.config  # noqa: F401  (registers the shared groups)
+
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides)
+    capsys.readouterr()
+    try:
+        code = main(cfg)
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    assert code == 1, f"exit status {code}; stderr:\n{out.err[-3000:]}"
+    return out.err
