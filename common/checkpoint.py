@@ -163,7 +163,8 @@ def _numpy_safe_globals() -> list:
               np.dtypes.Int8DType, np.dtypes.Int16DType, np.dtypes.Int32DType, np.dtypes.Int64DType,
               np.dtypes.UInt8DType, np.dtypes.UInt16DType, np.dtypes.UInt32DType, np.dtypes.UInt64DType]
     return [mu._reconstruct, mu.scalar, np.ndarray, np.dtype, *dtypes,
-            (mu._reconstruct, "numpy.core.multiarray._reconstruct"), (mu.scalar, "numpy.core.multiarray.scalar")]
+            (mu._reconstruct, "numpy.core.multiarray._reconstruct"),
+            (mu.scalar, "numpy.core.multiarray.scalar")]
 
 
 SAFE_GLOBALS: list = _numpy_safe_globals()
@@ -195,7 +196,8 @@ def trusted(trust: bool | None = None) -> bool:
     return _TRUST.get()[0] if trust is None else bool(trust)
 
 
-def untrusted_error(path: str | os.PathLike, why: str, head: str = "refused to load {path}") -> UntrustedCheckpointError:
+def untrusted_error(path: str | os.PathLike, why: str,
+                    head: str = "refused to load {path}") -> UntrustedCheckpointError:
     """The one-line refusal: which file, why, and how to trust it (the current entry point's spelling)."""
     return UntrustedCheckpointError(f"{head.format(path=path)}: {why}; if you made this file yourself or "
                                     f"trust its maker, pass {_TRUST.get()[1]}")
@@ -209,8 +211,8 @@ def _refusal(path: Path, err: pickle.UnpicklingError) -> CheckpointReadError:
                                      "import and call (that can run any code)")
     op = re.search(r"Unsupported operand (\d+)", msg)
     what = f"pickle opcode {op.group(1)}" if op else "an instruction"
-    return untrusted_error(path, f"{what} is not allowed by the safe loader (a foreign pickle or a damaged file)",
-                           head="checkpoint {path} is unreadable as plain weights")
+    return untrusted_error(path, f"{what} is not allowed by the safe loader (a foreign pickle or a damaged "
+                                 "file)", head="checkpoint {path} is unreadable as plain weights")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
@@ -260,8 +262,8 @@ def _split(state: dict, prefix: str, tensors: dict[str, torch.Tensor]) -> dict:
 
 
 def save_safetensors(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write a nested dict of tensors and JSON values as ``path`` (safetensors) + ``path.json``-style
-    sidecar (``<stem>.json``): nothing in either is pickle, so the files can be shared and loaded safely.
+    """Write a nested dict of tensors and JSON values as ``path`` (safetensors) plus a ``<stem>.json``
+    sidecar: nothing in either is pickle, so the files can be shared and loaded without trust.
 
     Tensors anywhere in the dict tree go to the safetensors file under ``a/b/c`` names; every other
     value must be JSON (numbers, strings, lists, dicts) and goes to the sidecar and to the file's own
@@ -319,6 +321,34 @@ def load_safetensors(path: str | os.PathLike, map_location: str | torch.device =
     except Exception as e:  # a torn or foreign file (safetensors raises its own SafetensorError)
         raise CheckpointReadError(f"{path} is unreadable as safetensors ({type(e).__name__}: {e})") from e
     return state
+
+
+def load_export(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                trust: bool | None = None) -> Any:
+    """:func:`load_checkpoint` for exported models (heads, nets, embeddings): a ``.safetensors`` export,
+    or an older pickle one read as plain weights; refusing the latter names the one-off conversion."""
+    path = Path(path)
+    try:
+        return load_checkpoint(path, map_location, trust=trust)
+    except UntrustedCheckpointError as e:
+        raise UntrustedCheckpointError(
+            f"{e}, or convert it once with `python -m common.checkpoint convert {path} "
+            f"{path.with_suffix('.safetensors')} --trust-checkpoint`") from None
+
+
+def convert_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike | None = None, *,
+                           trust: bool | None = None) -> Path:
+    """Rewrite a pickle-format export (``.pt``/``.pth``/``.bin``: a dict of tensors and JSON values) as
+    :func:`save_safetensors` files, so that it can be shared and loaded without trust from then on."""
+    src = Path(src)
+    dst = Path(dst) if dst is not None else src.with_suffix(".safetensors")
+    state = load_checkpoint(src, trust=trust)
+    if not isinstance(state, dict):
+        raise CheckpointReadError(f"{src} holds a {type(state).__name__}, not a dict of tensors")
+    try:
+        return save_safetensors(dst, state)
+    except TypeError as e:
+        raise CheckpointReadError(f"{src} cannot be exported as safetensors + JSON: {e}") from e
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -400,34 +430,6 @@ class CheckpointManager:
         if not path.is_file():
             raise ResumeError(f"resume={resume}: no such checkpoint file")
         return path
-
-
-def load_export(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
-                trust: bool | None = None) -> Any:
-    """:func:`load_checkpoint` for exported models (heads, nets, embeddings): a ``.safetensors`` export,
-    or an older pickle one read as plain weights; refusing the latter names the one-off conversion."""
-    path = Path(path)
-    try:
-        return load_checkpoint(path, map_location, trust=trust)
-    except UntrustedCheckpointError as e:
-        raise UntrustedCheckpointError(
-            f"{e}, or convert it once with `python -m common.checkpoint convert {path} "
-            f"{path.with_suffix('.safetensors')} --trust-checkpoint`") from None
-
-
-def convert_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike | None = None, *,
-                           trust: bool | None = None) -> Path:
-    """Rewrite a pickle-format export (``.pt``/``.pth``/``.bin``: a dict of tensors and JSON values) as
-    :func:`save_safetensors` files, so that it can be shared and loaded without trust from then on."""
-    src = Path(src)
-    dst = Path(dst) if dst is not None else src.with_suffix(".safetensors")
-    state = load_checkpoint(src, trust=trust)
-    if not isinstance(state, dict):
-        raise CheckpointReadError(f"{src} holds a {type(state).__name__}, not a dict of tensors")
-    try:
-        return save_safetensors(dst, state)
-    except TypeError as e:
-        raise CheckpointReadError(f"{src} cannot be exported as safetensors + JSON: {e}") from e
 
 
 def main(argv: Sequence[str] | None = None) -> int:

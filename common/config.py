@@ -108,8 +108,9 @@ RUN_LAYOUT: dict[str, Any] = {
                 # Multirun subfolders must not depend on these, so that re-running a sweep with resume=auto
                 # (or a longer budget, or another output root) finds the same folders.
                 "config": {"override_dirname": {"exclude_keys": [
-                    "resume", "trust_checkpoint", "paths.output_dir", "paths.data_dir", "trainer.progress_bar",
-                    "trainer.max_steps", "trainer.max_epochs", "trainer.num_threads"]}}},
+                    "resume", "trust_checkpoint", "paths.output_dir", "paths.data_dir",
+                    "trainer.progress_bar", "trainer.max_steps", "trainer.max_epochs",
+                    "trainer.num_threads"]}}},
     },
 }
 

@@ -97,7 +97,8 @@ def imagenet_trunk_available(net: str) -> bool:
     return trunk_cache_path(net).is_file()
 
 
-def build_trunk(net: str, trunk: str | os.PathLike = "imagenet", *, trust: bool | None = None) -> nn.Sequential:
+def build_trunk(net: str, trunk: str | os.PathLike = "imagenet", *,
+                trust: bool | None = None) -> nn.Sequential:
     """torchvision ``features`` of ``net``, cut after the last LPIPS tap.
 
     Args:

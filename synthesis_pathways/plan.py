@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image", default="route.png", help="where to write the route image ('' for none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trust-checkpoint", action="store_true",
-                   help="fully unpickle an older model.pt that is not plain weights (this can run code in it): "
-                        "only for a run you made yourself")
+                   help="fully unpickle an older model.pt that is not plain weights (this can run code in "
+                        "it): only for a run you made yourself")
     args = p.parse_args(argv)
 
     from common.checkpoint import CheckpointReadError, checkpoint_trust

@@ -26,13 +26,14 @@ def plant(path: str | Path, *, marker: str | Path | None = None, layout: dict | 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     marker = Path(marker) if marker is not None else path.with_name(path.name + ".PWNED")
-    state = dict(layout) if layout is not None else {"model": {"w": torch.zeros(2)}, "optimizer": {}, "step": 1}
+    state = {"model": {"w": torch.zeros(2)}, "optimizer": {}, "step": 1} if layout is None else dict(layout)
     state["rng"] = _Payload(marker)
     torch.save(state, path)
     return marker
 
 
-def assert_refused(text: str, path: str | Path, marker: Path, how: str | None = "trust_checkpoint=true") -> str:
+def assert_refused(text: str, path: str | Path, marker: Path,
+                   how: str | None = "trust_checkpoint=true") -> str:
     """``text`` (an exception message or a CLI's stderr) refuses ``path`` in one line that says how to
     trust it, no traceback, and the payload did not run. Returns the line."""
     assert not marker.exists(), f"the planted pickle ran: {marker} exists"
@@ -45,7 +46,7 @@ def assert_refused(text: str, path: str | Path, marker: Path, how: str | None = 
 
 
 def run_main(main, argv: list[str], monkeypatch, capsys) -> str:
-    """Run a CLI ``main`` in-process with ``argv``; it must exit with status 1 (or return 1). Returns stderr."""
+    """Run a CLI ``main`` in-process with ``argv``; it must exit with (or return) status 1. Returns stderr."""
     monkeypatch.setattr(sys, "argv", ["prog", *argv])
     capsys.readouterr()
     try:

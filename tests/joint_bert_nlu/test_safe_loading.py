@@ -36,7 +36,8 @@ def test_predict_refuses_a_planted_pickle_model_folder(tmp_path, capsys):
     (folder / "model.safetensors").unlink()  # an older or foreign folder: pickle weights only
     marker = plant(folder / "pytorch_model.bin")
     assert predict.main(["--model", str(folder), "book a flight"]) == 1
-    line = assert_refused(capsys.readouterr().err, folder / "pytorch_model.bin", marker, how="--trust-checkpoint")
+    err = capsys.readouterr().err
+    line = assert_refused(err, folder / "pytorch_model.bin", marker, how="--trust-checkpoint")
     assert "python -m common.checkpoint convert" in line
 
 

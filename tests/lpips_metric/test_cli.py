@@ -29,7 +29,8 @@ def test_train_smoke_subprocess(tmp_path):
                 "logger.tensorboard=false", "trainer.max_epochs=1"])
     assert out.returncode == 0, out.stderr[-2000:]
     run_dir = tmp_path / "smoke"
-    assert (run_dir / "lpips_heads.safetensors").is_file() and (run_dir / "checkpoints" / "step_3.pt").is_file()
+    assert (run_dir / "lpips_heads.safetensors").is_file()
+    assert (run_dir / "checkpoints" / "step_3.pt").is_file()
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     rows = read_jsonl(run_dir / "metrics.jsonl")
     assert any("val/2afc_mean" in r for r in rows)
@@ -138,7 +139,8 @@ def test_full_profile_code_path_at_tiny_size(tmp_path):
     from lpips_metric.model import LPIPS
 
     exported = ctx.work_dir / "scratch_alex" / "lpips_heads.safetensors"
-    metric = LPIPS("alex", trunk=exported.with_name("lpips_heads.trunk.safetensors"), heads=exported)  # trained
+    trunk = exported.with_name("lpips_heads.trunk.safetensors")
+    metric = LPIPS("alex", trunk=trunk, heads=exported)  # trained trunk + heads
     x = torch.rand(1, 3, 64, 64)
     assert float(metric(x, x.flip(-1), normalize=True)) > 0
     from lpips_metric.model import imagenet_trunk_available

@@ -50,8 +50,8 @@ def test_train_resume_path_refuses_a_planted_pickle(tmp_path, monkeypatch, capsy
     evil = tmp_path / "evil.pt"
     marker = plant(evil)
     argv = ["experiment=smoke", f"paths.output_dir={tmp_path}", "name=s", f"resume={evil}", "data.n_train=10",
-            "data.n_val=4", "data.n_jnd=4", "data.val_splits=[traditional]", f"data.synthetic_dir={tmp_path / 'b'}",
-            "logger.tensorboard=false"]
+            "data.n_val=4", "data.n_jnd=4", "data.val_splits=[traditional]",
+            f"data.synthetic_dir={tmp_path / 'b'}", "logger.tensorboard=false"]
     assert_refused(run_main(train.main, argv, monkeypatch, capsys), evil, marker)
 
 
@@ -64,13 +64,15 @@ def test_exports_are_safetensors_and_round_trip(tmp_path):
     metric = LPIPS("alex", trunk="random", heads="random")
     path = export_metric(metric, tmp_path / "lpips_heads.safetensors", "tune")
     cfg = json.loads((tmp_path / "lpips_heads.json").read_text())
-    assert cfg == {"net": "alex", "version": "0.1", "variant": "tune", "trunk_file": "lpips_heads.trunk.safetensors"}
+    assert cfg == {"net": "alex", "version": "0.1", "variant": "tune",
+                   "trunk_file": "lpips_heads.trunk.safetensors"}
     with checkpoint_trust(False):
         back = LPIPS("alex", trunk=tmp_path / cfg["trunk_file"], heads=path)
     for a, b in zip(metric.heads, back.heads):
         assert torch.equal(a.weight, b.weight)
     for (k, a), b in zip(metric.trunk.state_dict().items(), back.trunk.state_dict().values()):
         assert torch.equal(a, b), k
-    old = save_checkpoint(tmp_path / "old.pth", {"heads": head_state(metric), "net": "alex", "version": "0.1"})
+    old = save_checkpoint(tmp_path / "old.pth",
+                          {"heads": head_state(metric), "net": "alex", "version": "0.1"})
     again = load_heads(LPIPS("alex", trunk="random", heads="random"), old)
     assert all(torch.equal(a.weight, b.weight) for a, b in zip(metric.heads, again.heads))

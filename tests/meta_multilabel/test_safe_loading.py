@@ -9,9 +9,9 @@ import pytest
 
 from tests.evil_pickle import assert_refused, plant, run_main
 
-SYNTHETIC = ["data=synthetic", "features=raw", "meta.episodes=2", "meta.inner_epochs=1", "meta.warmup_epochs=1",
-             "meta.hidden=8", "meta.label_dim=4", "classifier.batch_size=128", "classifier.epochs=1",
-             "trainer.progress_bar=false", "logger.tensorboard=false"]
+SYNTHETIC = ["data=synthetic", "features=raw", "meta.episodes=2", "meta.inner_epochs=1",
+             "meta.warmup_epochs=1", "meta.hidden=8", "meta.label_dim=4", "classifier.batch_size=128",
+             "classifier.epochs=1", "trainer.progress_bar=false", "logger.tensorboard=false"]
 
 
 @pytest.mark.parametrize("method", ["meta", "uniform"])

@@ -42,8 +42,8 @@ def test_plan_and_optimize_refuse_a_planted_model(tmp_path, monkeypatch, capsys)
     err = run_main(plan.main, ["CCO", "--run-dir", str(run), "--image", ""], monkeypatch, capsys)
     line = assert_refused(err, run / "model.pt", marker, how="--trust-checkpoint")
     assert "python -m common.checkpoint convert" in line  # an older pickle model.pt: the conversion is named
-    err = run_main(optimize.main, [f"model_dir={run}", f"paths.output_dir={tmp_path}", "name=ga"], monkeypatch,
-                   capsys)
+    argv = [f"model_dir={run}", f"paths.output_dir={tmp_path}", "name=ga"]
+    err = run_main(optimize.main, argv, monkeypatch, capsys)
     assert_refused(err, run / "model.pt", marker)
 
 
@@ -74,7 +74,8 @@ def test_bundle_is_safetensors_and_old_bundles_still_load(tmp_path):
     from synthesis_pathways.featurize import FeatureConfig
     from synthesis_pathways.model import NetConfig, SynNetModel, build_networks, model_file
 
-    feat, cfg = FeatureConfig(nbits=64, emb_bits=16), NetConfig(hidden={"act": 4, "rt1": 4, "rxn": 4, "rt2": 4})
+    feat = FeatureConfig(nbits=64, emb_bits=16)
+    cfg = NetConfig(hidden={"act": 4, "rt1": 4, "rxn": 4, "rt2": 4})
     m = SynNetModel(build_networks(feat, 5, cfg), feat, 5, cfg).eval()
     # a run from before the change: a pickle model.pt of plain weights, loaded without trust
     import dataclasses
@@ -89,4 +90,5 @@ def test_bundle_is_safetensors_and_old_bundles_still_load(tmp_path):
     assert json.loads((tmp_path / "model.json").read_text())["n_templates"] == 5
     new = SynNetModel.load(tmp_path)
     x = torch.rand(2, feat.input_dim("rxn", 5))
-    assert torch.equal(old.nets["rxn"](x), m.nets["rxn"](x)) and torch.equal(new.nets["rxn"](x), m.nets["rxn"](x))
+    assert torch.equal(old.nets["rxn"](x), m.nets["rxn"](x))
+    assert torch.equal(new.nets["rxn"](x), m.nets["rxn"](x))

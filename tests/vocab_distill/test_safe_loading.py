@@ -18,8 +18,8 @@ import torch
 from common.checkpoint import UntrustedCheckpointError, save_checkpoint, save_safetensors
 from tests.evil_pickle import assert_refused, plant, run_task
 
-SMOKE = ["experiment=smoke", "pipeline.schedule=joint", "pipeline.methods=[dual_proj]", "pipeline.tasks=[snips_intent]",
-         "pipeline.finetune_teacher=false", "logger.tensorboard=false"]
+SMOKE = ["experiment=smoke", "pipeline.schedule=joint", "pipeline.methods=[dual_proj]",
+         "pipeline.tasks=[snips_intent]", "pipeline.finetune_teacher=false", "logger.tensorboard=false"]
 
 
 def test_train_resume_path_is_refused_before_loading(tmp_path, capsys):
@@ -55,4 +55,5 @@ def test_student_embeddings_safe_round_trip_and_planted_pickle(tmp_path):
     marker = plant(evil)
     with pytest.raises(UntrustedCheckpointError) as exc:
         load_student_embeddings(evil.parent)
-    assert "python -m common.checkpoint convert" in assert_refused(str(exc.value), evil, marker, how="trust=True")
+    line = assert_refused(str(exc.value), evil, marker, how="trust=True")
+    assert "python -m common.checkpoint convert" in line
