@@ -6,6 +6,8 @@ code a file someone else made could run. A safe loader refuses the file and the 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 from pathlib import Path
 
@@ -45,14 +47,29 @@ def assert_refused(text: str, path: str | Path, marker: Path,
     return lines[0]
 
 
+@contextlib.contextmanager
+def _isolated_logging():
+    """An in-process ``@hydra.main`` points the root logger at the current (test-captured, later closed)
+    stderr. Hide handlers an earlier test left on a closed stream, and undo what this call adds."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    root.handlers[:] = [h for h in handlers if not getattr(getattr(h, "stream", None), "closed", False)]
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 def run_main(main, argv: list[str], monkeypatch, capsys) -> str:
     """Run a CLI ``main`` in-process with ``argv``; it must exit with (or return) status 1. Returns stderr."""
     monkeypatch.setattr(sys, "argv", ["prog", *argv])
     capsys.readouterr()
-    try:
-        code = main()
-    except SystemExit as e:
-        code = e.code
+    with _isolated_logging():
+        try:
+            code = main()
+        except SystemExit as e:
+            code = e.code
     out = capsys.readouterr()
     assert code == 1, f"exit status {code}; stderr:\n{out.err[-3000:]}"
     return out.err
@@ -69,10 +86,11 @@ def run_task(main, conf_dir: str | Path, overrides: list[str], capsys, config_na
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         cfg = compose(config_name, overrides=overrides)
     capsys.readouterr()
-    try:
-        code = main(cfg)
-    except SystemExit as e:
-        code = e.code
+    with _isolated_logging():
+        try:
+            code = main(cfg)
+        except SystemExit as e:
+            code = e.code
     out = capsys.readouterr()
     assert code == 1, f"exit status {code}; stderr:\n{out.err[-3000:]}"
     return out.err
