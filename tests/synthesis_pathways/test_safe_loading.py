@@ -92,3 +92,27 @@ def test_bundle_is_safetensors_and_old_bundles_still_load(tmp_path):
     x = torch.rand(2, feat.input_dim("rxn", 5))
     assert torch.equal(old.nets["rxn"](x), m.nets["rxn"](x))
     assert torch.equal(new.nets["rxn"](x), m.nets["rxn"](x))
+
+
+
+def test_ga_state_resumes_under_the_safe_loader(space, tmp_path):
+    """ga_state.pt (population, decode/score caches keyed by bytes and SMILES, PCG64 state) loads without
+    trust, and the GA continues from it (generation 2 after the saved generation 1)."""
+    from common.checkpoint import load_checkpoint
+    from synthesis_pathways.decode import Decoder, RandomPolicy
+    from synthesis_pathways.featurize import FeatureConfig, Featurizer
+    from synthesis_pathways.ga import GAConfig, GeneticOptimizer, seed_genomes
+    from synthesis_pathways.oracles import get_oracle
+
+    def ga(generations):
+        decoder = Decoder(space, Featurizer(FeatureConfig(nbits=256, emb_bits=64), space.bimolecular_mask()),
+                          RandomPolicy(len(space.blocks), space.n_templates, seed=0))
+        return GeneticOptimizer(decoder, get_oracle("qed"),
+                                GAConfig(population=4, offspring=6, generations=generations, seed=0))
+
+    seeds = seed_genomes(space.blocks[:6], 256)
+    first = ga(1).run(seeds, run_dir=tmp_path, progress_bar=False)
+    saved = load_checkpoint(tmp_path / "ga_state.pt")
+    assert saved["generation"] == 1 and saved["decode_cache"] and saved["population"].dtype.name == "uint8"
+    resumed = ga(2).run(seeds, run_dir=tmp_path, resume=True, progress_bar=False)
+    assert resumed.generations == 2 and resumed.seed_scores == first.seed_scores
