@@ -135,7 +135,7 @@ class LoggerConfig:
 # them (re-running a sweep with resume=auto, a longer budget or another output root finds the same
 # folders), and resume=auto accepts a change of them (see RESUME_MAY_CHANGE).
 MULTIRUN_EXCLUDE_KEYS: tuple[str, ...] = (
-    "resume", "paths.output_dir", "paths.data_dir", "trainer.progress_bar", "trainer.max_steps",
+    "resume", "trust_checkpoint", "paths.output_dir", "paths.data_dir", "trainer.progress_bar", "trainer.max_steps",
     "trainer.max_epochs", "trainer.num_threads")
 
 # What resume=auto lets change against the config a run was trained with (dotted keys, fnmatch patterns):
@@ -147,13 +147,17 @@ RESUME_MAY_CHANGE: tuple[str, ...] = MULTIRUN_EXCLUDE_KEYS + (
     "logger.*", "paths.reports_dir", "trainer.log_every_steps", "trainer.checkpoint_every_steps",
     "trainer.keep_last_checkpoints", "trainer.device")
 
-# Merged at the config root: a stable run directory (so resume=auto finds it) and the resume switch.
+# Merged at the config root: a stable run directory (so resume=auto finds it), the resume switch and the
+# trust_checkpoint switch.
 # `output_subdir: null` stops Hydra from writing <run_dir>/.hydra/*.yaml before the task starts:
 # common.hydra_utils.report_user_errors writes the same three files itself, after the run was validated,
 # so that a refused run (resume=never on a finished run, a bad option) leaves the folder untouched.
 RUN_LAYOUT: dict[str, Any] = {
     "name": "run",  # every package sets its own; experiment files set theirs
     "resume": "never",
+    # true: checkpoints and weight files may be fully unpickled (which can run code in them); only for
+    # files you made yourself. false: they load as plain weights, or are refused (common.checkpoint).
+    "trust_checkpoint": False,
     "hydra": {
         "run": {"dir": "${paths.output_dir}/${name}"},
         "sweep": {"dir": "${paths.output_dir}/${name}/multirun", "subdir": "${hydra:job.override_dirname}"},

@@ -19,7 +19,13 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from common.checkpoint import ResumeError, check_resume, write_run_config
+from common.checkpoint import (
+    CheckpointReadError,
+    ResumeError,
+    check_resume,
+    checkpoint_trust,
+    write_run_config,
+)
 from common.config import RESUME_MAY_CHANGE, ConfigError, check_trainer_config
 from common.data import DataFormatError, DatasetNotFoundError
 from common.pretrained import PretrainedNotFoundError
@@ -29,7 +35,7 @@ T = TypeVar("T")
 # Errors caused by the user's input or setup (missing data or weights, malformed files, a resume conflict):
 # printed as one line, no traceback. Packages subclass these for their own assets.
 USER_ERRORS: tuple[type[BaseException], ...] = (DatasetNotFoundError, DataFormatError, ResumeError,
-                                               PretrainedNotFoundError, ConfigError)
+                                               PretrainedNotFoundError, ConfigError, CheckpointReadError)
 
 
 def run_dir_from(cfg: DictConfig) -> Path:
@@ -89,7 +95,10 @@ def report_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
     """Decorate a Hydra task: validate the run before anything is loaded or written (:func:`validate_run`),
     write the run's config files, then run the task. A user error (a missing value, an option the core
     cannot run with, a resume conflict, a missing dataset, a malformed file, a NaN loss) exits with status 1
-    and one clear line instead of a traceback."""
+    and one clear line instead of a traceback.
+
+    The task runs under ``checkpoint_trust(cfg.trust_checkpoint)``: every checkpoint it loads is loaded
+    without unpickling code unless the user passed ``trust_checkpoint=true``."""
     from common.trainer import NonFiniteLossError
 
     errors = USER_ERRORS + (NonFiniteLossError,)
@@ -101,12 +110,14 @@ def report_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
             print(f"error: missing required value(s): {', '.join(missing)}; set them as key=value overrides",
                   file=sys.stderr)
             sys.exit(1)
+        trust = bool(cfg.get("trust_checkpoint", False)) if isinstance(cfg, DictConfig) else False
         try:
             if isinstance(cfg, DictConfig) and "paths" in cfg and "name" in cfg:
                 run_dir = run_dir_from(cfg)
                 validate_run(cfg, run_dir)
                 _write_run_files(cfg, run_dir)
-            return fn(cfg, *args, **kwargs)
+            with checkpoint_trust(trust, "trust_checkpoint=true"):
+                return fn(cfg, *args, **kwargs)
         except errors as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)

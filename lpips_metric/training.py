@@ -180,19 +180,20 @@ def evaluate_metric(metric: LPIPS, val_sets: dict, jnd_sets: dict | None = None,
 
 
 def export_metric(metric: LPIPS, path: str | os.PathLike, variant: str) -> Path:
-    """Write a head file (``heads``, net, version) that ``LPIPS(heads=path)`` loads; tune/scratch also
-    write the trunk to ``<path>.trunk.pth`` for ``LPIPS(trunk=...)``."""
-    from common.checkpoint import save_checkpoint
+    """Write the heads as ``path`` (safetensors) + ``<stem>.json`` (net, version, variant), which
+    ``LPIPS(heads=path)`` loads; tune/scratch also write the trunk to ``<stem>.trunk.safetensors`` for
+    ``LPIPS(trunk=...)``. No pickle: the files can be shared and loaded without trusting their maker."""
+    from common.checkpoint import save_safetensors
 
-    from .model import head_state
+    from .model import save_heads
 
     path = Path(path)
-    state = {"heads": head_state(metric), "net": metric.net_name, "version": metric.version, "variant": variant}
+    extra = {"variant": variant}
     if variant != "lin":
-        trunk_path = path.with_suffix(".trunk.pth")
-        save_checkpoint(trunk_path, {k: v.cpu() for k, v in metric.trunk.state_dict().items()})
-        state["trunk_file"] = trunk_path.name
-    return save_checkpoint(path, state)
+        trunk_path = path.with_name(f"{path.name.removesuffix('.safetensors')}.trunk.safetensors")
+        save_safetensors(trunk_path, {k: v.cpu() for k, v in metric.trunk.state_dict().items()})
+        extra["trunk_file"] = trunk_path.name
+    return save_heads(metric, path, **extra)
 
 
 def steps_per_epoch(n_items: int, batch_size: int, grad_accum: int = 1) -> int:
@@ -239,5 +240,5 @@ def train_metric(trainer_cfg, run_dir, model_cfg: MetricTrainConfig, data_cfg: D
     )
     if trainer_cfg.monitor and result.best_checkpoint is not None:
         trainer.load_best(model)
-    heads = export_metric(model.metric, Path(run_dir) / "lpips_heads.pth", model_cfg.variant)
+    heads = export_metric(model.metric, Path(run_dir) / "lpips_heads.safetensors", model_cfg.variant)
     return model.metric, result, heads

@@ -23,7 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state, seed_everything
+from common.checkpoint import (
+    CheckpointManager,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    seed_everything,
+)
 from common.logging import MetricLogger, get_logger
 from common.progress import progress
 from meta_multilabel.evaluate import (
@@ -348,7 +354,7 @@ def run_baseline(task: PreparedTask, kind: str, cfg: ClassifierConfig, run_dir: 
     weights, mode = (None, "label") if kind == "uniform" else (inverse_frequency_weights(task.Y["train"]), "pos")
     epoch, best = 0, {"score": -1.0, "model": copy.deepcopy(model.state_dict()), "epoch": 0}
     if start is not None:
-        state = torch.load(start, weights_only=False)
+        state = load_checkpoint(start)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         restore_rng_state(state["rng"])
@@ -421,7 +427,7 @@ def run_meta(task: PreparedTask, meta_cfg: MetaConfig, clf_cfg: ClassifierConfig
     history: list[dict] = []
     t0 = time.time()
     if start is not None:
-        state = torch.load(start, weights_only=False)
+        state = load_checkpoint(start)
         clf.load_state_dict(state["model"])
         clf_opt.load_state_dict(state["optimizer"])
         meta.load_state_dict(state["meta"])

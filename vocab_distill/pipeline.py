@@ -27,7 +27,7 @@ import torch
 from transformers import BertForMaskedLM, BertModel
 
 from common.bench import peak_rss_bytes
-from common.checkpoint import ResumeError
+from common.checkpoint import ResumeError, load_export, save_safetensors
 from common.logging import get_logger
 
 from .corpus import ALL_SOURCES, build_corpus, read_nlu_intents, read_sst2
@@ -70,6 +70,19 @@ STUDENT_METHODS = ("dual_proj", "scratch", "logit_kd", "mix_only", "proj_only")
 same width with the teacher's vocabulary, MLM + logit distillation from the stage-0 teacher. Ablations:
 mix_only: E_s from stage I, MLM only (alpha = 0); proj_only: random E_s, projections of the stage-0 teacher."""
 NEEDS_STAGE1 = ("dual_proj", "mix_only")
+
+
+STUDENT_EMBEDDINGS = "student_embeddings.safetensors"
+"""Stage I's student table E_s inside its export folder (+ .json); no pickle."""
+
+
+def load_student_embeddings(stage1_dir: Path) -> torch.Tensor:
+    """E_s from a stage-I export: ``student_embeddings.safetensors``, or an older run's
+    ``student_embeddings.pt`` (a bare tensor, read as plain weights, never unpickled)."""
+    new, old = stage1_dir / STUDENT_EMBEDDINGS, stage1_dir / "student_embeddings.pt"
+    if old.is_file() and not new.is_file():
+        return load_export(old)
+    return load_export(new)["weight"]
 
 
 @dataclass
@@ -276,7 +289,7 @@ class Pipeline:
         model.eval()
         metrics = {f"p{p}": eval_mixed_mlm(model, self.codec, self.eval_mixed, p=p) for p in (0.0, 0.5, 1.0)}
         model.teacher.save_pretrained(out / "teacher")
-        torch.save(model.student_embeddings.weight.detach().cpu(), out / "student_embeddings.pt")
+        save_safetensors(out / STUDENT_EMBEDDINGS, {"weight": model.student_embeddings.weight})
         info = {"heldout": metrics, "steps": fit.step, "seconds": time.time() - t0}
         _json_dump(out / "stage1.json", info)
         self.results["stages"][key] = info
@@ -300,7 +313,7 @@ class Pipeline:
             if method in NEEDS_STAGE1:  # the student table learnt inside the teacher in stage I
                 with torch.no_grad():
                     student.bert.embeddings.word_embeddings.weight.copy_(
-                        torch.load(stage1_dir / "student_embeddings.pt"))
+                        load_student_embeddings(stage1_dir))
             if method == "mix_only":
                 distiller = StudentDistiller(student)
             else:  # projections of the stage-I teacher (dual_proj) or of the stage-0 teacher (proj_only)
