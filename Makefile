@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PROFILE ?= quick
 
-.PHONY: venv test test-slow reproduce lint clean-venv
+.PHONY: venv test test-slow reproduce lint clean-venv gpu-bundle gpu-check
 
 venv: $(STAMP)
 
@@ -32,3 +32,12 @@ lint: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# GPU check (README "GPU check"). gpu-bundle runs here, with the registry reachable: the wheels the GPU
+# machine lacks + small data subsets -> .gpu_bundle (git-ignored, carried). gpu-check runs on the GPU
+# machine with its own python3 and no network, so it must not depend on the .venv stamp.
+gpu-bundle: $(STAMP)
+	$(PY) -m common.gpu_bundle $(GPU_BUNDLE_ARGS)
+
+gpu-check:
+	$(PYTHON) -m common.gpu_check $(GPU_CHECK_ARGS)
