@@ -121,7 +121,13 @@ def gpu_test_files(repo: Path = REPO) -> list[str]:
     param). Passing only these to pytest keeps unrelated modules (and their imports) out of collection."""
     files = []
     for p in sorted((repo / "tests").rglob("test_*.py")):
-        if re.search(r"mark\.gpu\b", p.read_text(encoding="utf-8", errors="replace")):
+        try:
+            tree = ast.parse(p.read_text(encoding="utf-8", errors="replace"))
+        except SyntaxError:
+            files.append(str(p.relative_to(repo)))  # let pytest report it
+            continue
+        if any(isinstance(n, ast.Attribute) and n.attr == "gpu" and isinstance(n.value, ast.Attribute)
+               and n.value.attr == "mark" for n in ast.walk(tree)):
             files.append(str(p.relative_to(repo)))
     return files
 
@@ -699,10 +705,15 @@ def print_plan(steps: list[Step], args, python: str, bundle: Path | None, env: d
                 print("carried (64 MiB limit, working tree included): " + lines[0])
             except (OSError, subprocess.CalledProcessError):
                 print("carried: working tree size unknown here (no git)")
+            here = ".".join(platform.python_version_tuple()[:2])
+            if man.get("python_version") != here:
+                print(f"  note: this Python is {here}, the bundle is for {man.get('python_version')}: the check itself "
+                      "would stop here with exit 2")
             todo, kept = wheels_to_install(wheels, installed_dists(exclude=args.site))
             print(f"install ({len(todo)} wheels this Python lacks; {len(kept)} preinstalled kept: "
                   f"{', '.join(sorted(kept)) or 'none'}):")
-            print("  " + shlex.join(install_command(python, todo, args.site)))
+            rel = [w.relative_to(REPO) if w.is_relative_to(REPO) else w for w in todo]
+            print("  " + shlex.join(install_command(python, rel, args.site)))
     for key in ("PYTHONPATH", "PAPERS_DATA_DIR"):
         if key in env:
             print(f"env: {key}={env[key]}")

@@ -124,9 +124,11 @@ def test_dry_run_lists_every_smoke_the_gpu_tests_and_the_install(tmp_path, capsy
 def test_gpu_tests_and_benches_are_discovered(tmp_path):
     files = gc.gpu_test_files()
     assert "tests/fuyou_offload/test_gpu.py" in files and "tests/common/test_trainer.py" not in files
+    assert "tests/common/test_gpu_check.py" not in files  # mentions the marker only in strings
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "test_a.py").write_text("import pytest\npytestmark = pytest.mark.gpu\n")
-    (tmp_path / "tests" / "test_b.py").write_text("import pytest\n@pytest.mark.gpus_other\ndef test(): pass\n")
+    (tmp_path / "tests" / "test_b.py").write_text("import pytest\n@pytest.mark.gpus_other\ndef test(): pass\n"
+                                                  "S = 'pytestmark = pytest.mark.gpu'\n")  # a string, not a marker
     assert gc.gpu_test_files(tmp_path) == ["tests/test_a.py"]
     (tmp_path / "newpkg").mkdir()
     (tmp_path / "newpkg" / "bench.py").write_text('GPU_CHECK_ARGS = ["--device", "cuda"]\nimport rdkit\n')
