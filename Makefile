@@ -7,7 +7,7 @@ PROFILE ?= quick
 # Exact versions of every dependency (all extras), used as pip constraints: see `make lock` below.
 LOCK   := requirements.lock
 
-.PHONY: venv test test-slow reproduce lint clean-venv lock
+.PHONY: venv test test-slow reproduce lint clean-venv lock gpu-bundle gpu-check
 
 venv: $(STAMP)
 
@@ -49,3 +49,12 @@ lint: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# GPU check (README "GPU check"). gpu-bundle runs here, with the registry reachable: the wheels the GPU
+# machine lacks + small data subsets -> .gpu_bundle (git-ignored, carried). gpu-check runs on the GPU
+# machine with its own python3 and no network, so it must not depend on the .venv stamp.
+gpu-bundle: $(STAMP)
+	$(PY) -m common.gpu_bundle $(GPU_BUNDLE_ARGS)
+
+gpu-check:
+	$(PYTHON) -m common.gpu_check $(GPU_CHECK_ARGS)
