@@ -57,9 +57,10 @@ class Tier(Choice):
 
 
 class GradTier(Choice):
-    host = auto()
-    ssd = auto()
-    auto = auto()
+    # explicit values: a member named `auto` hides enum.auto in the class body
+    host = "host"
+    ssd = "ssd"
+    auto = "auto"
     """host when all fp32 gradients fit in a quarter of the budget, else ssd."""
 
 
