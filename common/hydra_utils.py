@@ -57,9 +57,6 @@ def report_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
     """Decorate a Hydra task: a user error (a bad config value, missing dataset, malformed file, resume
     conflict, NaN loss) exits with status 1 and one clear line instead of a traceback. Hydra's own
     composition errors (a bad override, an unknown key or option) are printed in one line too."""
-    from common.trainer import NonFiniteLossError
-
-    errors = USER_ERRORS + (NonFiniteLossError,)
     report_config_errors_in_one_line()
 
     @functools.wraps(fn)
@@ -69,11 +66,14 @@ def report_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
             print(f"error: missing required value(s): {', '.join(missing)}; set them as key=value overrides",
                   file=sys.stderr)
             sys.exit(1)
+        # imported here, not at decoration: common.trainer loads tensorboard and more, so --help stays fast
+        from common.trainer import NonFiniteLossError
+
         try:
             if isinstance(cfg, DictConfig):
                 to_object(cfg)  # the package's root schema: every value and every __post_init__ check
             return fn(cfg, *args, **kwargs)
-        except errors as e:
+        except USER_ERRORS + (NonFiniteLossError,) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
 

@@ -34,19 +34,6 @@ class Variant(Choice):
     """Randomly initialised trunk trained with the heads."""
 
 
-class Split(Choice):
-    """BAPPS distortion splits (2AFC train: traditional, cnn, mix; val adds the real algorithms; JND:
-    traditional, cnn)."""
-
-    traditional = auto()
-    cnn = auto()
-    mix = auto()
-    superres = auto()
-    deblur = auto()
-    color = auto()
-    frameinterp = auto()
-
-
 @dataclass
 class MetricTrainConfig:
     """The ``model`` group of ``lpips_metric/conf``: what is trained and how (reference defaults)."""
@@ -95,12 +82,12 @@ class DataConfig:
     """Synthetic JND pairs per split."""
     synthetic_seed: int = 0
     """Seed of the synthetic set (part of its folder name)."""
-    train_splits: list[Split] = field(default_factory=lambda: [Split.traditional, Split.cnn, Split.mix])
-    """2AFC training splits."""
-    val_splits: list[Split] = field(default_factory=lambda: [Split.traditional, Split.cnn, Split.superres,
-                                                             Split.deblur, Split.color, Split.frameinterp])
+    train_splits: list[str] = field(default_factory=lambda: ["traditional", "cnn", "mix"])
+    """2AFC training splits (folder names under 2afc/train; the synthetic set also has ``within``)."""
+    val_splits: list[str] = field(default_factory=lambda: ["traditional", "cnn", "superres", "deblur", "color",
+                                                           "frameinterp"])
     """2AFC validation splits (each scored; 2afc_mean averages them)."""
-    jnd_splits: list[Split] = field(default_factory=lambda: [Split.traditional, Split.cnn])
+    jnd_splits: list[str] = field(default_factory=lambda: ["traditional", "cnn"])
     """JND splits (mAP each; jnd_mean averages them)."""
     load_size: int = 64
     """Patches are resized to load_size x load_size."""
