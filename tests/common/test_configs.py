@@ -16,7 +16,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from common.schema import AppConfig, Choice
+from common.hydra_utils import to_plain
+from common.schema import AppConfig, Choice, to_object
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,9 +64,16 @@ def test_config_composes_and_converts_to_its_schema(module, conf_dir, name, pkg,
     root = _root_schema(pkg, name)
     obj = OmegaConf.to_object(cfg)
     assert type(obj) is root and isinstance(obj, AppConfig)
-    from common.schema import to_object
-
     to_object(cfg)  # the shells' start-up check: no undeclared key, every __post_init__ check passes
+
+    def builtin(x):  # what checkpoints and run_info.json hold: closed choices as plain str
+        if isinstance(x, dict):
+            return all(type(k) is str and builtin(v) for k, v in x.items())
+        if isinstance(x, list):
+            return all(builtin(v) for v in x)
+        return x is None or type(x) in (str, int, float, bool)
+
+    assert builtin(to_plain(cfg))
 
 
 @pytest.mark.parametrize("module,conf_dir,name,pkg", [a for a in APPS])
