@@ -152,64 +152,94 @@ def test_experiment_overrides_package_values():
     assert exp.trainer.max_epochs == 50 and exp.trainer.batch_size == base.trainer.batch_size == 64
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "common.examples.digits", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=180)
-
-
-def test_cli_help_bad_override_and_missing_value():
-    help_text = _cli("--help").stdout
-    for group in ("trainer", "paths", "logger", "model", "experiment"):
-        assert f"{group}:" in help_text
-    bad = _cli("trainer.max_epochs=abc")
-    assert bad.returncode == 1 and "trainer.max_epochs" in bad.stderr and "Traceback" not in bad.stderr
-    unknown = _cli("trainer.epochs=3")
-    assert unknown.returncode == 1 and "trainer.epochs" in unknown.stderr and "Traceback" not in unknown.stderr
-    missing = _cli("model.lr=???")
-    assert missing.returncode == 1 and "missing required value(s): model.lr" in missing.stderr
-
-
-# (command line, what the one line must name, rejected while Hydra composes: before the run folder exists)
-BAD_VALUES = [
-    (["scpo_rl.train", "rl.gamma=high"], ["rl.gamma=high", "Float"], True),  # was a TypeError after warm-up
-    (["joint_bert_nlu.train", "data.max_seq_length=abc"], ["data.max_seq_length=abc", "Integer"], True),  # 41 lines
-    (["scpo_rl.train", "rl.normalization=paperr"], ["rl.normalization=paperr", "warmup, paper, none"], True),
-    (["scpo_rl.train", "rl.gama=0.9"], ["rl.gama", "unknown key"], True),
-    (["fuyou_offload.train", "offload.plan=abc"], ["offload.plan=abc", "recompute"], False),  # __post_init__
-]
-
-
-# Runs each command line as `python -m <module> <args>` would (runpy, the real argv), all in one interpreter so
-# that torch is imported once; prints [exit status, stderr] per run as JSON.
+# Runs each command line as `python -m <module> <args>` would (runpy, the real sys.argv), all in one interpreter
+# so that torch is imported once; prints [exit status, stdout, stderr] per run as JSON.
 _DRIVER = """
 import contextlib, io, json, runpy, sys
-out = []
+runs = []
 for argv in json.loads(sys.argv[1]):
-    sys.argv, err, code = ["-m", *argv[1:]], io.StringIO(), 0
-    with contextlib.redirect_stderr(err):
+    sys.argv, out, err, code = ["-m", *argv[1:]], io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
         except SystemExit as e:
             code = e.code
-    out.append([code, err.getvalue()])
-print(json.dumps(out))
+    runs.append([code, out.getvalue(), err.getvalue()])
+print(json.dumps(runs))
 """
+
+
+def _run_clis(runs: list[list[str]]) -> list[tuple[int, str, str]]:
+    """(exit status, stdout, stderr) of each ``[module, *args]`` run as ``python -m module args``."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), HYDRA_FULL_ERROR="0")
+    proc = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(runs)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [tuple(r) for r in json.loads(proc.stdout)]
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
+    return lines[0]
+
+
+def test_cli_help_bad_override_and_missing_value(tmp_path):
+    out = f"paths.output_dir={tmp_path}"
+    (_, help_text, _), bad, unknown, missing = _run_clis([
+        ["common.examples.digits", "--help"], ["common.examples.digits", "trainer.max_epochs=abc", out],
+        ["common.examples.digits", "trainer.epochs=3", out], ["common.examples.digits", "model.lr=???", out]])
+    for group in ("trainer", "paths", "logger", "model", "experiment"):
+        assert f"{group}:" in help_text
+    assert bad[0] == 1 and "trainer.max_epochs=abc" in _one_error_line(bad[2])
+    assert unknown[0] == 1 and "trainer.epochs" in _one_error_line(unknown[2])
+    assert missing[0] == 1 and "missing required value(s): model.lr" in _one_error_line(missing[2])
+
+
+# Through the real command lines: (argv, what the one line must name, rejected while Hydra composes, i.e.
+# before the run folder exists). Packages whose shell imports little, so the runs cost about one start-up.
+BAD_VALUES = [
+    (["scpo_rl.train", "rl.gamma=high"], ["rl.gamma=high", "Float"], True),  # was a TypeError after warm-up
+    (["scpo_rl.train", "rl.normalization=paperr"], ["rl.normalization=paperr", "warmup, paper, none"], True),
+    (["scpo_rl.train", "rl.gama=0.9"], ["rl.gama", "unknown key"], True),
+    (["fuyou_offload.train", "offload.plan=abc"], ["offload.plan=abc", "recompute"], False),  # __post_init__
+]
+# In-process (the same composition, without each shell's imports): (conf dir, overrides, what the line names).
+BAD_OVERRIDES = [
+    ("joint_bert_nlu", ["data.max_seq_length=abc"], ["data.max_seq_length=abc", "Integer"]),  # was 41 lines
+    ("label_efficient_seg", ["method=fulll"], ["method/fulll", "fixmatch"]),
+    ("label_efficient_seg", ["method.loss=gcee"], ["method.loss=gcee", "gce"]),
+    ("meta_multilabel", ["method=metaa"], ["method=metaa", "inverse_freq"]),
+    ("vocab_distill", ["pipeline.direction=sideways"], ["pipeline.direction=sideways", "down, up, both"]),
+    ("lpips_metric", ["model.lr=fast"], ["model.lr=fast", "Float"]),
+    ("synthesis_pathways", ["experiment=smoke", "model.nbit=8"], ["model.nbit", "unknown key"]),
+    ("llm_specialization", ["task=knn_lm", "task.n_test=3"], ["task.n_test", "KnnLmTask"]),
+]
+
+
+@pytest.mark.parametrize("pkg,overrides,needles", BAD_OVERRIDES, ids=[f"{p}:{o[-1]}" for p, o, _ in BAD_OVERRIDES])
+def test_bad_overrides_are_rejected_while_composing(pkg, overrides, needles):
+    from hydra.errors import CompactHydraException
+
+    from common.schema import one_line
+
+    importlib.import_module(pkg)
+    with initialize_config_dir(str(REPO / pkg / "conf"), version_base="1.3"):
+        with pytest.raises(CompactHydraException) as e:
+            compose(config_name="config", overrides=overrides)
+    line = one_line(e.value)
+    assert "\n" not in line and all(n in line for n in needles), line
 
 
 def test_bad_values_fail_in_one_line_before_anything_is_loaded(tmp_path):
     """A value of the wrong type, an unknown member of a closed choice, an unknown key, and a value that only
     the dataclass validates (checked when the shell starts, before the package's code runs): exit status 1,
     one line naming the key and the value, no traceback."""
-    runs = [[args[0], *args[1:], f"paths.output_dir={tmp_path / str(i)}"] for i, (args, _, _) in enumerate(BAD_VALUES)]
-    env = dict(os.environ, PYTHONPATH=str(REPO), HYDRA_FULL_ERROR="0")
-    proc = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(runs)], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for i, ((args, needles, at_compose), (code, err)) in enumerate(zip(BAD_VALUES, json.loads(proc.stdout))):
-        lines = [line for line in err.splitlines() if line.strip()]
+    runs = _run_clis([[*args, f"paths.output_dir={tmp_path / str(i)}"] for i, (args, _, _) in enumerate(BAD_VALUES)])
+    for i, ((args, needles, at_compose), (code, _, err)) in enumerate(zip(BAD_VALUES, runs)):
         assert code == 1, (args, err[-2000:])
-        assert len(lines) == 1 and lines[0].startswith("error: "), (args, err[-2000:])
-        assert all(n in lines[0] for n in needles), (args, lines[0])
+        line = _one_error_line(err)
+        assert all(n in line for n in needles), (args, line)
         if at_compose:
             assert not (tmp_path / str(i)).exists(), f"{args}: a rejected config created its run folder"
 
