@@ -76,7 +76,7 @@ def test_config_composes_and_converts_to_its_schema(module, conf_dir, name, pkg,
     assert builtin(to_plain(cfg))
 
 
-@pytest.mark.parametrize("module,conf_dir,name,pkg", [a for a in APPS])
+@pytest.mark.parametrize("module,conf_dir,name,pkg", APPS)
 def test_every_config_starts_from_its_schema(module, conf_dir, name, pkg):
     """ARCHITECTURE.md's rule: the primary config's first default is ``/schema/<pkg>/<name>@_here_``, and each
     option of a group starts from ``/schema/<pkg>/<group>`` (or ``.../<group>/<option>``, or another option
