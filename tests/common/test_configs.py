@@ -213,7 +213,7 @@ BAD_OVERRIDES = [
     ("vocab_distill", ["pipeline.direction=sideways"], ["pipeline.direction=sideways", "down, up, both"]),
     ("lpips_metric", ["model.lr=fast"], ["model.lr=fast", "Float"]),
     ("synthesis_pathways", ["experiment=smoke", "model.nbit=8"], ["model.nbit", "unknown key"]),
-    ("llm_specialization", ["task=knn_lm", "task.n_test=3"], ["task.n_test", "KnnLmTask"]),
+    ("llm_specialization", ["task=rec_tuning", "task.build=clen"], ["task.build=clen", "parity, clean"]),
 ]
 
 
