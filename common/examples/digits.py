@@ -97,7 +97,7 @@ class DigitsConfig(RootConfig):
 
 
 # Schemas under schema/digits/ (Hydra's ConfigStore is global: a plain `model` group here would add an option
-# to every other app's `model` group). conf/digits.yaml starts from schema/digits/config and every
+# to every other app's `model` group). conf/digits.yaml starts from schema/digits/digits (the root) and every
 # conf/model/*.yaml from schema/digits/model.
 register("digits", DigitsConfig, {"model": DigitsModelConfig}, name="digits")
 
