@@ -29,6 +29,7 @@ from common.checkpoint import (
 from common.config import RESUME_MAY_CHANGE, ConfigError, check_trainer_config
 from common.data import DataFormatError, DatasetNotFoundError
 from common.pretrained import PretrainedNotFoundError
+from common.schema import report_config_errors_in_one_line, to_object
 
 T = TypeVar("T")
 
@@ -49,7 +50,10 @@ def run_dir_from(cfg: DictConfig) -> Path:
 
 
 def to_dataclass(node: Any, cls: type[T]) -> T:
-    """Build dataclass ``cls`` from an OmegaConf node or dict (unknown keys are an error)."""
+    """Build dataclass ``cls`` from an OmegaConf node or dict (unknown keys are an error). A node typed by
+    ``cls`` itself (a schema) converts with ``OmegaConf.to_object``, nested dataclasses included."""
+    if isinstance(node, DictConfig) and OmegaConf.get_type(node) is cls:
+        return OmegaConf.to_object(node)  # type: ignore[return-value]
     data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
@@ -59,8 +63,9 @@ def to_dataclass(node: Any, cls: type[T]) -> T:
 
 
 def to_plain(cfg: DictConfig) -> dict:
-    """The resolved config as plain containers (for checkpoints and run_info.json)."""
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    """The resolved config as plain containers (for checkpoints and run_info.json); closed choices (enum
+    members) become their names, so a checkpoint holds only builtin types."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
 
 
 def validate_run(cfg: DictConfig, run_dir: str | os.PathLike) -> None:
@@ -92,16 +97,15 @@ def _write_run_files(cfg: DictConfig, run_dir: Path) -> None:
 
 
 def report_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
-    """Decorate a Hydra task: validate the run before anything is loaded or written (:func:`validate_run`),
-    write the run's config files, then run the task. A user error (a missing value, an option the core
-    cannot run with, a resume conflict, a missing dataset, a malformed file, a NaN loss) exits with status 1
-    and one clear line instead of a traceback.
+    """Decorate a Hydra task: validate the run before anything is loaded or written (the package's root
+    schema, then :func:`validate_run`), write the run's config files, then run the task. A user error (a bad
+    config value, a missing value, an option the core cannot run with, a resume conflict, a missing dataset,
+    a malformed file, a NaN loss) exits with status 1 and one clear line instead of a traceback. Hydra's own
+    composition errors (a bad override, an unknown key or option) are printed in one line too.
 
     The task runs under ``checkpoint_trust(cfg.trust_checkpoint)``: every checkpoint it loads is loaded
     without unpickling code unless the user passed ``trust_checkpoint=true``."""
-    from common.trainer import NonFiniteLossError
-
-    errors = USER_ERRORS + (NonFiniteLossError,)
+    report_config_errors_in_one_line()
 
     @functools.wraps(fn)
     def wrapper(cfg, *args, **kwargs):
@@ -110,15 +114,20 @@ def report_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
             print(f"error: missing required value(s): {', '.join(missing)}; set them as key=value overrides",
                   file=sys.stderr)
             sys.exit(1)
+        # imported here, not at decoration: common.trainer loads tensorboard and more, so --help stays fast
+        from common.trainer import NonFiniteLossError
+
         trust = bool(cfg.get("trust_checkpoint", False)) if isinstance(cfg, DictConfig) else False
         try:
+            if isinstance(cfg, DictConfig):
+                to_object(cfg)  # the package's root schema: every value and every __post_init__ check
             if isinstance(cfg, DictConfig) and "paths" in cfg and "name" in cfg:
                 run_dir = run_dir_from(cfg)
                 validate_run(cfg, run_dir)
                 _write_run_files(cfg, run_dir)
             with checkpoint_trust(trust, "trust_checkpoint=true"):
                 return fn(cfg, *args, **kwargs)
-        except errors as e:
+        except USER_ERRORS + (NonFiniteLossError,) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
 

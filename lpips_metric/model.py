@@ -350,8 +350,8 @@ def head_state(model: LPIPS) -> dict[str, torch.Tensor]:
 def save_heads(model: LPIPS, path: str | os.PathLike, **config) -> Path:
     """Write the heads as ``path`` (``.safetensors``) + ``<stem>.json`` (net, version and ``config``):
     no pickle, so a head file can be shared and loaded by anyone without running code."""
-    return save_safetensors(path, {"heads": head_state(model), "net": model.net_name,
-                                   "version": model.version, **config})
+    return save_safetensors(path, {"heads": head_state(model), "net": str(model.net_name),
+                                   "version": str(model.version), **config})
 
 
 def load_heads(model: LPIPS, source: str | os.PathLike, *, trust: bool | None = None) -> LPIPS:

@@ -17,12 +17,12 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .config import DataConfig, MetricTrainConfig
 from .evaluate import evaluate_2afc, evaluate_jnd, lpips_distance
 from .model import (
     LPIPS,
@@ -34,53 +34,6 @@ from .model import (
 )
 
 VARIANTS = ("lin", "tune", "scratch")
-
-
-@dataclass
-class MetricTrainConfig:
-    """The ``model`` group of ``lpips_metric/conf``: what is trained and how (reference defaults)."""
-
-    net: str = "alex"
-    """Trunk: alex | vgg | squeeze."""
-    version: str = "0.1"
-    """0.1 (ScalingLayer) or 0.0."""
-    variant: str = "lin"
-    """lin (frozen trunk) | tune (ImageNet init, trained) | scratch (random init, trained)."""
-    trunk: str = "auto"
-    """Trunk weights for lin: imagenet (must be in torch's cache) | random | auto (imagenet when cached, else
-    random, with a warning; the choice is logged and exported) | a .pth path. tune needs imagenet (or a path);
-    scratch always starts random."""
-    dropout: float = 0.5
-    """Dropout before each head during training."""
-    lr: float = 1e-4
-    beta1: float = 0.5
-    nepoch: int = 5
-    """Epochs at the base learning rate (the reference trains nepoch + nepoch_decay epochs in total)."""
-    nepoch_decay: int = 5
-    """Epochs over which the rate falls by lr / nepoch_decay after each epoch."""
-    rank_hidden: int = 32
-    """Width of G."""
-
-
-@dataclass
-class DataConfig:
-    """The ``data`` group: a BAPPS-format root, or the synthetic stand-in written on first use."""
-
-    root: str | None = None
-    """BAPPS-format root (with 2afc/ and jnd/). null: the synthetic set in synthetic_dir."""
-    synthetic_dir: str = "runs/bapps_synthetic"
-    """Where the synthetic set is written/reused when root is null."""
-    n_train: int = 3000
-    n_val: int = 300
-    n_jnd: int = 300
-    synthetic_seed: int = 0
-    train_splits: list[str] = field(default_factory=lambda: ["traditional", "cnn", "mix"])
-    val_splits: list[str] = field(default_factory=lambda: ["traditional", "cnn", "superres", "deblur", "color",
-                                                           "frameinterp"])
-    jnd_splits: list[str] = field(default_factory=lambda: ["traditional", "cnn"])
-    load_size: int = 64
-    preload: bool = True
-    """Decode every patch once into memory (64 x 64 patches: ~12 KB each)."""
 
 
 def build_metric(cfg: MetricTrainConfig) -> LPIPS:
@@ -188,7 +141,8 @@ def export_metric(metric: LPIPS, path: str | os.PathLike, variant: str) -> Path:
     from .model import save_heads
 
     path = Path(path)
-    extra = {"variant": variant}
+    # str(): a config's closed choices are str enums; the file's JSON holds builtin types
+    extra = {"variant": str(variant)}
     if variant != "lin":
         trunk_path = path.with_name(f"{path.name.removesuffix('.safetensors')}.trunk.safetensors")
         save_safetensors(trunk_path, {k: v.cpu() for k, v in metric.trunk.state_dict().items()})
