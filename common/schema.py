@@ -58,6 +58,9 @@ class AppConfig:
     resume: str = "never"
     """never (refuse a run directory that holds checkpoints), auto (continue from the newest) or a checkpoint
     path."""
+    trust_checkpoint: bool = False
+    """Fully unpickle checkpoints this run loads (can run code from the file): only for files you made
+    yourself or whose maker you trust. Default: weights-only loading (README "Loading files from others")."""
     paths: PathsConfig = field(default_factory=PathsConfig)
     """Where data is read from and runs are written to."""
     logger: LoggerConfig = field(default_factory=LoggerConfig)
