@@ -22,8 +22,8 @@ of ``hydra_plugins/paper_repro_sweeper``: an explicit list of runs, not a cartes
 these launchers: the way a ``reproduce.py`` launches a grid of seeds x methods x settings.
 
 :class:`RankZeroWrites` is the Hydra callback that ``run_layout`` installs: under ``torchrun`` every rank
-runs the whole Hydra app, and without it each rank would write ``.hydra/`` and append to the job's log file
-in the same run directory. Ranks > 0 keep their console log only.
+runs the whole Hydra app, and without it each rank would append to the job's log file in the same run
+directory. Ranks > 0 keep their console log only.
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ def register_launchers() -> None:
 
 
 class RankZeroWrites(Callback):
-    """Ranks > 0 of a torchrun job write no Hydra files: no ``.hydra/`` copy and no job log file.
+    """Ranks > 0 of a torchrun job write no Hydra files: no job log file (``<run_dir>/<app>.log``, which every
+    rank would append to) and no ``.hydra/`` copy (``run_layout`` already leaves that to
+    ``common.hydra_utils``, which writes it on rank 0; this keeps it so if an app turns it back on).
 
     Runs before Hydra's job starts (``on_run_start``), so the change applies to this process only; rank 0
     and single-process runs are untouched.

@@ -51,14 +51,43 @@ def _scalar(v: Any) -> Any:
     return v
 
 
+def truncate_jsonl(path: str | os.PathLike, last_step: int) -> None:
+    """Keep the rows of a metrics.jsonl with ``step <= last_step``: those after it were logged after the
+    checkpoint a run resumes from, and the resumed run logs them again. A line torn by a kill is dropped
+    too. Rewritten atomically, and only when something goes."""
+    from common.checkpoint import atomic_write  # here: it imports torch, which get_logger users need not
+
+    path = Path(path)
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and int(row.get("step", 0)) <= last_step:
+            kept.append(line)
+    if len(kept) != len(lines):
+        payload = "".join(line + "\n" for line in kept).encode()
+        atomic_write(path, lambda f: f.write(payload))
+
+
 class MetricLogger:
     """Append metric dicts to ``<run_dir>/metrics.jsonl`` and TensorBoard ``<run_dir>/tb``.
 
     Each JSONL line is ``{"step": N, "time": unix, **metrics}``. Non-rank-0 processes log nothing.
+
+    ``start_step``: the step this session continues from (0 for a fresh run, the checkpoint's step after a
+    resume). Rows logged after it by an earlier session (a run killed between two checkpoints) are removed
+    from metrics.jsonl, and TensorBoard purges its events after it (``SummaryWriter(purge_step=...)``), so
+    a killed and resumed run logs every step once, like an uninterrupted one. None: append to whatever is
+    there.
     """
 
     def __init__(self, run_dir: str | os.PathLike, *, jsonl: bool = True, tensorboard: bool = True,
-                 enabled: bool | None = None):
+                 enabled: bool | None = None, start_step: int | None = None):
         self.run_dir = Path(run_dir)
         self.enabled = _is_rank0() if enabled is None else enabled
         self._jsonl = None
@@ -67,15 +96,18 @@ class MetricLogger:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if jsonl:
+            if start_step is not None:
+                truncate_jsonl(self.run_dir / "metrics.jsonl", start_step)
             self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+            purge = None if start_step is None else start_step + 1
+            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
 
     @classmethod
-    def from_config(cls, run_dir, logger_cfg) -> MetricLogger:
-        return cls(run_dir, jsonl=logger_cfg.jsonl, tensorboard=logger_cfg.tensorboard)
+    def from_config(cls, run_dir, logger_cfg, *, start_step: int | None = None) -> MetricLogger:
+        return cls(run_dir, jsonl=logger_cfg.jsonl, tensorboard=logger_cfg.tensorboard, start_step=start_step)
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:

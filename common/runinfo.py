@@ -90,9 +90,13 @@ def hardware_summary() -> str:
 
 
 def collect_run_info() -> dict[str, Any]:
+    from common.lock import environment_status
+
     return {
         **git_commit(),
         "versions": package_versions(),
+        # the pinned environment (requirements.lock): its hash and whether this venv matches it
+        "environment": environment_status(),
         "hardware": hardware(),
         "argv": sys.argv,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -281,7 +281,7 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
             if step % tr.log_every_steps == 0 or step == tr.max_steps:
                 logger.log(step, m)
             if schedule == "in_memory" and (step % save_every == 0 or step == tr.max_steps):
-                ckpt.save(step, {**trainer.state(), "rng": capture_rng_state(), "config": OmegaConf.to_container(cfg)})
+                ckpt.save(step, {**trainer.state(), "rng": capture_rng_state(), "config": OmegaConf.to_container(cfg, enum_to_str=True)})
     finally:
         logger.close()
         if schedule != "in_memory":

@@ -7,4 +7,9 @@ Library entry points (no Hydra needed):
     evaluate.evaluate_examples, evaluate.compute_metrics      intent acc, slot F1 (seqeval), sentence acc
     inference.JointNLUPredictor                               raw text -> intent + slot spans
 Command lines: ``python -m joint_bert_nlu.{train,predict,reproduce,bench}``; see README.md.
+
+Importing the package registers its typed Hydra schemas (``joint_bert_nlu.config``, ``schema/joint_bert_nlu/...``),
+which ``conf/`` needs to compose.
 """
+
+from . import config as _config  # noqa: F401

@@ -10,6 +10,8 @@ import torch
 from seqeval.metrics.sequence_labeling import get_entities
 from transformers import AutoTokenizer
 
+from common.checkpoint import load_export
+
 from .data import align_words, collate, split_words
 from .model import JointBertModel
 
@@ -22,15 +24,27 @@ def save_joint_model(model: JointBertModel, tokenizer, out_dir: str | os.PathLik
     return out_dir
 
 
-def load_joint_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu"):
-    """(model in eval mode, tokenizer) from a folder written by :func:`save_joint_model`."""
+def load_joint_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu", *,
+                     trust: bool | None = None):
+    """(model in eval mode, tokenizer) from a folder written by :func:`save_joint_model`.
+
+    Weights come from ``model.safetensors`` (no pickle). A folder with only a pickle-format
+    ``pytorch_model.bin`` is read as plain weights, never unpickled, unless ``trust=True``
+    (see :func:`common.checkpoint.load_export`): model folders are what people share.
+    """
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} holds no saved joint model (no config.json); train one with "
                                 "`python -m joint_bert_nlu.train` (it writes <run_dir>/model)")
-    model = JointBertModel.from_pretrained(model_dir).to(device).eval()
+    if any((model_dir / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json")):
+        model = JointBertModel.from_pretrained(model_dir, use_safetensors=True)
+    elif (model_dir / "pytorch_model.bin").is_file():
+        model = JointBertModel(JointBertModel.config_class.from_pretrained(model_dir))
+        model.load_state_dict(load_export(model_dir / "pytorch_model.bin", trust=trust))
+    else:
+        raise FileNotFoundError(f"{model_dir} holds no model weights (no model.safetensors)")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return model, tokenizer
+    return model.to(device).eval(), tokenizer
 
 
 class JointNLUPredictor:
@@ -45,8 +59,9 @@ class JointNLUPredictor:
         self.max_length = model.config.max_seq_length
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | os.PathLike, device="cpu", batch_size: int = 64):
-        return cls(*load_joint_model(model_dir, device), batch_size=batch_size)
+    def from_pretrained(cls, model_dir: str | os.PathLike, device="cpu", batch_size: int = 64, *,
+                        trust: bool | None = None):
+        return cls(*load_joint_model(model_dir, device, trust=trust), batch_size=batch_size)
 
     @torch.inference_mode()
     def __call__(self, texts: Sequence[str]) -> list[dict]:

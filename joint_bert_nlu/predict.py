@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"folder written by joint_bert_nlu.train (<run_dir>/model; default {DEFAULT_MODEL})")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--trust-checkpoint", action="store_true",
+                    help="fully unpickle a pytorch_model.bin that is not plain weights (this can run code in "
+                         "it): only for a model you made yourself")
     args = ap.parse_args(argv)
 
     from transformers.utils import logging as hf_logging
@@ -33,9 +36,13 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # stdout is JSON lines; keep stderr quiet too
 
+    from common.checkpoint import CheckpointReadError, checkpoint_trust
+
     try:
-        predictor = JointNLUPredictor.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
-    except FileNotFoundError as e:
+        with checkpoint_trust(args.trust_checkpoint, "--trust-checkpoint"):
+            predictor = JointNLUPredictor.from_pretrained(args.model, device=args.device,
+                                                          batch_size=args.batch_size)
+    except (FileNotFoundError, CheckpointReadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]

@@ -20,8 +20,9 @@ import common.config  # noqa: F401  (registers trainer/paths/logger/run_layout)
 from common.distributed import is_main_process
 from common.hydra_utils import report_user_errors, run_dir_from, to_dataclass, to_plain
 from common.pretrained import PretrainedNotFoundError
+from joint_bert_nlu.config import DataOptions, ModelOptions, OptimOptions  # (and the typed schemas)
 from joint_bert_nlu.model import EncoderNotFoundError, resolve_encoder_path
-from joint_bert_nlu.training import DataOptions, ModelOptions, OptimOptions, train_joint
+from joint_bert_nlu.training import train_joint
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

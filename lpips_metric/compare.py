@@ -18,8 +18,10 @@ from pathlib import Path
 
 import torch
 
+from common.checkpoint import CheckpointReadError, checkpoint_trust
+
 from .data import IMAGE_EXTS, load_image
-from .model import LPIPS, TrunkWeightsNotFoundError
+from .model import LPIPS, HeadLoadError, TrunkWeightsNotFoundError
 
 
 def _save_map(dist_map: torch.Tensor, path: Path) -> None:
@@ -58,15 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("path1", type=Path, help="image or folder (same-named files are paired)")
     ap.add_argument("--net", default="alex", choices=["alex", "vgg", "squeeze"])
     ap.add_argument("--version", default="0.1", choices=["0.1", "0.0"])
-    ap.add_argument("--trunk", default="imagenet", help="imagenet (cached torchvision weights), random, or a .pth")
+    ap.add_argument("--trunk", default="imagenet",
+                    help="imagenet (cached torchvision weights), random, or a .safetensors/.pth state dict")
     ap.add_argument("--heads", default="official", help="official (lpips package), or a head file we trained")
     ap.add_argument("--spatial", type=Path, default=None, help="write the distance map of an image pair here")
     ap.add_argument("--out", type=Path, default=None, help="folder mode: write name,distance rows to this CSV")
+    ap.add_argument("--trust-checkpoint", action="store_true",
+                    help="fully unpickle a .pth head/trunk file that is not plain weights (this can run code "
+                         "in it): only for files you made yourself")
     args = ap.parse_args(argv)
 
     try:
-        metric = LPIPS(args.net, args.version, trunk=args.trunk, heads=args.heads)
-    except TrunkWeightsNotFoundError as e:
+        with checkpoint_trust(args.trust_checkpoint, "--trust-checkpoint"):
+            metric = LPIPS(args.net, args.version, trunk=args.trunk, heads=args.heads)
+    except (TrunkWeightsNotFoundError, HeadLoadError, CheckpointReadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.trunk == "random":

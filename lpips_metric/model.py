@@ -32,6 +32,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from common.checkpoint import load_export, save_safetensors
 from common.data import DatasetNotFoundError
 
 NETS = ("alex", "vgg", "squeeze")
@@ -96,15 +97,18 @@ def imagenet_trunk_available(net: str) -> bool:
     return trunk_cache_path(net).is_file()
 
 
-def build_trunk(net: str, trunk: str | os.PathLike = "imagenet") -> nn.Sequential:
+def build_trunk(net: str, trunk: str | os.PathLike = "imagenet", *,
+                trust: bool | None = None) -> nn.Sequential:
     """torchvision ``features`` of ``net``, cut after the last LPIPS tap.
 
     Args:
         net: alex, vgg or squeeze.
         trunk: ``"imagenet"`` (torchvision's ImageNet weights, which must already be in torch's hub cache;
             no download is ever started), ``"random"`` (torchvision's default initialisation under the
-            current torch seed), or the path of a ``.pth`` file holding a torchvision state dict of the
-            whole classifier (keys ``features.*``) or of the features only.
+            current torch seed), or the path of a ``.safetensors`` or ``.pth`` file holding a torchvision
+            state dict of the whole classifier (keys ``features.*``) or of the features only.
+        trust: a ``.pth`` file is loaded as plain weights (``weights_only``), never unpickled, unless
+            ``trust=True`` (see :func:`common.checkpoint.load_checkpoint`).
     """
     spec = _check_net(net)
     ctor = getattr(torchvision.models, spec.builder)
@@ -127,7 +131,9 @@ def build_trunk(net: str, trunk: str | os.PathLike = "imagenet") -> nn.Sequentia
         if not path.is_file():
             raise TrunkWeightsNotFoundError(f"trunk weights file {path} does not exist")
         model = ctor(weights=None)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_export(path, trust=trust)
+        if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+            raise TrunkWeightsNotFoundError(f"{path} is not a state dict of tensors")
         if any(k.startswith("features.") for k in state):
             model.load_state_dict(state, strict=False)  # classifier keys may be absent; features checked below
             missing = [k for k in model.features.state_dict() if f"features.{k}" not in state]
@@ -334,33 +340,41 @@ def _official_key(layer: int) -> str:
 
 
 def head_state(model: LPIPS) -> dict[str, torch.Tensor]:
-    """Our head file: ``heads.{l}.weight`` -> 1 x C_l x 1 x 1, plus the net/version it belongs to."""
+    """Our head layout: ``heads.{l}.weight`` -> 1 x C_l x 1 x 1."""
     if model.heads is None:
         raise HeadLoadError("this LPIPS model has no heads (lpips=False)")
     state = {f"heads.{i}.weight": h.weight.detach().cpu().clone() for i, h in enumerate(model.heads)}
     return state
 
 
-def save_heads(model: LPIPS, path: str | os.PathLike) -> Path:
-    from common.checkpoint import save_checkpoint
+def save_heads(model: LPIPS, path: str | os.PathLike, **config) -> Path:
+    """Write the heads as ``path`` (``.safetensors``) + ``<stem>.json`` (net, version and ``config``):
+    no pickle, so a head file can be shared and loaded by anyone without running code."""
+    return save_safetensors(path, {"heads": head_state(model), "net": str(model.net_name),
+                                   "version": str(model.version), **config})
 
-    return save_checkpoint(path, {"heads": head_state(model), "net": model.net_name, "version": model.version})
 
+def load_heads(model: LPIPS, source: str | os.PathLike, *, trust: bool | None = None) -> LPIPS:
+    """Load head weights strictly: every layer present, exact shapes, no stray keys, all weights >= 0.
 
-def load_heads(model: LPIPS, source: str | os.PathLike) -> LPIPS:
-    """Load head weights strictly: every layer present, exact shapes, no stray keys, all weights >= 0."""
+    ``source``: "official", a ``.safetensors`` export of :func:`save_heads`, or a ``.pth`` (the official
+    layout, our older head files, a training checkpoint). A ``.pth`` is loaded as plain weights, never
+    unpickled, unless ``trust=True``: head files are what people download from others.
+    """
     if model.heads is None:
         raise HeadLoadError("cannot load heads into an lpips=False (baseline) model")
     path = official_head_path(model.net_name, model.version) if str(source) == "official" else Path(source)
     if not path.is_file():
         raise HeadLoadError(f"head file {path} does not exist")
-    raw = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(raw, dict) and "heads" in raw and isinstance(raw["heads"], dict):
+    raw = load_export(path, trust=trust)
+    if not isinstance(raw, dict):
+        raise HeadLoadError(f"{path} holds a {type(raw).__name__}, not a dict of head weights")
+    if "heads" in raw and isinstance(raw["heads"], dict):
         if raw.get("net", model.net_name) != model.net_name or raw.get("version", model.version) != model.version:
             raise HeadLoadError(f"{path} holds heads for net={raw.get('net')} v{raw.get('version')}, "
                                 f"not net={model.net_name} v{model.version}")
         raw = raw["heads"]
-    elif isinstance(raw, dict) and "model" in raw and isinstance(raw["model"], dict):
+    elif "model" in raw and isinstance(raw["model"], dict):
         raw = {k: v for k, v in raw["model"].items() if k.startswith("heads.")}
     n = len(model.heads)
     ours = {f"heads.{i}.weight" for i in range(n)}

@@ -196,7 +196,7 @@ def run(ctx: ProfileContext, p: Profile) -> ReproReport:
     torch.manual_seed(ctx.seed)
     random_alex = LPIPS("alex", trunk=build_trunk("alex", "random"), lpips=True, heads="random")
     results.update(_deep_rows("alex random-trunk", random_alex, train, val, jnd, p, ctx.seed, log))
-    export_metric(random_alex, ctx.work_dir / "alex_random_lin_heads.pth", "lin")
+    export_metric(random_alex, ctx.work_dir / "alex_random_lin_heads.safetensors", "lin")
     absent = []
     if p.imagenet_rows:
         for net in NETS:

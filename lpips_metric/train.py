@@ -11,19 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 import common.config  # noqa: F401  (registers trainer/paths/logger/run_layout)
 from common.distributed import is_main_process
 from common.hydra_utils import report_user_errors, run_dir_from, to_dataclass, to_plain
 
-from .training import DataConfig, MetricTrainConfig, train_metric
-
-# Typed schemas under a package-specific group (Hydra's ConfigStore is global: a plain `model` or `data`
-# group here would add options to every other package's groups of that name).
-ConfigStore.instance().store(group="schema/lpips_metric", name="model", node=MetricTrainConfig)
-ConfigStore.instance().store(group="schema/lpips_metric", name="data", node=DataConfig)
+from .config import DataConfig, MetricTrainConfig  # registers the typed schemas (schema/lpips_metric/...)
+from .training import train_metric
 
 
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).parent / "conf"), config_name="config")

@@ -17,12 +17,12 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .config import DataConfig, MetricTrainConfig
 from .evaluate import evaluate_2afc, evaluate_jnd, lpips_distance
 from .model import (
     LPIPS,
@@ -34,53 +34,6 @@ from .model import (
 )
 
 VARIANTS = ("lin", "tune", "scratch")
-
-
-@dataclass
-class MetricTrainConfig:
-    """The ``model`` group of ``lpips_metric/conf``: what is trained and how (reference defaults)."""
-
-    net: str = "alex"
-    """Trunk: alex | vgg | squeeze."""
-    version: str = "0.1"
-    """0.1 (ScalingLayer) or 0.0."""
-    variant: str = "lin"
-    """lin (frozen trunk) | tune (ImageNet init, trained) | scratch (random init, trained)."""
-    trunk: str = "auto"
-    """Trunk weights for lin: imagenet (must be in torch's cache) | random | auto (imagenet when cached, else
-    random, with a warning; the choice is logged and exported) | a .pth path. tune needs imagenet (or a path);
-    scratch always starts random."""
-    dropout: float = 0.5
-    """Dropout before each head during training."""
-    lr: float = 1e-4
-    beta1: float = 0.5
-    nepoch: int = 5
-    """Epochs at the base learning rate (the reference trains nepoch + nepoch_decay epochs in total)."""
-    nepoch_decay: int = 5
-    """Epochs over which the rate falls by lr / nepoch_decay after each epoch."""
-    rank_hidden: int = 32
-    """Width of G."""
-
-
-@dataclass
-class DataConfig:
-    """The ``data`` group: a BAPPS-format root, or the synthetic stand-in written on first use."""
-
-    root: str | None = None
-    """BAPPS-format root (with 2afc/ and jnd/). null: the synthetic set in synthetic_dir."""
-    synthetic_dir: str = "runs/bapps_synthetic"
-    """Where the synthetic set is written/reused when root is null."""
-    n_train: int = 3000
-    n_val: int = 300
-    n_jnd: int = 300
-    synthetic_seed: int = 0
-    train_splits: list[str] = field(default_factory=lambda: ["traditional", "cnn", "mix"])
-    val_splits: list[str] = field(default_factory=lambda: ["traditional", "cnn", "superres", "deblur", "color",
-                                                           "frameinterp"])
-    jnd_splits: list[str] = field(default_factory=lambda: ["traditional", "cnn"])
-    load_size: int = 64
-    preload: bool = True
-    """Decode every patch once into memory (64 x 64 patches: ~12 KB each)."""
 
 
 def build_metric(cfg: MetricTrainConfig) -> LPIPS:
@@ -182,19 +135,21 @@ def evaluate_metric(metric: LPIPS, val_sets: dict, jnd_sets: dict | None = None,
 
 
 def export_metric(metric: LPIPS, path: str | os.PathLike, variant: str) -> Path:
-    """Write a head file (``heads``, net, version) that ``LPIPS(heads=path)`` loads; tune/scratch also
-    write the trunk to ``<path>.trunk.pth`` for ``LPIPS(trunk=...)``."""
-    from common.checkpoint import save_checkpoint
+    """Write the heads as ``path`` (safetensors) + ``<stem>.json`` (net, version, variant), which
+    ``LPIPS(heads=path)`` loads; tune/scratch also write the trunk to ``<stem>.trunk.safetensors`` for
+    ``LPIPS(trunk=...)``. No pickle: the files can be shared and loaded without trusting their maker."""
+    from common.checkpoint import save_safetensors
 
-    from .model import head_state
+    from .model import save_heads
 
     path = Path(path)
-    state = {"heads": head_state(metric), "net": metric.net_name, "version": metric.version, "variant": variant}
+    # str(): a config's closed choices are str enums; the file's JSON holds builtin types
+    extra = {"variant": str(variant)}
     if variant != "lin":
-        trunk_path = path.with_suffix(".trunk.pth")
-        save_checkpoint(trunk_path, {k: v.cpu() for k, v in metric.trunk.state_dict().items()})
-        state["trunk_file"] = trunk_path.name
-    return save_checkpoint(path, state)
+        trunk_path = path.with_name(f"{path.name.removesuffix('.safetensors')}.trunk.safetensors")
+        save_safetensors(trunk_path, {k: v.cpu() for k, v in metric.trunk.state_dict().items()})
+        extra["trunk_file"] = trunk_path.name
+    return save_heads(metric, path, **extra)
 
 
 def steps_per_epoch(n_items: int, batch_size: int, grad_accum: int = 1) -> int:
@@ -253,7 +208,7 @@ def train_metric(trainer_cfg, run_dir, model_cfg: MetricTrainConfig, data_cfg: D
     barrier()  # rank 0 has written best.pt before any rank looks for it
     if trainer_cfg.monitor and trainer.ckpt.best_path.exists():
         trainer.load_best(model)
-    heads = Path(run_dir) / "lpips_heads.pth"
+    heads = Path(run_dir) / "lpips_heads.safetensors"
     if trainer.is_main:
         export_metric(model.metric, heads, model_cfg.variant)
     return model.metric, result, heads

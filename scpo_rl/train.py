@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 import common.config  # noqa: F401  (registers trainer/paths/logger/run_layout)
 from common.hydra_utils import report_user_errors, run_dir_from, to_plain
+from scpo_rl.config import run_config_from  # registers the typed schemas (schema/scpo_rl/...); no torch
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -18,7 +19,6 @@ from common.hydra_utils import report_user_errors, run_dir_from, to_plain
 def main(cfg: DictConfig) -> float:
     # heavy imports (torch, MuJoCo) here, so that --help answers at once
     from common.runinfo import write_run_info
-    from scpo_rl.config import run_config_from
     from scpo_rl.loop import RLTrainer
 
     run_dir = run_dir_from(cfg)

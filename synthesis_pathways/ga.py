@@ -34,21 +34,9 @@ from common.logging import MetricLogger
 from common.progress import progress
 
 from .chem import morgan_bits
+from .config import GAConfig
 from .decode import Decoder
 from .oracles import Oracle
-
-
-@dataclass
-class GAConfig:
-    population: int = 32
-    offspring: int = 128
-    generations: int = 20
-    num_mut: int = 24
-    mut_probability: float = 0.5
-    early_stop_after: int = 30
-    early_stop_window: int = 10
-    early_stop_delta: float = 0.01
-    seed: int = 0
 
 
 @dataclass

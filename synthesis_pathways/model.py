@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.checkpoint import load_checkpoint, save_checkpoint
+from common.checkpoint import load_checkpoint, load_export, save_safetensors
 from common.config import TrainerConfig
 from common.distributed import barrier, gather_shards, shard
 from common.trainer import FitResult, Trainer
@@ -139,6 +139,18 @@ def fit_network(net: str, model: nn.Module, train: NetworkData, valid: NetworkDa
 # ---------------------------------------------------------------------------------------------------
 # The bundle used by decoding: four nets + the featurization they were trained with
 
+MODEL_FILE = "model.safetensors"
+"""What a training run directory holds (+ ``model.json``); runs from before it hold ``model.pt``."""
+
+
+def model_file(run_dir: str | os.PathLike) -> Path:
+    """The model of a training run: ``model.safetensors``, else an older run's ``model.pt``; the
+    ``model.safetensors`` path if neither exists (for the error message)."""
+    run_dir = Path(run_dir)
+    new, old = run_dir / MODEL_FILE, run_dir / "model.pt"
+    return old if old.is_file() and not new.is_file() else new
+
+
 
 @dataclass
 class SynNetModel:
@@ -152,14 +164,21 @@ class SynNetModel:
             m.eval()
         return self
 
-    def save(self, path: str | os.PathLike) -> None:
-        save_checkpoint(path, {"nets": {k: m.state_dict() for k, m in self.nets.items()},
-                               "feat": dataclasses.asdict(self.feat), "n_templates": self.n_templates,
-                               "net_cfg": dataclasses.asdict(self.net_cfg)})
+    def save(self, path: str | os.PathLike) -> Path:
+        """``path`` (``.safetensors``, the nets' weights) + ``<stem>.json`` (feature config, template count,
+        widths): no pickle, so a trained model can be shared and loaded without trusting its maker."""
+        return save_safetensors(path, {"nets": {k: m.state_dict() for k, m in self.nets.items()},
+                                       "feat": dataclasses.asdict(self.feat), "n_templates": self.n_templates,
+                                       "net_cfg": dataclasses.asdict(self.net_cfg)})
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> SynNetModel:
-        ck = load_checkpoint(Path(path), map_location="cpu")
+    def load(cls, path: str | os.PathLike, *, trust: bool | None = None) -> SynNetModel:
+        """Load :meth:`save`'s files, a run directory holding them, or an older pickle ``model.pt`` (read as
+        plain weights, never unpickled unless ``trust=True``)."""
+        path = Path(path)
+        if path.is_dir():
+            path = model_file(path)
+        ck = load_export(path, map_location="cpu", trust=trust)
         feat, net_cfg = FeatureConfig(**ck["feat"]), NetConfig(**ck["net_cfg"])
         nets = build_networks(feat, ck["n_templates"], net_cfg)
         for k, m in nets.items():
@@ -189,15 +208,21 @@ def as_numpy(x: torch.Tensor) -> np.ndarray:
 
 
 def import_reference_checkpoint(path: str | os.PathLike, net: str, *, n_templates: int = 91,
-                                num_layers: int = 5) -> MLP:
+                                num_layers: int = 5, trust: bool | None = None) -> MLP:
     """Load one released SynNet network (act/rt1/rxn/rt2 ``.ckpt``) into our MLP at the paper's widths.
 
     The reference stores no hyperparameters, so the widths come from the paper's dimension table and
     every tensor shape is checked against it. Keys ``layers.<i>.<param>`` map to our ``<i>.<param>``
     (same module order). Not verified against the released files in this repository (they are not in
     the shared data); verified on synthetic files of that layout.
+
+    The file is read as plain weights, never unpickled (a released checkpoint is a third party's file by
+    design); one that holds other objects (a Lightning version's hyperparameter classes) is refused with
+    a message, unless ``trust=True``.
     """
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    ck = load_checkpoint(path, map_location="cpu", trust=trust)
+    if not isinstance(ck, dict):
+        raise ValueError(f"{path}: holds a {type(ck).__name__}, not a checkpoint dict")
     state = ck.get("state_dict", ck)
     mapped = {k.removeprefix("layers."): v for k, v in state.items() if k.startswith("layers.")}
     if not mapped:

@@ -2,6 +2,9 @@
 
     python -m synthesis_pathways.optimize objective=qed
     python -m synthesis_pathways.optimize objective=plogp ga.generations=30 resume=auto
+
+The model and the GA state are loaded as plain weights, never unpickled; ``trust_checkpoint=true`` allows
+it for files you made yourself that hold other objects.
 """
 
 from __future__ import annotations
@@ -20,14 +23,14 @@ from common.hydra_utils import report_user_errors, run_dir_from, to_dataclass
 from .data import read_molecules
 from .decode import build_decoder
 from .ga import GAConfig, GeneticOptimizer, random_genomes, seed_genomes
-from .model import SynNetModel
+from .model import SynNetModel, model_file
 from .oracles import get_oracle
 from .pipeline import load_space
 
 
 def run_optimize(cfg: DictConfig, run_dir: Path) -> dict:
     model_dir = Path(cfg.model_dir)
-    model = SynNetModel.load(model_dir / "model.pt") if cfg.policy == "model" else None
+    model = SynNetModel.load(model_file(model_dir)) if cfg.policy == "model" else None
     run_cfg = {}
     if (model_dir / "pipeline.json").exists():
         run_cfg = json.loads((model_dir / "pipeline.json").read_text()).get("config", {})

@@ -7,11 +7,11 @@ continues with ``resume=auto``:
     <run_dir>/trees/shard_*.jsonl      sampled trees (one file per seeded shard, atomic)
     <run_dir>/features/{train,valid,test}.npz and split.json
     <run_dir>/nets/<net>/              common.trainer run of each network (checkpoints, metrics.jsonl, tb/)
-    <run_dir>/model.pt                 the four trained nets + feature config (what decoding loads)
+    <run_dir>/model.safetensors, .json the four trained nets + feature config (what decoding loads; no pickle)
     <run_dir>/pipeline.json            stage statistics and wall-clock per stage
 
 Under ``torchrun`` rank 0 alone samples, featurizes and writes; the other ranks wait for it, then every rank
-reads the features and the nets train with DDP (sharded validation); rank 0 writes ``model.pt``.
+reads the features and the nets train with DDP (sharded validation); rank 0 writes the model.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from common.logging import get_logger
 
 from .data import load_building_blocks, load_templates
 from .featurize import NETWORKS, FeatureConfig, Featurizer, StepData, network_data
-from .model import NetConfig, SynNetModel, build_networks, fit_network, n_parameters
+from .model import MODEL_FILE, NetConfig, SynNetModel, build_networks, fit_network, n_parameters
 from .sampling import iter_trees, sample_to_disk, split_indices
 from .space import ReactionSpace
 from .syntree import SyntheticTree
@@ -141,7 +141,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | os.PathLike, *, trainer_cfg
                                 "best": result.best_metrics, "wall_seconds": result.wall_seconds_total}
             save_info()
         if set(cfg.networks) == set(NETWORKS) and main:
-            SynNetModel(nets, cfg.feat, space.n_templates, cfg.net_cfg).save(run_dir / "model.pt")
+            SynNetModel(nets, cfg.feat, space.n_templates, cfg.net_cfg).save(run_dir / MODEL_FILE)
     save_info()
     return info
 

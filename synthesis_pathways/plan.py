@@ -40,7 +40,8 @@ def draw_route(tree, path: str | Path, target: str | None = None) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m synthesis_pathways.plan", description=__doc__.split("\n\n")[0])
     p.add_argument("smiles", help="target molecule")
-    p.add_argument("--run-dir", default="runs/synthesis_pathways", help="training run holding model.pt")
+    p.add_argument("--run-dir", default="runs/synthesis_pathways",
+                   help="training run holding model.safetensors (or an older model.pt)")
     p.add_argument("--policy", choices=["model", "random"], default="model")
     p.add_argument("--beam", type=int, default=3, help="first-reactant beam (k = 1..beam)")
     p.add_argument("--templates", default=None, help="template file or key (default: the run's)")
@@ -48,10 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--image", default="route.png", help="where to write the route image ('' for none)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="fully unpickle an older model.pt that is not plain weights (this can run code in "
+                        "it): only for a run you made yourself")
     args = p.parse_args(argv)
 
+    from common.checkpoint import CheckpointReadError, checkpoint_trust
+
     from .decode import build_decoder
-    from .model import SynNetModel
+    from .model import SynNetModel, model_file
     from .pipeline import load_space
 
     target = canonical_smiles(args.smiles)
@@ -64,11 +70,17 @@ def main(argv: list[str] | None = None) -> int:
         run_cfg = json.loads((run_dir / "pipeline.json").read_text()).get("config", {})
     model = None
     if args.policy == "model":
-        if not (run_dir / "model.pt").exists():
-            print(f"error: no trained model at {run_dir / 'model.pt'}; train one with "
+        path = model_file(run_dir)
+        if not path.exists():
+            print(f"error: no trained model at {path}; train one with "
                   "`python -m synthesis_pathways.train` or pass --policy random", file=sys.stderr)
             return 1
-        model = SynNetModel.load(run_dir / "model.pt")
+        try:
+            with checkpoint_trust(args.trust_checkpoint, "--trust-checkpoint"):
+                model = SynNetModel.load(path)
+        except CheckpointReadError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     space = load_space(args.templates or run_cfg.get("templates", "hb"), args.blocks or run_cfg.get("blocks", "enamine_1913"),
                        blocks_column=run_cfg.get("blocks_column"), data_dir=args.data_dir,
                        cache_dir=run_dir / "cache" if run_dir.exists() else None)

@@ -35,7 +35,7 @@ from .evaluate import (
 )
 from .featurize import StepData, network_data
 from .knn import CosineKNN
-from .model import SynNetModel, paper_parameter_counts, validate
+from .model import SynNetModel, model_file, paper_parameter_counts, validate
 from .pipeline import PipelineConfig, load_space, load_trees, run_pipeline
 
 PAPER = {"reachable": (0.510, 0.759), "chembl": (0.045, 0.423),
@@ -122,7 +122,7 @@ def run(ctx: ProfileContext, prof: Profile) -> ReproReport:
         prof = dataclasses.replace(prof, pipeline=dataclasses.replace(prof.pipeline, workers=ctx.jobs))
     info = run_pipeline(prof.pipeline, pipe_dir, trainer_cfg=trainer, data_dir=ctx.data_dir,
                         resume="auto" if ctx.resume != "never" else "never", progress=prof.trainer.progress_bar)
-    model = SynNetModel.load(pipe_dir / "model.pt")
+    model = SynNetModel.load(model_file(pipe_dir))
     space = load_space(prof.pipeline.templates, prof.pipeline.blocks, data_dir=ctx.data_dir, cache_dir=pipe_dir / "cache")
     decoder = build_decoder(space, model)
     random_decoder = build_decoder(space, None, policy="random", seed=ctx.seed)
@@ -138,7 +138,7 @@ def run(ctx: ProfileContext, prof: Profile) -> ReproReport:
         sets["zinc"] = read_molecules("zinc250k", data_dir=ctx.data_dir, limit=prof.n_zinc).smiles
     # planned targets are kept as they finish, keyed by the model file and the policy (a retrained model
     # or another seed plans again)
-    model_key = {"model_sha1": hashlib.sha1((pipe_dir / "model.pt").read_bytes()).hexdigest()}
+    model_key = {"model_sha1": hashlib.sha1(model_file(pipe_dir).read_bytes()).hexdigest()}
     random_key = {"policy": "random", "seed": ctx.seed}
     results = {name: _evaluate_set(name, decoder, t, work, prof.beam, pb, model_key) for name, t in sets.items() if t}
     summaries = {name: summarize(r) for name, r in results.items()}

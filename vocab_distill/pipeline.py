@@ -23,18 +23,19 @@ import json
 import random
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from transformers import BertForMaskedLM, BertModel
 
 from common.bench import peak_rss_bytes
-from common.checkpoint import ResumeError
+from common.checkpoint import ResumeError, load_export, save_safetensors
 from common.distributed import barrier, broadcast_object, is_main_process
 from common.logging import get_logger
 
-from .corpus import ALL_SOURCES, build_corpus, read_nlu_intents, read_sst2
+from .config import PipelineConfig
+from .corpus import build_corpus, read_nlu_intents, read_sst2
 from .evaluate import compression_ratios, size_report, speed_table
 from .finetune import TASKS, finetune
 from .mixed import MixedVocabCodec, StudentCodec
@@ -76,66 +77,17 @@ mix_only: E_s from stage I, MLM only (alpha = 0); proj_only: random E_s, project
 NEEDS_STAGE1 = ("dual_proj", "mix_only")
 
 
-@dataclass
-class PipelineConfig:
-    teacher_dir: str | None = None
-    """A local BERT folder (null: the offline all-MiniLM-L6-v2)."""
-    tiny_teacher: bool = False
-    """A random 2 x 32 BERT over the teacher's vocabulary instead of the real teacher (smoke runs only)."""
-    sources: list[str] = field(default_factory=lambda: list(ALL_SOURCES))
-    limit_per_source: int | None = None
-    """Read at most this many documents/sentences per corpus source (null: all)."""
-    max_words: int = 64
-    """Corpus segments hold at most this many whitespace words."""
-    max_len: int = 128
-    """Sequence length in tokens, [CLS] and [SEP] included."""
-    max_train_segments: int | None = None
-    """Cap on the pre-training segments (after dedup and shuffling; null: all)."""
-    n_eval_segments: int = 500
-    """Held-out corpus segments for the MLM evaluations."""
-    student_vocab_size: int = 4928
-    vocab_min_frequency: int = 2
-    widths: list[int] = field(default_factory=lambda: [48, 96, 192])
-    student_layers: int | None = None
-    """null: the teacher's depth (the method pairs layer l with layer l)."""
-    methods: list[str] = field(default_factory=lambda: list(STUDENT_METHODS))
-    pretrain_batch_size: int = 64
-    stage0_steps: int = 200
-    """Head-only MLM steps (encoder frozen)."""
-    stage0_adapt_steps: int = 100
-    """Then unfrozen V_t-only MLM steps (0: none)."""
-    stage1_steps: int = 1000
-    stage2_steps: int = 2000
-    eval_every_steps: int | None = None
-    checkpoint_every_steps: int | None = 100
-    schedule: str = "two_stage"
-    """two_stage (v2: stage I, then stage II) or joint (v1: teacher and student trained together, E_s shared;
-    runs stage1_steps steps)."""
-    alpha: float = 1.0
-    """Weight of the projection loss."""
-    direction: str = "down"
-    """Projection loss: down, up or both."""
-    projection_init: str = "orthogonal"
-    projection_vectors: bool = True
-    """Also project biases and LayerNorm vectors (one-sided); false: weight matrices only."""
-    kd_weight: float = 0.5
-    kd_temperature: float = 2.0
-    tasks: list[str] = field(default_factory=lambda: ["sst2", "snips_intent"])
-    finetune_teacher: bool = True
-    finetune_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    finetune_teacher_seeds: list[int] | None = None
-    """Seeds for the teacher (null: finetune_seeds); the teacher costs ~20x a student per fine-tuning run."""
-    finetune_epochs: int = 3
-    finetune_max_steps: int | None = None
-    finetune_batch_size: int = 32
-    finetune_train_limit: int | None = 20000
-    """Fixed train subset for every model (the paper note's 20k SST-2 sentences; null: all)."""
-    finetune_max_len: int = 64
-    finetune_eval_limit: int | None = None
-    """Cap on dev/test sentences (smoke runs; null: all)."""
-    lr_finetune_teacher: float = 5e-5
-    lr_finetune_student: float = 1e-3
-    speed_repeats: int = 20
+STUDENT_EMBEDDINGS = "student_embeddings.safetensors"
+"""Stage I's student table E_s inside its export folder (+ .json); no pickle."""
+
+
+def load_student_embeddings(stage1_dir: Path) -> torch.Tensor:
+    """E_s from a stage-I export: ``student_embeddings.safetensors``, or an older run's
+    ``student_embeddings.pt`` (a bare tensor, read as plain weights, never unpickled)."""
+    new, old = stage1_dir / STUDENT_EMBEDDINGS, stage1_dir / "student_embeddings.pt"
+    if old.is_file() and not new.is_file():
+        return load_export(old)
+    return load_export(new)["weight"]
 
 
 def _json_dump(path: Path, obj) -> None:
@@ -308,7 +260,7 @@ class Pipeline:
 
         def export():
             model.teacher.save_pretrained(out / "teacher")
-            torch.save(model.student_embeddings.weight.detach().cpu(), out / "student_embeddings.pt")
+            save_safetensors(out / STUDENT_EMBEDDINGS, {"weight": model.student_embeddings.weight})
             _json_dump(out / "stage1.json", info)
 
         _on_rank0(export)
@@ -333,7 +285,7 @@ class Pipeline:
             if method in NEEDS_STAGE1:  # the student table learnt inside the teacher in stage I
                 with torch.no_grad():
                     student.bert.embeddings.word_embeddings.weight.copy_(
-                        torch.load(stage1_dir / "student_embeddings.pt"))
+                        load_student_embeddings(stage1_dir))
             if method == "mix_only":
                 distiller = StudentDistiller(student)
             else:  # projections of the stage-I teacher (dual_proj) or of the stage-0 teacher (proj_only)

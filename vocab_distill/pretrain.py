@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ from common.distributed import gather_shards, shard
 from common.schedules import warmup_linear_decay
 from common.trainer import FitResult, Trainer
 
+from .config import MixedMLMOptions, StudentOptions
 from .mixed import (
     IGNORE_INDEX,
     EncodedText,
@@ -80,28 +80,6 @@ def with_overrides(trainer_cfg, **overrides) -> TrainerConfig:
 
         trainer_cfg = to_dataclass(trainer_cfg, TrainerConfig)
     return dataclasses.replace(trainer_cfg, **overrides)
-
-
-@dataclass
-class MixedMLMOptions:
-    """Stage 0 / stage I options (paper-note defaults; the paper leaves all of them open)."""
-
-    lr_teacher: float = 5e-5
-    """AdamW learning rate of the pre-trained teacher encoder and E_t."""
-    lr_new: float = 1e-3
-    """AdamW learning rate of the new parameters: E_s, P_e, Q, the MLM transform and biases."""
-    p_max: float = 0.5
-    """Final probability that a word is segmented with V_s."""
-    ramp_fraction: float = 0.5
-    """Share of stage I over which p rises linearly from 0 to p_max."""
-    mask_prob: float = 0.15
-    eval_p: float = 0.5
-    """Mixing probability of the held-out evaluation (fixed, so evaluations are comparable)."""
-    warmup_fraction: float = 0.06
-    weight_decay: float = 0.01
-    group_by_length: bool = False
-    """Batch segments of similar V_t length together (``common.trainer.length_grouped_batches``): the
-    corpus mixes ~85-token Reuters segments with ~20-token sentences, so random batches are mostly padding."""
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -289,17 +267,6 @@ class StudentDistiller(nn.Module):
             loss = loss + self.alpha * proj
         out["loss"] = loss
         return out
-
-
-@dataclass
-class StudentOptions:
-    lr: float = 5e-4
-    """AdamW learning rate of the student (and of the projections)."""
-    mask_prob: float = 0.15
-    warmup_fraction: float = 0.06
-    weight_decay: float = 0.01
-    group_by_length: bool = False
-    """Batch segments of similar length together (see ``MixedMLMOptions.group_by_length``)."""
 
 
 def segment_lengths(encs: Sequence) -> list[int]:

@@ -18,8 +18,9 @@ from common.hydra_utils import report_user_errors, run_dir_from, to_dataclass
 
 def build_pipeline(cfg: DictConfig, work_dir):
     """The library pipeline for a composed config (imported lazily so that ``--help`` stays fast)."""
-    from .pipeline import Pipeline, PipelineConfig
-    from .pretrain import MixedMLMOptions, StudentOptions, with_overrides
+    from .config import MixedMLMOptions, PipelineConfig, StudentOptions
+    from .pipeline import Pipeline
+    from .pretrain import with_overrides
 
     return Pipeline(to_dataclass(cfg.pipeline, PipelineConfig), with_overrides(cfg.trainer), work_dir,
                     mixed=to_dataclass(cfg.stage1, MixedMLMOptions), student=to_dataclass(cfg.stage2, StudentOptions),

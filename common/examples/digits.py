@@ -14,17 +14,20 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 from torch import nn
 from torch.utils.data import TensorDataset
 
 import common.config  # noqa: F401  (registers trainer/paths/logger/run_layout)
-from common.hydra_utils import report_user_errors, run_dir_from, to_plain
+from common.hydra_utils import report_user_errors, run_dir_from, to_dataclass, to_plain
+from common.schema import RootConfig, register
 from common.trainer import FitResult, Trainer
 
 
 @dataclass
 class DigitsModelConfig:
+    """The ``model`` group (conf/model/mlp.yaml)."""
+
     hidden: int = 64
     """Width of the hidden layer."""
     lr: float = 1e-2
@@ -80,19 +83,30 @@ def train_digits(trainer_cfg, run_dir, model_cfg: DigitsModelConfig | None = Non
         model, train, loss_fn,
         optimizer_fn=lambda m: torch.optim.Adam(m.parameters(), lr=model_cfg.lr),
         scheduler_fn=lambda opt, total: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / (total + 1)),
-        eval_fn=lambda m: {"acc": accuracy(m, val)},
+        eval_fn=lambda m: {"acc": accuracy(m, val)}, eval_metrics=("acc",),
     )
     return model, result
 
 
-hydra.core.config_store.ConfigStore.instance().store(group="model", name="digits_mlp", node=DigitsModelConfig)
+@dataclass
+class DigitsConfig(RootConfig):
+    """The whole composed config (conf/digits.yaml): trainer, paths, logger, name, resume and the model."""
+
+    model: DigitsModelConfig = MISSING
+    """The MLP and its optimizer (group ``model``)."""
+
+
+# Schemas under schema/digits/ (Hydra's ConfigStore is global: a plain `model` group here would add an option
+# to every other app's `model` group). conf/digits.yaml starts from schema/digits/digits (the root) and every
+# conf/model/*.yaml from schema/digits/model.
+register("digits", DigitsConfig, {"model": DigitsModelConfig}, name="digits")
 
 
 # An absolute config_path works both for `python -m` and when main() is called from another module.
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).parent / "conf"), config_name="digits")
 @report_user_errors
 def main(cfg: DictConfig) -> float:
-    model_cfg = DigitsModelConfig(**cfg.model)
+    model_cfg = to_dataclass(cfg.model, DigitsModelConfig)
     _, result = train_digits(cfg.trainer, run_dir_from(cfg), model_cfg, logger_cfg=cfg.logger,
                              resume=cfg.resume, config=to_plain(cfg))
     print(f"final val acc {result.last_metrics.get('acc', float('nan')):.4f} after {result.step} steps "

@@ -24,8 +24,8 @@ def test_rank_zero_writes_strips_hydra_files_off_other_ranks(rank, monkeypatch):
     monkeypatch.setenv("RANK", rank)
     RankZeroWrites().on_run_start(config=cfg)
     handlers = cfg.hydra.job_logging.handlers
-    if rank == "0":  # untouched: the .hydra copy and the job log file stay
-        assert cfg.hydra.output_subdir == ".hydra" and "file" in handlers
+    if rank == "0":  # untouched: the job log file stays
+        assert "file" in handlers and "file" in cfg.hydra.job_logging.root.handlers
     else:
         assert cfg.hydra.output_subdir is None and "file" not in handlers
         assert "file" not in cfg.hydra.job_logging.root.handlers and "console" in handlers
@@ -49,8 +49,7 @@ def eval_fn(m):
     out = gather_shards([float(m(x[i:i + 1])) for i in shard(range(len(x)))], len(x))
     return {{"mse": float(((torch.tensor(out)[:, None] - y) ** 2).mean())}}
 
-cfg = TrainerConfig(max_epochs=2, batch_size=16, progress_bar=False, sync_batchnorm=True, monitor="mse",
-                    monitor_mode="min")
+cfg = TrainerConfig(max_epochs=2, batch_size=16, progress_bar=False, monitor="mse", monitor_mode="min")
 res = Trainer(cfg, {run!r}).fit(model, TensorDataset(x, y), lambda net, b: ((net(b[0]) - b[1]) ** 2).mean(),
                                 optimizer_fn=lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
                                 eval_fn=eval_fn, eval_sharded=True)
@@ -61,13 +60,12 @@ with open({out!r} + os.environ["RANK"], "w") as f:
 
 @pytest.mark.slow
 def test_sharded_evaluation_sees_rank0_batchnorm_statistics(tmp_path):
-    """Each rank's last training forward updates its own BatchNorm statistics (CPU: no SyncBatchNorm, so
-    trainer.sync_batchnorm only warns); the evaluation must still score rank 0's model on every shard."""
+    """Each rank's last training forward updates its own BatchNorm statistics (on CPU there is no
+    SyncBatchNorm); the evaluation must still score rank 0's model on every shard."""
     script = tmp_path / "bn.py"
     script.write_text(BN_SCRIPT.format(run=str(tmp_path / "run"), out=str(tmp_path / "rank")))
     r = run_torchrun(str(script), [], tmp_path, module_flag=False)
     assert r.returncode == 0, r.output[-3000:]
-    assert "sync_batchnorm needs CUDA" in r.output
     got = [json.loads((tmp_path / f"rank{k}").read_text()) for k in (0, 1)]
     assert got[0]["seen"] == got[1]["seen"] and len(got[0]["seen"]) == 2
     assert got[0]["best"] == got[1]["best"]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from common.checkpoint import load_checkpoint
 from common.config import TrainerConfig
 from common.trainer import Trainer
 from llm_specialization import knn_lm, ladder
@@ -781,7 +782,7 @@ def test_learning_rec_tuning_lora_on_synthetic_ratings(tmp_path):
     assert json.loads((tmp_path / "rt" / "rec_tuning.json").read_text())["result"][-1]["auc"] == rows[-1]["auc"]
     # the training time is the run's wall over both sessions (the last checkpoint carries it), not the last leg
     last = max((tmp_path / "rt" / "lora" / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem[5:]))
-    wall = torch.load(last, weights_only=False)["trainer_state"]["wall_seconds"]
+    wall = load_checkpoint(last)["trainer_state"]["wall_seconds"]  # our own checkpoint: no trust needed
     assert first[-1]["train_seconds"] < wall <= rows[-1]["train_seconds"] < wall + 5.0
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.checkpoint import load_checkpoint
 from common.logging import read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,11 +29,12 @@ def test_train_smoke_subprocess(tmp_path):
                 "logger.tensorboard=false", "trainer.max_epochs=1"])
     assert out.returncode == 0, out.stderr[-2000:]
     run_dir = tmp_path / "smoke"
-    assert (run_dir / "lpips_heads.pth").is_file() and (run_dir / "checkpoints" / "step_3.pt").is_file()
+    assert (run_dir / "lpips_heads.safetensors").is_file()
+    assert (run_dir / "checkpoints" / "step_3.pt").is_file()
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     rows = read_jsonl(run_dir / "metrics.jsonl")
     assert any("val/2afc_mean" in r for r in rows)
-    heads = torch.load(run_dir / "lpips_heads.pth", weights_only=False)
+    heads = load_checkpoint(run_dir / "lpips_heads.safetensors")  # pickle-free export
     assert heads["net"] == "alex" and all((w >= 0).all() for w in heads["heads"].values())
 
 
@@ -133,11 +135,12 @@ def test_full_profile_code_path_at_tiny_size(tmp_path):
                               jnd_splits=("traditional",), train_splits=("traditional",), lin_epochs=2,
                               scratch_epochs=1, imagenet_rows=True))
     assert "alex scratch (ours)" in report.extra["scores"]
-    assert (ctx.work_dir / "scratch_alex" / "lpips_heads.pth").is_file()
+    assert (ctx.work_dir / "scratch_alex" / "lpips_heads.safetensors").is_file()
     from lpips_metric.model import LPIPS
 
-    exported = ctx.work_dir / "scratch_alex" / "lpips_heads.pth"
-    metric = LPIPS("alex", trunk=exported.with_suffix(".trunk.pth"), heads=exported)  # trained trunk + heads
+    exported = ctx.work_dir / "scratch_alex" / "lpips_heads.safetensors"
+    trunk = exported.with_name("lpips_heads.trunk.safetensors")
+    metric = LPIPS("alex", trunk=trunk, heads=exported)  # trained trunk + heads
     x = torch.rand(1, 3, 64, 64)
     assert float(metric(x, x.flip(-1), normalize=True)) > 0
     from lpips_metric.model import imagenet_trunk_available

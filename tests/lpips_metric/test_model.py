@@ -169,7 +169,7 @@ def test_official_heads_are_nonnegative_and_strict(tmp_path, alex):
 
 
 def test_trained_heads_round_trip(tmp_path, alex):
-    path = save_heads(alex, tmp_path / "heads.pth")
+    path = save_heads(alex, tmp_path / "heads.safetensors")
     other = LPIPS("alex", trunk=alex.trunk, heads="random")
     load_heads(other, path)
     for a, b in zip(alex.heads, other.heads):

