@@ -31,7 +31,7 @@ def test_torchrun_smoke_only_rank0_writes_and_sharded_scores_are_exact(tmp_path)
     assert r.rank_writes == [], r.rank_writes  # the synthetic set too: generated once, by rank 0
     run = out / "lpips_metric"
     files = files_under(run)
-    assert {"lpips_heads.pth", "metrics.jsonl", "checkpoints/best.pt", ".hydra/config.yaml"} <= set(files)
+    assert {"lpips_heads.safetensors", "metrics.jsonl", "checkpoints/best.pt", ".hydra/config.yaml"} <= set(files)
     assert r.output.count("2AFC mean") == 1
 
     cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())

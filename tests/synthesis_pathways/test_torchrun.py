@@ -26,7 +26,7 @@ def test_torchrun_smoke_only_rank0_writes_and_sharded_validation_is_exact(tmp_pa
     assert r.rank_writes == [], r.rank_writes  # trees, features, match cache, pipeline.json: rank 0 only
     run = out / "synthesis_pathways_smoke"
     files = files_under(run)
-    assert {"model.pt", "pipeline.json", "features/train.npz", "trees/shard_00000.jsonl"} <= set(files)
+    assert {"model.safetensors", "model.json", "resolved_config.json", "pipeline.json", "features/train.npz", "trees/shard_00000.jsonl"} <= set(files)
     assert r.output.count("trees: ") == 1 and r.output.count("act: ") == 1
 
     from omegaconf import OmegaConf

@@ -53,7 +53,7 @@ def test_torchrun_smoke_only_rank0_writes_and_sharded_mlm_scores_are_exact(tmp_p
                   "stage2_logit_kd_d16"):
         assert f"{stage}/metrics.jsonl" in files and f"{stage}/run_info.json" in files, stage
         assert len([f for f in files if f.startswith(f"{stage}/tb/")]) == 1, stage
-    assert "stage0/teacher_mlm/config.json" in files and "stage1_d16/export/student_embeddings.pt" in files
+    assert "stage0/teacher_mlm/config.json" in files and "stage1_d16/export/student_embeddings.safetensors" in files
     results = json.loads((run / "results.json").read_text())
     assert set(results["finetune"]) == {"teacher", "dual_proj_d16", "scratch_d16", "logit_kd_d16"}
     assert r.output.count('"finetune": {') == 1  # rank 0 prints the summary, rank 1 does not
