@@ -137,8 +137,8 @@ def paired_permutation_test(a: Sequence[float], b: Sequence[float], n_resamples:
     which holds for every seed count used here; the interval is the t-interval of the differences."""
     d = _paired(a, b)
     ci = t_interval(d)
-    if np.all(d == 0):
-        p = 1.0
+    if d.size < 2 or np.all(d == 0):
+        p = 1.0  # one pair (or no difference at all) cannot reject anything
     else:
         res = sps.permutation_test((np.asarray(a, float), np.asarray(b, float)),
                                    lambda x, y, axis: np.mean(x - y, axis=axis), permutation_type="samples",

@@ -204,8 +204,9 @@ def test_default_reports_go_to_an_untracked_folder_and_commands_are_relative(tmp
     assert str(tmp_path) not in res["command"] and "<outside repo>/w" in res["command"]
     inside = reproduce.portable_command("toy", ["--reports-dir", str(REPO / "runs" / "x"), f"--work-dir={REPO}/y"])
     assert inside == "python -m toy.reproduce --reports-dir runs/x --work-dir=y"
+    monkeypatch.setattr(reproduce, "REPO_ROOT", tmp_path)  # common.reproduce's default: <repo>/runs/reproduce_reports
     assert reproduce.main(["--profile", "smoke", "--index-only", "--only", "scpo_rl"]) == 0
-    assert reproduce.LOCAL_REPORTS == Path("runs/reproduce_reports")
+    assert (tmp_path / "runs" / "reproduce_reports" / "index.md").exists()
 
 
 def test_a_smaller_profile_never_overwrites_the_full_report_copy(tmp_path):

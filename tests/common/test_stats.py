@@ -56,6 +56,8 @@ def test_paired_permutation_test_is_exact_for_small_n():
     assert (r.ci_low, r.ci_high) == (pytest.approx(lo), pytest.approx(hi))
     # with 3 seeds all in one direction the smallest exact two-sided p is 2/8
     assert stats.paired_permutation_test([3, 4, 5], [1, 1, 1]).p_value == pytest.approx(0.25)
+    one = stats.paired_permutation_test([0.8], [0.7])  # a single seed (smoke profiles): no test, no interval
+    assert one.p_value == 1.0 and one.ci_low is None and one.mean_diff == pytest.approx(0.1)
     # the interval is the paired t-test's (scipy.stats.ttest_rel): it excludes 0 exactly when p < 0.05
     tt = sps.ttest_rel(A, B)
     assert (tt.pvalue < 0.05) == (r.ci_low > 0 or r.ci_high < 0)
