@@ -597,8 +597,9 @@ def headline_text(head: dict[str, Any] | None, absent: str) -> str:
         return f"{head.get('metric', '')}: (results predate schema {SCHEMA_VERSION})"
     text = f"{row.metric}: {format_value(row)}"
     if row.value is not None and row.unit != "bool" and not row.has_ci():
-        text += " — no CI (per-seed values not stored)" if (row.n or 1) > 1 else " — no CI (single run)"
-    return text + (f" {row.unit}" if row.unit and row.unit != "bool" and not text.endswith(")") else "")
+        kept = "per-item" if row.n_kind == "items" else "per-seed"
+        text += f" — no CI ({kept} values not stored)" if (row.n or 1) > 1 else " — no CI (single run)"
+    return text
 
 
 def _link(target: Path, index_dir: Path) -> str:
@@ -613,6 +614,13 @@ def _full_cell(name: str, reports_dir: Path) -> str:
             ours = headline_text(json.loads(results.read_text()).get("headline"), "see report")
             return f"{cell(ours)} ([report]({_link(root / name / 'report.full.md', reports_dir)}))"
     return "—"
+
+
+def index_path(profile: str, reports_dir: Path) -> Path:
+    """``index.md``; in the committed reports/, where index.md is the `quick` table the README links,
+    another profile's index goes to ``index.<profile>.md``."""
+    committed = reports_dir.resolve() == COMMITTED_REPORTS.resolve()
+    return reports_dir / ("index.md" if profile == "quick" or not committed else f"index.{profile}.md")
 
 
 def write_index(rows: dict[str, dict[str, Any]], profile: str, reports_dir: Path) -> Path:
@@ -634,7 +642,7 @@ def write_index(rows: dict[str, dict[str, Any]], profile: str, reports_dir: Path
         lines.append(f"| `{info.name}` | {cell(info.paper)} | {cell(info.claim)} | {cell(info.paper_number)} | "
                      f"{cell(ours)} | {r['status']}{seconds} | {report} | {_full_cell(info.name, reports_dir)} |")
     lines.append("")
-    path = reports_dir / "index.md"
+    path = index_path(profile, reports_dir)
     path.write_text("\n".join(lines))
     return path
 

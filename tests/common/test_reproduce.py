@@ -224,3 +224,41 @@ def test_index_shows_the_interval_and_n(tmp_path):
     assert reproduce.main(["--profile", "smoke", "--index-only", "--reports-dir", str(tmp_path)]) == 0
     assert "| acc: 0.913 ± 0.038 (n=3) | ok (" in (tmp_path / "index.md").read_text()
 
+
+
+def test_every_committed_results_file_follows_the_schema():
+    files = sorted((REPO / "reports").glob("*/results*.json"))
+    assert files
+    for f in files:
+        assert reproduce.validate_results(json.loads(f.read_text())) == [], f
+
+
+def test_migration_takes_numbers_from_stored_seeds_and_parses_the_rest():
+    """tools/migrate_results_v2.py: schema-1 strings become numbers; CIs only from stored per-seed values."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("migrate_results_v2", REPO / "tools" / "migrate_results_v2.py")
+    mig = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mig)
+    cells = {"reuters/M": [{"micro_f1": 0.81}, {"micro_f1": 0.80}, {"micro_f1": 0.82}],
+             "reuters/B2": [{"micro_f1": 0.80}, {"micro_f1": 0.79}, {"micro_f1": 0.80}]}
+    old = {"package": "meta_multilabel", "profile": "full", "command": "python -m meta_multilabel.reproduce "
+           "--profile full --reports-dir /somewhere/else/reports", "date": "d", "hardware": "h", "commit": "c",
+           "dirty": False, "wall_seconds": 1.0, "plots": ["/abs/reports/meta_multilabel/a.png"],
+           "extra": {"cells": cells},
+           "headline": None,
+           "rows": [{"metric": "reuters M micro_f1 (test)", "ours": "0.8100 ± 0.0100 (n=3)", "paper": "not retrieved",
+                     "note": ""},
+                    {"metric": "reuters M micro_f1 (test, at least one label)", "ours": "0.8400 ± 0.0100 (n=3)",
+                     "paper": "not retrieved", "note": "reported apart"},
+                    {"metric": "reuters: M − B2 micro_f1 (test, paired over seeds)", "ours": "0.0133 ± 0.0058 (n=3)",
+                     "paper": "not retrieved", "note": ""}]}
+    new = mig.migrate(old, REPO / "reports")
+    assert reproduce.validate_results(new) == [] and new["command"].endswith("--reports-dir reports")
+    plain, variant, paired = new["rows"]
+    assert plain["per_seed"] == [0.81, 0.80, 0.82] and plain["ci_method"] == "t" and plain["ci_low"] < 0.81
+    assert variant["value"] == 0.84 and variant["n"] == 3 and variant["ci_low"] is None  # seeds not stored
+    assert paired["per_seed"] == pytest.approx([0.01, 0.01, 0.02]) and new["headline"]["metric"] == paired["metric"]
+    old["rows"][0]["ours"] = "0.9000 ± 0.0100 (n=3)"  # a printed mean the stored seeds do not give
+    with pytest.raises(ValueError, match="does not print as"):
+        mig.migrate(old, REPO / "reports")
