@@ -723,6 +723,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{name}] {rows[name]['status']} in {rows[name]['seconds']:.0f} s", flush=True)
         pending = {n: {"status": "pending"} for n in selected if n not in rows}
         write_index({**rows, **pending}, args.profile, reports_dir)  # readable while the others still run
+    for name in names:  # packages not selected keep their earlier results in the index
+        data = None if name in rows else _load(reports_dir / name / f"results.{args.profile}.json")
+        if data:
+            rows[name] = {"status": "ok", "seconds": data.get("wall_seconds", 0.0), "headline": data.get("headline")}
     path = write_index(rows, args.profile, reports_dir)
     print(f"wrote {path}")
     failed_runs = any(r["status"].startswith("failed") for r in rows.values())

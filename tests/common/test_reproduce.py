@@ -262,3 +262,15 @@ def test_migration_takes_numbers_from_stored_seeds_and_parses_the_rest():
     old["rows"][0]["ours"] = "0.9000 ± 0.0100 (n=3)"  # a printed mean the stored seeds do not give
     with pytest.raises(ValueError, match="does not print as"):
         mig.migrate(old, REPO / "reports")
+
+
+def test_a_run_of_some_packages_keeps_the_others_in_the_index(tmp_path, monkeypatch):
+    """`make reproduce ONLY=x UPDATE=1` must not drop every other package from the committed index."""
+    run_profiles("fuyou_offload", {"smoke": _smoke}, ["--profile", "smoke", "--reports-dir", str(tmp_path),
+                                                      "--work-dir", str(tmp_path / "w")])
+    monkeypatch.setattr(reproduce, "package_exists", lambda name: True)
+    monkeypatch.setattr(reproduce, "run_package", lambda name, *a, **k: {"status": "ok", "seconds": 1.0,
+                                                                          "headline": Row("m", 2.0).to_dict()})
+    reproduce.main(["--profile", "smoke", "--only", "scpo_rl", "--reports-dir", str(tmp_path)])
+    index = (tmp_path / "index.md").read_text()
+    assert "| m: 2 — no CI (single run) | ok (1 s)" in index and "| accuracy: 0.91 — no CI (single run) | ok (" in index
