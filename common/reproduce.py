@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from common import stats
+from common.lock import environment_status
 from common.runinfo import git_commit, hardware_summary
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -312,6 +313,7 @@ def render_report(pkg: str, profile: str, report: ReproReport, meta: dict[str, A
              f"- Date: {meta['date']}",
              f"- Hardware: {meta['hardware']}",
              f"- Commit: {meta['commit']}{' (uncommitted changes)' if meta.get('dirty') else ''}",
+             f"- Environment: {lock_line(meta)}",
              f"- Wall-clock: {meta['wall_seconds']:.1f} s", "",
              "Intervals are 95%: `± half-width` is the Student-t interval over seeds, `[lo, hi]` a bootstrap "
              "(percentile over test items, or rliable's stratified IQM over runs); n says over what.", ""]
@@ -447,9 +449,12 @@ def run_profiles(pkg: str, profiles: dict[str, Callable[[ProfileContext], ReproR
     git = git_commit()  # the code that runs: recorded before the (possibly hours-long) profile starts
     t0 = time.time()
     report = profiles[args.profile](ctx)
+    env = environment_status()
     meta = {"command": portable_command(pkg, argv if argv is not None else sys.argv[1:]),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "hardware": hardware_summary(),
-            "commit": git["commit"], "dirty": git["dirty"], "wall_seconds": time.time() - t0}
+            "commit": git["commit"], "dirty": git["dirty"], "wall_seconds": time.time() - t0,
+            # the pinned environment (requirements.lock): a report made under another lock says so in --check
+            "lock_sha256": env["lock_sha256"], "matches_lock": env["matches_lock"]}
     path = write_report(pkg, args.profile, report, ctx.out_dir, meta)
     print(f"wrote {path}")
     return path
@@ -651,6 +656,28 @@ def _load(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def lock_line(meta: dict[str, Any]) -> str:
+    """How a report's environment relates to requirements.lock, in words (reports before the lock: unknown)."""
+    h = meta.get("lock_sha256")
+    if h is None:
+        return "lock not recorded"
+    return f"requirements.lock {h[:12]}" + ("" if meta.get("matches_lock") else " (the venv did NOT match it)")
+
+
+def lock_difference(committed: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """A line when the committed report was made under another lock than the new one (or off the lock), else
+    None. Reports from the GPU machine (reports/gpu) are never compared: its preinstalled torch is not the
+    lock's, and the GPU report records what ran."""
+    old_h, new_h = committed.get("lock_sha256"), new.get("lock_sha256")
+    if old_h is None:
+        return "the committed report predates requirements.lock (no lock hash recorded)"
+    if old_h != new_h:
+        return f"the committed report was made under another lock ({old_h[:12]}, now {str(new_h)[:12]})"
+    if committed.get("matches_lock") is False:
+        return "the committed report was made in a venv that did not match its lock"
+    return None
+
+
 def compare_with_committed(names: list[str], profile: str, reports_dir: Path,
                            committed: dict[str, dict[str, Any] | None], verbose: bool = False) -> int:
     """Print how every new number compares with the committed one; return how many failed the tolerance."""
@@ -670,6 +697,8 @@ def compare_with_committed(names: list[str], profile: str, reports_dir: Path,
             continue
         comps = compare_results(old, new)
         failures += sum(c.failed for c in comps)
+        if (why := lock_difference(old, new)) is not None:
+            print(f"{name}: note: {why}; a difference below may come from the versions, not the code")
         for line in comparison_summary(name, comps, verbose):
             print(line)
     return failures
