@@ -101,7 +101,7 @@ def test_two_runs_of_one_config_train_the_same_nets(tmp_path, space):
     """The nets' initial weights were drawn from torch's per-process random seed, so the smoke profile's
     net metrics changed from run to run (found by `python -m common.reproduce --check`)."""
     from common.config import TrainerConfig
-    from synthesis_pathways.model import SynNetModel
+    from synthesis_pathways.model import SynNetModel, model_file
     from synthesis_pathways.pipeline import PipelineConfig, run_pipeline
 
     cfg = PipelineConfig(attempts=40, shard_size=20, nbits=256, emb_bits=64,
@@ -112,7 +112,7 @@ def test_two_runs_of_one_config_train_the_same_nets(tmp_path, space):
         _seed_match_cache(space, tmp_path / name / "cache")
         torch.rand(7)  # the global RNG is in a different state before each run, as in two processes
         run_pipeline(cfg, tmp_path / name, trainer_cfg=tcfg, resume="never", progress=False)
-        models.append(SynNetModel.load(tmp_path / name / "model.pt"))
+        models.append(SynNetModel.load(model_file(tmp_path / name)))
     for net in models[0].nets:
         a, b = models[0].nets[net].state_dict(), models[1].nets[net].state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), net
