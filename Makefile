@@ -7,7 +7,7 @@ PROFILE ?= quick
 # Exact versions of every dependency (all extras), used as pip constraints: see `make lock` below.
 LOCK   := requirements.lock
 
-.PHONY: venv test test-slow reproduce lint clean-venv lock gpu-bundle gpu-check
+.PHONY: venv test test-slow reproduce check lint clean-venv lock gpu-bundle gpu-check
 
 venv: $(STAMP)
 
@@ -41,8 +41,15 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -m "slow" $(PYTEST_ARGS)
 
+# Writes into runs/reproduce_reports/ (ignored by git) and ends by comparing every number with the committed
+# reports/<pkg>/results.<profile>.json; UPDATE=1 writes into reports/ instead.
 reproduce: $(STAMP)
-	$(PY) -m common.reproduce --profile $(PROFILE) $(if $(ONLY),--only $(ONLY))
+	$(PY) -m common.reproduce --profile $(PROFILE) $(if $(ONLY),--only $(ONLY)) $(if $(UPDATE),--update-committed)
+
+# The results regression check: every package's smoke profile from scratch in a temporary folder, compared
+# with the committed reports/<pkg>/results.smoke.json; exit 1 on any number beyond tolerance.
+check: $(STAMP)
+	$(PY) -m common.reproduce --check --profile smoke $(if $(ONLY),--only $(ONLY))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

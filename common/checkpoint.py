@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import enum
 import json
 import os
 import pickle
@@ -157,8 +158,24 @@ def resumable_map(fn: Callable[[Any], Any], items: Sequence[Any], path: str | os
     return out
 
 
+def builtin_enums(obj: Any) -> Any:
+    """``obj`` with every ``enum.Enum`` inside dicts, lists and tuples replaced by its value.
+
+    Typed configs hold closed choices as str enums (``common.schema.Choice``); pickled as enums they would
+    make a checkpoint that ``weights_only`` loading refuses (the enum class is an arbitrary global), so a
+    run could not resume from its own checkpoint. Everything else is returned as it is."""
+    if isinstance(obj, enum.Enum):
+        return builtin_enums(obj.value)
+    if isinstance(obj, dict):
+        return {builtin_enums(k): builtin_enums(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        return type(obj)(builtin_enums(v) for v in obj)
+    return obj
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Atomically write ``state`` with ``torch.save``."""
+    """Atomically write ``state`` with ``torch.save`` (enums stored as their values: :func:`builtin_enums`)."""
+    state = builtin_enums(state)
     return atomic_write(path, lambda f: torch.save(state, f))
 
 

@@ -420,7 +420,10 @@ class OffloadEngine:
         return {
             "step": self.step, "slot": self.slot, "checksums": self.checksums,
             "layout": [(u.name, u.numel) for u in self.units], "chunk_elems": self.cfg.opt_chunk_elems,
-            "compute_dtype": self.cfg.compute_dtype, "checksum": self.cfg.checksum, "rng": capture_rng_state(), "state_dir": str(self.state_dir),
+            # str(): from a Hydra config these are closed-choice enums; the manifest holds builtin types only, so
+            # it loads with weights-only unpickling
+            "compute_dtype": str(self.cfg.compute_dtype), "checksum": str(self.cfg.checksum),
+            "rng": capture_rng_state(), "state_dir": str(self.state_dir),
             **extra,
         }
 

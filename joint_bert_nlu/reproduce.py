@@ -4,7 +4,7 @@
 * ``quick``: ATIS with MiniLM, 3 epochs, one seed, then the inference benchmark on the trained model.
 * ``full``:  ATIS and SNIPS (up to 10 epochs each) with MiniLM, softmax slots over 3 seeds and the CRF
   over 1 seed; the epoch, and for softmax slots the slot-loss reduction (token mean or the paper's
-  sentence sum), are chosen on dev; mean and spread over seeds beside the paper's and the reference
+  sentence sum), are chosen on dev; mean and 95% CI over seeds beside the paper's and the reference
   repository's numbers. Every run is resumable and finished runs are skipped, so the profile
   can be restarted as often as needed until it completes.
 """
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
 from dataclasses import asdict
 from pathlib import Path
 
+from common import stats
 from common.config import TrainerConfig
 from common.reproduce import ProfileContext, ReproReport, Row, run_profiles
 
@@ -63,9 +63,11 @@ def _metric_rows(res: dict, dataset: str, use_crf: bool, label: str, note: str =
     paper = PAPER[(dataset, use_crf)]
     rows = []
     for i, m in enumerate(METRICS):
-        rows.append(Row(f"{label} test {METRIC_NAMES[m]}", _pct(res["test"][m]), paper[i], note))
+        rows.append(Row(f"{label} test {METRIC_NAMES[m]}", _pct(res["test"][m]), unit="%", split="test",
+                        paper=paper[i], note=note, n=1, n_kind="seeds"))
     for m in METRICS:
-        rows.append(Row(f"{label} dev {METRIC_NAMES[m]}", _pct(res["dev"][m]), None, "selection split"))
+        rows.append(Row(f"{label} dev {METRIC_NAMES[m]}", _pct(res["dev"][m]), unit="%", split="dev",
+                        note="selection split", n=1, n_kind="seeds"))
     return rows
 
 
@@ -117,11 +119,11 @@ def quick(ctx: ProfileContext) -> ReproReport:
     run_dir = ctx.work_dir / f"atis_softmax_s{ctx.seed}"
     plot = plot_training_curves(run_dir, ctx.out_dir / "quick_curves.png", "quick: ATIS, MiniLM, 3 epochs")
     rows = _metric_rows(res, "atis", False, "ATIS", ENCODER_NOTE + "; 3 epochs, lr 1e-4, 1 seed")
-    rows.append(Row("ATIS test intent acc ceiling", _pct(ATIS_INTENT_CEILING), None, "unseen test intents"))
+    rows.append(Row("ATIS test intent acc ceiling", _pct(ATIS_INTENT_CEILING), unit="%", split="test",
+                    note="unseen test intents"))
     bench = benchmark_saved_model(run_dir / "model", n_sentences=256, repeats=3)
     rows += bench_rows(bench)
-    head = Row("ATIS test intent acc / slot F1", f"{_pct(res['test']['intent_acc'])} / {_pct(res['test']['slot_f1'])}",
-               "97.5 / 96.1", "MiniLM encoder, 3 epochs (quick)")
+    head = rows[1]  # ATIS test slot F1
     return ReproReport(rows=rows, headline=head, plots=[plot], extra={"results": res, "bench": bench},
                        notes=f"Best dev epoch: {res['best_dev_epoch']}. Train wall-clock {res['train_seconds']:.0f} s "
                              f"with {res['torch_threads']} torch threads; peak RSS {res['peak_rss_bytes'] / 2**20:.0f} MiB.")
@@ -130,9 +132,12 @@ def quick(ctx: ProfileContext) -> ReproReport:
 def bench_rows(bench: dict) -> list[Row]:
     ours, ref = bench["ours"], bench["reference"]
     note = f"{bench['n_sentences']} ATIS test sentences, batch {bench['batch_size']}, {bench['threads']} threads"
-    return [Row("inference sentences/s (ours, batched)", round(ours["sentences_per_s"], 1), None, note),
-            Row("inference sentences/s (pipeline-style loop)", round(ref["sentences_per_s"], 1), None, note),
-            Row("inference speed-up ours / loop", round(bench["speedup"], 2), None, "same model, same process")]
+    return [Row("inference sentences/s (ours, batched)", round(ours["sentences_per_s"], 1), unit="sentences/s",
+                split="test", note=note, kind="timing"),
+            Row("inference sentences/s (pipeline-style loop)", round(ref["sentences_per_s"], 1), unit="sentences/s",
+                split="test", note=note, kind="timing"),
+            Row("inference speed-up ours / loop", round(bench["speedup"], 2), unit="x", split="test",
+                note="same model, same process", kind="timing")]
 
 
 # Softmax slots: the slot-loss reduction is chosen on dev between the reference's token mean and the
@@ -147,18 +152,17 @@ def _tag(ds: str, crf: bool, loss: str, seed: int) -> str:
 
 
 def _mean(runs: list[dict], split: str, metric: str) -> float:
-    return statistics.mean(100 * r[split][metric] for r in runs)
+    return stats.mean([100 * r[split][metric] for r in runs])
 
 
 def _config_rows(label: str, ds: str, crf: bool, runs: list[dict], note: str = "") -> list[Row]:
-    """Test metrics of one configuration: mean ± sample std over its seeds, beside the paper's."""
+    """Test metrics of one configuration: mean and 95% CI over its seeds, beside the paper's."""
     rows = []
     for i, m in enumerate(METRICS):
-        vals = [100 * r["test"][m] for r in runs]
-        spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        rows.append(Row(f"{label}: test {METRIC_NAMES[m]}", f"{statistics.mean(vals):.2f} ± {spread:.2f} (n={len(vals)})",
-                        PAPER[(ds, crf)][i], f"{note}reference repo {REFERENCE[(ds, crf)][i]}; epochs chosen on "
-                        f"dev: {[r['best_dev_epoch'] for r in runs]}"))
+        rows.append(Row.from_seeds(f"{label}: test {METRIC_NAMES[m]}", [100 * r["test"][m] for r in runs], unit="%",
+                                   split="test", paper=PAPER[(ds, crf)][i],
+                                   note=f"{note}reference repo {REFERENCE[(ds, crf)][i]}; epochs chosen on "
+                                        f"dev: {[r['best_dev_epoch'] for r in runs]}"))
     return rows
 
 
@@ -190,18 +194,16 @@ def full(ctx: ProfileContext) -> ReproReport:
         per_run += [{"run": _tag(ds, crf, loss, r["seed"]), **{m: r["test"][m] for m in METRICS},
                      "dev_sentence_acc": r["dev"]["sentence_acc"], "best_dev_epoch": r["best_dev_epoch"],
                      "train_seconds": r["train_seconds"]} for r in runs]
-    rows.append(Row("ATIS test intent acc ceiling", _pct(ATIS_INTENT_CEILING), None, "5 test intents unseen in training"))
-    snips = results[("snips", False, selection["snips"]["chosen"])]
-    head = Row("SNIPS test intent acc / slot F1 (mean of 3 seeds, slot loss chosen on dev)",
-               f"{_mean(snips, 'test', 'intent_acc'):.2f} / {_mean(snips, 'test', 'slot_f1'):.2f}", "98.6 / 97.0",
-               ENCODER_NOTE)
+    rows.append(Row("ATIS test intent acc ceiling", _pct(ATIS_INTENT_CEILING), unit="%", split="test",
+                    note="5 test intents unseen in training"))
+    head = next(r for r in rows if r.metric == "SNIPS Joint BERT (slot loss chosen on dev): test slot F1")
     return ReproReport(rows=rows, headline=head, extra={"runs": per_run, "selection": selection},
                        notes=f"{ENCODER_NOTE}. AdamW lr 1e-4, batch 32, linear decay, no warm-up, clip 1.0, "
                              "dynamic padding; ATIS and SNIPS up to 10 epochs, the epoch (checkpoint) with the best "
                              "dev sentence accuracy is evaluated once on test. Softmax runs: the slot-loss "
                              "reduction (the reference's token mean or the paper's sentence sum) is chosen per data "
-                             "set by mean dev sentence accuracy over the seeds; CRF runs use the token mean. Spread "
-                             "is the sample standard deviation over seeds.")
+                             "set by mean dev sentence accuracy over the seeds; CRF runs use the token mean. ± is the "
+                             "95% Student-t interval over seeds (common.stats).")
 
 
 PROFILES = {"smoke": smoke, "quick": quick, "full": full}

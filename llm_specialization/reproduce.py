@@ -138,27 +138,35 @@ def _profile(ctx: ProfileContext) -> ReproReport:
                              model=p["model"], movielens=synthetic_ratings() if rt["synthetic"] else None,
                              history=rt["history"], n_train=rt["n_train"], n_valid=rt["n_valid"],
                              n_test=rt["n_test"], lr=rt["lr"], seed=ctx.seed)
-    rows = [Row(f"R8 {r.rung}: accuracy / macro-F1", f"{r.accuracy:.3f} / {r.macro_f1:.3f}",
-                note=f"trainable {r.trainable_params:,}; train {r.train_seconds:.0f} s; "
-                     f"{r.infer_ms_per_example:.0f} ms/doc") for r in ladder_results]
-    rows += [Row(f"UMLS triples {r.model}: accuracy / AUC", f"{r.accuracy:.3f} / {r.auc:.3f}",
-                 paper="KG-BERT UMLS link prediction Hits@10 0.990 (other task)" if r.model == "K1" else None,
-                 note=f"trainable {r.trainable_params:,}") for r in kg_results]
+    rows = []
+    for r in ladder_results:
+        note = (f"trainable {r.trainable_params:,}; train {r.train_seconds:.0f} s; "
+                f"{r.infer_ms_per_example:.0f} ms/doc")
+        rows += [Row(f"R8 {r.rung}: accuracy", r.accuracy, unit="fraction", split="test", note=note),
+                 Row(f"R8 {r.rung}: macro-F1", r.macro_f1, unit="fraction", split="test", note=note)]
+    for r in kg_results:
+        rows += [Row(f"UMLS triples {r.model}: accuracy", r.accuracy, unit="fraction", split="test",
+                     paper_note="KG-BERT UMLS link prediction Hits@10 0.990 (other task)" if r.model == "K1" else "",
+                     note=f"trainable {r.trainable_params:,}"),
+                 Row(f"UMLS triples {r.model}: AUC", r.auc, unit="AUC", split="test",
+                     note=f"trainable {r.trainable_params:,}")]
     data_name = "synthetic cycles" if rec_cfg["synthetic"] else "MovieLens-100k"
     for r in rec_rows:
-        full = (f"full HR@10 {r['full_HR@10']:.3f}, NDCG@10 {r['full_NDCG@10']:.3f}; "
-                if "full_HR@10" in r else "")
-        rows.append(Row(f"{data_name} {r['model']}", f"{full}sampled HR@1 {r['sampled_HR@1']:.3f}, "
-                                                     f"NDCG@10 {r['sampled_NDCG@10']:.3f}",
-                        note=f"{r['users']} users. {r['note']}"))
+        keys = [k for k in ("full_HR@10", "full_NDCG@10", "sampled_HR@1", "sampled_NDCG@10") if k in r]
+        rows += [Row(f"{data_name} {r['model']}: {k.replace('_', ' ')}", r[k], unit="fraction", split="test",
+                     note=f"{r['users']} users. {r['note']}") for k in keys]
     rt_data = "synthetic ratings" if rt["synthetic"] else "MovieLens-100k"
     for r in rt_rows:
-        rows.append(Row(f"{rt_data} rec-tuning ({r['build']} build) {r['model']}: AUC", f"{r['auc']:.3f}",
-                        paper=("TALLRec LLaMA-7B 64-shot 67.48" if r["model"].startswith("LoRA") else None),
+        rows.append(Row(f"{rt_data} rec-tuning ({r['build']} build) {r['model']}: AUC", r["auc"], unit="AUC",
+                        split="test", paper=0.6748 if r["model"].startswith("LoRA") else None,
+                        paper_note="TALLRec LLaMA-7B 64-shot, 67.48%" if r["model"].startswith("LoRA") else "",
                         note=f"n_train {r['n_train']}, n_test {r['n_test']}; trainable {r['trainable_params']:,}"))
     best = knn["best"]
-    rows.append(Row("kNN-LM perplexity: LM -> best interpolation", f"{knn['lm_ppl']:.3f} -> {best['ppl']:.3f}",
-                    paper="18.65 -> 16.12 (WikiText-103, 103M-token store)",
+    knn_paper = "WikiText-103, 103M-token store"
+    rows.append(Row("kNN-LM perplexity: LM", knn["lm_ppl"], unit="perplexity", split="test", paper=18.65,
+                    paper_note=knn_paper, higher_is_better=False, note="Reuters; the LM alone"))
+    rows.append(Row("kNN-LM perplexity: best interpolation", best["ppl"], unit="perplexity", split="test",
+                    paper=16.12, paper_note=knn_paper, higher_is_better=False,
                     note=f"Reuters; store {best['datastore']:,} tokens, k={best['k']}, lambda={best['lambda']}, "
                          f"T={best['temperature']}"))
     notes = (f"Model: {knn['model']}. Survey claim under test: {SURVEY_CLAIM}. The kNN-LM paper number is "

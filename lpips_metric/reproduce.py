@@ -212,24 +212,27 @@ def run(ctx: ProfileContext, p: Profile) -> ReproReport:
     paper_for = {"L2 (Lab)": PAPER_2AFC["L2 (Lab)"], "SSIM (Lab)": PAPER_2AFC["SSIM (Lab)"],
                  "alex ImageNet lin (ours)": PAPER_2AFC["alex lin"], "vgg ImageNet lin (ours)": PAPER_2AFC["vgg lin"],
                  "squeeze ImageNet lin (ours)": PAPER_2AFC["squeeze lin"]}
-    rows.append(Row("human ceiling, 2AFC % (BAPPS)", None, PAPER_2AFC["human"],
-                    "synthetic raters have no measured ceiling"))
+    rows.append(Row("human ceiling, 2AFC % (BAPPS)", None, unit="%", split="val", paper=PAPER_2AFC["human"],
+                    note="synthetic raters have no measured ceiling"))
     for name, r in results.items():
         if "2afc_mean" not in r:
             continue
         within = f", within-type {_pct(r['2afc_within'])}" if "2afc_within" in r else ""
         jnd_txt = f"; JND mAP {_pct(r['jnd_mean'])}" if "jnd_mean" in r else ""
-        rows.append(Row(f"{name}: 2AFC % [synthetic]", _pct(r["2afc_mean"]), paper_for.get(name),
-                        f"mean of {sum(1 for s in BAPPS_NAMED if f'2afc_{s}' in r)} BAPPS-named splits{within}{jnd_txt}"))
+        rows.append(Row(f"{name}: 2AFC % [synthetic]", _pct(r["2afc_mean"]), unit="%", split="val",
+                        paper=paper_for.get(name),
+                        note=f"mean of {sum(1 for s in BAPPS_NAMED if f'2afc_{s}' in r)} BAPPS-named splits"
+                             f"{within}{jnd_txt}"))
     if tid is not None:
         err = max(abs(v["ours"] - v["golden"]) for v in tid.values())
-        rows.append(Row("TID2013 LPIPS alex, max |ours - golden|", round(err, 6), 0.0, "5 pairs; tolerance 2e-4"))
+        rows.append(Row("TID2013 LPIPS alex, max |ours - golden|", round(err, 6), split="TID2013", paper=0.0,
+                        note="5 pairs; tolerance 2e-4", higher_is_better=False))
 
     lin = results["alex random-trunk lin (ours)"]
     l2 = results["L2 (Lab)"]
-    headline = Row("2AFC %: lin-calibrated random AlexNet vs L2 (Lab) [SYNTHETIC judgments]",
-                   f"{_pct(lin['2afc_mean'])} vs {_pct(l2['2afc_mean'])}",
-                   "AlexNet-lin 69.8 vs L2 63 (BAPPS, recalled)", "not comparable: synthetic vs human judgments")
+    headline = Row("2AFC %: lin-calibrated random AlexNet [SYNTHETIC judgments]", _pct(lin["2afc_mean"]), unit="%",
+                   split="val", paper=PAPER_2AFC["alex lin"], paper_note="ImageNet AlexNet-lin, BAPPS, recalled; L2 63",
+                   note=f"vs L2 (Lab) {_pct(l2['2afc_mean'])}; not comparable: synthetic vs human judgments")
     per_split = ["| metric | " + " | ".join(f"2afc {s}" for s in p.val_splits) + " | "
                  + " | ".join(f"jnd {s}" for s in p.jnd_splits) + " |",
                  "|---" * (1 + len(p.val_splits) + len(p.jnd_splits)) + "|"]

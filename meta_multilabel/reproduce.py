@@ -2,7 +2,7 @@
 
 Each profile runs every (data set, method, seed) cell into ``<work_dir>/<data>/<method>/seed<k>`` (resumable:
 a finished cell is read back from its ``results.json``, an unfinished one continues from its checkpoint),
-then writes ``reports/meta_multilabel/report.md`` with mean ± std over seeds and the paired comparison of M
+then writes ``report.md`` with mean and 95% CI over seeds (common.stats) and the paired comparison of M
 against B2 (per-label thresholds tuned on D_meta), the strongest non-learned baseline.
 
 The paper's result tables were not retrieved (see the README): the paper column says so on every row.
@@ -150,9 +150,7 @@ def run_plan(ctx: ProfileContext, plan: Plan) -> ReproReport:
     return _report(plan, tasks, cells, plots)
 
 
-def _mean_std(values: list[float]) -> str:
-    a = np.asarray(values, dtype=float)
-    return f"{a.mean():.4f} ± {a.std(ddof=1):.4f} (n={len(a)})" if len(a) > 1 else f"{a.mean():.4f} (n=1)"
+LOWER_IS_BETTER = {"hamming_loss", "empty_rate"}
 
 
 def _report(plan: Plan, tasks, cells, plots) -> ReproReport:
@@ -170,22 +168,25 @@ def _report(plan: Plan, tasks, cells, plots) -> ReproReport:
                     continue
                 for metric in metrics:
                     note = f"all-zero floor {floor:.4f}" if metric == "hamming_loss" else ""
-                    rows.append(Row(f"{dname} {name} {metric} (test)", _mean_std([r["test"][metric] for r in res]),
-                                    PAPER, note))
+                    rows.append(Row.from_seeds(f"{dname} {name} {metric} (test)", [r["test"][metric] for r in res],
+                                               unit="fraction", split="test", paper_note=PAPER, note=note,
+                                               higher_is_better=metric not in LOWER_IS_BETTER))
                 for variant, label in (("test_at_least_one", "at least one label"),
                                        ("test_closed_under_parents", "closed under parents")):
                     if all(variant in r for r in res):
-                        rows.append(Row(f"{dname} {name} {main} (test, {label})",
-                                        _mean_std([r[variant][main] for r in res]), PAPER, "reported apart"))
+                        rows.append(Row.from_seeds(f"{dname} {name} {main} (test, {label})",
+                                                   [r[variant][main] for r in res], unit="fraction", split="test",
+                                                   paper_note=PAPER, note="reported apart", higher_is_better=True))
         if cells.get((dname, "M")) and cells.get((dname, "B2")):
             m = np.array([r["test"][main] for r in cells[(dname, "M")]])
             b2 = np.array([r["test"][main] for r in cells[(dname, "B2")]])
             b1 = np.array([r["test"][main] for r in cells[(dname, "B1")]])
             n = min(len(m), len(b2))
-            diff = m[:n] - b2[:n]
-            wins = int((diff > 0).sum())
-            row = Row(f"{dname}: M − B2 {main} (test, paired over seeds)", _mean_std(list(diff)), PAPER,
-                      f"M beats B2 in {wins}/{n} seeds; M − B1 = {np.mean(m[:n] - b1[:n]):+.4f}")
+            wins = int((m[:n] - b2[:n] > 0).sum())
+            row = Row.from_paired(f"{dname}: M − B2 {main} (test, paired over seeds)", m[:n].tolist(), b2[:n].tolist(),
+                                  unit="fraction", split="test", paper_note=PAPER, higher_is_better=True,
+                                  note=f"M beats B2 in {wins}/{n} seeds; M − B1 = {np.mean(m[:n] - b1[:n]):+.4f}; "
+                                       "p: exact sign-flip permutation test")
             rows.append(row)
             headline = headline or row
     notes = "\n".join(f"- {n}" for n in plan.notes + [

@@ -10,7 +10,6 @@ cell and for every method; an episode ends on termination or at the 1,000-step t
 from __future__ import annotations
 
 import csv
-import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -87,13 +86,15 @@ def t_critical_95(n: int) -> float:
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% t confidence interval (nan half-width for a single value)."""
+    """Mean and half-width of the 95% t confidence interval (common.stats.t_interval, the interval every
+    report uses over seeds); nan half-width for a single value."""
+    from common import stats
+
     x = np.asarray(values, dtype=float)
     if x.size == 0:
         raise ValueError("mean_ci95 of an empty sequence")
-    if x.size == 1:
-        return float(x[0]), float("nan")
-    return float(x.mean()), float(t_critical_95(x.size) * x.std(ddof=1) / math.sqrt(x.size))
+    ci = stats.t_interval(x)
+    return float(x.mean()), float("nan") if ci is None else (ci[1] - ci[0]) / 2
 
 
 def cell_means(rows: Sequence[dict[str, Any]]) -> dict[tuple[float, float], float]:

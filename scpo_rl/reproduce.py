@@ -1,6 +1,7 @@
 """``python -m scpo_rl.reproduce --profile smoke|quick|full|paper``: train SAC / SCPO / PR-SAC / DR-SAC,
 then evaluate every final policy on the robustness grid and report nominal learning curves, grid average
-and worst cell (mean +- 95% CI over training seeds), per-seed CSVs, heatmaps.
+and worst cell (mean +- 95% CI over training seeds, common.stats) and the grid's IQM (rliable), per-seed
+CSVs, heatmaps.
 
 Every training run is ``python -m scpo_rl.train ... resume=auto`` in its own directory under the
 profile's work dir; the unfinished ones go as ONE Hydra multirun through the joblib launcher
@@ -22,10 +23,10 @@ from common.checkpoint import CheckpointManager, load_checkpoint
 from common.launch import multirun
 from common.logging import get_logger
 from common.progress import progress
-from common.reproduce import ProfileContext, ReproReport, Row, run_profiles
+from common.reproduce import ProfileContext, ReproReport, Row, format_value, run_profiles
 from scpo_rl.evaluate import (
     agent_policy,
-    mean_ci95,
+    cell_means,
     plot_heatmap,
     plot_learning_curves,
     read_rows_csv,
@@ -140,11 +141,6 @@ def eval_history(run_dir: Path) -> list[tuple[int, float]]:
     return [tuple(x) for x in state["eval_history"]]
 
 
-def _fmt_ci(mean_half: tuple[float, float]) -> str:
-    mean, half = mean_half
-    return f"{mean:.1f}" if np.isnan(half) else f"{mean:.1f} ± {half:.1f}"
-
-
 def run_studies(ctx: ProfileContext, profile: str) -> ReproReport:
     spec = PROFILES[profile]
     studies: list[Study] = spec["studies"]
@@ -170,15 +166,20 @@ def run_studies(ctx: ProfileContext, profile: str) -> ReproReport:
             summary = summarize_grid(per_seed)
             summaries[method] = summary
             nominal = [curves[method][s][-1][1] for s in study.seeds]
-            n_ci = mean_ci95(nominal)
             kind = "mass sweep" if len(study.frictions) == 1 else "mass x friction grid"
             note = f"{len(study.seeds)} seeds, {study.steps} steps; paper: 1M steps (IDP 50k)"
+            cells_note = f"{len(study.masses)}x{len(study.frictions)} cells x {study.grid_episodes} episodes"
+            by_cell = [cell_means(per_seed[s]) for s in study.seeds]
+            seed_cells = np.array([[c[k] for k in sorted(c)] for c in by_cell])  # seeds x cells
+            ret = dict(unit="return", split="eval", paper_note="not retrieved", higher_is_better=True)
             rows += [
-                Row(f"{study.env} {method}: nominal return (final, deterministic)", _fmt_ci(n_ci), "not retrieved", note),
-                Row(f"{study.env} {method}: {kind} average", _fmt_ci(summary["grid_average"]), "not retrieved",
-                    f"{len(study.masses)}x{len(study.frictions)} cells x {study.grid_episodes} episodes"),
-                Row(f"{study.env} {method}: worst cell", _fmt_ci(summary["worst_cell"]), "not retrieved",
-                    "per-seed worst cell, then mean ± 95% CI"),
+                Row.from_seeds(f"{study.env} {method}: nominal return (final, deterministic)", nominal, note=note, **ret),
+                Row.from_seeds(f"{study.env} {method}: {kind} average", summary["grid_average_per_seed"],
+                               note=cells_note, **ret),
+                Row.from_seeds(f"{study.env} {method}: worst cell", summary["worst_cell_per_seed"],
+                               note="per-seed worst cell, then mean over seeds", **ret),
+                Row.from_iqm(f"{study.env} {method}: {kind} IQM (seeds x cells)", seed_cells,
+                             note=cells_note + "; rliable's IQM, bootstrap stratified by cell", **ret),
             ]
             plots.append(plot_heatmap(summary, ctx.out_dir / f"{profile}_{study.env}_{method}_robustness.png",
                                       f"{study.env} {method} ({kind})"))
@@ -193,9 +194,10 @@ def run_studies(ctx: ProfileContext, profile: str) -> ReproReport:
         plots.append(plot_learning_curves(curves, ctx.out_dir / f"{profile}_{study.env}_learning_curves.png",
                                           f"{study.env}: nominal deterministic return"))
         if headline is None and {"sac", "scpo"} <= set(summaries):
-            s, b = summaries["scpo"]["grid_average"][0], summaries["sac"]["grid_average"][0]
-            headline = Row(f"{study.env} robustness average, SCPO vs SAC", f"{s:.1f} vs {b:.1f}", "not retrieved",
-                           f"profile {profile}; {len(study.seeds)} seeds")
+            sac = Row.from_seeds("sac", summaries["sac"]["grid_average_per_seed"])
+            headline = Row.from_seeds(f"{study.env} robustness average, SCPO", summaries["scpo"]["grid_average_per_seed"],
+                                      unit="return", split="eval", paper_note="not retrieved", higher_is_better=True,
+                                      note=f"SAC {format_value(sac)}; profile {profile}")
     notes = (f"Budgets are below the paper's (1M steps; IDP 50k) except where the profile says otherwise. "
              f"Training took {train_seconds:.0f} s in this invocation (0 when every run was already done). "
              "Evaluation: the final policy, deterministic, complete episodes from reset seeds "

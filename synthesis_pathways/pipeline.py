@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from common.checkpoint import ResumeError
 from common.config import TrainerConfig
 from common.distributed import barrier, is_main_process
@@ -126,6 +128,9 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | os.PathLike, *, trainer_cfg
     if "fit" in cfg.stages:
         train = StepData.load(feat_dir / "train.npz")
         valid = StepData.load(feat_dir / "valid.npz")
+        # the nets' initial weights come from the global RNG, which torch seeds at random per process: seed it
+        # here, or two runs of the same config train different nets (the Trainer seeds only inside fit)
+        torch.manual_seed(trainer_cfg.seed)
         nets = build_networks(cfg.feat, space.n_templates, cfg.net_cfg)
         info.setdefault("fit", {})
         for net in cfg.networks:

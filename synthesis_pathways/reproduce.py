@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from .knn import CosineKNN
 from .model import SynNetModel, model_file, paper_parameter_counts, validate
 from .pipeline import PipelineConfig, load_space, load_trees, run_pipeline
 
+PROPERTY_NAMES = {"qed": "QED", "logp": "logP", "mw": "MW", "sa": "SA"}
 PAPER = {"reachable": (0.510, 0.759), "chembl": (0.045, 0.423),
          "zinc": (0.190, 0.623)}  # ZINC: the CS-433 reproduction with the released checkpoints
 CAVEATS = """\
@@ -170,41 +170,57 @@ def run(ctx: ProfileContext, prof: Profile) -> ReproReport:
 
     rows: list[Row] = []
     h = summaries.get("heldout", {})
-    headline = Row("recovery, held-out sampled roots (Tanimoto = 1)", h.get("recovery_fp"), PAPER["reachable"][0],
-                   f"n={h.get('n')}, profile {ctx.profile}; paper: 69,548 reachable targets")
+    head_kw = dict(unit="fraction", split="heldout", paper=PAPER["reachable"][0], higher_is_better=True,
+                   note=f"n={h.get('n')}, profile {ctx.profile}; paper: 69,548 reachable targets")
+    headline = (Row.from_items("recovery, held-out sampled roots (Tanimoto = 1)",
+                               [r.recovered_fp for r in results["heldout"]], **head_kw)
+                if results.get("heldout") else Row("recovery, held-out sampled roots (Tanimoto = 1)", None, **head_kw))
     for name, s in summaries.items():
         paper = {"heldout": PAPER["reachable"], "chembl": PAPER["chembl"], "zinc": PAPER["zinc"]}.get(name, (None, None))
+        res = results[name]
+        frac = dict(unit="fraction", split=name)
         rows += [
-            Row(f"{name}: recovery (fingerprint)", s["recovery_fp"], paper[0], f"n={s['n']}"),
-            Row(f"{name}: recovery (canonical SMILES)", s["recovery_smiles"], None, "stricter than the paper's"),
-            Row(f"{name}: mean similarity (all, failures = 0)", s["similarity_all"], paper[1], ""),
-            Row(f"{name}: mean similarity (unrecovered, finished)", s["similarity_unrecovered_finished"], None,
-                "what SynNet's script prints"),
-            Row(f"{name}: unfinished", s["unfinished"], None, ""),
-            Row(f"{name}: seconds per target (beam {prof.beam})", s["seconds_per_target"], None, "shared cores"),
+            Row.from_items(f"{name}: recovery (fingerprint)", [r.recovered_fp for r in res], paper=paper[0],
+                           note=f"n={s['n']}", higher_is_better=True, **frac),
+            Row.from_items(f"{name}: recovery (canonical SMILES)", [r.recovered_smiles for r in res],
+                           note="stricter than the paper's", higher_is_better=True, **frac),
+            Row.from_items(f"{name}: mean similarity (all, failures = 0)", [r.similarity for r in res],
+                           paper=paper[1], higher_is_better=True, unit="Tanimoto", split=name),
+            Row(f"{name}: mean similarity (unrecovered, finished)", s["similarity_unrecovered_finished"],
+                unit="Tanimoto", split=name, note="what SynNet's script prints"),
+            Row(f"{name}: unfinished", s["unfinished"], higher_is_better=False, **frac),
+            Row(f"{name}: seconds per target (beam {prof.beam})", s["seconds_per_target"], unit="s", split=name,
+                note="shared cores", kind="timing"),
         ]
         if name in baseline:
             b = baseline[name]
-            rows += [Row(f"{name}: random policy recovery / similarity", f"{b['recovery_fp']:.3f} / {b['similarity_all']:.3f}",
-                         None, f"baseline, n={b['n']}")]
-        ours_sim = np.array([r.similarity for r in results[name]])
-        rows += [Row(f"{name}: nearest single block, similarity", float(nearest[name].mean()), None,
-                     f"no reaction; the planner's answer is closer on {np.mean(ours_sim > nearest[name] + 1e-9):.0%} "
-                     f"of targets, farther on {np.mean(ours_sim < nearest[name] - 1e-9):.0%}")]
+            rows += [Row(f"{name}: random policy recovery", b["recovery_fp"], note=f"baseline, n={b['n']}", **frac),
+                     Row(f"{name}: random policy similarity", b["similarity_all"], unit="Tanimoto", split=name,
+                         note=f"baseline, n={b['n']}")]
+        ours_sim = np.array([r.similarity for r in res])
+        rows += [Row.from_items(f"{name}: nearest single block, similarity", nearest[name].tolist(), unit="Tanimoto",
+                                split=name,
+                                note=f"no reaction; the planner's answer is closer on "
+                                     f"{np.mean(ours_sim > nearest[name] + 1e-9):.0%} of targets, farther on "
+                                     f"{np.mean(ours_sim < nearest[name] - 1e-9):.0%}")]
     if "chemprojector" in results:
         by_depth = recovery_by_depth(results["chemprojector"], [r.n_reactions for r in routes])
-        rows.append(Row("chemprojector: recovery by route depth", json.dumps({k: round(v, 3) for k, v in by_depth.items()}),
-                        None, "depth = reactions in the ground-truth route"))
+        rows += [Row(f"chemprojector: recovery at route depth {k}", v, unit="fraction", split="chemprojector",
+                     note="depth = reactions in the ground-truth route") for k, v in by_depth.items()]
     for net, m in net_metrics.items():
         key = "accuracy" if "accuracy" in m else "mse"
-        rows.append(Row(f"{net} test {key}", m[key], None, f"{info['fit'][net]['parameters']:,} parameters"))
-    rows.append(Row("rt1 mean reciprocal rank (test Add steps)", mrr, None, f"over {len(space.blocks)} blocks"))
+        rows.append(Row(f"{net} test {key}", m[key], split="test", higher_is_better=key == "accuracy",
+                        note=f"{info['fit'][net]['parameters']:,} parameters"))
+    rows.append(Row("rt1 mean reciprocal rank (test Add steps)", mrr, split="test",
+                    note=f"over {len(space.blocks)} blocks"))
     ours_params = sum(v["parameters"] for v in info["fit"].values())
-    rows.append(Row("parameters (4 nets)", ours_params, sum(paper_parameter_counts(space.n_templates).values()),
-                    f"state {prof.pipeline.nbits} bits, widths {prof.pipeline.hidden}"))
+    rows.append(Row("parameters (4 nets)", ours_params, unit="parameters",
+                    paper=sum(paper_parameter_counts(space.n_templates).values()),
+                    note=f"state {prof.pipeline.nbits} bits, widths {prof.pipeline.hidden}"))
     s = info.get("sample", {})
-    rows.append(Row("sampled trees kept / attempts", f"{s.get('kept')} / {s.get('attempts')}", "600,000 attempts",
-                    f"success {s.get('success_rate', 0):.2f}, QED pass {s.get('qed_pass_rate', 0):.2f}"))
+    sample_note = f"success {s.get('success_rate', 0):.2f}, QED pass {s.get('qed_pass_rate', 0):.2f}"
+    rows += [Row("sampled trees kept", s.get("kept"), unit="trees", note=sample_note),
+             Row("sampled tree attempts", s.get("attempts"), unit="attempts", paper=600_000, note=sample_note)]
 
     plots = [_plot_similarities(results, ctx.out_dir / f"similarity_{ctx.profile}.png")]
     extra = {"summaries": summaries, "random_baseline": baseline,
@@ -212,23 +228,24 @@ def run(ctx: ProfileContext, prof: Profile) -> ReproReport:
 
     if prof.n_chembl and "chembl" in results:
         corr = property_correlations(results["chembl"])
-        rows.append(Row("chembl: target/answer property correlation (QED, logP, MW, SA)",
-                        " / ".join(f"{corr[k]:.2f}" for k in ("qed", "logp", "mw", "sa")), "0.03-0.28",
-                        "paper Figure 4 (secondary source)"))
+        rows += [Row(f"chembl: target/answer property correlation, {PROPERTY_NAMES[k]}", corr[k], unit="r",
+                     split="chembl", paper_note="0.03-0.28", note="paper Figure 4 (secondary source)")
+                 for k in PROPERTY_NAMES]
         extra["chembl_correlations"] = corr
     if "heldout" in results and prof.n_chembl:
         corr = property_correlations(results["heldout"])
-        rows.append(Row("held-out: target/answer property correlation (QED, logP, MW, SA)",
-                        " / ".join(f"{corr[k]:.2f}" for k in ("qed", "logp", "mw", "sa")), "0.60-0.70",
-                        "paper Figure 4, reachable set (secondary source)"))
+        rows += [Row(f"held-out: target/answer property correlation, {PROPERTY_NAMES[k]}", corr[k], unit="r",
+                     split="heldout", paper_note="0.60-0.70", note="paper Figure 4, reachable set (secondary source)")
+                 for k in PROPERTY_NAMES]
 
     for objective, g in prof.ga.items():
         ga = _run_ga(ctx, decoder, objective, g, work, progress_bar=pb)
-        paper = {"qed": "0.948 / 0.948 / 0.947"}.get(objective)
-        rows.append(Row(f"GA {objective}: top-1 / top-10 / top-100",
-                        f"{ga['top1']:.3f} / {ga['top10']:.3f} / {ga['top100']:.3f}", paper,
-                        f"pop {g['population']}, offspring {g['offspring']}, {ga['generations']} gens, "
-                        f"{ga['oracle_calls']} oracle calls; seeds {ga['seed_mean']:.3f} ± {ga['seed_std']:.3f}"))
+        paper = {"qed": {"top1": 0.948, "top10": 0.948, "top100": 0.947}}.get(objective, {})
+        ga_note = (f"pop {g['population']}, offspring {g['offspring']}, {ga['generations']} gens, "
+                   f"{ga['oracle_calls']} oracle calls; seed population {ga['seed_mean']:.3f} mean, "
+                   f"{ga['seed_std']:.3f} sd")
+        rows += [Row(f"GA {objective}: {k.replace('top', 'top-')}", ga[k], unit=objective, paper=paper.get(k),
+                     note=ga_note, higher_is_better=True) for k in ("top1", "top10", "top100")]
         extra[f"ga_{objective}"] = ga
 
     if prof.bench:
@@ -236,11 +253,15 @@ def run(ctx: ProfileContext, prof: Profile) -> ReproReport:
 
         kb = knn_benchmark(space, emb_bits=model.feat.emb_bits, n_queries=100)
         sb = sampling_benchmark(space, attempts=200, workers=1)
-        rows += [Row("k-NN queries/s, ours (one at a time) vs BallTree(callable cosine)",
-                     f"{kb['ours_loop_qps']:.0f} vs {kb['balltree_callable_qps']:.0f}", None,
-                     f"x{kb['speedup_loop_vs_balltree']:.0f}; same similarity on {kb['same_similarity_as_reference']:.0%}"),
-                 Row("sampling attempts per CPU-second (1 process)", sb["attempts_per_cpu_second"], "about 58 trees/s",
-                     f"{sb['sampled_trees_per_cpu_second']:.1f} successful trees per CPU-second")]
+        knn_note = (f"x{kb['speedup_loop_vs_balltree']:.0f}; same similarity on "
+                    f"{kb['same_similarity_as_reference']:.0%}")
+        rows += [Row("k-NN queries/s, ours (one at a time)", kb["ours_loop_qps"], unit="queries/s", note=knn_note,
+                     kind="timing"),
+                 Row("k-NN queries/s, BallTree(callable cosine)", kb["balltree_callable_qps"], unit="queries/s",
+                     note=knn_note, kind="timing"),
+                 Row("sampling attempts per CPU-second (1 process)", sb["attempts_per_cpu_second"], unit="attempts/s",
+                     paper_note="about 58 trees/s", kind="timing",
+                     note=f"{sb['sampled_trees_per_cpu_second']:.1f} successful trees per CPU-second")]
         extra["bench"] = {"knn": kb, "sampling": sb}
 
     return ReproReport(rows=rows, headline=headline, plots=plots, notes=CAVEATS, extra=extra)

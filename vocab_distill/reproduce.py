@@ -27,6 +27,8 @@ PAPER = {
     "sst2_teacher": "93.5 (BERT-base teacher in the paper; ours is MiniLM)",
     "snips": "v2 SNIPS table not retrieved",
 }
+PAPER_NUMBER = {"sst2": 82.2, "sst2_teacher": 93.5}  # the first number of each PAPER text above
+PAPER_MATCH = 94.0
 
 
 def compose_profile(profile: str, ctx: ProfileContext):
@@ -44,55 +46,72 @@ def _pct(x):
     return None if x is None else round(100 * x, 2)
 
 
-def _acc(ft: dict, model: str, task: str) -> str | None:
+def _acc_row(ft: dict, model: str, task: str, metric: str, split: str, paper: float | None,
+             paper_note: str) -> Row | None:
+    """Fine-tuning accuracy (%) over seeds: mean and 95% CI (common.stats) from the per-seed runs."""
     r = ft.get(model, {}).get(task)
     if r is None:
         return None
-    return f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}" if len(r["runs"]) > 1 else f"{100 * r['mean']:.2f}"
+    return Row.from_seeds(f"{model}: {metric}", [100 * x for x in r["runs"]], unit="%", split=split, paper=paper,
+                          paper_note=paper_note, higher_is_better=True)
 
 
 def build_report(results: dict, profile: str, out_dir: Path) -> ReproReport:
     ft, sizes, stages = results["finetune"], results["size_speed"], results["stages"]
     pc = results["config"]
+    voc = results["vocab"]
+    held = "held-out SST-2 dev + SNIPS test text"
     rows = [
-        Row("MLM corpus (words / train segments)", f"{results['corpus']['words']:,} / {results['corpus']['train_segments']:,}",
-            "Wikipedia + BooksCorpus", "offline corpus: Reuters train, SST-2 train, ATIS/SNIPS train"),
-        Row("V_s size", results["vocab"]["student_vocab_size"], 4928),
-        Row("V_t tokens in words V_s segments identically (%)", _pct(results["vocab"]["token_match_rate"]),
-            PAPER["match"], "held-out SST-2 dev + SNIPS test text"),
-        Row("words segmented identically (%)", _pct(results["vocab"]["word_match_rate"]), None, "same text"),
-        Row("V_t tokens / words segmented identically, held-out corpus segments (%)",
-            f"{_pct(results['vocab']['corpus_token_match_rate'])} / {_pct(results['vocab']['corpus_word_match_rate'])}",
-            PAPER["match"], "corpus segments held out from V_s training"),
+        Row("MLM corpus words", results["corpus"]["words"], unit="words", paper_note="Wikipedia + BooksCorpus",
+            note="offline corpus: Reuters train, SST-2 train, ATIS/SNIPS train"),
+        Row("MLM corpus train segments", results["corpus"]["train_segments"], unit="segments"),
+        Row("V_s size", voc["student_vocab_size"], unit="tokens", paper=4928),
+        Row("V_t tokens in words V_s segments identically (%)", _pct(voc["token_match_rate"]), unit="%", split=held,
+            paper=PAPER_MATCH, paper_note=PAPER["match"]),
+        Row("words segmented identically (%)", _pct(voc["word_match_rate"]), unit="%", split=held),
+        Row("V_t tokens segmented identically, held-out corpus segments (%)", _pct(voc["corpus_token_match_rate"]),
+            unit="%", split="held-out corpus segments", paper=PAPER_MATCH, paper_note=PAPER["match"],
+            note="corpus segments held out from V_s training"),
+        Row("words segmented identically, held-out corpus segments (%)", _pct(voc["corpus_word_match_rate"]),
+            unit="%", split="held-out corpus segments", note="corpus segments held out from V_s training"),
     ]
     s0 = stages.get("stage0")
     if s0:
-        phases = [k for k in ("before", "after_head", "after_adapt") if k in s0]
-        rows.append(Row(f"teacher masked-token acc. {' / '.join(phases)} stage 0 (%)",
-                        " / ".join(str(_pct(s0[k]["acc"])) for k in phases), None,
-                        "MiniLM ships no MLM head; held-out corpus, V_t only; head-only, then unfrozen"))
+        rows += [Row(f"teacher masked-token acc. {k} stage 0 (%)", _pct(s0[k]["acc"]), unit="%",
+                     split="held-out corpus segments",
+                     note="MiniLM ships no MLM head; held-out corpus, V_t only; head-only, then unfrozen")
+                 for k in ("before", "after_head", "after_adapt") if k in s0]
     for width in pc["widths"]:
         s1 = stages.get(f"stage1_d{width}")
         if s1:
             h = s1["heldout"]["p0.5"]
-            rows.append(Row(f"stage I (d={width}) held-out acc. V_t / V_s targets at p=0.5 (%)",
-                            f"{_pct(h['acc_teacher_vocab'])} / {_pct(h['acc_student_vocab'])}", None,
-                            f"at p=1 (student vocabulary only): {_pct(s1['heldout']['p1.0']['acc'])}"))
+            note = f"at p=1 (student vocabulary only): {_pct(s1['heldout']['p1.0']['acc'])}"
+            rows += [Row(f"stage I (d={width}) held-out acc. V_t targets at p=0.5 (%)", _pct(h["acc_teacher_vocab"]),
+                         unit="%", split="held-out corpus segments", note=note),
+                     Row(f"stage I (d={width}) held-out acc. V_s targets at p=0.5 (%)", _pct(h["acc_student_vocab"]),
+                         unit="%", split="held-out corpus segments", note=note)]
     for name, s in sizes.items():
-        rows.append(Row(f"{name}: params / fp32 MB / int8 MB", f"{s['params']:,} / {s['fp32_bytes'] / 1e6:.2f} / "
-                        f"{s['int8_bytes'] / 1e6:.2f}", PAPER["size"] if name.startswith(("dual_proj", "joint")) else None,
-                        f"embeddings {100 * s['embedding_share']:.0f}% of params"))
-        rows.append(Row(f"{name}: compression vs MiniLM / vs BERT-base (x)",
-                        f"{s['x_vs_teacher']:.1f} / {s['x_vs_bert_base']:.1f}", "> 60 (vs BERT-base)"
-                        if name.startswith(("dual_proj", "joint")) else None))
-        rows.append(Row(f"{name}: CPU latency b=1 (ms) / throughput b=32 (sent/s)",
-                        f"{s['latency_ms']:.2f} / {s['throughput_per_s']:.0f}", None, "32 tokens, side by side"))
-        for task, paper in (("sst2", PAPER["sst2_teacher"] if name == "teacher" else PAPER["sst2"]),
-                            ("snips_intent", PAPER["snips"])):
-            acc = _acc(ft, name, task)
-            if acc is not None:
-                metric = "SST-2 dev acc. (%)" if task == "sst2" else "SNIPS intent test acc. (%)"
-                rows.append(Row(f"{name}: {metric}", acc, paper if name.startswith(("dual_proj", "joint", "teacher")) else None))
+        ours = name.startswith(("dual_proj", "joint"))
+        emb = f"embeddings {100 * s['embedding_share']:.0f}% of params"
+        rows += [Row(f"{name}: params", s["params"], unit="parameters", note=emb),
+                 Row(f"{name}: fp32 MB", s["fp32_bytes"] / 1e6, unit="MB", paper_note=PAPER["size"] if ours else "",
+                     higher_is_better=False),
+                 Row(f"{name}: int8 MB", s["int8_bytes"] / 1e6, unit="MB", higher_is_better=False),
+                 Row(f"{name}: compression vs MiniLM (x)", s["x_vs_teacher"], unit="x"),
+                 Row(f"{name}: compression vs BERT-base (x)", s["x_vs_bert_base"], unit="x",
+                     paper_note="> 60 (vs BERT-base)" if ours else ""),
+                 Row(f"{name}: CPU latency b=1 (ms)", s["latency_ms"], unit="ms", kind="timing",
+                     note="32 tokens, side by side", higher_is_better=False),
+                 Row(f"{name}: CPU throughput b=32 (sent/s)", s["throughput_per_s"], unit="sentences/s",
+                     kind="timing", note="32 tokens, side by side")]
+        for task, split, metric in (("sst2", "dev", "SST-2 dev acc. (%)"),
+                                    ("snips_intent", "test", "SNIPS intent test acc. (%)")):
+            key = "sst2_teacher" if (task == "sst2" and name == "teacher") else ("sst2" if task == "sst2" else "snips")
+            shown = name.startswith(("dual_proj", "joint", "teacher"))
+            row = _acc_row(ft, name, task, metric, split, PAPER_NUMBER.get(key) if shown else None,
+                           PAPER[key] if shown else "")
+            if row is not None:
+                rows.append(row)
     verdicts = []
     for width in pc["widths"]:
         ours = f"joint_d{width}" if f"joint_d{width}" in ft else f"dual_proj_d{width}"
@@ -105,20 +124,21 @@ def build_report(results: dict, profile: str, out_dir: Path) -> ReproReport:
             mine = ft[ours][task]["mean"]
             beats = all(mine > v for v in base.values())
             detail = ", ".join(f"{m} {100 * v:.2f}" for m, v in base.items())
-            verdicts.append(Row(f"d={width} {task}: {ours.rsplit('_', 1)[0]} beats both same-size baselines?",
-                                f"{'yes' if beats else 'no'} ({100 * mine:.2f} vs {detail})",
-                                "yes (paper's claim)"))
+            verdicts.append(Row(f"d={width} {task}: {ours.rsplit('_', 1)[0]} beats both same-size baselines?", beats,
+                                split="dev" if task == "sst2" else "test", paper_note="yes (paper's claim)",
+                                note=f"{100 * mine:.2f} vs {detail} (means over seeds)"))
     rows += verdicts
 
     headline = None
     h96 = sizes.get("dual_proj_d96") or sizes.get("joint_d96")
     if h96:
-        headline = Row("hidden-96 student, fp32 MB (x smaller than BERT-base)",
-                       f"{h96['fp32_bytes'] / 1e6:.2f} MB ({BERT_BASE_PARAMS / h96['params']:.0f}x)", PAPER["size"],
-                       f"6 layers, |V_s|={results['vocab']['student_vocab_size']}; profile {profile}")
+        headline = Row("hidden-96 student, fp32 MB", h96["fp32_bytes"] / 1e6, unit="MB", paper=7.0,
+                       paper_note=PAPER["size"], higher_is_better=False,
+                       note=f"{BERT_BASE_PARAMS / h96['params']:.0f}x smaller than BERT-base; 6 layers, "
+                            f"|V_s|={results['vocab']['student_vocab_size']}; profile {profile}")
     plots = [p for p in [_plot(ft, sizes, out_dir, profile)] if p]
     notes = (f"Profile `{profile}`. Teacher: {'a random tiny BERT (smoke: plumbing only)' if pc['tiny_teacher'] else 'all-MiniLM-L6-v2 (22.7M) — the paper used BERT-base/large'}. "
-             "Accuracies are means over fine-tuning seeds (± std when more than one). SST-2 is reported on dev "
+             "Accuracies are means over fine-tuning seeds (± the 95% t-interval when more than one). SST-2 is reported on dev "
              "(last epoch, no dev-based selection); SNIPS on test with the checkpoint of best dev accuracy. "
              "Latency/throughput: all encoders timed interleaved in one process on shared CPU cores, so they are "
              "provisional. The secondary-source paper numbers come from a BERT-base teacher and a Wikipedia-scale "

@@ -70,3 +70,14 @@ def test_check_cli_passes_here_and_makefile_installs_with_the_lock():
     assert proc.returncode == 0, proc.stderr
     makefile = (REPO / "Makefile").read_text()
     assert "-c $(LOCK) -e" in makefile and "common.lock check" in makefile and LOCK_PATH.name in makefile
+
+
+def test_reproduce_check_names_a_report_made_under_another_lock():
+    from common.reproduce import lock_difference, lock_line
+
+    here = {"lock_sha256": lock_hash(), "matches_lock": True}
+    assert lock_difference(dict(here), dict(here)) is None
+    assert "another lock" in lock_difference({"lock_sha256": "0" * 64, "matches_lock": True}, here)
+    assert "predates requirements.lock" in lock_difference({}, here)
+    assert "did not match" in lock_difference({**here, "matches_lock": False}, here)
+    assert lock_line(here).startswith("requirements.lock ") and lock_line({}) == "lock not recorded"

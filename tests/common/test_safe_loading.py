@@ -27,6 +27,7 @@ from common.checkpoint import (
     save_safetensors,
 )
 from common.checkpoint import main as checkpoint_cli
+from common.schema import Choice
 from tests.evil_pickle import assert_refused, plant, run_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -171,3 +172,22 @@ def test_no_unsafe_loading_outside_the_trust_branch():
             before = text.split(TRUST_BRANCH[1])[0].splitlines()[-1]
             assert "if trusted(trust):" in before, before
     assert not hits, "\n".join(hits)
+
+
+class Loss(Choice):
+    """A closed choice as typed configs hold them (module level, as in a package's config.py)."""
+
+    ce = "ce"
+    gce = "gce"
+
+
+def test_a_checkpoint_holding_config_enums_loads_weights_only(tmp_path):
+    """Typed configs hold closed choices as str enums; a checkpoint that pickled them was refused by the
+    weights-only loader, so label_efficient_seg, meta_multilabel, synthesis_pathways and joint_bert_nlu
+    runs could not resume from their own checkpoints."""
+    from common.checkpoint import load_checkpoint, save_checkpoint
+
+    save_checkpoint(tmp_path / "c.pt", {"config": {"loss": Loss.gce, "pair": (Loss.ce, 1)}, "step": 3})
+    back = load_checkpoint(tmp_path / "c.pt")
+    assert back["config"] == {"loss": "gce", "pair": ("ce", 1)}
+    assert type(back["config"]["loss"]) is str

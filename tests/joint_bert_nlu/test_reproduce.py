@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from common.reproduce import run_profiles
 from joint_bert_nlu.bench import run_benchmark
 from joint_bert_nlu.reproduce import PROFILES
@@ -17,6 +19,7 @@ def test_smoke_profile_writes_report(tmp_path):
     assert path.exists() and "intent acc" in path.read_text()
     results = json.loads((tmp_path / "reports" / "joint_bert_nlu" / "results.smoke.json").read_text())
     assert results["profile"] == "smoke" and results["headline"]["paper"] == 96.1
+    assert all(isinstance(r["value"], float) and r["unit"] == "%" for r in results["rows"])
     assert (tmp_path / "reports" / "joint_bert_nlu" / "smoke_curves.png").stat().st_size > 1000
     assert (tmp_path / "work" / "atis_tiny" / "model" / "model.safetensors").exists()
 
@@ -63,14 +66,16 @@ def test_full_profile_plans_and_aggregates(tmp_path, monkeypatch):
     assert {c[1] for c in calls} == {10}  # ATIS and SNIPS both up to 10 epochs
     assert [c[3] for c in calls].count("sentence_sum") == 6 and not any(c[2] and c[3] != "token_mean" for c in calls)
     row = next(r for r in report.rows if r.metric == "ATIS Joint BERT (token mean slot loss): test intent acc")
-    # seeds 1234, 1235, 1236 -> 0.90, 0.91, 0.92 (seed % 3 = 1, 2, 0): mean 91.00, stdev 1.00
-    assert row.ours == "91.00 ± 1.00 (n=3)" and row.paper == 97.5
+    # seeds 1234, 1235, 1236 -> 0.90, 0.91, 0.92 (seed % 3 = 1, 2, 0): mean 91.00, sd 1.00, t-interval
+    assert row.value == pytest.approx(91.0) and row.per_seed == pytest.approx([91.0, 92.0, 90.0])
+    assert row.ci_high - row.value == pytest.approx(4.302653 / 3**0.5, rel=1e-6) and row.paper == 97.5
+    assert row.split == "test" and row.n == 3
     # Selection on dev: a tie on ATIS keeps the token mean; SNIPS's sentence sum wins on dev.
     assert report.extra["selection"]["atis"]["chosen"] == "token_mean"
     assert report.extra["selection"]["snips"]["chosen"] == "sentence_sum"
     chosen = next(r for r in report.rows if r.metric == "SNIPS Joint BERT (slot loss chosen on dev): test slot F1")
-    assert chosen.ours == "95.00 ± 1.00 (n=3)" and chosen.note.startswith("sentence_sum: dev sentence acc 96.00")
-    assert report.headline.paper == "98.6 / 97.0" and report.headline.ours == "91.00 / 95.00"
+    assert chosen.value == pytest.approx(95.0) and chosen.note.startswith("sentence_sum: dev sentence acc 96.00")
+    assert report.headline is chosen and chosen.paper == 97.0
     assert len(report.extra["runs"]) == 14
 
 
@@ -90,8 +95,10 @@ def test_quick_profile_report_with_canned_training(tmp_path, monkeypatch):
                   "ours": {"sentences_per_s": 20.0}, "reference": {"sentences_per_s": 10.0}}
     monkeypatch.setattr(bench, "benchmark_saved_model", lambda *a, **k: fake_bench)
     report = rep.quick(ctx)
-    assert report.headline.ours == "90.0 / 89.0" and (ctx.out_dir / "quick_curves.png").exists()
-    assert any(r.metric == "inference speed-up ours / loop" and r.ours == 2.0 for r in report.rows)
+    assert report.headline.metric == "ATIS test slot F1" and report.headline.value == 89.0
+    assert (ctx.out_dir / "quick_curves.png").exists()
+    assert any(r.metric == "inference speed-up ours / loop" and r.value == 2.0 and r.kind == "timing"
+               for r in report.rows)
 
 
 def test_training_benchmark_pads_less():
