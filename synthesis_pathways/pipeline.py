@@ -140,8 +140,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | os.PathLike, *, trainer_cfg
                 raise ValueError(f"no training rows for {net}: sample more trees (attempts={cfg.attempts})")
             result = fit_network(net, nets[net], tr, va if len(va) else None, trainer_cfg=trainer_cfg,
                                  run_dir=run_dir / "nets" / net, lr=cfg.lr, logger_cfg=logger_cfg, resume=resume,
-                                 # plain JSON types: a checkpoint must load without trust_checkpoint (no enums)
-                                 config=json.loads(json.dumps({"pipeline": dataclasses.asdict(cfg), "net": net})))
+                                 config={"pipeline": dataclasses.asdict(cfg), "net": net})
             info["fit"][net] = {"rows": [len(tr), len(va)], "parameters": n_parameters(nets[net]),
                                 "step": result.step, "epoch": result.epoch, "stopped": result.stopped_reason,
                                 "best": result.best_metrics, "wall_seconds": result.wall_seconds_total}
