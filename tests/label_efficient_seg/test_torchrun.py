@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 import torch
-import yaml
 
 from label_efficient_seg.evaluate import evaluate_model
 from label_efficient_seg.experiment import (
@@ -40,7 +39,7 @@ def test_torchrun_smoke_only_rank0_writes_and_sharded_scores_are_exact(tmp_path)
 
     # The scores rank 0 wrote come from a test split evaluated half by each rank: a single process scoring
     # the same (best) weights on the whole split gets the same numbers, to the last bit.
-    cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    cfg = json.loads((run / "resolved_config.json").read_text())  # interpolations resolved
     splits = load_splits(from_mapping(DataConfig, cfg["data"]), None, seed=cfg["trainer"]["seed"])
     model = build_model(from_mapping(MethodConfig, cfg["method"]), from_mapping(ModelConfig, cfg["model"]),
                         splits.train.num_classes)

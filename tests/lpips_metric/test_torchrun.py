@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-import yaml
 
 from lpips_metric.training import (
     DataConfig,
@@ -34,7 +33,7 @@ def test_torchrun_smoke_only_rank0_writes_and_sharded_scores_are_exact(tmp_path)
     assert {"lpips_heads.safetensors", "metrics.jsonl", "checkpoints/best.pt", ".hydra/config.yaml"} <= set(files)
     assert r.output.count("2AFC mean") == 1
 
-    cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    cfg = json.loads((run / "resolved_config.json").read_text())  # interpolations resolved
     _, _, val, jnd = load_sets(DataConfig(**cfg["data"]))
     model = RankedLPIPS(build_metric(MetricTrainConfig(**cfg["model"])), cfg["model"]["rank_hidden"])
     best = torch.load(run / "checkpoints" / "best.pt", weights_only=False)

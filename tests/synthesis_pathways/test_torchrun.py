@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-import yaml
 
 from synthesis_pathways.featurize import StepData, network_data
 from synthesis_pathways.model import build_networks, validate
@@ -31,7 +30,7 @@ def test_torchrun_smoke_only_rank0_writes_and_sharded_validation_is_exact(tmp_pa
 
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create(yaml.safe_load((run / ".hydra" / "config.yaml").read_text()))
+    cfg = OmegaConf.create(json.loads((run / "resolved_config.json").read_text()))  # interpolations resolved
     pc = pipeline_config(cfg)
     info = json.loads((run / "pipeline.json").read_text())
     n_templates = info["space"]["templates"]
