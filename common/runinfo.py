@@ -24,7 +24,10 @@ def git_commit(repo: Path = _REPO_ROOT) -> dict[str, Any]:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+        # reports/ is output, not code: a reproduce run that updates the committed reports (package after
+        # package) must not mark the later packages' reports as made from uncommitted code
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)reports"], cwd=repo,
                                capture_output=True, text=True, timeout=10).stdout.strip() != ""
         return {"commit": sha or None, "dirty": dirty if sha else None}
     except (OSError, subprocess.SubprocessError):

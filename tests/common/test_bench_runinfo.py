@@ -44,3 +44,26 @@ def test_run_info_records_commit_versions_hardware_and_wall_clock(tmp_path):
     write_run_info(tmp_path).finish()  # a resumed run appends a session
     assert len(json.loads((tmp_path / "run_info.json").read_text())["sessions"]) == 2
     assert "cores" in hardware_summary()
+
+
+def test_git_dirty_ignores_reports_but_not_code(tmp_path):
+    """A reproduce run that updates committed reports package after package must not mark the later
+    reports as made from uncommitted code; a change to code still does."""
+    import subprocess
+
+    from common.runinfo import git_commit
+
+    def git(*a):
+        subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "r.json").write_text("1")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert git_commit(tmp_path)["dirty"] is False
+    (tmp_path / "reports" / "r.json").write_text("2")
+    assert git_commit(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path)["dirty"] is True
