@@ -30,6 +30,9 @@ PROJECT = "paper-repro"  # the editable project itself is not pinned
 # from some environments (Python 3.12 venvs ship no setuptools), so a missing one is no difference.
 _BOOTSTRAP = {"pip", "setuptools", "wheel"}
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)\s*$")
+# A pin that only an extra outside `all` needs (deepspeed, say) carries this comment: `make venv` does not
+# install it, so its absence is no difference; installed, it must match.
+EXTRA_ONLY = "# extra-only"
 
 
 def canonical(name: str) -> str:
@@ -58,6 +61,12 @@ def read_lock(path: str | Path = LOCK_PATH) -> dict[str, str]:
     return pins
 
 
+def extra_only_pins(path: str | Path = LOCK_PATH) -> set[str]:
+    """Canonical names of the pins marked ``# extra-only`` (needed only by extras outside ``all``)."""
+    return {canonical(line.split("==", 1)[0].strip()) for line in Path(path).read_text().splitlines()
+            if line.rstrip().endswith(EXTRA_ONLY) and "==" in line and not line.lstrip().startswith("#")}
+
+
 def installed() -> dict[str, str]:
     """{canonical name: version} of every distribution in the running environment but the project."""
     out = {}
@@ -68,15 +77,16 @@ def installed() -> dict[str, str]:
     return out
 
 
-def differences(lock: dict[str, str], env: dict[str, str]) -> list[str]:
-    """One line per package whose installed version differs from the lock, is missing, or is unlocked."""
+def differences(lock: dict[str, str], env: dict[str, str], optional: set[str] = frozenset()) -> list[str]:
+    """One line per package whose installed version differs from the lock, is missing, or is unlocked.
+    ``optional`` pins (extra-only) may be missing."""
     out = []
     for name in sorted(set(lock) | set(env)):
         want, have = lock.get(name), env.get(name)
         if want == have:
             continue
         if have is None:
-            if name not in _BOOTSTRAP:
+            if name not in _BOOTSTRAP and name not in optional:
                 out.append(f"{name}: locked {want}, not installed")
         elif want is None:
             out.append(f"{name}: installed {have}, not in the lock")
@@ -101,11 +111,13 @@ def environment_status(path: str | Path = LOCK_PATH) -> dict:
     h = lock_hash(path)
     if h is None:
         return {"lock_sha256": None, "matches_lock": None, "lock_differences": []}
-    diff = differences(read_lock(path), installed())
+    diff = differences(read_lock(path), installed(), extra_only_pins(path))
     return {"lock_sha256": h, "matches_lock": not diff, "lock_differences": diff[:20]}
 
 
-def render_lock(env: dict[str, str]) -> str:
+def render_lock(env: dict[str, str], base: dict[str, str] | None = None) -> str:
+    """The lock text for ``env``; with ``base`` (the environment of ``all`` alone), pins that only the
+    other extras brought in are marked ``# extra-only``."""
     header = [
         "# Exact versions of every distribution of the tested environment (all extras), used as pip",
         "# constraints by `make venv` / `make test` / `make reproduce` / `.ci/run`.",
@@ -113,13 +125,24 @@ def render_lock(env: dict[str, str]) -> str:
         f"# Generated {datetime.now(timezone.utc).date().isoformat()} on Python {platform.python_version()}, "
         f"{platform.system()} {platform.machine()}.",
     ]
-    return "\n".join(header + [f"{k}=={v}" for k, v in sorted(env.items())]) + "\n"
+    def line(k: str, v: str) -> str:
+        return f"{k}=={v}" + (f"  {EXTRA_ONLY}" if base is not None and k not in base else "")
+
+    return "\n".join(header + [line(k, v) for k, v in sorted(env.items())]) + "\n"
 
 
-def pyproject_extras(pyproject: Path = REPO_ROOT / "pyproject.toml") -> list[str]:
+def pyproject_extras(pyproject: Path = REPO_ROOT / "pyproject.toml", outside_all: bool = False) -> list[str]:
+    """Every extra of pyproject.toml; with ``outside_all``, those the ``all`` extra does not include."""
     import tomllib
 
-    return sorted(tomllib.loads(pyproject.read_text())["project"].get("optional-dependencies", {}))
+    extras = tomllib.loads(pyproject.read_text())["project"].get("optional-dependencies", {})
+    if not outside_all:
+        return sorted(extras)
+    inside = {"all"}
+    for req in extras.get("all", []):
+        if "[" in req:
+            inside |= {e.strip() for e in req.split("[", 1)[1].split("]", 1)[0].split(",")}
+    return sorted(set(extras) - inside)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,21 +151,25 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("check", help="compare the running environment with the lock")
     w = sub.add_parser("write", help="write the lock from the running environment (make lock)")
     w.add_argument("path", nargs="?", default=str(LOCK_PATH))
-    sub.add_parser("extras", help="every extra of pyproject.toml, comma-separated")
+    w.add_argument("--base", default=None, help="a lock written from the venv of `all` alone: pins not in it "
+                                                "are marked extra-only")
+    ex = sub.add_parser("extras", help="every extra of pyproject.toml, comma-separated")
+    ex.add_argument("--outside-all", action="store_true", help="only the extras that `all` does not include")
     sub.add_parser("hash", help="sha256 of the lock's pins")
     args = ap.parse_args(argv)
     if args.cmd == "write":
-        Path(args.path).write_text(render_lock(installed()))
+        base = read_lock(args.base) if args.base else None
+        Path(args.path).write_text(render_lock(installed(), base))
         print(f"wrote {args.path} ({len(installed())} pins)")
         return 0
     if args.cmd == "extras":
-        print(",".join(pyproject_extras()))
+        print(",".join(pyproject_extras(outside_all=args.outside_all)))
         return 0
     if args.cmd == "hash":
         print(lock_hash() or "no lock file")
         return 0
     try:
-        diff = differences(read_lock(), installed())
+        diff = differences(read_lock(), installed(), extra_only_pins())
     except (FileNotFoundError, LockFormatError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

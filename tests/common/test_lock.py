@@ -81,3 +81,22 @@ def test_reproduce_check_names_a_report_made_under_another_lock():
     assert "predates requirements.lock" in lock_difference({}, here)
     assert "did not match" in lock_difference({**here, "matches_lock": False}, here)
     assert lock_line(here).startswith("requirements.lock ") and lock_line({}) == "lock not recorded"
+
+
+def test_extra_only_pins_may_be_missing_but_must_match_when_installed(tmp_path):
+    """Extras outside `all` (deepspeed) are locked too but not installed by `make venv`."""
+    from common.lock import extra_only_pins, pyproject_extras
+
+    path = tmp_path / "lock"
+    path.write_text(render_lock({"torch": "2.14.1", "deepspeed": "0.18.0"}, base={"torch": "2.14.1"}))
+    assert "deepspeed==0.18.0  # extra-only" in path.read_text() and "torch==2.14.1\n" in path.read_text()
+    optional = extra_only_pins(path)
+    assert optional == {"deepspeed"}
+    assert differences(read_lock(path), {"torch": "2.14.1"}, optional) == []
+    assert differences(read_lock(path), {"torch": "2.14.1", "deepspeed": "0.17"}, optional) == [
+        "deepspeed: locked 0.18.0, installed 0.17"]
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[project]\nname = "x"\n[project.optional-dependencies]\n'
+                         'a = []\nb = []\nds = ["deepspeed"]\nall = ["x[a,b]"]\n')
+    assert pyproject_extras(pyproject, outside_all=True) == ["ds"]
+    assert pyproject_extras(pyproject) == ["a", "all", "b", "ds"]
