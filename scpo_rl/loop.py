@@ -29,7 +29,7 @@ from common.logging import MetricLogger, get_logger
 from common.progress import progress
 from scpo_rl.algorithm import Agent, AgentConfig
 from scpo_rl.envs import capture_env_state, make_env, reference_stats, resolve_env_id, restore_env_state
-from scpo_rl.evaluate import agent_policy, evaluate_policy
+from scpo_rl.evaluate import agent_policy, evaluate_policy, make_envs
 from scpo_rl.replay import ReplayBuffer
 
 
@@ -119,6 +119,7 @@ class RLTrainer:
             else:
                 self.agent.set_normalizer(*stats)
         self.eval_history: list[tuple[int, float]] = []
+        self._eval_envs: list | None = None
         self.wall_seconds = 0.0
         if resume_path is not None:
             self._load(resume_path)
@@ -166,7 +167,10 @@ class RLTrainer:
         return action
 
     def evaluate(self) -> float:
-        rets = evaluate_policy(agent_policy(self.agent), self.env_id, self.cfg.eval_episodes, self.cfg.eval_seed)
+        if self._eval_envs is None:  # one nominal env per start state, built once
+            self._eval_envs = make_envs(self.env_id, self.cfg.eval_episodes)
+        rets = evaluate_policy(agent_policy(self.agent), self.env_id, self.cfg.eval_episodes, self.cfg.eval_seed,
+                               envs=self._eval_envs)
         mean = float(np.mean(rets))
         self.eval_history.append((self.step, mean))
         self.logger.log(self.step, {"eval/return_mean": mean, "eval/return_std": float(np.std(rets))})
