@@ -278,14 +278,29 @@ def _select_score(task: PreparedTask, probs_meta: np.ndarray, tau, metric: str) 
 # ------------------------------------------------------------------------------------ baselines
 
 
+def baseline_policies(kind: str, probs_meta: np.ndarray, Y_meta: np.ndarray) -> dict[str, np.ndarray]:
+    """The fixed prediction policies of a baseline on one classifier, tuned on D_meta where they are tuned:
+    B1 τ = 0.5, B2 per-label τ (0.5 where no grid value gives a positive F1), B3 one τ; B4 τ = 0.5."""
+    L = probs_meta.shape[1]
+    if kind == "uniform":
+        return {"B1": np.full(L, 0.5), "B2": tune_thresholds_per_label(probs_meta, Y_meta),
+                "B3": np.full(L, tune_global_threshold(probs_meta, Y_meta))}
+    return {"B4": np.full(L, 0.5)}
+
+
 def run_baseline(task: PreparedTask, kind: str, cfg: ClassifierConfig, run_dir: str | Path, *, seed: int = 0,
                  resume: str = "never", logger: MetricLogger | None = None, progress_bar: bool = True,
-                 keep_last: int = 2) -> dict:
+                 keep_last: int = 2, select_metric: str = "micro_f1") -> dict:
     """Train one classifier with a fixed training policy and evaluate the fixed prediction policies.
 
     ``kind="uniform"`` gives B1 (τ = 0.5), B2 (per-label τ tuned on D_meta) and B3 (one global τ tuned on
     D_meta) from one uniformly trained classifier; ``kind="inverse_freq"`` gives B4 (pos_weight = neg/pos,
-    capped at 50; τ = 0.5). The epoch with the best D_meta micro-F1 at 0.5 is kept (early stopping on D_meta).
+    capped at 50; τ = 0.5).
+
+    Model selection is the meta loop's rule for every method: each method keeps the epoch whose classifier
+    scores best on D_meta (``select_metric``, micro-F1) *under that method's own prediction policy* (B2 and
+    B3 re-tuned on D_meta at every epoch, as M is scored at its own thresholds at every episode). The run
+    stops after ``cfg.patience`` epochs in which no method improved.
     """
     if kind not in ("uniform", "inverse_freq"):
         raise ValueError(f"baseline kind must be uniform or inverse_freq, got {kind!r}")
@@ -295,48 +310,57 @@ def run_baseline(task: PreparedTask, kind: str, cfg: ClassifierConfig, run_dir: 
     seed_everything(seed)
     model, opt = new_classifier(task, cfg, seed)
     weights, mode = (None, "label") if kind == "uniform" else (inverse_frequency_weights(task.Y["train"]), "pos")
-    epoch, best = 0, {"score": -1.0, "model": copy.deepcopy(model.state_dict()), "epoch": 0}
+    names = list(METHODS_OF_BASELINE[kind])
+    epoch = 0
+    best = {n: {"score": -1.0, "model": copy.deepcopy(model.state_dict()), "epoch": 0} for n in names}
     if start is not None:
         state = load_checkpoint(start)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         restore_rng_state(state["rng"])
         epoch, best = state["step"], state["best"]
+        if "score" in best:
+            raise ValueError(f"{start}: a checkpoint of the old selection rule (one epoch for B1-B3); start this "
+                             "baseline again without resume")
         log.info("resumed %s baseline from %s (epoch %d)", kind, start, epoch)
     t0 = time.time()
     bar = progress(total=cfg.epochs, initial=epoch, desc=f"baseline {kind}", enabled=progress_bar, unit="epoch")
-    while epoch < cfg.epochs and not (cfg.patience and epoch - best["epoch"] >= cfg.patience):
+
+    def last_gain() -> int:
+        return max(b["epoch"] for b in best.values())
+
+    while epoch < cfg.epochs and not (cfg.patience and epoch - last_gain() >= cfg.patience):
         loss = train_epochs(model, opt, task.X["train"], task.Y["train"], epochs=1, batch_size=cfg.batch_size,
                             generator=_episode_generator(seed, epoch), weights=weights, mode=mode)
         epoch += 1
-        score = _select_score(task, predict_probs(model, task.X["meta"]), 0.5, "micro_f1")
-        if score > best["score"]:
-            best = {"score": score, "model": copy.deepcopy(model.state_dict()), "epoch": epoch}
+        probs_meta = predict_probs(model, task.X["meta"])
+        scores = {}
+        for name, tau in baseline_policies(kind, probs_meta, task.Y["meta"]).items():
+            scores[name] = _select_score(task, probs_meta, tau, select_metric)
+            if scores[name] > best[name]["score"]:
+                best[name] = {"score": scores[name], "model": copy.deepcopy(model.state_dict()), "epoch": epoch}
         ckpt.save(epoch, {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": capture_rng_state(),
                           "step": epoch, "best": best, "config": asdict(cfg), "kind": kind})
         if logger is not None:
-            logger.log(epoch, {"train/loss": loss, "meta/micro_f1@0.5": score})
+            logger.log(epoch, {"train/loss": loss, **{f"meta/{select_metric}/{n}": v for n, v in scores.items()}})
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", meta_f1=f"{score:.4f}")
+        bar.set_postfix(loss=f"{loss:.4f}", **{n: f"{v:.4f}" for n, v in scores.items()})
     bar.close()
-    model.load_state_dict(best["model"])
-    probs = {split: predict_probs(model, task.X[split]) for split in ("meta", "test")}
-    L = task.num_labels
     results: dict[str, dict] = {}
-    if kind == "uniform":
-        tau_b2 = tune_thresholds_per_label(probs["meta"], task.Y["meta"])
-        tau_b3 = tune_global_threshold(probs["meta"], task.Y["meta"])
-        policies = {"B1": np.full(L, 0.5), "B2": tau_b2, "B3": np.full(L, tau_b3)}
-    else:
-        policies = {"B4": np.full(L, 0.5)}
-    for method, tau in policies.items():
-        results[method] = {"test": evaluate_policy(task, probs, tau), **evaluate_variants(task, probs, tau),
-                           "meta": evaluate_policy(task, probs, tau,
-                                                                                             split="meta"),
-                           "thresholds": np.asarray(tau).tolist(), "best_epoch": best["epoch"]}
-    results["_model_state"] = best["model"]
+    for name in names:
+        model.load_state_dict(best[name]["model"])
+        probs = {split: predict_probs(model, task.X[split]) for split in ("meta", "test")}
+        tau = baseline_policies(kind, probs["meta"], task.Y["meta"])[name]
+        results[name] = {"test": evaluate_policy(task, probs, tau), **evaluate_variants(task, probs, tau),
+                         "meta": evaluate_policy(task, probs, tau, split="meta"),
+                         "thresholds": np.asarray(tau).tolist(), "best_epoch": best[name]["epoch"],
+                         "labels_at_half": int(np.sum(tau == 0.5))}
+    results["_model_state"] = best[names[0]]["model"]
     results["_wall_seconds"] = time.time() - t0
     return results
+
+
+METHODS_OF_BASELINE = {"uniform": ("B1", "B2", "B3"), "inverse_freq": ("B4",)}
 
 
 # ------------------------------------------------------------------------------------ meta loop

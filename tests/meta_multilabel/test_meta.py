@@ -153,3 +153,22 @@ def test_baseline_patience_stops_early(tmp_path):
                        progress_bar=False)
     last = int(CheckpointManager(tmp_path).latest().stem.split("_")[1])
     assert last == out["B1"]["best_epoch"] + 2 and last < 60
+
+
+def test_every_method_is_selected_by_its_own_prediction_policy(tmp_path):
+    """Issue 28: the baselines keep, each, the epoch whose classifier is best on D_meta under its *own*
+    prediction policy (B2/B3 re-tuned at every epoch), as M is scored at its own thresholds at every episode;
+    before, B2 and B3 inherited the epoch chosen for B1 at 0.5."""
+    from common.logging import MetricLogger, read_jsonl
+
+    task = _synthetic(600)
+    with MetricLogger(tmp_path, tensorboard=False) as logger:
+        out = run_baseline(task, "uniform", ClassifierConfig(lr=0.3, batch_size=64, epochs=12), tmp_path,
+                           logger=logger, progress_bar=False)
+    rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "meta/micro_f1/B1" in r]
+    assert len(rows) == 12
+    for name in ("B1", "B2", "B3"):
+        scores = [r[f"meta/micro_f1/{name}"] for r in rows]
+        assert out[name]["best_epoch"] == 1 + int(np.argmax(scores))
+        assert out[name]["meta"]["micro_f1"] == pytest.approx(max(scores))
+    assert len({out[n]["best_epoch"] for n in ("B1", "B2", "B3")}) > 1  # here the rules pick different epochs
