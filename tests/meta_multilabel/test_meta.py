@@ -172,3 +172,20 @@ def test_every_method_is_selected_by_its_own_prediction_policy(tmp_path):
         assert out[name]["best_epoch"] == 1 + int(np.argmax(scores))
         assert out[name]["meta"]["micro_f1"] == pytest.approx(max(scores))
     assert len({out[n]["best_epoch"] for n in ("B1", "B2", "B3")}) > 1  # here the rules pick different epochs
+
+
+def test_labels_without_meta_positives_keep_the_b2_fallback(tmp_path):
+    """Issue 28: a label with no positive in D_meta gives M's F1 reward no signal, so by default M treats it as
+    B2 does: τ = 0.5, w = 1, left out of the policy gradient; with ``no_positive_labels=learn`` its threshold
+    follows the shared GRU head trained on the other labels."""
+    task = _synthetic(600)
+    task.Y["meta"][:, 0] = 0  # label 0: no D_meta positive
+    clf = ClassifierConfig(lr=1e-2, batch_size=64)
+    cfg = MetaConfig(episodes=8, inner_epochs=1, warmup_epochs=2, hidden=8, label_dim=4, lr=3e-2, sigma_tau=0.1,
+                     threshold_samples=4)
+    out = run_meta(task, cfg, clf, tmp_path / "fallback", seed=0, progress_bar=False)["M"]
+    assert out["thresholds"][0] == 0.5 and out["weights"][0] == 1.0
+    assert any(abs(t - 0.5) > 1e-3 for t in out["thresholds"][1:])  # the others did learn
+    learned = run_meta(task, MetaConfig(**{**cfg.__dict__, "no_positive_labels": "learn"}), clf, tmp_path / "learn",
+                       seed=0, progress_bar=False)["M"]
+    assert abs(learned["thresholds"][0] - 0.5) > 1e-3  # the old behaviour: it drifts with the shared head
