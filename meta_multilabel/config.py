@@ -84,6 +84,15 @@ class LabelEmbedding(Choice):
     """Frozen MiniLM embedding of the label name, projected."""
 
 
+class NoPositiveLabels(Choice):
+    """What M does with a label that has no positive in D_meta (its F1 reward is 0 whatever it does)."""
+
+    fallback = auto()
+    """τ_j = 0.5 and w_j = 1, and the label's actions are left out of the policy gradient: B2's fallback."""
+    learn = auto()
+    """Keep it in the policy: its τ_j and w_j then follow what the shared GRU head learns on other labels."""
+
+
 class WeightMode(Choice):
     label = auto()
     """w_j scales label j's whole BCE term."""
@@ -215,7 +224,9 @@ class MetaConfig:
     """Threshold draws scored per episode on the same classifier (1 = one action per episode, the plain
     loop of the paper; more lowers the variance of the threshold gradient at one D_meta scoring each)."""
     select_metric: str = "micro_f1"
-    """D_meta metric (at the mean thresholds) that picks the kept (θ, τ)."""
+    """D_meta metric (at the mean thresholds) that picks the kept (θ, τ); the baselines use the same rule."""
+    no_positive_labels: NoPositiveLabels = NoPositiveLabels.fallback
+    """fallback: a label without D_meta positives gets τ = 0.5, w = 1 and no policy gradient (as B2) | learn."""
 
 
 @dataclass

@@ -233,6 +233,29 @@ def load_split_file(path: str | os.PathLike) -> dict[str, list[str]]:
     return out
 
 
+TYPING_SPLITS = ("train", "dev", "test")
+TYPING_SUFFIXES = (".json", ".jsonl")
+
+
+def typing_split_files(folder: str | os.PathLike) -> dict[str, Path]:
+    """The train/dev/test JSON-lines files of a folder (``train.json`` or ``train.jsonl``, ...: the AFET / PLE
+    layout of FIGER, OntoNotes and full BBN). ``train`` and ``test`` are required; without ``dev`` D_meta is
+    held out of train. A missing split is a :class:`DataFormatError` naming the folder and the file expected."""
+    folder = Path(folder)
+    found = {}
+    for split in TYPING_SPLITS:
+        files = [folder / f"{split}{suffix}" for suffix in TYPING_SUFFIXES if (folder / f"{split}{suffix}").is_file()]
+        if len(files) > 1:
+            raise DataFormatError(folder, f"both {files[0].name} and {files[1].name}: keep one {split} file")
+        if files:
+            found[split] = files[0]
+        elif split != "dev":
+            raise DataFormatError(folder, f"no {split} split: expected {split}.json or {split}.jsonl beside "
+                                          f"{', '.join(sorted(p.name for p in found.values())) or 'nothing'} "
+                                          "(the train/dev/test JSON-lines layout)")
+    return found
+
+
 def read_typing(
     path: str | os.PathLike | None = None,
     *,
@@ -245,10 +268,20 @@ def read_typing(
     """Read an entity-typing corpus.
 
     Either one file ``path`` split by document (``fileid``) with ``split_file`` (a committed JSON of
-    fileids; if it is None the split is drawn from ``split_seed``), or ``split_paths`` mapping
-    ``train``/``dev``/``test`` to separate files (AFET / PLE layout for FIGER, OntoNotes, full BBN).
+    fileids; if it is None the split is drawn from ``split_seed``), or a folder ``path`` holding
+    ``train``/``dev``/``test`` ``.json(l)`` files (:func:`typing_split_files`), or ``split_paths`` mapping
+    ``train``/``dev``/``test`` to separate files (AFET / PLE layout for FIGER, OntoNotes, full BBN). With
+    separate files, ``train`` and ``test`` are required and ``dev`` is optional.
     """
+    if path is not None and Path(path).is_dir():
+        split_paths = typing_split_files(path)
     if split_paths:
+        unknown = set(split_paths) - set(TYPING_SPLITS)
+        missing = [k for k in ("train", "test") if k not in split_paths]
+        if unknown or missing:
+            problem = (f"unknown split {sorted(unknown)[0]!r} (use train, dev, test)" if unknown
+                       else f"no {missing[0]} split (split_paths needs train and test; dev is optional)")
+            raise DataFormatError(next(iter(split_paths.values()), "split_paths"), problem)
         parts = {k: read_typing_jsonl(p) for k, p in split_paths.items()}
     else:
         if path is None:

@@ -190,9 +190,19 @@ class Proposal:
     tau: torch.Tensor
 
 
+def fixed_labels(Y_meta: np.ndarray, cfg: MetaConfig) -> torch.Tensor:
+    """Labels the policy leaves at w = 1, τ = 0.5 (``no_positive_labels=fallback``: no positive in D_meta)."""
+    if cfg.no_positive_labels == "learn":
+        return torch.zeros(Y_meta.shape[1], dtype=torch.bool)
+    if cfg.no_positive_labels != "fallback":
+        raise ValueError(f"no_positive_labels must be fallback or learn, got {cfg.no_positive_labels!r}")
+    return torch.from_numpy(np.asarray(Y_meta).sum(0) == 0)
+
+
 def propose_policy(meta: MetaLearner, states: torch.Tensor, order: torch.Tensor, cfg: MetaConfig,
-                   gen: torch.Generator) -> Proposal:
-    """(w, τ) ~ π_φ(· | states); a policy that is switched off is replaced by its fixed value (1 or 0.5)."""
+                   gen: torch.Generator, fixed: torch.Tensor | None = None) -> Proposal:
+    """(w, τ) ~ π_φ(· | states); a policy that is switched off is replaced by its fixed value (1 or 0.5), and
+    so are the ``fixed`` labels."""
     meta.train()
     mu_w, mu_t = meta(states, order)
     (raw_w, raw_t), (w, tau) = meta.sample(mu_w, mu_t, generator=gen)
@@ -201,15 +211,19 @@ def propose_policy(meta: MetaLearner, states: torch.Tensor, order: torch.Tensor,
         w = torch.ones(L)
     if not cfg.learn_thresholds:
         tau = torch.full((L,), 0.5)
+    if fixed is not None and fixed.any():
+        w, tau = torch.where(fixed, torch.ones(L), w), torch.where(fixed, torch.full((L,), 0.5), tau)
     return Proposal(mu_w, mu_t, raw_w, raw_t, w, tau)
 
 
 def policy_gradient_step(meta: MetaLearner, meta_opt, proposal: Proposal, probs_meta: np.ndarray,
-                         Y_meta: np.ndarray, baseline: torch.Tensor | None, cfg: MetaConfig, gen: torch.Generator):
+                         Y_meta: np.ndarray, baseline: torch.Tensor | None, cfg: MetaConfig, gen: torch.Generator,
+                         fixed: torch.Tensor | None = None):
     """Score the proposal on D_meta, take one REINFORCE step on φ, update the moving baseline.
 
     Returns (mean reward, new baseline, meta loss). Thresholds do not change training, so with
     ``threshold_samples`` > 1 extra threshold draws are scored on the same classifier (one scoring each).
+    The ``fixed`` labels (w = 1, τ = 0.5) are scored at those values and left out of log π.
     """
     L = meta.num_labels
     per_label = cfg.reward in ("label", "label_f1")
@@ -217,6 +231,8 @@ def policy_gradient_step(meta: MetaLearner, meta_opt, proposal: Proposal, probs_
     if cfg.learn_thresholds:
         for _ in range(cfg.threshold_samples - 1):
             (_, extra_raw_t), (_, extra_tau) = meta.sample(proposal.mu_w, proposal.mu_t, generator=gen)
+            if fixed is not None:
+                extra_tau = torch.where(fixed, torch.full((L,), 0.5), extra_tau)
             draws.append((extra_raw_t, extra_tau))
     rewards = [torch.as_tensor(compute_reward(cfg.reward, probs_meta, Y_meta, t.numpy().astype(np.float64)),
                                dtype=torch.float32) for _, t in draws]
@@ -227,6 +243,8 @@ def policy_gradient_step(meta: MetaLearner, meta_opt, proposal: Proposal, probs_
     for (draw_raw_t, _), r in zip(draws, rewards):
         lp_w, lp_t = meta.log_prob(proposal.raw_w, draw_raw_t, proposal.mu_w, proposal.mu_t)
         log_prob = (lp_w if cfg.learn_weights else 0) + (lp_t if cfg.learn_thresholds else 0)
+        if fixed is not None and fixed.any():
+            log_prob = torch.where(fixed, torch.zeros(()), torch.as_tensor(log_prob) * torch.ones(L))
         # Per-label rewards: label j's log-probability gets its own advantage r_j − b_j.
         pg = pg + (reinforce_loss(log_prob, r - baseline) if per_label
                    else reinforce_loss(torch.as_tensor(log_prob).sum(), r - baseline))
@@ -278,14 +296,29 @@ def _select_score(task: PreparedTask, probs_meta: np.ndarray, tau, metric: str) 
 # ------------------------------------------------------------------------------------ baselines
 
 
+def baseline_policies(kind: str, probs_meta: np.ndarray, Y_meta: np.ndarray) -> dict[str, np.ndarray]:
+    """The fixed prediction policies of a baseline on one classifier, tuned on D_meta where they are tuned:
+    B1 τ = 0.5, B2 per-label τ (0.5 where no grid value gives a positive F1), B3 one τ; B4 τ = 0.5."""
+    L = probs_meta.shape[1]
+    if kind == "uniform":
+        return {"B1": np.full(L, 0.5), "B2": tune_thresholds_per_label(probs_meta, Y_meta),
+                "B3": np.full(L, tune_global_threshold(probs_meta, Y_meta))}
+    return {"B4": np.full(L, 0.5)}
+
+
 def run_baseline(task: PreparedTask, kind: str, cfg: ClassifierConfig, run_dir: str | Path, *, seed: int = 0,
                  resume: str = "never", logger: MetricLogger | None = None, progress_bar: bool = True,
-                 keep_last: int = 2) -> dict:
+                 keep_last: int = 2, select_metric: str = "micro_f1") -> dict:
     """Train one classifier with a fixed training policy and evaluate the fixed prediction policies.
 
     ``kind="uniform"`` gives B1 (τ = 0.5), B2 (per-label τ tuned on D_meta) and B3 (one global τ tuned on
     D_meta) from one uniformly trained classifier; ``kind="inverse_freq"`` gives B4 (pos_weight = neg/pos,
-    capped at 50; τ = 0.5). The epoch with the best D_meta micro-F1 at 0.5 is kept (early stopping on D_meta).
+    capped at 50; τ = 0.5).
+
+    Model selection is the meta loop's rule for every method: each method keeps the epoch whose classifier
+    scores best on D_meta (``select_metric``, micro-F1) *under that method's own prediction policy* (B2 and
+    B3 re-tuned on D_meta at every epoch, as M is scored at its own thresholds at every episode). The run
+    stops after ``cfg.patience`` epochs in which no method improved.
     """
     if kind not in ("uniform", "inverse_freq"):
         raise ValueError(f"baseline kind must be uniform or inverse_freq, got {kind!r}")
@@ -295,48 +328,57 @@ def run_baseline(task: PreparedTask, kind: str, cfg: ClassifierConfig, run_dir: 
     seed_everything(seed)
     model, opt = new_classifier(task, cfg, seed)
     weights, mode = (None, "label") if kind == "uniform" else (inverse_frequency_weights(task.Y["train"]), "pos")
-    epoch, best = 0, {"score": -1.0, "model": copy.deepcopy(model.state_dict()), "epoch": 0}
+    names = list(METHODS_OF_BASELINE[kind])
+    epoch = 0
+    best = {n: {"score": -1.0, "model": copy.deepcopy(model.state_dict()), "epoch": 0} for n in names}
     if start is not None:
         state = load_checkpoint(start)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         restore_rng_state(state["rng"])
         epoch, best = state["step"], state["best"]
+        if "score" in best:
+            raise ValueError(f"{start}: a checkpoint of the old selection rule (one epoch for B1-B3); start this "
+                             "baseline again without resume")
         log.info("resumed %s baseline from %s (epoch %d)", kind, start, epoch)
     t0 = time.time()
     bar = progress(total=cfg.epochs, initial=epoch, desc=f"baseline {kind}", enabled=progress_bar, unit="epoch")
-    while epoch < cfg.epochs and not (cfg.patience and epoch - best["epoch"] >= cfg.patience):
+
+    def last_gain() -> int:
+        return max(b["epoch"] for b in best.values())
+
+    while epoch < cfg.epochs and not (cfg.patience and epoch - last_gain() >= cfg.patience):
         loss = train_epochs(model, opt, task.X["train"], task.Y["train"], epochs=1, batch_size=cfg.batch_size,
                             generator=_episode_generator(seed, epoch), weights=weights, mode=mode)
         epoch += 1
-        score = _select_score(task, predict_probs(model, task.X["meta"]), 0.5, "micro_f1")
-        if score > best["score"]:
-            best = {"score": score, "model": copy.deepcopy(model.state_dict()), "epoch": epoch}
+        probs_meta = predict_probs(model, task.X["meta"])
+        scores = {}
+        for name, tau in baseline_policies(kind, probs_meta, task.Y["meta"]).items():
+            scores[name] = _select_score(task, probs_meta, tau, select_metric)
+            if scores[name] > best[name]["score"]:
+                best[name] = {"score": scores[name], "model": copy.deepcopy(model.state_dict()), "epoch": epoch}
         ckpt.save(epoch, {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": capture_rng_state(),
                           "step": epoch, "best": best, "config": asdict(cfg), "kind": kind})
         if logger is not None:
-            logger.log(epoch, {"train/loss": loss, "meta/micro_f1@0.5": score})
+            logger.log(epoch, {"train/loss": loss, **{f"meta/{select_metric}/{n}": v for n, v in scores.items()}})
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", meta_f1=f"{score:.4f}")
+        bar.set_postfix(loss=f"{loss:.4f}", **{n: f"{v:.4f}" for n, v in scores.items()})
     bar.close()
-    model.load_state_dict(best["model"])
-    probs = {split: predict_probs(model, task.X[split]) for split in ("meta", "test")}
-    L = task.num_labels
     results: dict[str, dict] = {}
-    if kind == "uniform":
-        tau_b2 = tune_thresholds_per_label(probs["meta"], task.Y["meta"])
-        tau_b3 = tune_global_threshold(probs["meta"], task.Y["meta"])
-        policies = {"B1": np.full(L, 0.5), "B2": tau_b2, "B3": np.full(L, tau_b3)}
-    else:
-        policies = {"B4": np.full(L, 0.5)}
-    for method, tau in policies.items():
-        results[method] = {"test": evaluate_policy(task, probs, tau), **evaluate_variants(task, probs, tau),
-                           "meta": evaluate_policy(task, probs, tau,
-                                                                                             split="meta"),
-                           "thresholds": np.asarray(tau).tolist(), "best_epoch": best["epoch"]}
-    results["_model_state"] = best["model"]
+    for name in names:
+        model.load_state_dict(best[name]["model"])
+        probs = {split: predict_probs(model, task.X[split]) for split in ("meta", "test")}
+        tau = baseline_policies(kind, probs["meta"], task.Y["meta"])[name]
+        results[name] = {"test": evaluate_policy(task, probs, tau), **evaluate_variants(task, probs, tau),
+                         "meta": evaluate_policy(task, probs, tau, split="meta"),
+                         "thresholds": np.asarray(tau).tolist(), "best_epoch": best[name]["epoch"],
+                         "labels_at_half": int(np.sum(tau == 0.5))}
+    results["_model_state"] = best[names[0]]["model"]
     results["_wall_seconds"] = time.time() - t0
     return results
+
+
+METHODS_OF_BASELINE = {"uniform": ("B1", "B2", "B3"), "inverse_freq": ("B4",)}
 
 
 # ------------------------------------------------------------------------------------ meta loop
@@ -364,6 +406,10 @@ def run_meta(task: PreparedTask, meta_cfg: MetaConfig, clf_cfg: ClassifierConfig
                        learn_sigma=meta_cfg.learn_sigma, label_init=label_init)
     meta_opt = torch.optim.Adam(meta.parameters(), lr=meta_cfg.lr)
     order = torch.from_numpy(label_order(meta_cfg.label_order, task, seed).copy())
+    fixed = fixed_labels(task.Y["meta"], meta_cfg)
+    if fixed.any():
+        log.info("%d of %d labels have no positive in D_meta: w = 1, τ = 0.5 for them (no_positive_labels=%s)",
+                 int(fixed.sum()), L, meta_cfg.no_positive_labels)
     episode, baseline = 0, None
     prev_w, prev_tau = np.ones(L), np.full(L, 0.5)
     best = {"score": -1.0}
@@ -389,7 +435,7 @@ def run_meta(task: PreparedTask, meta_cfg: MetaConfig, clf_cfg: ClassifierConfig
     while episode < meta_cfg.episodes:
         gen = _episode_generator(seed, episode)
         states = label_states(probs_meta, task.Y["meta"], prev_tau, prev_w, meta_cfg.w_max)
-        proposal = propose_policy(meta, states, order, meta_cfg, gen)
+        proposal = propose_policy(meta, states, order, meta_cfg, gen, fixed)
         w, tau = proposal.w, proposal.tau
         if not meta_cfg.warm_start:
             clf, clf_opt = new_classifier(task, clf_cfg, seed + 7919 * (episode + 1))
@@ -401,7 +447,7 @@ def run_meta(task: PreparedTask, meta_cfg: MetaConfig, clf_cfg: ClassifierConfig
                             weights=w if meta_cfg.learn_weights else None, mode=meta_cfg.weight_mode)
         probs_meta = predict_probs(clf, task.X["meta"])
         reward_t, baseline, meta_loss = policy_gradient_step(meta, meta_opt, proposal, probs_meta, task.Y["meta"],
-                                                             baseline, meta_cfg, gen)
+                                                             baseline, meta_cfg, gen, fixed)
         prev_w, prev_tau = w.numpy().astype(np.float64), tau.numpy().astype(np.float64)
         episode += 1
         # Kept policy: the mean thresholds for the classifier as it is now (no sampling at test time).
@@ -410,9 +456,11 @@ def run_meta(task: PreparedTask, meta_cfg: MetaConfig, clf_cfg: ClassifierConfig
             mean_w, mean_t = meta(label_states(probs_meta, task.Y["meta"], prev_tau, prev_w, meta_cfg.w_max),
                                   order)
         test_tau = mean_t.numpy().astype(np.float64) if meta_cfg.learn_thresholds else np.full(L, 0.5)
+        test_tau = np.where(fixed.numpy(), 0.5, test_tau)
         score = _select_score(task, probs_meta, test_tau, meta_cfg.select_metric)
         if score > best["score"]:
             policy_w = mean_w.numpy().astype(np.float64) if meta_cfg.learn_weights else np.ones(L)
+            policy_w = np.where(fixed.numpy(), 1.0, policy_w)
             best = {"score": score, "episode": episode, "model": copy.deepcopy(clf.state_dict()),
                     "tau": test_tau, "w": prev_w.copy(), "mean_w": policy_w}
         row = {"reward": float(reward_t.mean()), "baseline": float(baseline.mean()), "train/loss": loss,

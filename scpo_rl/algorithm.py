@@ -53,7 +53,8 @@ class AgentConfig:
     target_entropy: float | None = None
     """null: -|A| (the usual heuristic)."""
     state_eps: float = 0.005
-    """SCPO l_inf radius in normalized-state units (only used by algo=scpo)."""
+    """SCPO l_inf radius in the units of the agent's fixed normalizer (only used by algo=scpo); in raw
+    observation units it is the box |delta_i| <= state_eps * std_i (:meth:`Agent.raw_radius`)."""
     adversary_prob: float = 0.05
     """PR-SAC: probability that the adversary's action replaces the protagonist's."""
     adversary_period: int = 11
@@ -139,6 +140,11 @@ class Agent:
 
     def normalize(self, obs: torch.Tensor) -> torch.Tensor:
         return (obs - self.obs_mean) / self.obs_std
+
+    def raw_radius(self) -> torch.Tensor | None:
+        """SCPO's ball in raw observation units: per-dimension half-widths eps * std_i (the penalty is
+        eps ||grad Q||_1 with the gradient taken at the normalized state); None without the penalty."""
+        return None if self.state_eps is None else self.state_eps * self.obs_std
 
     @torch.no_grad()
     def act(self, obs, deterministic: bool = False) -> torch.Tensor:

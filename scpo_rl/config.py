@@ -31,12 +31,15 @@ class Algo(Choice):
 
 
 class Normalization(Choice):
-    warmup = auto()
-    """Mean/std of the warm-up rollout, fixed afterwards."""
+    """The fixed state normalization; SCPO's radius eps is measured in its units."""
+
     paper = auto()
-    """The reference's fixed statistics (Hopper, Walker2d, HalfCheetah, IDP)."""
+    """The reference's: its fixed statistics (Hopper, Walker2d, HalfCheetah, IDP), raw states elsewhere."""
     none = auto()
-    """Raw observations."""
+    """Raw observations (eps in raw units)."""
+    warmup = auto()
+    """Mean/std of our own warm-up rollout, fixed afterwards (not the reference's units: on Hopper the
+    untrained policy falls at once, so the height's std is ~0.02 against the reference's 0.19)."""
 
 
 @dataclass
@@ -80,7 +83,8 @@ class ScpoAlgo(AlgoConfig):
     name: Algo = Algo.scpo
     """scpo."""
     state_eps: float = 0.005
-    """l_inf radius in normalized-state units (paper: 0.005 on every env)."""
+    """l_inf radius in the units of rl.normalization (paper: 0.005 in the reference's normalized units, i.e.
+    0.005 sigma_i per raw dimension, on every env)."""
 
 
 @dataclass
@@ -126,8 +130,9 @@ class RLConfig:
     """Warm-up steps with the untrained Gaussian policy, no updates (paper: 5,000)."""
     buffer_size: int = 1_000_000
     """Replay capacity (paper: 1e6)."""
-    normalization: Normalization = Normalization.warmup
-    """warmup: fixed mean/std of the warm-up rollout | paper: reference stats | none."""
+    normalization: Normalization = Normalization.paper
+    """paper (the reference's fixed statistics; raw where it has none) | none (raw) | warmup (our warm-up's);
+    SCPO's eps is in these units."""
     eval_episodes: int = 5
     """Episodes per nominal evaluation."""
     eval_seed: int = 10000

@@ -52,6 +52,19 @@ PAPER_STATS: dict[str, tuple[list[float], list[float]]] = {
     ),
 }
 
+
+
+def reference_stats(env_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The reference's fixed (mean, std) of ``env_id``, or None where it had none (it then fed raw states).
+
+    These define the units of SCPO's radius: with them the network sees s~ = (s - mu) / sigma, so an l_inf
+    ball of radius eps around s~ is, in raw observation units, the box |delta_i| <= eps * sigma_i
+    (``tests/scpo_rl/test_algorithm.py::test_eps_is_in_the_reference_units``).
+    """
+    stats = PAPER_STATS.get(resolve_env_id(env_id))
+    return None if stats is None else (np.asarray(stats[0], dtype=np.float64), np.asarray(stats[1], dtype=np.float64))
+
+
 # Environments whose friction axis does nothing (no contacts); see the module docstring.
 FRICTIONLESS_ENVS = ("InvertedPendulum-v5", "InvertedDoublePendulum-v5")
 

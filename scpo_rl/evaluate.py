@@ -1,14 +1,20 @@
 """Deterministic evaluation, the robustness grid (relative mass x relative friction), aggregation over
-training seeds with 95% confidence intervals, and the plots.
+training seeds with 95% confidence intervals and IQM, and the plots.
 
 Protocol (a deliberate, documented deviation from the reference, which pooled partial episodes from
-random env seeds and random snapshots): each cell runs ``episodes`` complete episodes of the
-deterministic policy tanh(mu(s)) from reset seeds ``seed, seed+1, ...``, the *same* seeds in every
-cell and for every method; an episode ends on termination or at the 1,000-step time limit.
+random env seeds and random snapshots): each cell runs one complete episode of the deterministic policy
+tanh(mu(s)) from each of the start states given by reset seeds ``seed, seed+1, ..., seed+episodes-1``, the
+*same* start states in every cell and for every method; an episode ends on termination or at the
+1,000-step time limit. The start states run side by side, one env each, and the policy is evaluated on all
+of them in one batch per step (:func:`run_episodes`); the batch always has one row per start state (a
+finished episode keeps its last observation), so a start state's trajectory does not depend on when the
+others end (tested). ``python -m scpo_rl.bench --what eval`` measures what this saves against one env at a
+time and against gymnasium's ``SyncVectorEnv``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 from collections.abc import Callable, Sequence
@@ -20,6 +26,7 @@ import numpy as np
 from scpo_rl.envs import make_env, perturbed
 
 Policy = Callable[[np.ndarray], np.ndarray]
+"""A deterministic policy on a batch of raw observations (n, obs_dim) -> actions (n, act_dim) in [-1, 1]."""
 
 
 def agent_policy(agent) -> Policy:
@@ -27,53 +34,91 @@ def agent_policy(agent) -> Policy:
     return lambda obs: agent.act(obs, deterministic=True).cpu().numpy()
 
 
-def run_episodes(env, policy: Policy, episodes: int, seed: int, max_steps: int | None = None) -> list[float]:
-    """Returns of ``episodes`` complete episodes from reset seeds seed, seed+1, ... (no RNG is consumed
-    besides the env's own, which each reset re-seeds)."""
-    returns = []
-    for k in range(episodes):
-        obs, _ = env.reset(seed=seed + k)
-        total, steps, done = 0.0, 0, False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(policy(obs))
-            total += float(reward)
-            steps += 1
-            done = terminated or truncated or (max_steps is not None and steps >= max_steps)
-        returns.append(total)
-    return returns
+def run_episodes(envs, policy: Policy, episodes: int, seed: int, max_steps: int | None = None,
+                 lengths: list[int] | None = None) -> list[float]:
+    """Returns of one complete episode per start state ``seed + k`` (k < ``episodes``), run side by side.
+
+    ``envs`` is one env per start state (a single env is also accepted: its episodes then run one after
+    another, the policy seeing batches of one row). No RNG is consumed besides the envs' own, which each
+    reset re-seeds. Episode lengths are appended to ``lengths`` when given.
+    """
+    if not isinstance(envs, (list, tuple)):
+        out: list[float] = []
+        for k in range(episodes):
+            out += run_episodes([envs], policy, 1, seed + k, max_steps, lengths)
+        return out
+    if len(envs) < episodes:
+        raise ValueError(f"{episodes} episodes need {episodes} envs, got {len(envs)}")
+    envs = list(envs[:episodes])
+    obs = np.stack([env.reset(seed=seed + k)[0] for k, env in enumerate(envs)])
+    totals, steps = np.zeros(episodes), np.zeros(episodes, dtype=int)
+    active = np.ones(episodes, dtype=bool)
+    while active.any():
+        actions = np.asarray(policy(obs))  # every row, finished ones included: a fixed batch shape
+        for k in np.flatnonzero(active):
+            o, reward, terminated, truncated, _ = envs[k].step(actions[k])
+            obs[k] = o
+            totals[k] += float(reward)
+            steps[k] += 1
+            if terminated or truncated or (max_steps is not None and steps[k] >= max_steps):
+                active[k] = False
+    if lengths is not None:
+        lengths += steps.tolist()
+    return totals.tolist()
+
+
+def make_envs(env_id: str, n: int) -> list:
+    """``n`` copies of the task, one per start state."""
+    return [make_env(env_id) for _ in range(n)]
+
+
+@contextlib.contextmanager
+def perturbed_all(envs, mass: float = 1.0, friction: float = 1.0, *, bodies: Sequence[str] | None = None,
+                  scale_inertia: bool = False):
+    """:func:`scpo_rl.envs.perturbed` on every env of a list (all restored afterwards)."""
+    with contextlib.ExitStack() as stack:
+        for env in envs:
+            stack.enter_context(perturbed(env, mass, friction, bodies=bodies, scale_inertia=scale_inertia))
+        yield envs
 
 
 def evaluate_policy(policy: Policy, env_id: str, episodes: int = 5, seed: int = 10_000, *, mass: float = 1.0,
                     friction: float = 1.0, scale_inertia: bool = False, bodies: Sequence[str] | None = None,
-                    max_steps: int | None = None, env=None) -> list[float]:
-    """Episode returns on the (optionally perturbed) task; the env's model is restored afterwards."""
-    own_env = env is None
-    env = make_env(env_id) if own_env else env
+                    max_steps: int | None = None, envs=None, lengths: list[int] | None = None) -> list[float]:
+    """Episode returns from start states ``seed + k`` on the (optionally perturbed) task; the models are
+    restored afterwards. ``envs``: reuse these (one per start state) instead of building them."""
+    own = envs is None
+    envs = make_envs(env_id, episodes) if own else envs
     try:
-        with perturbed(env, mass, friction, bodies=bodies, scale_inertia=scale_inertia):
-            return run_episodes(env, policy, episodes, seed, max_steps)
+        with perturbed_all(envs, mass, friction, bodies=bodies, scale_inertia=scale_inertia):
+            return run_episodes(envs, policy, episodes, seed, max_steps, lengths)
     finally:
-        if own_env:
-            env.close()
+        if own:
+            for env in envs:
+                env.close()
 
 
 def robustness_grid(policy: Policy, env_id: str, masses: Sequence[float], frictions: Sequence[float], *,
                     episodes: int = 5, seed: int = 10_000, scale_inertia: bool = False,
                     bodies: Sequence[str] | None = None, max_steps: int | None = None,
                     progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
-    """One row per (mass, friction, episode) with its return; one env, restored after every cell."""
-    env = make_env(env_id)
+    """One row per (mass, friction, start state) with its return and length; ``bodies=None`` scales every
+    body's mass, as the reference does (``body_mass[:] *= m``)."""
+    envs = make_envs(env_id, episodes)
     rows = []
     try:
         for m in masses:
             for f in frictions:
+                lengths: list[int] = []
                 rets = evaluate_policy(policy, env_id, episodes, seed, mass=m, friction=f, scale_inertia=scale_inertia,
-                                       bodies=bodies, max_steps=max_steps, env=env)
-                rows += [{"mass": float(m), "friction": float(f), "episode": k, "return": r} for k, r in enumerate(rets)]
+                                       bodies=bodies, max_steps=max_steps, envs=envs, lengths=lengths)
+                rows += [{"mass": float(m), "friction": float(f), "episode": k, "start_seed": seed + k, "return": r,
+                          "length": n} for k, (r, n) in enumerate(zip(rets, lengths))]
                 if progress is not None:
                     progress(1)
     finally:
-        env.close()
+        for env in envs:
+            env.close()
     return rows
 
 
@@ -130,9 +175,12 @@ def write_rows_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> P
     return path
 
 
+INT_COLUMNS = ("episode", "seed", "start_seed", "length")
+
+
 def read_rows_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
     with open(path) as f:
-        return [{k: (int(v) if k in ("episode", "seed") else float(v)) if k not in ("method", "env") else v
+        return [{k: (int(v) if k in INT_COLUMNS else float(v)) if k not in ("method", "env") else v
                  for k, v in row.items()} for row in csv.DictReader(f)]
 
 

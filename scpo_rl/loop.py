@@ -28,8 +28,8 @@ from common.checkpoint import (
 from common.logging import MetricLogger, get_logger
 from common.progress import progress
 from scpo_rl.algorithm import Agent, AgentConfig
-from scpo_rl.envs import PAPER_STATS, capture_env_state, make_env, resolve_env_id, restore_env_state
-from scpo_rl.evaluate import agent_policy, evaluate_policy
+from scpo_rl.envs import capture_env_state, make_env, reference_stats, resolve_env_id, restore_env_state
+from scpo_rl.evaluate import agent_policy, evaluate_policy, make_envs
 from scpo_rl.replay import ReplayBuffer
 
 
@@ -44,8 +44,9 @@ class RunConfig:
     """Warm-up steps acted by the untrained Gaussian policy (not uniform actions), no updates."""
     batch_size: int = 256
     buffer_size: int = 1_000_000
-    normalization: str = "warmup"
-    """warmup: mean/std of the warm-up rollout, fixed afterwards | paper: the reference's statistics | none."""
+    normalization: str = "paper"
+    """paper (default, the reference's): its fixed statistics, raw states on envs it has none for | none: raw
+    states | warmup: mean/std of the warm-up rollout, fixed afterwards. SCPO's eps is in these units."""
     eval_every: int = 5_000
     eval_episodes: int = 5
     eval_seed: int = 10_000
@@ -71,10 +72,8 @@ def _normalizer_stats(cfg: RunConfig, env_id: str, buffer: ReplayBuffer) -> tupl
     if cfg.normalization == "none":
         return None
     if cfg.normalization == "paper":
-        if env_id not in PAPER_STATS:
-            raise ValueError(f"normalization=paper: no reference statistics for {env_id}; use warmup or none")
-        mean, std = PAPER_STATS[env_id]
-        return np.asarray(mean), np.asarray(std)
+        # the reference's state processing: its fixed statistics, or the identity where it had none
+        return reference_stats(env_id)
     if cfg.normalization == "warmup":
         obs = buffer.observations()
         return obs.mean(0), obs.std(0)
@@ -113,8 +112,14 @@ class RLTrainer:
         self.episode_return, self.episode_length = 0.0, 0
         self.obs, _ = self.env.reset(seed=cfg.seed)
         if self.cfg.normalization == "paper":
-            self.agent.set_normalizer(*_normalizer_stats(cfg, self.env_id, self.buffer))
+            stats = _normalizer_stats(cfg, self.env_id, self.buffer)
+            if stats is None:
+                get_logger("scpo_rl").info("normalization=paper: the reference has no statistics for %s, so "
+                                           "states stay raw (eps in raw units)", self.env_id)
+            else:
+                self.agent.set_normalizer(*stats)
         self.eval_history: list[tuple[int, float]] = []
+        self._eval_envs: list | None = None
         self.wall_seconds = 0.0
         if resume_path is not None:
             self._load(resume_path)
@@ -162,7 +167,10 @@ class RLTrainer:
         return action
 
     def evaluate(self) -> float:
-        rets = evaluate_policy(agent_policy(self.agent), self.env_id, self.cfg.eval_episodes, self.cfg.eval_seed)
+        if self._eval_envs is None:  # one nominal env per start state, built once
+            self._eval_envs = make_envs(self.env_id, self.cfg.eval_episodes)
+        rets = evaluate_policy(agent_policy(self.agent), self.env_id, self.cfg.eval_episodes, self.cfg.eval_seed,
+                               envs=self._eval_envs)
         mean = float(np.mean(rets))
         self.eval_history.append((self.step, mean))
         self.logger.log(self.step, {"eval/return_mean": mean, "eval/return_std": float(np.std(rets))})

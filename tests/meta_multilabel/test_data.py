@@ -131,3 +131,46 @@ def test_synthetic_planted_label_is_rare_subset_of_label0():
     Y = corpus.splits["train"].Y
     assert X.shape == (400, 20) and corpus.label_names[-1] == "planted"
     assert np.all(Y[:, -1] <= Y[:, 0]) and 0 < Y[:, -1].mean() < Y[:, 0].mean()
+
+
+def _typing_rows(n_docs: int, prefix: str) -> str:
+    rows = [{"tokens": ["In", "Paris", "today"], "senid": 0, "fileid": f"{prefix}{d}",
+             "mentions": [{"start": 1, "end": 2, "labels": ["/GPE", "/GPE/CITY"] if d % 2 else ["/ORGANIZATION"]}]}
+            for d in range(n_docs)]
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def test_typing_reader_train_dev_test_folder(tmp_path):
+    """Issue 28: the common train/dev/test JSON-lines layout is read from a folder (.json or .jsonl); a missing
+    split is one clear error naming the folder and the file it expected (it was a bare KeyError: 'train')."""
+    from common.data import DataFormatError
+    from meta_multilabel.data import read_typing
+
+    for split, n in (("train", 6), ("dev", 2), ("test", 3)):
+        (tmp_path / f"{split}.jsonl").write_text(_typing_rows(n, split))
+    corpus = read_typing(tmp_path, name="toy")
+    assert {k: len(v) for k, v in corpus.splits.items()} == {"train": 6, "dev": 2, "test": 3}
+    assert corpus.label_names == ["/GPE", "/GPE/CITY", "/ORGANIZATION"]
+    (tmp_path / "test.jsonl").unlink()
+    with pytest.raises(DataFormatError, match=r"no test split: expected test.json or test.jsonl") as err:
+        read_typing(tmp_path)
+    assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(DataFormatError, match="no train split"):
+        read_typing(split_paths={"dev": tmp_path / "dev.jsonl", "test": tmp_path / "train.jsonl"})
+
+
+def test_typing_folder_missing_split_is_one_line_from_the_cli(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from meta_multilabel import train
+
+    for split in ("train", "dev"):
+        (tmp_path / f"{split}.json").write_text(_typing_rows(4, split))
+    monkeypatch.setattr(sys, "argv", ["train", "data=typing", f"data.path={tmp_path}", "features=tfidf",
+                                      f"paths.output_dir={tmp_path / 'runs'}", "name=t", "trainer.progress_bar=false"])
+    with pytest.raises(SystemExit) as exc:
+        train.main()
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert "no test split: expected test.json or test.jsonl" in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1

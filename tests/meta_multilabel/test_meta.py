@@ -153,3 +153,39 @@ def test_baseline_patience_stops_early(tmp_path):
                        progress_bar=False)
     last = int(CheckpointManager(tmp_path).latest().stem.split("_")[1])
     assert last == out["B1"]["best_epoch"] + 2 and last < 60
+
+
+def test_every_method_is_selected_by_its_own_prediction_policy(tmp_path):
+    """Issue 28: the baselines keep, each, the epoch whose classifier is best on D_meta under its *own*
+    prediction policy (B2/B3 re-tuned at every epoch), as M is scored at its own thresholds at every episode;
+    before, B2 and B3 inherited the epoch chosen for B1 at 0.5."""
+    from common.logging import MetricLogger, read_jsonl
+
+    task = _synthetic(600)
+    with MetricLogger(tmp_path, tensorboard=False) as logger:
+        out = run_baseline(task, "uniform", ClassifierConfig(lr=0.3, batch_size=64, epochs=12), tmp_path,
+                           logger=logger, progress_bar=False)
+    rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "meta/micro_f1/B1" in r]
+    assert len(rows) == 12
+    for name in ("B1", "B2", "B3"):
+        scores = [r[f"meta/micro_f1/{name}"] for r in rows]
+        assert out[name]["best_epoch"] == 1 + int(np.argmax(scores))
+        assert out[name]["meta"]["micro_f1"] == pytest.approx(max(scores))
+    assert len({out[n]["best_epoch"] for n in ("B1", "B2", "B3")}) > 1  # here the rules pick different epochs
+
+
+def test_labels_without_meta_positives_keep_the_b2_fallback(tmp_path):
+    """Issue 28: a label with no positive in D_meta gives M's F1 reward no signal, so by default M treats it as
+    B2 does: τ = 0.5, w = 1, left out of the policy gradient; with ``no_positive_labels=learn`` its threshold
+    follows the shared GRU head trained on the other labels."""
+    task = _synthetic(600)
+    task.Y["meta"][:, 0] = 0  # label 0: no D_meta positive
+    clf = ClassifierConfig(lr=1e-2, batch_size=64)
+    cfg = MetaConfig(episodes=8, inner_epochs=1, warmup_epochs=2, hidden=8, label_dim=4, lr=3e-2, sigma_tau=0.1,
+                     threshold_samples=4)
+    out = run_meta(task, cfg, clf, tmp_path / "fallback", seed=0, progress_bar=False)["M"]
+    assert out["thresholds"][0] == 0.5 and out["weights"][0] == 1.0
+    assert any(abs(t - 0.5) > 1e-3 for t in out["thresholds"][1:])  # the others did learn
+    learned = run_meta(task, MetaConfig(**{**cfg.__dict__, "no_positive_labels": "learn"}), clf, tmp_path / "learn",
+                       seed=0, progress_bar=False)["M"]
+    assert abs(learned["thresholds"][0] - 0.5) > 1e-3  # the old behaviour: it drifts with the shared head

@@ -86,3 +86,18 @@ def test_threshold_tuning_baselines():
     assert tau[0] == pytest.approx(0.15)  # smallest grid value that separates 0.31 from 0.12
     assert tau[1] == 0.5  # no positives: fallback
     assert tune_global_threshold(probs, Y) == pytest.approx(0.30)  # 0.9 of label 1 is then the only FP
+
+
+def test_per_label_tuning_falls_back_to_half_when_f1_is_zero_at_every_threshold():
+    """Issue 28: a label with positives whose F1 is 0 at every grid threshold (its positives all score below
+    0.05) keeps 0.5, not the grid's first value 0.05, which would predict it for every negative above 0.05."""
+    Y = np.array([[1, 1], [0, 1], [0, 0], [0, 0]])
+    probs = np.array([[0.01, 0.9], [0.30, 0.8], [0.40, 0.2], [0.20, 0.1]])
+    tau = tune_thresholds_per_label(probs, Y)
+    assert tau[0] == 0.5  # the old argmax kept 0.05: three false positives, no true one
+    assert tau[1] == pytest.approx(0.2)  # a label with a positive F1 is tuned as before (first maximum)
+    grid = np.round(np.arange(0.05, 0.951, 0.05), 2)
+    for j in range(2):  # the tuned value equals the brute-force first maximum of F1 over the grid
+        f1 = [f1_score(Y[:, j], probs[:, j] > t, zero_division=0) for t in grid]
+        if max(f1) > 0:
+            assert tau[j] == grid[int(np.argmax(f1))]

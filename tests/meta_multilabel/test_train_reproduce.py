@@ -91,3 +91,33 @@ def test_bench_runs_on_synthetic(tmp_path):
     res = main(["--data", "synthetic", "--repeats", "1", "--out-dir", str(tmp_path)])
     assert res["timings"]["epoch, weighted BCE (ours)"]["median_s"] > 0 and res["peak_rss_bytes"] > 0
     assert (tmp_path / "bench.md").read_text().startswith("# meta_multilabel benchmark")
+
+
+def test_full_plan_and_paired_rows_against_b2_and_b3():
+    """full: Reuters and BBN on TF-IDF and on frozen MiniLM features, every method, 5 seeds; the report pairs M
+    with B2 and with B3 over seeds (Row.from_paired), the B3 row for the verdict."""
+    import numpy as np
+
+    from meta_multilabel import reproduce
+
+    plan = reproduce.full_plan(0)
+    assert set(plan.datasets) == {"reuters", "bbn", "reuters_minilm", "bbn_minilm"} and plan.seeds == [0, 1, 2, 3, 4]
+    assert {d.features.kind for d in plan.datasets.values()} == {"tfidf", "minilm"}
+    assert plan.methods == ["uniform", "inverse_freq", "meta_w", "meta_tau", "meta"]
+    assert 0 < reproduce.estimate_cpu_hours(plan) < 10
+
+    class Task:
+        task, Y = "text", {"test": np.zeros((4, 3))}
+
+    rng = np.random.default_rng(0)
+    cells = {("reuters", name): [{"test": {k: float(rng.uniform(0.7, 0.8)) for k in reproduce.TEXT_METRICS},
+                                  "best_episode": 11} for _ in range(5)] for name in ("B1", "B2", "B3", "M")}
+    rep = reproduce._report(reproduce.Plan({}, ["uniform", "meta"], list(range(5))), {"reuters": Task()}, cells, [])
+    paired = {r.metric: r for r in rep.rows if "paired" in r.metric}
+    assert set(paired) == {"reuters: M − B2 micro_f1 (test, paired over seeds)",
+                           "reuters: M − B3 micro_f1 (test, paired over seeds)"}
+    m = [c["test"]["micro_f1"] for c in cells[("reuters", "M")]]
+    b3 = [c["test"]["micro_f1"] for c in cells[("reuters", "B3")]]
+    row = paired["reuters: M − B3 micro_f1 (test, paired over seeds)"]
+    assert row.value == pytest.approx(np.mean(np.subtract(m, b3))) and row.p_value is not None and row.n == 5
+    assert rep.headline is row

@@ -177,13 +177,32 @@ def test_actor_penalty_gives_nonzero_policy_gradients():
         torch.autograd.grad(gn.mean(), list(agent.actor.parameters()))
 
 
-def test_actor_step_leaves_critics_untouched():
-    agent = make_agent("scpo")
+@pytest.mark.parametrize("algo", ["sac", "scpo", "pr_sac"])
+def test_actor_step_leaves_critics_untouched(algo):
+    """The actor (and adversary) steps that follow the critic step change neither the online critics nor
+    their gradients: what leaves update() is exactly the critics' state right after their own step.
+    (Fails if the actor loss is back-propagated into the critics and any optimizer then steps them, or if
+    the critic gradients are overwritten.)"""
+    agent = make_agent(algo)
     before = copy.deepcopy(agent.critic.state_dict())
-    agent.update(fixed_batch())
-    after_critic_step = {k: v for k, v in agent.critic.state_dict().items()}
-    assert any(not torch.equal(before[k], after_critic_step[k]) for k in before)  # the critic did learn
-    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in agent.critic.parameters())
+    snapshots = []
+    critic_step = agent.critic_opt.step
+
+    def step_and_snapshot(*args, **kwargs):  # the state right after each step of the critics' optimizer
+        out = critic_step(*args, **kwargs)
+        snapshots.append(([p.detach().clone() for p in agent.critic.parameters()],
+                          [p.grad.detach().clone() for p in agent.critic.parameters()]))
+        return out
+
+    agent.critic_opt.step = step_and_snapshot
+    for _ in range(2):  # the second update also runs the PR adversary's off-period path
+        snapshots.clear()
+        agent.update(fixed_batch())
+        assert len(snapshots) == 1  # one critic step per update
+        params_after, grads_after = snapshots[0]
+        assert all(torch.equal(a, p) for a, p in zip(params_after, agent.critic.parameters()))
+        assert all(torch.equal(g, p.grad) for g, p in zip(grads_after, agent.critic.parameters()))
+    assert any(not torch.equal(before[k], v) for k, v in agent.critic.state_dict().items())  # the critic did learn
 
 
 def test_critic_target_golden_formula_and_polyak():
@@ -272,3 +291,48 @@ def test_agent_learns_a_contextual_bandit():
             agent.update(Batch(s, a, -((a - 0.5 * s) ** 2), s, torch.ones(64, 1)))
         err = (agent.act(grid, deterministic=True) - 0.5 * grid).abs().mean().item()
         assert err0 > 0.2 and err < 0.06, (algo, err0, err)
+
+
+def test_eps_is_in_the_reference_units():
+    """By default the state is normalized with the reference's fixed statistics, so SCPO's eps = 0.005 is the
+    reference's ball: a raw perturbation of eps * sigma_ref_i along dimension i is eps in normalized units
+    (a raw perturbation of eps is eps / sigma_ref_i), and for a Q linear in the state the penalized value is
+    the exact minimum over the raw box |delta_i| <= eps * sigma_ref_i; with normalization=none the box is
+    eps in raw units."""
+    from scpo_rl.config import Normalization, RLConfig
+    from scpo_rl.loop import RunConfig
+
+    assert RunConfig().normalization == "paper" and RLConfig().normalization is Normalization.paper
+    from scpo_rl.envs import reference_stats
+    mean, std = reference_stats("Hopper-v5")
+    assert std[0] == pytest.approx(0.190) and mean.shape == (11,)  # torso height: sigma 0.19 in the reference
+    eps = 0.005
+    s = torch.randn(4, 11, dtype=torch.float64) * torch.as_tensor(std) + torch.as_tensor(mean)
+    for stats in (reference_stats("Hopper-v5"), None):  # paper (default), then none (raw units)
+        torch.manual_seed(5)
+        agent = Agent(11, 3, AgentConfig(algo="scpo", state_eps=eps, hidden=()))
+        if stats is not None:
+            agent.set_normalizer(*stats)
+        agent.obs_mean, agent.obs_std = agent.obs_mean.double(), agent.obs_std.double()
+        sigma = torch.as_tensor(stats[1]) if stats is not None else torch.ones(11, dtype=torch.float64)
+        torch.testing.assert_close(agent.raw_radius(), eps * sigma)
+        for i in (0, 5, 10):  # raw eps * sigma_i -> normalized eps; raw eps -> eps / sigma_i
+            e = torch.zeros(11, dtype=torch.float64)
+            e[i] = 1.0
+            torch.testing.assert_close(agent.normalize(s + eps * sigma[i] * e) - agent.normalize(s), eps * e.expand(4, 11))
+            torch.testing.assert_close((agent.normalize(s + eps * e) - agent.normalize(s))[:, i],
+                                       torch.full((4,), eps / float(sigma[i]), dtype=torch.float64))
+        q = TwinQ(11, 3, hidden=()).double()
+        q.q2.load_state_dict(q.q1.state_dict())
+        actor = TanhGaussianActor(11, 3, hidden=()).double()
+        with torch.no_grad():
+            actor.net[0].weight.zero_()  # a(s) constant: the penalty only sees dQ/ds
+        s_norm = agent.normalize(s).detach().requires_grad_(True)
+        sample = actor.sample(s_norm, noise=torch.randn(4, 3, dtype=torch.float64))
+        robust = soft_value(actor, q, s_norm, torch.tensor(0.0, dtype=torch.float64), agent.state_eps,
+                            create_graph=False, sample=sample)["value"].detach()
+        corners = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=11)), dtype=torch.float64) * agent.raw_radius()
+        with torch.no_grad():
+            shifted = agent.normalize(s[None] + corners[:, None])  # (corners, 4, 11)
+            exact = q.min_q(shifted, sample[0].expand(len(corners), 4, 3)).min(0).values
+        torch.testing.assert_close(robust, exact, rtol=0, atol=1e-10)

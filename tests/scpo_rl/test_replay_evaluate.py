@@ -17,6 +17,7 @@ from scpo_rl.evaluate import (
     plot_learning_curves,
     read_rows_csv,
     robustness_grid,
+    run_episodes,
     summarize_grid,
     write_rows_csv,
 )
@@ -87,13 +88,35 @@ def test_evaluation_is_deterministic_for_a_fixed_seed():
     b = evaluate_policy(policy, "InvertedPendulum-v5", episodes=3, seed=5)
     assert a == b and len(a) == 3
     c = evaluate_policy(policy, "InvertedPendulum-v5", episodes=3, seed=6)
-    assert c[:2] == a[1:]  # episode k uses reset seed seed+k
+    assert c[:2] == a[1:]  # episode k uses reset seed seed+k, whatever its row in the batch
+
+
+def test_start_states_run_side_by_side_in_a_fixed_batch():
+    """One env per start state, the policy called on all of them at once with a constant batch shape (so a
+    start state's actions do not depend on when the others end); a single env runs them one by one."""
+    agent = small_agent(11, 3)
+    shapes = []
+
+    def policy(obs):
+        shapes.append(obs.shape)
+        return agent_policy(agent)(obs)
+
+    lengths: list[int] = []
+    rets = evaluate_policy(policy, "Hopper-v5", episodes=4, seed=3, lengths=lengths, max_steps=300)
+    assert len(rets) == 4 and len(set(lengths)) > 1  # the episodes end at different steps ...
+    assert set(shapes) == {(4, 11)} and len(shapes) == max(lengths)  # ... and every call saw all 4 rows
+    from scpo_rl.envs import make_env
+
+    env = make_env("Hopper-v5")
+    one_by_one = run_episodes(env, agent_policy(agent), 4, 3, max_steps=300)
+    assert np.allclose(one_by_one, rets, rtol=0.05)  # batch of 1 vs 4: same start states, float rounding aside
 
 
 def test_robustness_grid_rows_csv_and_plots(tmp_path):
     policy = agent_policy(small_agent())
     rows = robustness_grid(policy, "InvertedPendulum-v5", masses=[0.5, 2.0], frictions=[1.0], episodes=2, seed=0)
     assert len(rows) == 4 and {r["mass"] for r in rows} == {0.5, 2.0}
+    assert [r["start_seed"] for r in rows] == [0, 1, 0, 1] and all(r["length"] >= 1 for r in rows)
     per_seed = [dict(r, seed=0) for r in rows]
     path = write_rows_csv(tmp_path / "grid.csv", per_seed)
     back = read_rows_csv(path)

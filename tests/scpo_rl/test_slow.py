@@ -21,6 +21,18 @@ def test_benchmark_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_eval_benchmark_smoke(tmp_path):
+    """--what eval: the three ways to run the start states, and the collection share of a training step."""
+    result = bench.main(["--what", "eval", "--env", "HalfCheetah-v5", "--episodes", "3", "--eval-steps", "20",
+                         "--steps", "10", "--repeats", "1", "--warmup-steps", "40", "--batch", "32", "--hidden", "16",
+                         "--out", str(tmp_path)])
+    assert set(result["steps_per_second"]) == {"one_env", "side_by_side", "gym_sync_vector", "collect_only",
+                                               "train_step"}
+    assert result["eval_steps_per_call"] == 60 and 0 < result["collection_share_of_a_training_step"] < 1
+    assert (tmp_path / "benchmark_eval.md").is_file()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["sac", "scpo"])
 def test_learns_inverted_pendulum(tmp_path, algo):
     """InvertedPendulum-v5 from 1k warm-up + 5k updates: the deterministic policy balances far longer than the
