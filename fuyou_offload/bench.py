@@ -43,8 +43,7 @@ def bench_schedules(mcfg: GPTConfig, work_dir: str | Path, *, batch: int = 4, se
         profile, _ = measure_floors(work_dir / "floors", io_bytes=32 << 20, throttle=throttle_bytes_per_s,
                                     model=mcfg, batch=batch, seq=seq, dtype=torch.bfloat16 if el == 2 else torch.float32)
     if plan == "auto":
-        plans, _ = choose_plan(mcfg, profile, batch=batch, seq=seq, compute_elem=el, host_bytes_free=host_budget // 4,
-                               clip=bool(clip))
+        plans, _ = choose_plan(mcfg, profile, batch=batch, seq=seq, compute_elem=el, host_bytes_free=host_budget // 4)
     elif plan == "recompute":
         plans = [BlockPlan() for _ in range(mcfg.layers)]
     else:
@@ -96,7 +95,8 @@ def bench_schedules(mcfg: GPTConfig, work_dir: str | Path, *, batch: int = 4, se
                         host_pool_peak_bytes=max(r["host_pool_peak_bytes"] for r in steady),
                         optimizer_tail_s=med("optimizer_tail_s"),
                         predicted_step_s=predict_step(mcfg, trainers[s].plans, profile, batch=batch, seq=seq,
-                                                      compute_elem=el, overlap=s == "fuyou", clip=bool(clip)).total_s)
+                                                      compute_elem=el, schedule="overlap" if s == "fuyou" else "zero3",
+                                                      grads_to_ssd=trainers[s].grads_to_ssd).total_s)
         out["schedules"][s] = info
     if "fuyou" in out["schedules"]:
         f = out["schedules"]["fuyou"]

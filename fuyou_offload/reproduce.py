@@ -159,7 +159,7 @@ def planner_sweep(sc: Scale, work: Path, prof, bar) -> list[dict]:
         plans = plan_for_fraction(cfg, k, batch=b, seq=sc.seq, compute_elem=4, host_bytes_free=1 << 40)
         res = bench_schedules(cfg, work / f"plan_{k}", batch=b, seq=sc.seq, repeats=sc.repeats, warmup=1,
                               plan=plans, schedules=("fuyou",), profile=prof)
-        pred = predict_step(cfg, plans, prof, batch=b, seq=sc.seq, compute_elem=4, overlap=True)
+        pred = predict_step(cfg, plans, prof, batch=b, seq=sc.seq, compute_elem=4, schedule="overlap")
         rows.append({"k": k, "cached": list(plans[0].cached), "measured_s": res["schedules"]["fuyou"]["median_step_s"],
                      "predicted_s": pred.total_s})
         shutil.rmtree(work / f"plan_{k}", ignore_errors=True)
