@@ -14,8 +14,10 @@ repository root, git-ignored) and the run says whether it found it.
 
 Its buffers are sized to the host budget as a user would tune them (DeepSpeed has no budget of its own): the
 parameter swap buffers hold the largest parameter (``buffer_count`` 5, the default), the optimizer sub-group
-is the largest whose four fp32 swap buffers fit in a third of the budget, prefetch and live parameters are one
-and three blocks; ``pipeline_read``/``pipeline_write`` are on (the strongest setting; off by default).
+is the largest whose twelve fp32 swap buffers fit in a third of the budget (``pipeline_read``/``pipeline_write``,
+the strongest setting, off by default, hold three sub-groups of P32, m, v and gradient: with DeepSpeed's default
+four buffers the pipelined swapper fails its ``assert new_alloc_buffers is not None``), prefetch and live
+parameters are one and three blocks.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def _proc_io() -> dict[str, int]:
 def ds_config(args, cfg, block_params: int, largest_param: int) -> dict:
     """The ZeRO-Infinity configuration (see the module docstring for how its sizes are chosen)."""
     budget = args.host_budget_mib << 20
-    sub_group = max(largest_param, int(budget / 3 / 16))
+    buffers = 12  # pipelined swapping holds 3 sub-groups (in, being updated, out) of P32, m, v, grad
+    sub_group = max(largest_param, int(budget / 3 / (4 * buffers)))
     return {
         "train_micro_batch_size_per_gpu": args.batch,
         "gradient_accumulation_steps": 1,
@@ -65,7 +68,7 @@ def ds_config(args, cfg, block_params: int, largest_param: int) -> dict:
             "offload_param": {"device": "nvme", "nvme_path": str(args.nvme_dir), "pin_memory": True,
                               "buffer_count": 5, "buffer_size": largest_param, "max_in_cpu": 0},
             "offload_optimizer": {"device": "nvme", "nvme_path": str(args.nvme_dir), "pin_memory": True,
-                                  "buffer_count": 4, "pipeline_read": True, "pipeline_write": True},
+                                  "buffer_count": buffers, "pipeline_read": True, "pipeline_write": True},
             "sub_group_size": sub_group,
             "stage3_prefetch_bucket_size": block_params,
             "stage3_max_live_parameters": 3 * block_params,
