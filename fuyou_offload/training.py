@@ -252,7 +252,8 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"schedule must be fuyou, zero_infinity or in_memory, not {schedule!r}")
     log.info("model: %.1fM parameters, %d layers, hidden %d; schedule=%s precision=%s; clip=%s (option %s)",
              mcfg.num_params() / 1e6, mcfg.layers, mcfg.hidden, schedule, tr.precision, optim.clip_grad_norm,
-             "c: speculate-then-validate" if optim.clip_grad_norm and schedule == "fuyou" else
+             f"c: speculate-then-validate, a binding clip's exact update {cfg.offload.clip_overlap}"
+             if optim.clip_grad_norm and schedule == "fuyou" else
              ("none" if not optim.clip_grad_norm else "serial clip after backward"))
     logger = MetricLogger.from_config(run_dir, cfg.logger)
     info = write_run_info(run_dir, extra={"schedule": cfg.schedule})
