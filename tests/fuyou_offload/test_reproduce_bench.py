@@ -71,3 +71,20 @@ def test_gpu_check_runs_the_bench_and_reads_its_json(tmp_path):
     obj = last_json_object(out.getvalue())
     assert obj["parity"]["max_rel_param_diff"] <= 1e-6
     assert obj["schedules"]["fuyou"]["model_tflops"] > 0 and obj["precision"] == "bf16"
+
+
+def test_deepspeed_run_failure_is_reported_with_its_error(tmp_path):
+    """Without DeepSpeed in the given interpreter the bench keeps going and records the exact error line."""
+    import importlib.util
+    import sys
+
+    from fuyou_offload.bench import run_deepspeed
+
+    if importlib.util.find_spec("deepspeed") is not None:
+        import pytest
+
+        pytest.skip("DeepSpeed is installed in this interpreter")
+    res = run_deepspeed(sys.executable, GPTConfig(vocab_size=64, hidden=32, layers=2, heads=4), tmp_path, batch=1,
+                        seq=16, precision="fp32", clip=1.0, budget=64 << 20, repeats=1, warmup=1, timeout=120)
+    assert "No module named 'deepspeed'" in res["error"] and res["returncode"] != 0
+    assert "fuyou_offload.deepspeed_run" in res["command"]
