@@ -332,7 +332,8 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
                  f"({rss_start / 2**20:.0f} MiB at start, before the model); "
                  "SSD per step read %s (analytic %s) write %s (analytic %s)",
                  summary["median_step_s"],
-                 f"{summary['predicted_step_s']:.3f}s (error {summary['prediction_error']:+.1%}, no fitted term)"
+                 f"{summary['predicted_step_s']:.3f}s (measured {summary['predicted_rows_median_step_s']:.3f}s on the "
+                 f"same steps: error {summary['prediction_error']:+.1%}, no fitted term)"
                  if summary.get("predicted_step_s") else "n/a",
                  summary["tokens_per_s"], summary["peak_rss_bytes"] / 2**20, summary.get("ssd_read_bytes"),
                  summary.get("expected_ssd_read_bytes"), summary.get("ssd_write_bytes"),
@@ -395,6 +396,7 @@ def _summary(rows: list[dict], step: int, schedule: str) -> dict[str, Any]:
         "step": step, "schedule": schedule, "final_loss": rows[-1]["loss"], "first_loss": rows[0]["loss"],
         "median_step_s": med, "tokens_per_s": rows[-1]["tokens"] / med,
         "predicted_step_s": pred,
+        "predicted_rows_median_step_s": statistics.median(r["step_s"] for r in preds) if preds else None,
         "prediction_error": statistics.median(r["predicted_step_s"] / r["step_s"] - 1 for r in preds) if preds else None,
         "peak_rss_bytes": max(r["peak_rss_bytes"] for r in rows),
         "median_compute_s": statistics.median(r["compute_s"] for r in steady),
