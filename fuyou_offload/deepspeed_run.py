@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
         times.append(time.perf_counter() - t)
         io1 = _proc_io()
         io.append({k: io1[k] - io0[k] for k in io0})
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     steady = times[a.warmup:]
     res = {
         "deepspeed_version": deepspeed.__version__, "model_params": cfg.num_params(), "tokens_per_step": a.batch * a.seq,
