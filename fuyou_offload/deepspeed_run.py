@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
     from torch import nn
     from torch.utils.checkpoint import checkpoint
 
+    from common.bench import peak_rss_bytes, reset_peak_rss
+
     from .model import Block, GPTConfig, RMSNorm, _init_param
 
     torch.manual_seed(a.seed)
@@ -154,6 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
             p.data.copy_(_init_param(name, p.ds_shape, g, cfg.init_std))
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=conf)
     init_s = time.perf_counter() - t0
+    init_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    reset = reset_peak_rss()  # VmHWM from here on: the training steps' peak, apart from initialisation's
     gd = torch.Generator().manual_seed(a.seed)
     data = torch.randint(0, cfg.vocab_size, (64, a.batch, a.seq + 1), generator=gd)
     times, losses, io = [], [], []
@@ -175,6 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
         "disk_read_bytes_per_step": statistics.median(x["read"] for x in io[a.warmup:]),
         "disk_write_bytes_per_step": statistics.median(x["write"] for x in io[a.warmup:]),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "init_peak_rss_bytes": init_peak, "steps_peak_rss_bytes": peak_rss_bytes() if reset else None,
         "host_budget_bytes": a.host_budget_mib << 20, "ops_cache_found": cached, "config": conf,
     }
     print(json.dumps(res))
