@@ -19,7 +19,8 @@ class Schedule(Choice):
     fuyou = auto()
     """Fuyou: state on SSD, optimizer overlapped with backward, recomputation planned by the cost model."""
     zero_infinity = auto()
-    """ZeRO-Infinity's order: state on SSD, optimizer after backward."""
+    """A faithful model of DeepSpeed ZeRO-Infinity (ZeRO-3, parameters and optimizer state on NVMe): weights
+    prefetched, model-dtype gradient buffer, fp32 gradients swapped to SSD, pipelined step() after backward."""
     in_memory = auto()
     """torch AdamW with everything in host memory (the baseline)."""
 
@@ -62,6 +63,13 @@ class GradTier(Choice):
     ssd = "ssd"
     auto = "auto"
     """host when all fp32 gradients fit in a quarter of the budget, else ssd."""
+
+
+class ClipOverlap(Choice):
+    next_forward = auto()
+    """The exact (clipped) update runs during the next step's forward, each block waiting for its own unit."""
+    after_backward = auto()
+    """It runs right after backward, before the step ends (ZeRO-Infinity's order)."""
 
 
 class Checksum(Choice):
@@ -162,6 +170,8 @@ class OffloadSchema:
     """auto: the largest optimizer chunk that fits next to it | an int."""
     grad_tier: GradTier = GradTier.auto
     """Where gradients wait for a clip replay: host | ssd | auto."""
+    clip_overlap: ClipOverlap = ClipOverlap.next_forward
+    """When the clip binds, where its exact update runs: next_forward | after_backward (same numbers)."""
     verify_on_resume: bool = True
     """Check every state chunk's digest on resume."""
     checksum: Checksum = Checksum.xxh3

@@ -30,6 +30,7 @@ class HostBuffer:
         self.bytes = torch.frombuffer(self.mm, dtype=torch.uint8)
         self.pinned = False
         self.released = False
+        self.ready_event = None  # CUDA: the event of the copy that fills it (a gradient's D2H)
 
     def view(self, dtype: torch.dtype, numel: int, offset_bytes: int = 0) -> torch.Tensor:
         size = torch.empty((), dtype=dtype).element_size()
@@ -84,7 +85,7 @@ class HostPool:
                 buf = HostBuffer(self, nbytes, tag)
                 if self.pin:
                     _cuda_register(buf)
-            buf.tag, buf.released = tag, False
+            buf.tag, buf.released, buf.ready_event = tag, False, None
             self.live_bytes += nbytes
             self._live_tags[tag] += nbytes
             self.peak_bytes = max(self.peak_bytes, self.used_bytes)

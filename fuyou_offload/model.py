@@ -8,7 +8,9 @@ The engine runs it one block at a time, so the model is two kinds of module with
 
 from __future__ import annotations
 
+import contextvars
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +84,22 @@ def rotary(seq: int, head_dim: int, theta: float, device, dtype) -> tuple[torch.
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
+ATTENTION_REGION: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("fuyou_attention_region",
+                                                                                default=None)
+"""Set by the engine's op cache while it records or replays a block: it is called with the attention core
+(a zero-argument function) so that the core keeps its place in the recorded op order whichever SDPA backend
+runs (a fused kernel is one op; the math backend decomposes into bmm/softmax and is recomputed)."""
+
+
+def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enable_gqa: bool) -> torch.Tensor:
+    """Causal scaled-dot-product attention, through the engine's region hook when one is active."""
+    def core() -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=enable_gqa)
+
+    region = ATTENTION_REGION.get()
+    return core() if region is None else region(core)
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     a, b = x.chunk(2, dim=-1)
     return torch.cat((-b, a), dim=-1)
@@ -114,7 +132,7 @@ class Block(nn.Module):
         cos, sin = rotary(s, cfg.head_dim, cfg.rope_theta, x.device, q.dtype)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
-        attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=cfg.kv_heads != cfg.heads)
+        attn = attention_core(q, k, v, cfg.kv_heads != cfg.heads)
         x = x + self.o_proj(attn.transpose(1, 2).reshape(b, s, cfg.hidden))
         y = self.norm2(x)
         return x + self.down_proj(F.silu(self.gate_proj(y)) * self.up_proj(y))

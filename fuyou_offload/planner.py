@@ -5,19 +5,31 @@ ops (matmul groups, the attention core) can be cached during forward so that the
 replays them instead of recomputing; everything else is recomputed. Caching an op costs bytes moved
 (host memcpy, or SSD write + read) and saves its FLOPs: the planner ranks op groups by offloading
 benefit OB = FLOPs saved / bytes stored, fills host memory first, spills to SSD, and scans the number
-of cached groups for the smallest predicted step time
+of cached groups for the smallest predicted step time.
 
-    T = T_fwd + T_bwd + T_tail
-    T_fwd = max(F_fwd / R, weight reads, activation writes)
-    T_bwd = max((F_bwd + F_recompute(x)) / R, weight reads + activation reads, optimizer traffic)
-    T_tail = the optimizer work of the last unit updated (exposed before the next forward)
+The step time is modelled per schedule, each phase the maximum of the channels that run concurrently
+in it (compute, SSD, and on CUDA the two PCIe directions) or their sum where nothing overlaps:
 
-with R the measured compute rate and the traffic terms divided by measured SSD bandwidths. The
-recompute term falls and the traffic terms rise with x, so T is convex in x and a scan finds its argmin.
+    overlap   fuyou, clip off or not binding: the optimizer runs during backward
+              T = max(C_f, IO_f) + max(C_b, IO_b + OPT - OPT_unit) + OPT_unit
+    deferred  fuyou, clip binding, offload.clip_overlap=next_forward: the exact update waits for the
+              global norm, then runs during the next forward
+              T = OPT_ends + max(C_f, IO_f + OPT_io, ADAM) + max(C_b, IO_b)
+    serial    fuyou, clip binding, offload.clip_overlap=after_backward; and ``zero3`` (the ZeRO-Infinity
+              baseline: the same, plus fp32 gradients written during backward and read back by step())
+              T = max(C_f, IO_f) + max(C_b, IO_b) + OPT
+    none      nothing overlapped (the diagnostic run that measures the compute floor)
+              T = C_f + IO_f + C_b + IO_b + OPT_io + ADAM
+
+with C the FLOPs over the measured compute rate (plus host copies on the CPU), IO the weight and
+activation traffic over the measured O_DIRECT bandwidths, OPT = max(OPT_io, ADAM) the pipelined
+optimizer (P32, m, v and gradients in, P32, m, v and the working copy out). No term is fitted to the
+measured step time: the prediction error is the model's error.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from .model import GPTConfig
@@ -32,6 +44,28 @@ OP_GROUPS: dict[str, tuple[int, ...]] = {
     "mlp_down": (7,),
 }
 
+SCHEDULES = ("overlap", "deferred", "serial", "zero3", "none")
+
+
+@dataclass(frozen=True)
+class AttentionLayout:
+    """What the attention core's SDPA op returns on this device and dtype (probed by the engine), so that
+    the bytes of caching it are counted analytically for every backend."""
+
+    fused: bool = True
+    """A fused SDPA kernel runs (flash, memory-efficient, cuDNN, CPU flash): its outputs can be cached. False
+    for the math backend, which decomposes into bmm/softmax: the core is then always recomputed."""
+    lse_multiple: int = 1
+    """The log-sum-exp (batch x heads x seq) pads seq to this multiple (32 for memory-efficient
+    attention); 0: no log-sum-exp."""
+    lse_elem: int = 4
+    """Bytes per log-sum-exp element (fp32 for every backend seen so far)."""
+    extra_bytes: tuple[int, ...] = ()
+    """Other tensor outputs, of fixed size (RNG seed and offset, empty debug masks)."""
+
+
+CPU_FLASH = AttentionLayout()
+
 
 @dataclass(frozen=True)
 class BlockPlan:
@@ -45,16 +79,17 @@ class BlockPlan:
 
 @dataclass
 class Profile:
-    """Measured floors of this machine (see bench.measure_floors)."""
+    """Measured floors of this machine (``profiling.measure_floors``)."""
 
     flops_per_s: float = 50e9
     ssd_read_bps: float = 1e9
     ssd_write_bps: float = 1e9
     memcpy_bps: float = 10e9
     adam_params_per_s: float = 3e8
-    overhead_s: float = 0.0
-    """Per-step time the model does not explain (Python, thread hand-offs, small requests), calibrated
-    by the profiling step; a constant, so it never moves the argmin."""
+    h2d_bps: float = math.inf
+    """Pinned host -> GPU bandwidth (CUDA only; inf on the CPU: no PCIe)."""
+    d2h_bps: float = math.inf
+    """GPU -> pinned host bandwidth."""
 
 
 @dataclass
@@ -66,11 +101,15 @@ class StepPrediction:
     terms: dict = field(default_factory=dict)
 
 
-def op_output_bytes(cfg: GPTConfig, batch: int, seq: int, elem: int) -> dict[int, list[int]]:
+def op_output_bytes(cfg: GPTConfig, batch: int, seq: int, elem: int,
+                    attn: AttentionLayout = CPU_FLASH) -> dict[int, list[int]]:
     """Bytes of each tensor output of the recorded ops (indices as in ``OP_GROUPS``)."""
     t, h, kv, i = batch * seq, cfg.hidden, cfg.kv_heads * cfg.head_dim, cfg.intermediate
-    return {0: [t * h * elem], 1: [t * kv * elem], 2: [t * kv * elem],
-            3: [t * h * elem, batch * cfg.heads * seq * 4],  # attention output + fp32 logsumexp
+    core = [t * h * elem]
+    if attn.lse_multiple:
+        core.append(batch * cfg.heads * (-(-seq // attn.lse_multiple) * attn.lse_multiple) * attn.lse_elem)
+    core += list(attn.extra_bytes)
+    return {0: [t * h * elem], 1: [t * kv * elem], 2: [t * kv * elem], 3: core,
             4: [t * h * elem], 5: [t * i * elem], 6: [t * i * elem], 7: [t * h * elem]}
 
 
@@ -78,80 +117,104 @@ def _align(n: int, a: int) -> int:
     return (n + a - 1) // a * a
 
 
-def group_bytes(cfg: GPTConfig, group: str, batch: int, seq: int, elem: int) -> int:
-    out = op_output_bytes(cfg, batch, seq, elem)
+def group_bytes(cfg: GPTConfig, group: str, batch: int, seq: int, elem: int, attn: AttentionLayout = CPU_FLASH) -> int:
+    out = op_output_bytes(cfg, batch, seq, elem, attn)
     return sum(_align(b, 64) for i in OP_GROUPS[group] for b in out[i])
 
 
-def stash_bytes(cfg: GPTConfig, plan: BlockPlan, batch: int, seq: int, elem: int) -> dict[str, int]:
+def stash_bytes(cfg: GPTConfig, plan: BlockPlan, batch: int, seq: int, elem: int,
+                attn: AttentionLayout = CPU_FLASH) -> dict[str, int]:
     """Host bytes of one block's checkpoint and cache stashes (as the engine lays them out)."""
     ck = _align(batch * seq * cfg.hidden * elem, 64)
-    cache = sum(group_bytes(cfg, g, batch, seq, elem) for g in plan.cached)
+    cache = sum(group_bytes(cfg, g, batch, seq, elem, attn) for g in plan.cached)
     return {"ckpt": ck, "cache": cache}
 
 
-def ranked_groups(cfg: GPTConfig, batch: int, seq: int, elem: int) -> list[tuple[str, float]]:
+def supported(plan: BlockPlan, attn: AttentionLayout) -> BlockPlan:
+    """The plan without the attention core when no fused kernel runs (the math backend): nothing to cache."""
+    if attn.fused or "attn_core" not in plan.cached:
+        return plan
+    return BlockPlan(plan.ckpt_tier, tuple(g for g in plan.cached if g != "attn_core"), plan.cache_tier)
+
+
+def ranked_groups(cfg: GPTConfig, batch: int, seq: int, elem: int,
+                  attn: AttentionLayout = CPU_FLASH) -> list[tuple[str, float]]:
     """Op groups by offloading benefit (FLOPs saved per byte stored), best first."""
     flops = cfg.block_matmul_flops(batch * seq, seq)
-    obs = [(g, flops[g] / group_bytes(cfg, g, batch, seq, elem)) for g in OP_GROUPS]
+    obs = [(g, flops[g] / group_bytes(cfg, g, batch, seq, elem, attn)) for g in OP_GROUPS
+           if attn.fused or g != "attn_core"]
     return sorted(obs, key=lambda kv: -kv[1])
 
 
+def optimizer_bytes(n: int, compute_elem: int, grads_from_ssd: bool) -> tuple[int, int]:
+    """(read, write) SSD bytes of one optimizer pass over ``n`` parameters: P32, m, v (and the fp32
+    gradient when it waits on SSD) in; P32, m, v and, in bf16, the working copy out."""
+    return (16 if grads_from_ssd else 12) * n, 12 * n + (2 * n if compute_elem == 2 else 0)
+
+
 def predict_step(cfg: GPTConfig, plans: list[BlockPlan], prof: Profile, *, batch: int, seq: int,
-                 compute_elem: int, overlap: bool, clip: bool = False, grad_tier: str = "host") -> StepPrediction:
+                 compute_elem: int, schedule: str = "overlap", grads_to_ssd: bool = False,
+                 attn: AttentionLayout = CPU_FLASH) -> StepPrediction:
+    """Predicted step time of ``schedule`` (see the module docstring). ``grads_to_ssd``: fp32 gradients
+    are written to SSD during backward and read back by the optimizer (fuyou's replay tier ``ssd``;
+    always for ``zero3``, as DeepSpeed's NVMe optimizer swapper does)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, not {schedule!r}")
+    grads_to_ssd = grads_to_ssd or schedule == "zero3"
     t = batch * seq
-    n, nb = cfg.num_params(), cfg.block_params()
+    n, nb, ne = cfg.num_params(), cfg.block_params(), cfg.ends_params()
     per_block = cfg.block_matmul_flops(t, seq)
     f_block = sum(per_block.values())
-    f_ends = 2.0 * t * cfg.hidden * cfg.vocab_size
-    f_fwd = cfg.layers * f_block + f_ends
+    f_fwd = cfg.layers * f_block + 2.0 * t * cfg.hidden * cfg.vocab_size
     f_bwd = 2 * f_fwd
-    f_rec = sum(f_block - sum(per_block[g] for g in p.cached) for p in plans)
-    w_elem = compute_elem
-    w_bytes = n * w_elem
-    act_w = act_r = 0.0
-    host_copy = 0.0
+    f_rec = sum(f_block - sum(per_block[g] for g in supported(p, attn).cached) for p in plans)
+    w = compute_elem
+    weights_fwd = n * w                          # every unit once
+    weights_bwd = (n - ne - nb) * w              # blocks again, but the last one (kept) and the ends
+    act_ssd = act_host = 0.0
     for p in plans:
-        ck = t * cfg.hidden * compute_elem
-        cache = sum(group_bytes(cfg, g, batch, seq, compute_elem) for g in p.cached)
-        if p.ckpt_tier == "ssd":
-            act_w += ck
-        else:
-            host_copy += ck
-        if p.cache_tier == "ssd":
-            act_w += cache
-        else:
-            host_copy += cache
-    act_r = act_w
+        sb = stash_bytes(cfg, supported(p, attn), batch, seq, compute_elem, attn)
+        for part, tier in (("ckpt", p.ckpt_tier), ("cache", p.cache_tier)):
+            if tier == "ssd":
+                act_ssd += sb[part]
+            else:
+                act_host += sb[part]
     rd, wr = prof.ssd_read_bps, prof.ssd_write_bps
-    opt_read = 12 * n
-    opt_write = 12 * n + (2 * n if compute_elem == 2 else 0) + (4 * n if clip and grad_tier == "ssd" else 0)
-    opt_s = opt_read / rd + opt_write / wr + n / prof.adam_params_per_s
-    unit_opt_s = opt_s * max(nb, cfg.ends_params()) / n
-    compute_fwd = f_fwd / prof.flops_per_s + host_copy / prof.memcpy_bps
-    compute_bwd = (f_bwd + f_rec) / prof.flops_per_s + host_copy / prof.memcpy_bps
-    io_fwd = w_bytes / rd + act_w / wr
-    io_bwd = w_bytes / rd + act_r / rd
-    if overlap:
-        fwd = max(compute_fwd, io_fwd)
-        bwd = max(compute_bwd, io_bwd + opt_s - unit_opt_s)
-        tail = unit_opt_s
-    else:
-        fwd = compute_fwd + io_fwd
-        bwd = compute_bwd + io_bwd
-        tail = opt_s
-    terms = {"compute_fwd": compute_fwd, "compute_bwd": compute_bwd, "io_fwd": io_fwd, "io_bwd": io_bwd,
-             "optimizer": opt_s, "recompute_flops": f_rec}
-    terms["overhead"] = prof.overhead_s
-    return StepPrediction(fwd + bwd + tail + prof.overhead_s, fwd, bwd, tail, terms)
+    opt_r, opt_w = optimizer_bytes(n, compute_elem, grads_to_ssd)
+    grad_w = 4 * n if grads_to_ssd else 0
+    opt_io = opt_r / rd + opt_w / wr
+    adam = n / prof.adam_params_per_s
+    opt = max(opt_io, adam)                       # pipelined: chunk j+1 read while j updates
+    copies = act_host / prof.memcpy_bps if math.isinf(prof.h2d_bps) else 0.0  # CPU: stash copies are memcpy
+    c_fwd = f_fwd / prof.flops_per_s + copies
+    c_bwd = (f_bwd + f_rec) / prof.flops_per_s + copies
+    io_fwd = weights_fwd / rd + act_ssd / wr
+    io_bwd = weights_bwd / rd + act_ssd / rd + grad_w / wr
+    acts = act_ssd + act_host
+    pcie_fwd = max(weights_fwd / prof.h2d_bps, acts / prof.d2h_bps)
+    pcie_bwd = max((weights_bwd + acts) / prof.h2d_bps, 4 * n / prof.d2h_bps)
+    unit = opt * max(nb, ne) / n
+    if schedule == "overlap":
+        fwd, bwd, tail = max(c_fwd, io_fwd, pcie_fwd), max(c_bwd, io_bwd + opt - unit, pcie_bwd), unit
+    elif schedule == "deferred":
+        fwd = opt * ne / n + max(c_fwd, io_fwd + opt_io, adam, pcie_fwd)
+        bwd, tail = max(c_bwd, io_bwd, pcie_bwd), 0.0
+    elif schedule in ("serial", "zero3"):
+        fwd, bwd, tail = max(c_fwd, io_fwd, pcie_fwd), max(c_bwd, io_bwd, pcie_bwd), opt
+    else:  # none
+        fwd, bwd, tail = c_fwd + io_fwd + pcie_fwd, c_bwd + io_bwd + pcie_bwd, opt_io + adam
+    terms = {"compute_fwd": c_fwd, "compute_bwd": c_bwd, "io_fwd": io_fwd, "io_bwd": io_bwd, "optimizer_io": opt_io,
+             "adam": adam, "pcie_fwd": pcie_fwd, "pcie_bwd": pcie_bwd, "recompute_flops": f_rec,
+             "activation_ssd_bytes": act_ssd, "activation_host_bytes": act_host}
+    return StepPrediction(fwd + bwd + tail, fwd, bwd, tail, terms)
 
 
 def plan_for_fraction(cfg: GPTConfig, k: int, *, batch: int, seq: int, compute_elem: int,
-                      host_bytes_free: int, ckpt_tier: str = "host") -> list[BlockPlan]:
+                      host_bytes_free: int, ckpt_tier: str = "host", attn: AttentionLayout = CPU_FLASH) -> list[BlockPlan]:
     """The plan that caches the ``k`` best op groups (by OB) in every block, host first, then SSD."""
-    groups = [g for g, _ in ranked_groups(cfg, batch, seq, compute_elem)][:k]
+    groups = [g for g, _ in ranked_groups(cfg, batch, seq, compute_elem, attn)][:k]
     ck = batch * seq * cfg.hidden * compute_elem
-    per_block = sum(group_bytes(cfg, g, batch, seq, compute_elem) for g in groups)
+    per_block = sum(group_bytes(cfg, g, batch, seq, compute_elem, attn) for g in groups)
     plans, used = [], 0
     for _ in range(cfg.layers):
         c_tier = ckpt_tier
@@ -167,52 +230,64 @@ def plan_for_fraction(cfg: GPTConfig, k: int, *, batch: int, seq: int, compute_e
 
 
 def fixed_host_bytes(cfg: GPTConfig, *, compute_elem: int, depth: int, chunk_elems: int, grads_all_on_host: bool,
-                     inflight: int = 2) -> int:
+                     inflight: int = 2, grad_elem: int = 4) -> int:
     """Host bytes the engine needs besides activations: the weight window (ends + current block +
     ``depth`` prefetched + the block kept for backward), gradients (the one being collected + those
-    queued for the optimizer, or all of them when they wait for a clip replay in host memory) and the
-    optimizer's double-buffered chunks (P32, m, v, grad, bf16 copy)."""
+    queued for the optimizer, or all of them, ``grad_elem`` bytes each, when they wait for a clip replay
+    in host memory or in ZeRO-3's gradient buffer) and the optimizer's double-buffered chunks (P32, m, v,
+    grad, bf16 copy)."""
     nb, ne = cfg.block_params(), cfg.ends_params()
     weights = compute_elem * (ne + (depth + 2) * nb)
-    grads = 4 * cfg.num_params() if grads_all_on_host else 4 * (ne + (inflight + 1) * nb)
+    grads = 4 * (ne + (inflight + 1) * nb) + (grad_elem * cfg.num_params() if grads_all_on_host else 0)
     opt = 2 * (4 * 4 + 2) * chunk_elems
     return weights + grads + opt
 
 
 def size_buffers(cfg: GPTConfig, budget: int, *, compute_elem: int, grads_all_on_host: bool, max_depth: int = 2,
-                 max_chunk: int = 1 << 22, share: float = 0.75) -> tuple[int, int, int, int]:
+                 max_chunk: int = 1 << 22, share: float = 0.75, grad_elem: int = 4) -> tuple[int, int, int, int]:
     """(prefetch depth, optimizer chunk elements, units queued for the optimizer, fixed bytes): the
     deepest prefetch, then the most queued units, then the largest chunk whose fixed buffers fit in
     ``share`` of the budget (the rest is left to activations). Raises ``HostBudgetError`` when not even
     depth 0, one queued unit and the smallest chunk fit."""
+    kw = dict(compute_elem=compute_elem, grads_all_on_host=grads_all_on_host, grad_elem=grad_elem)
     for depth in range(max_depth, -1, -1):
         for inflight in (2, 1):
             chunk = max_chunk
             while chunk >= 2048:
-                need = fixed_host_bytes(cfg, compute_elem=compute_elem, depth=depth, chunk_elems=chunk,
-                                        grads_all_on_host=grads_all_on_host, inflight=inflight)
+                need = fixed_host_bytes(cfg, depth=depth, chunk_elems=chunk, inflight=inflight, **kw)
                 if need <= share * budget:
                     return depth, chunk, inflight, need
                 chunk //= 2
-    need = fixed_host_bytes(cfg, compute_elem=compute_elem, depth=0, chunk_elems=2048,
-                            grads_all_on_host=grads_all_on_host, inflight=1)
+    need = fixed_host_bytes(cfg, depth=0, chunk_elems=2048, inflight=1, **kw)
     from .memory import HostBudgetError
 
     raise HostBudgetError(f"host budget {budget / 2**20:.1f} MiB is below the {need / share / 2**20:.1f} MiB this model "
                           "needs at prefetch depth 0, one queued unit and the smallest optimizer chunk ("
-                          + ("all fp32 gradients wait in host memory until the optimizer runs"
+                          + ("all gradients wait in host memory until the optimizer runs"
                              if grads_all_on_host else "one block's weights and gradients") + ")")
 
 
 def choose_plan(cfg: GPTConfig, prof: Profile, *, batch: int, seq: int, compute_elem: int,
-                host_bytes_free: int, clip: bool = False, grad_tier: str = "host") -> tuple[list[BlockPlan], StepPrediction]:
-    """Scan the number of cached op groups (0..5) and keep the plan with the smallest predicted time."""
+                host_bytes_free: int, schedule: str = "overlap", grads_to_ssd: bool = False,
+                attn: AttentionLayout = CPU_FLASH) -> tuple[list[BlockPlan], StepPrediction]:
+    """Scan the number of cached op groups and keep the plan with the smallest predicted time."""
     best = None
-    for k in range(len(OP_GROUPS) + 1):
+    for k in range(len(ranked_groups(cfg, batch, seq, compute_elem, attn)) + 1):
         plans = plan_for_fraction(cfg, k, batch=batch, seq=seq, compute_elem=compute_elem,
-                                  host_bytes_free=host_bytes_free)
-        pred = predict_step(cfg, plans, prof, batch=batch, seq=seq, compute_elem=compute_elem, overlap=True,
-                            clip=clip, grad_tier=grad_tier)
+                                  host_bytes_free=host_bytes_free, attn=attn)
+        pred = predict_step(cfg, plans, prof, batch=batch, seq=seq, compute_elem=compute_elem, schedule=schedule,
+                            grads_to_ssd=grads_to_ssd, attn=attn)
         if best is None or pred.total_s < best[1].total_s:
             best = (plans, pred)
     return best
+
+
+def activation_ssd_fraction(cfg: GPTConfig, plans: list[BlockPlan], *, batch: int, seq: int, compute_elem: int,
+                            attn: AttentionLayout = CPU_FLASH) -> float:
+    """Share of the plan's activation bytes (checkpoints and cached ops) that go to SSD."""
+    ssd = total = 0
+    for p in plans:
+        sb = stash_bytes(cfg, supported(p, attn), batch, seq, compute_elem, attn)
+        ssd += (sb["ckpt"] if p.ckpt_tier == "ssd" else 0) + (sb["cache"] if p.cache_tier == "ssd" else 0)
+        total += sb["ckpt"] + sb["cache"]
+    return ssd / total if total else 0.0

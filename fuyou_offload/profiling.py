@@ -128,23 +128,46 @@ def gemm_rate(n: int = 512, dtype: torch.dtype = torch.float32, repeats: int = 5
     return 2.0 * n**3 / _median(ts)
 
 
-def block_rate(mcfg: GPTConfig, batch: int, seq: int, dtype: torch.dtype = torch.float32, repeats: int = 3) -> float:
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def block_rate(mcfg: GPTConfig, batch: int, seq: int, dtype: torch.dtype = torch.float32, repeats: int = 3,
+               device: str = "cpu") -> float:
     """FLOP/s of one real decoder block, forward + backward, at the run's shapes (the profiling step):
     includes attention, norms and elementwise work that a square GEMM rate leaves out."""
-    blk = Block(mcfg).to(dtype)
-    x = torch.randn(batch, seq, mcfg.hidden, dtype=dtype, requires_grad=True)
+    blk = Block(mcfg).to(device=device, dtype=dtype)
+    x = torch.randn(batch, seq, mcfg.hidden, dtype=dtype, device=device, requires_grad=True)
     flops = 3 * sum(mcfg.block_matmul_flops(batch * seq, seq).values())
 
     def once():
         blk(x).sum().backward()
 
     once()
+    _sync(device)
     ts = []
     for _ in range(repeats):
         t = time.perf_counter()
         once()
+        _sync(device)
         ts.append(time.perf_counter() - t)
     return flops / _median(ts)
+
+
+def pcie_bandwidth(nbytes: int = 256 << 20, repeats: int = 5, device: str = "cuda") -> dict[str, float]:
+    """Pinned host <-> GPU copy bandwidth (bytes/s, median), the planner's PCIe terms."""
+    host = torch.empty(nbytes, dtype=torch.uint8).pin_memory()
+    dev = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    out: dict[str, list[float]] = {"h2d_bps": [], "d2h_bps": []}
+    for _ in range(repeats):
+        for key, (dst, src) in (("h2d_bps", (dev, host)), ("d2h_bps", (host, dev))):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            dst.copy_(src, non_blocking=True)
+            torch.cuda.synchronize()
+            out[key].append(nbytes / (time.perf_counter() - t))
+    return {k: _median(v) for k, v in out.items()}
 
 
 def memcpy_rate(nbytes: int = 64 << 20, repeats: int = 5) -> float:
@@ -173,11 +196,13 @@ def adam_rate(numel: int = 1 << 22, impl: str = "single", repeats: int = 3) -> f
 def measure_floors(directory: str | os.PathLike, *, io_bytes: int = 64 << 20, gemm_n: int = 512,
                    dtype: torch.dtype = torch.float32, queue_depth: int = 4, request_bytes: int = 4 << 20,
                    throttle: float | None = None, adam_impl: str = "fused", model: GPTConfig | None = None,
-                   batch: int = 1, seq: int = 128) -> tuple[Profile, dict[str, float]]:
-    """The planner's inputs. With ``model`` the compute rate is that of a real block at (batch, seq);
-    otherwise that of an n x n GEMM."""
+                   batch: int = 1, seq: int = 128, device: str = "cpu") -> tuple[Profile, dict[str, float]]:
+    """The planner's inputs. With ``model`` the compute rate is that of a real block at (batch, seq) on
+    ``device``; otherwise that of an n x n GEMM. On CUDA also the pinned PCIe bandwidths."""
     bw = ssd_bandwidth(directory, io_bytes, queue_depth=queue_depth, request_bytes=request_bytes, throttle=throttle)
-    rate = block_rate(model, batch, seq, dtype) if model is not None else gemm_rate(gemm_n, dtype)
+    rate = block_rate(model, batch, seq, dtype, device=device) if model is not None else gemm_rate(gemm_n, dtype)
     raw = {**bw, "flops_per_s": rate, "memcpy_bps": memcpy_rate(min(io_bytes, 16 << 20)),
            "adam_params_per_s": adam_rate(1 << 20, adam_impl)}
+    if str(device).startswith("cuda"):
+        raw.update(pcie_bandwidth(device=device))
     return Profile(**raw), raw

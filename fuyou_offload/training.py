@@ -116,21 +116,31 @@ def engine_config(cfg, model_cfg: GPTConfig | None = None, rss_base: int | None 
     if "auto" in (str(depth), str(chunk)):
         if model_cfg is None:
             raise ValueError("auto buffer sizing needs the model config")
-        clip = bool(cfg.trainer.clip_grad_norm)
-        grad_tier = off.grad_tier if off.grad_tier != "auto" else \
-            ("host" if 4 * model_cfg.num_params() <= budget // 4 else "ssd")
-        all_on_host = (clip or cfg.schedule == "zero_infinity") and (grad_tier == "host" or cfg.schedule == "zero_infinity")
-        d, c, inflight, _ = size_buffers(model_cfg, budget, compute_elem=2 if cfg.trainer.precision == "bf16" else 4,
-                                         grads_all_on_host=all_on_host)
+        el = 2 if cfg.trainer.precision == "bf16" else 4
+        on_host, grad_elem = grads_on_host(cfg.schedule, bool(cfg.trainer.clip_grad_norm), str(off.grad_tier),
+                                           model_cfg.num_params(), budget, el)
+        d, c, inflight, _ = size_buffers(model_cfg, budget, compute_elem=el, grads_all_on_host=on_host,
+                                         grad_elem=grad_elem)
         depth = d if str(depth) == "auto" else int(depth)
         chunk = c if str(chunk) == "auto" else int(chunk)
     return EngineConfig(
         schedule=cfg.schedule, compute_dtype=cfg.trainer.precision, host_budget=budget,
         queue_depth=off.queue_depth, request_bytes=parse_bytes(off.request_bytes),
         throttle_bytes_per_s=thr * 1e6 if thr else None, prefetch_depth=int(depth),
-        opt_chunk_elems=int(chunk), max_inflight_updates=inflight, grad_tier=off.grad_tier,
+        opt_chunk_elems=int(chunk), max_inflight_updates=inflight, grad_tier=str(off.grad_tier),
+        clip_overlap=str(off.clip_overlap),
         verify_on_resume=off.verify_on_resume, checksum=off.checksum, device=_device(cfg.trainer.device),
     )
+
+
+def grads_on_host(schedule: str, clip: bool, grad_tier: str, n_params: int, budget: int,
+                  compute_elem: int) -> tuple[bool, int]:
+    """(all gradients held in host memory, bytes per parameter): fuyou's clip replay keeps fp32 gradients
+    on the host tier; ZeRO-Infinity keeps every gradient in its model-dtype flat buffer."""
+    if schedule == "zero_infinity":
+        return True, compute_elem
+    tier = grad_tier if grad_tier != "auto" else ("host" if 4 * n_params <= budget // 4 else "ssd")
+    return clip and tier == "host", 4
 
 
 def _device(d: str) -> str:
@@ -140,11 +150,35 @@ def _device(d: str) -> str:
 
 
 def host_bytes_for_activations(mcfg: GPTConfig, ec: EngineConfig, optim: OptimConfig) -> int:
+    """What the activation plan may keep in host memory: 80 % of the pool left after the fixed buffers."""
     el = 2 if ec.compute_dtype == "bf16" else 4
-    stores_host = (bool(optim.clip_grad_norm) or ec.schedule != "fuyou") and ec.grad_tier == "host"
+    on_host, grad_elem = grads_on_host(ec.schedule, bool(optim.clip_grad_norm), ec.grad_tier, mcfg.num_params(),
+                                       ec.host_budget, el)
     fixed = fixed_host_bytes(mcfg, compute_elem=el, depth=ec.prefetch_depth, chunk_elems=ec.opt_chunk_elems,
-                             grads_all_on_host=stores_host)
+                             grads_all_on_host=on_host, grad_elem=grad_elem)
     return max(0, int(0.8 * (ec.host_budget - fixed)))
+
+
+def step_schedule(engine: OffloadEngine, m: dict | None = None, clip_binds: bool = False) -> str:
+    """The planner's schedule for a step of ``engine`` (see ``planner``): from the step's metrics ``m`` when
+    given, else from whether the clip is expected to bind."""
+    if engine.zero3:
+        return "zero3"
+    if not engine.cfg.overlap:
+        return "none"
+    if m is not None:
+        if m.get("deferred_units") or m.get("deferred_units_run"):
+            return "deferred"
+        clip_binds = m.get("clip_coef", 1.0) < 1.0
+    if clip_binds:
+        return "deferred" if engine.cfg.clip_overlap == "next_forward" else "serial"
+    return "overlap"
+
+
+def predicted(engine: OffloadEngine, prof: Profile, schedule: str, batch: int, seq: int):
+    """The cost model's prediction for ``engine``'s current plan under ``schedule``."""
+    return predict_step(engine.mcfg, engine.plans, prof, batch=batch, seq=seq, compute_elem=engine.dtype.itemsize,
+                        schedule=schedule, grads_to_ssd=engine.grads_to_ssd, attn=engine.attn)
 
 
 def make_plans(cfg, mcfg: GPTConfig, ec: EngineConfig, optim: OptimConfig, batch: int, seq: int,
@@ -170,26 +204,25 @@ def make_plans(cfg, mcfg: GPTConfig, ec: EngineConfig, optim: OptimConfig, batch
         plans = [BlockPlan() for _ in range(mcfg.layers)]
     else:
         plans = plan_for_fraction(mcfg, int(spec), batch=batch, seq=seq, compute_elem=el,
-                                  host_bytes_free=free, ckpt_tier=cfg.offload.ckpt_tier)
+                                  host_bytes_free=free, ckpt_tier=str(cfg.offload.ckpt_tier))
     if profiling_step:
         raw.pop("flops_per_s", None)  # the compute rate comes from the profiling step instead
     return plans, prof, raw, profiling_step
 
 
 def replan(engine: OffloadEngine, prof: Profile, first: dict, optim: OptimConfig, batch: int, seq: int):
-    """After the profiling step: compute rate from its measured compute time, then the cost model."""
+    """After the profiling step: the compute rate from its measured compute time (the only quantity taken
+    from a training step; nothing is fitted to the step time), then the cost model for the schedule the
+    steady state will run (clip binding or not, as in the profiling step)."""
     mcfg, el = engine.mcfg, engine.dtype.itemsize
     t = batch * seq
     f_fwd = mcfg.layers * sum(mcfg.block_matmul_flops(t, seq).values()) + 2.0 * t * mcfg.hidden * mcfg.vocab_size
     f_rec = mcfg.layers * sum(mcfg.block_matmul_flops(t, seq).values())
     prof.flops_per_s = (3 * f_fwd + f_rec) / max(first["compute_s"], 1e-9)
-    # what the profiling step took beyond the model's account of it (Python, hand-offs, small requests)
-    modelled = predict_step(mcfg, engine.plans, prof, batch=batch, seq=seq, compute_elem=el, overlap=engine.cfg.overlap,
-                            clip=bool(optim.clip_grad_norm), grad_tier=engine.grad_tier).total_s - prof.overhead_s
-    prof.overhead_s = max(0.0, first["step_s"] - modelled)
+    schedule = step_schedule(engine, clip_binds=first.get("clip_coef", 1.0) < 1.0)
     plans, pred = choose_plan(mcfg, prof, batch=batch, seq=seq, compute_elem=el,
                               host_bytes_free=host_bytes_for_activations(mcfg, engine.cfg, optim),
-                              clip=bool(optim.clip_grad_norm), grad_tier=engine.grad_tier)
+                              schedule=schedule, grads_to_ssd=engine.grads_to_ssd, attn=engine.attn)
     engine.set_plans(plans)
     return plans, pred
 
@@ -219,7 +252,8 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"schedule must be fuyou, zero_infinity or in_memory, not {schedule!r}")
     log.info("model: %.1fM parameters, %d layers, hidden %d; schedule=%s precision=%s; clip=%s (option %s)",
              mcfg.num_params() / 1e6, mcfg.layers, mcfg.hidden, schedule, tr.precision, optim.clip_grad_norm,
-             "c: speculate-then-validate" if optim.clip_grad_norm and schedule == "fuyou" else
+             f"c: speculate-then-validate, a binding clip's exact update {cfg.offload.clip_overlap}"
+             if optim.clip_grad_norm and schedule == "fuyou" else
              ("none" if not optim.clip_grad_norm else "serial clip after backward"))
     logger = MetricLogger.from_config(run_dir, cfg.logger)
     info = write_run_info(run_dir, extra={"schedule": cfg.schedule})
@@ -244,9 +278,8 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
         ec = engine_config(cfg, mcfg, rss_start)
         state_dir = Path(cfg.offload.dir).expanduser() / cfg.name if cfg.offload.dir else run_dir / "offload"
         plans, prof, floors, profiling_step = make_plans(cfg, mcfg, ec, optim, batch, seq, state_dir)
-        prediction = predict_step(mcfg, plans, prof, batch=batch, seq=seq, compute_elem=2 if ec.compute_dtype == "bf16" else 4,
-                                  overlap=ec.overlap, clip=bool(optim.clip_grad_norm))
         trainer = OffloadEngine(mcfg, ec, optim, state_dir=state_dir, run_dir=run_dir, plans=plans, batch=batch, seq=seq)
+        has_profile = bool(floors)
         log.info("offload state: %.2f GiB in %s; staging pool %.2f GiB of memory.host_budget; prefetch depth %d; optimizer chunk %d; "
                  "gradients for replay on %s; plan: %s", trainer.state_bytes() / 2**30, state_dir,
                  ec.host_budget / 2**30, ec.prefetch_depth, ec.opt_chunk_elems, trainer.grad_tier, _plan_summary(plans))
@@ -268,15 +301,17 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
                 # two profiling steps: the first of a process pays one-off warm-up costs
                 m["profiling_step"] = 1
                 profiling_step -= 1
+            if schedule != "in_memory" and has_profile and not profiling_step and not m.get("profiling_step"):
+                m["predicted_step_s"] = predicted(trainer, prof, step_schedule(trainer, m), batch, seq).total_s
+                m["predicted_schedule"] = step_schedule(trainer, m)
             if schedule != "in_memory" and m.get("profiling_step") and (not profiling_step or step == tr.max_steps):
                 profiling_step = 0
                 plans, prediction = replan(trainer, prof, m, optim, batch, seq)
-                log.info("profiling step: %.3g FLOP/s; plan for the next steps: %s (predicted %.3fs/step)",
-                         prof.flops_per_s, _plan_summary(plans), prediction.total_s)
+                log.info("profiling step: %.3g FLOP/s; plan for the next steps: %s (predicted %.3fs/step, %s)",
+                         prof.flops_per_s, _plan_summary(plans), prediction.total_s,
+                         step_schedule(trainer, clip_binds=m.get("clip_coef", 1.0) < 1.0))
             m["tokens_per_s"] = m["tokens"] / m["step_s"]
             m["peak_rss_bytes"] = peak_rss_bytes()
-            if prediction is not None:
-                m["predicted_step_s"] = prediction.total_s
             rows.append(m)
             if step % tr.log_every_steps == 0 or step == tr.max_steps:
                 logger.log(step, m)
@@ -286,7 +321,7 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
         logger.close()
         if schedule != "in_memory":
             trainer.close()
-    summary = _summary(rows, prediction, trainer.step, schedule)
+    summary = _summary(rows, trainer.step, schedule)
     summary["rss_at_start_bytes"] = rss_start
     if rows and cfg.get("plot_loss", True):
         _plot_losses(run_dir, rows, start)
@@ -296,7 +331,10 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
         log.info("step time: measured median %.3fs vs predicted %s; %.0f tokens/s; peak RSS %.0f MiB "
                  f"({rss_start / 2**20:.0f} MiB at start, before the model); "
                  "SSD per step read %s (analytic %s) write %s (analytic %s)",
-                 summary["median_step_s"], f"{summary['predicted_step_s']:.3f}s" if prediction else "n/a",
+                 summary["median_step_s"],
+                 f"{summary['predicted_step_s']:.3f}s (measured {summary['predicted_rows_median_step_s']:.3f}s on the "
+                 f"same steps: error {summary['prediction_error']:+.1%}, no fitted term)"
+                 if summary.get("predicted_step_s") else "n/a",
                  summary["tokens_per_s"], summary["peak_rss_bytes"] / 2**20, summary.get("ssd_read_bytes"),
                  summary.get("expected_ssd_read_bytes"), summary.get("ssd_write_bytes"),
                  summary.get("expected_ssd_write_bytes"))
@@ -347,15 +385,19 @@ def _plan_summary(plans: list[BlockPlan]) -> str:
     return "; ".join(f"{n} x [ckpt {ck}, cache {list(g) or 'none'}@{t}]" for (ck, g, t), n in c.items())
 
 
-def _summary(rows: list[dict], prediction, step: int, schedule: str) -> dict[str, Any]:
+def _summary(rows: list[dict], step: int, schedule: str) -> dict[str, Any]:
     if not rows:
         return {"step": step, "schedule": schedule}
     steady = [r for r in rows if not r.get("profiling_step")][1:] or rows[1:] or rows  # drop warm-up steps
     med = statistics.median(r["step_s"] for r in steady)
+    preds = [r for r in steady if r.get("predicted_step_s")]
+    pred = statistics.median(r["predicted_step_s"] for r in preds) if preds else None
     out = {
         "step": step, "schedule": schedule, "final_loss": rows[-1]["loss"], "first_loss": rows[0]["loss"],
         "median_step_s": med, "tokens_per_s": rows[-1]["tokens"] / med,
-        "predicted_step_s": prediction.total_s if prediction else None,
+        "predicted_step_s": pred,
+        "predicted_rows_median_step_s": statistics.median(r["step_s"] for r in preds) if preds else None,
+        "prediction_error": statistics.median(r["predicted_step_s"] / r["step_s"] - 1 for r in preds) if preds else None,
         "peak_rss_bytes": max(r["peak_rss_bytes"] for r in rows),
         "median_compute_s": statistics.median(r["compute_s"] for r in steady),
         "losses": [r["loss"] for r in rows],

@@ -1,14 +1,21 @@
-"""The cost model: offloading-benefit ranking, host-first placement, convex scan, prediction terms."""
+"""The cost model: offloading-benefit ranking, host-first placement, convex scan, and each schedule's
+prediction (overlap, deferred, serial, ZeRO-Infinity, none) from its terms, with nothing fitted."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
 from fuyou_offload.model import GPTConfig
 from fuyou_offload.planner import (
+    AttentionLayout,
+    BlockPlan,
     Profile,
+    activation_ssd_fraction,
     choose_plan,
     group_bytes,
+    optimizer_bytes,
     plan_for_fraction,
     predict_step,
     ranked_groups,
@@ -24,6 +31,16 @@ def test_offloading_benefit_ranking_matches_the_flops_per_byte_table():
     assert ranked["mlp_down"] == pytest.approx(2 * 1024 / 4)
     assert ranked["qkv"] == pytest.approx(2 * 256 / 4) == pytest.approx(ranked["attn_out"])
     assert ranked["mlp_up"] == pytest.approx(2 * 256 / 4)
+    # with the math backend there is no fused attention op to cache: the core is not a candidate
+    assert "attn_core" not in dict(ranked_groups(CFG, 1, 128, 4, AttentionLayout(fused=False, lse_multiple=0)))
+
+
+def test_attention_core_bytes_follow_the_probed_layout():
+    flash = group_bytes(CFG, "attn_core", 2, 100, 2)  # out (bf16) + fp32 log-sum-exp
+    assert flash == 2 * 100 * 256 * 2 + 2 * 4 * 100 * 4
+    # memory-efficient attention pads the log-sum-exp to 32 positions; CUDA flash adds RNG state tensors
+    eff = group_bytes(CFG, "attn_core", 2, 100, 2, AttentionLayout(True, 32, 4, (8, 8)))
+    assert eff == 2 * 100 * 256 * 2 + 2 * 4 * 128 * 4 + 64 + 64
 
 
 def test_plan_fills_host_first_then_spills_to_ssd():
@@ -31,6 +48,8 @@ def test_plan_fills_host_first_then_spills_to_ssd():
     plans = plan_for_fraction(CFG, 1, batch=1, seq=128, compute_elem=4, host_bytes_free=2 * per_block)
     assert [p.cached for p in plans] == [("mlp_down",)] * 4
     assert [p.cache_tier for p in plans] == ["host", "host", "ssd", "ssd"]
+    assert [p.ckpt_tier for p in plans] == ["host", "host", "ssd", "ssd"]
+    assert activation_ssd_fraction(CFG, plans, batch=1, seq=128, compute_elem=4) == pytest.approx(0.5)
 
 
 def test_prediction_trades_recompute_for_traffic_and_the_scan_takes_the_argmin():
@@ -39,16 +58,63 @@ def test_prediction_trades_recompute_for_traffic_and_the_scan_takes_the_argmin()
     kw = dict(batch=4, seq=128, compute_elem=4)
     none = plan_for_fraction(CFG, 0, host_bytes_free=0, **kw)
     all_ssd = plan_for_fraction(CFG, 5, host_bytes_free=0, **kw)
-    assert predict_step(CFG, all_ssd, fast_disk, overlap=True, **kw).total_s < predict_step(CFG, none, fast_disk, overlap=True, **kw).total_s
-    assert predict_step(CFG, all_ssd, slow_disk, overlap=True, **kw).total_s > predict_step(CFG, none, slow_disk, overlap=True, **kw).total_s
+    assert predict_step(CFG, all_ssd, fast_disk, **kw).total_s < predict_step(CFG, none, fast_disk, **kw).total_s
+    assert predict_step(CFG, all_ssd, slow_disk, **kw).total_s > predict_step(CFG, none, slow_disk, **kw).total_s
     for prof in (slow_disk, fast_disk):
-        plans, pred = choose_plan(CFG, prof, host_bytes_free=0, **kw)
-        scan = [predict_step(CFG, plan_for_fraction(CFG, k, host_bytes_free=0, **kw), prof, overlap=True, **kw).total_s
-                for k in range(6)]
-        assert pred.total_s == pytest.approx(min(scan))
-    # overlap never predicts slower than the serial schedule
-    serial = predict_step(CFG, none, slow_disk, overlap=False, **kw)
-    assert predict_step(CFG, none, slow_disk, overlap=True, **kw).total_s <= serial.total_s
+        for schedule in ("overlap", "deferred"):
+            plans, pred = choose_plan(CFG, prof, host_bytes_free=0, schedule=schedule, **kw)
+            scan = [predict_step(CFG, plan_for_fraction(CFG, k, host_bytes_free=0, **kw), prof, schedule=schedule,
+                                 **kw).total_s for k in range(6)]
+            assert pred.total_s == pytest.approx(min(scan))
+
+
+def test_each_schedule_is_modelled_explicitly_from_its_terms():
+    """The serial case (clip binding, ZeRO-Infinity) has its own formula: the optimizer after backward,
+    not the overlapped model plus a fitted constant."""
+    prof = Profile(flops_per_s=2e9, ssd_read_bps=1e9, ssd_write_bps=5e8, memcpy_bps=1e10, adam_params_per_s=1e8)
+    assert not any("overhead" in f.name for f in dataclasses.fields(Profile))  # nothing to fit
+    kw = dict(batch=2, seq=64, compute_elem=4)
+    plans = [BlockPlan("ssd", ("mlp_down",), "host")] * CFG.layers
+    p = {s: predict_step(CFG, plans, prof, schedule=s, **kw) for s in ("overlap", "deferred", "serial", "zero3", "none")}
+    t = p["serial"].terms
+    n, nb, ne = CFG.num_params(), CFG.block_params(), CFG.ends_params()
+    opt_r, opt_w = optimizer_bytes(n, 4, grads_from_ssd=False)
+    assert t["optimizer_io"] == pytest.approx(opt_r / 1e9 + opt_w / 5e8)
+    assert t["adam"] == pytest.approx(n / 1e8)
+    opt = max(t["optimizer_io"], t["adam"])
+    # serial: forward and backward overlap their own transfers, the whole optimizer comes after
+    assert p["serial"].fwd_s == pytest.approx(max(t["compute_fwd"], t["io_fwd"]))
+    assert p["serial"].bwd_s == pytest.approx(max(t["compute_bwd"], t["io_bwd"]))
+    assert p["serial"].tail_s == pytest.approx(opt)
+    # overlap: the optimizer runs beside backward, one unit's update exposed
+    unit = opt * max(nb, ne) / n
+    assert p["overlap"].bwd_s == pytest.approx(max(t["compute_bwd"], t["io_bwd"] + opt - unit))
+    assert p["overlap"].tail_s == pytest.approx(unit)
+    # deferred: the exact update shares the next forward's window (the ends unit's update is exposed first)
+    assert p["deferred"].fwd_s == pytest.approx(opt * ne / n + max(t["compute_fwd"], t["io_fwd"] + t["optimizer_io"],
+                                                                   t["adam"]))
+    assert p["deferred"].tail_s == 0.0
+    # ZeRO-Infinity: serial, plus fp32 gradients written in backward and read back by step()
+    z = p["zero3"].terms
+    assert z["io_bwd"] == pytest.approx(t["io_bwd"] + 4 * n / 5e8)
+    assert z["optimizer_io"] == pytest.approx(t["optimizer_io"] + 4 * n / 1e9)
+    # nothing overlapped: every term adds up
+    assert p["none"].total_s == pytest.approx(t["compute_fwd"] + t["io_fwd"] + t["compute_bwd"] + t["io_bwd"]
+                                              + t["optimizer_io"] + t["adam"])
+    assert max(p["overlap"].total_s, p["deferred"].total_s) <= p["serial"].total_s <= p["zero3"].total_s \
+        <= p["none"].total_s
+
+
+def test_pcie_terms_bound_a_gpu_step():
+    cpu = Profile(flops_per_s=1e15, ssd_read_bps=1e12, ssd_write_bps=1e12, adam_params_per_s=1e12)
+    gpu = dataclasses.replace(cpu, h2d_bps=1e9, d2h_bps=1e9)
+    kw = dict(batch=2, seq=64, compute_elem=2)
+    plans = [BlockPlan()] * CFG.layers
+    a, b = predict_step(CFG, plans, cpu, **kw), predict_step(CFG, plans, gpu, **kw)
+    assert a.terms["pcie_fwd"] == 0.0
+    # forward moves every weight host -> GPU: at 1 GB/s that bounds the forward phase
+    assert b.fwd_s == pytest.approx(max(b.terms["compute_fwd"], b.terms["io_fwd"], CFG.num_params() * 2 / 1e9))
+    assert b.total_s > a.total_s
 
 
 def test_buffers_are_sized_to_the_budget_and_refused_below_one_block():
@@ -61,5 +127,9 @@ def test_buffers_are_sized_to_the_budget_and_refused_below_one_block():
     for depth, chunk, inflight, need in (big, small):
         assert need == fixed_host_bytes(CFG, compute_elem=4, depth=depth, chunk_elems=chunk,
                                         grads_all_on_host=False, inflight=inflight)
-    with pytest.raises(HostBudgetError, match="all fp32 gradients wait in host memory"):
+    with pytest.raises(HostBudgetError, match="all gradients wait in host memory"):
         size_buffers(CFG, 8 << 20, compute_elem=4, grads_all_on_host=True)
+    # ZeRO-3's gradient buffer holds the model dtype: 2 bytes per parameter in bf16
+    bf16 = fixed_host_bytes(CFG, compute_elem=2, depth=1, chunk_elems=4096, grads_all_on_host=True, grad_elem=2)
+    fp32 = fixed_host_bytes(CFG, compute_elem=2, depth=1, chunk_elems=4096, grads_all_on_host=True, grad_elem=4)
+    assert fp32 - bf16 == 2 * CFG.num_params()
