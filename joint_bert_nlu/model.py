@@ -63,7 +63,7 @@ class JointBertConfig(PretrainedConfig):
     def __init__(self, encoder: dict | None = None, intent_labels: list[str] | None = None,
                  slot_labels: list[str] | None = None, use_crf: bool = False, intent_input: str = "cls",
                  head_dropout: float = 0.1, slot_loss_coef: float = 1.0,
-                 slot_loss_reduction: str = "token_mean", max_seq_length: int = 50,
+                 slot_loss_reduction: str = "sentence_sum", max_seq_length: int = 50,
                  intent_mode: str = "atomic", **kwargs):
         if intent_input not in INTENT_INPUTS:
             raise ValueError(f"intent_input must be one of {INTENT_INPUTS}, got {intent_input!r}")

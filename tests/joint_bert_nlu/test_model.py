@@ -56,7 +56,7 @@ def test_slot_loss_ignores_every_non_first_subtoken_position(use_crf):
 
 
 def test_softmax_loss_golden_value():
-    model = tiny_model()
+    model = tiny_model(slot_loss_reduction="token_mean")
     logits = torch.tensor([[[0.0, 0, 2, 0, 0, 0, 0], [0, 0, 0, 1, 0, 0, 0]],
                            [[0.0, 0, 0, 0, 0, 0, 3], [9, 9, 9, 9, 9, 9, 9]]])
     labels = torch.tensor([[2, 3], [6, IGNORE_INDEX]])
