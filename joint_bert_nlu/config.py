@@ -76,7 +76,10 @@ class DataOptions:
     train_limit: int | None = None
     """Use only the first N training sentences (smoke runs)."""
     eval_limit: int | None = None
-    """Use only the first N dev and test sentences (smoke runs)."""
+    """Use only the first N dev and test sentences (smoke runs; also of the out-of-domain set)."""
+    ood_dataset: str | None = "auto"
+    """Out-of-domain examples for the predictor's threshold (chosen on their dev split, reported on test):
+    auto (SNIPS for ATIS and the reverse; none for other data), a data set name or folder, or null (none)."""
 
 
 @dataclass

@@ -134,7 +134,9 @@ def test_predictor_spans_and_empty_input():
     assert len(first["tags"]) == 3 and first["intent"] in VOCAB.intents[1:]
     for span in first["slots"]:
         assert first["text"][span["start"]:span["end"]] == span["value"]
-    assert out[1] == {"text": "", "intent": None, "confidence": 0.0, "slots": [], "tags": []}
+    from joint_bert_nlu.inference import EMPTY_INPUT
+
+    assert out[1] == {"text": "", "error": EMPTY_INPUT}
 
 
 def test_multi_label_intent_mode():
