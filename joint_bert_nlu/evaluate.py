@@ -22,6 +22,7 @@ from seqeval.metrics import f1_score, precision_score, recall_score
 from common.distributed import gather_shards, shard
 
 from .data import MULTI_INTENT_SEP, EncodedDataset, NLUExample, collate
+from .model import model_device
 
 
 def _check_lengths(gold, pred, what: str) -> None:
@@ -29,7 +30,7 @@ def _check_lengths(gold, pred, what: str) -> None:
         raise ValueError(f"{what}: {len(gold)} gold vs {len(pred)} predicted sentences")
 
 
-def _same_intent(gold: str, pred: str, multi_label: bool) -> bool:
+def same_intent(gold: str, pred: str, multi_label: bool) -> bool:
     """Exact string match (atomic classes); in the multi-label mode, equal sets of '#' atoms."""
     if multi_label:
         return set(gold.split(MULTI_INTENT_SEP)) == set(pred.split(MULTI_INTENT_SEP))
@@ -38,7 +39,7 @@ def _same_intent(gold: str, pred: str, multi_label: bool) -> bool:
 
 def intent_accuracy(gold: Sequence[str], pred: Sequence[str], multi_label: bool = False) -> float:
     _check_lengths(gold, pred, "intent_accuracy")
-    return sum(_same_intent(g, p, multi_label) for g, p in zip(gold, pred)) / max(1, len(gold))
+    return sum(same_intent(g, p, multi_label) for g, p in zip(gold, pred)) / max(1, len(gold))
 
 
 def slot_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, float]:
@@ -57,7 +58,7 @@ def slot_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) ->
 def sentence_accuracy(gold_intents, pred_intents, gold_tags, pred_tags, multi_label: bool = False) -> float:
     _check_lengths(gold_intents, pred_intents, "sentence_accuracy")
     _check_lengths(gold_tags, pred_tags, "sentence_accuracy")
-    ok = [_same_intent(gi, pi, multi_label) and list(gt) == list(pt)
+    ok = [same_intent(gi, pi, multi_label) and list(gt) == list(pt)
           for gi, pi, gt, pt in zip(gold_intents, pred_intents, gold_tags, pred_tags)]
     return sum(ok) / max(1, len(ok))
 
@@ -85,7 +86,7 @@ def predict_encoded(model, dataset: EncodedDataset, batch_size: int = 64, device
     are dealt to the ranks (``common.distributed.shard``) and their predictions gathered, so each example is
     predicted in the same batch, with the same padding, as in a single process: the same numbers exactly.
     """
-    device = device or next(model.parameters()).device
+    device = device or model_device(model)
     was_training = model.training
     model.eval()
     vocab = model.vocab

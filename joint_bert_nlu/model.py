@@ -63,8 +63,9 @@ class JointBertConfig(PretrainedConfig):
     def __init__(self, encoder: dict | None = None, intent_labels: list[str] | None = None,
                  slot_labels: list[str] | None = None, use_crf: bool = False, intent_input: str = "cls",
                  head_dropout: float = 0.1, slot_loss_coef: float = 1.0,
-                 slot_loss_reduction: str = "token_mean", max_seq_length: int = 50,
-                 intent_mode: str = "atomic", **kwargs):
+                 slot_loss_reduction: str = "sentence_sum", max_seq_length: int = 50,
+                 intent_mode: str = "atomic", text_normalization: dict | None = None, ood: dict | None = None,
+                 **kwargs):
         if intent_input not in INTENT_INPUTS:
             raise ValueError(f"intent_input must be one of {INTENT_INPUTS}, got {intent_input!r}")
         if slot_loss_reduction not in SLOT_LOSS_REDUCTIONS:
@@ -81,6 +82,8 @@ class JointBertConfig(PretrainedConfig):
         self.slot_loss_coef = float(slot_loss_coef)
         self.slot_loss_reduction = slot_loss_reduction
         self.max_seq_length = int(max_seq_length)
+        self.text_normalization = text_normalization  # joint_bert_nlu.text.TextNormalizer.to_dict() of train
+        self.ood = ood  # out-of-domain score and threshold chosen on dev (joint_bert_nlu.ood.calibrate)
         super().__init__(**kwargs)
 
     @property
@@ -197,27 +200,8 @@ class JointBertModel(PreTrainedModel):
         return F.cross_entropy(intent_logits.float(), intent_label)
 
     def predict_intents(self, intent_logits) -> tuple[list[str], list[float]]:
-        """Intent strings and confidences; UNK is never predicted.
-
-        atomic: the arg-max class and its softmax probability. multi_label: every intent with sigmoid
-        probability > 0.5 (at least the most probable one), joined with '#' in vocabulary order; the
-        confidence is the smallest probability among them.
-        """
-        logits = intent_logits.float().clone()
-        logits[:, 0] = float("-inf")  # UNK is never a correct intent
-        names = self.config.intent_labels
-        if self.config.intent_mode == "atomic":
-            conf, ids = logits.softmax(-1).max(-1)
-            return [names[int(i)] for i in ids], conf.tolist()
-        probs = logits.sigmoid()
-        chosen = probs > 0.5
-        chosen[torch.arange(len(probs)), probs.argmax(-1)] = True
-        intents, confs = [], []
-        for row, mask in zip(probs, chosen):
-            idx = mask.nonzero().flatten().tolist()
-            intents.append(MULTI_INTENT_SEP.join(names[i] for i in idx))
-            confs.append(float(row[idx].min()))
-        return intents, confs
+        """Intent strings and confidences (see the module function :func:`predict_intents`)."""
+        return predict_intents(self.config, intent_logits)
 
     def slot_loss(self, slot_logits, slot_labels, word_mask) -> torch.Tensor:
         """Slot NLL over real word positions only, reduced as ``config.slot_loss_reduction`` says."""
@@ -234,6 +218,11 @@ class JointBertModel(PreTrainedModel):
         return total / slot_labels.size(0)
 
     @torch.no_grad()
+    def logits(self, input_ids, attention_mask, word_index, **_ignored):
+        """Intent logits [B, I] and word-level slot logits [B, W, S] for inference (what ONNX exports)."""
+        return self.encode(input_ids, attention_mask, word_index)
+
+    @torch.no_grad()
     def decode(self, input_ids, attention_mask, word_index, word_mask, **_ignored):
         """Predicted intents, their confidences and word-level slot ids (PAD/UNK never predicted).
 
@@ -241,17 +230,55 @@ class JointBertModel(PreTrainedModel):
         per kept word)``.
         """
         intent_logits, slot_logits = self.encode(input_ids, attention_mask, word_index)
-        intents, confidences = self.predict_intents(intent_logits)
-        real = slot_logits.float()[..., NUM_SPECIAL_SLOTS:]
-        word_mask = word_mask.bool()
-        if self.crf is not None:
-            paths = self.crf.decode(real, word_mask)
-        else:
-            best = real.argmax(-1)
-            lengths = word_mask.sum(1).tolist()
-            paths = [best[b, :n].tolist() for b, n in enumerate(lengths)]
-        slot_ids = [[t + NUM_SPECIAL_SLOTS for t in path] for path in paths]
-        return intents, confidences, slot_ids
+        return decode_logits(self.config, self.crf, intent_logits, slot_logits, word_mask)
+
+
+def model_device(model) -> torch.device:
+    """Where a model's parameters live (CPU for one without any, e.g. an ONNX-runtime model)."""
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+def predict_intents(config: JointBertConfig, intent_logits: torch.Tensor) -> tuple[list[str], list[float]]:
+    """Intent strings and confidences; UNK is never predicted.
+
+    atomic: the arg-max class and its softmax probability. multi_label: every intent with sigmoid
+    probability > 0.5 (at least the most probable one), joined with '#' in vocabulary order; the
+    confidence is the smallest probability among them.
+    """
+    logits = intent_logits.float().clone()
+    logits[:, 0] = float("-inf")  # UNK is never a correct intent
+    names = config.intent_labels
+    if config.intent_mode == "atomic":
+        conf, ids = logits.softmax(-1).max(-1)
+        return [names[int(i)] for i in ids], conf.tolist()
+    probs = logits.sigmoid()
+    chosen = probs > 0.5
+    chosen[torch.arange(len(probs)), probs.argmax(-1)] = True
+    intents, confs = [], []
+    for row, mask in zip(probs, chosen):
+        idx = mask.nonzero().flatten().tolist()
+        intents.append(MULTI_INTENT_SEP.join(names[i] for i in idx))
+        confs.append(float(row[idx].min()))
+    return intents, confs
+
+
+def decode_logits(config: JointBertConfig, crf: LinearChainCRF | None, intent_logits: torch.Tensor,
+                  slot_logits: torch.Tensor, word_mask: torch.Tensor):
+    """:meth:`JointBertModel.decode` from logits: shared by the torch model and its ONNX export."""
+    intents, confidences = predict_intents(config, intent_logits)
+    real = slot_logits.float()[..., NUM_SPECIAL_SLOTS:]
+    word_mask = word_mask.bool()
+    if crf is not None:
+        paths = crf.decode(real, word_mask)
+    else:
+        best = real.argmax(-1)
+        lengths = word_mask.sum(1).tolist()
+        paths = [best[b, :n].tolist() for b, n in enumerate(lengths)]
+    slot_ids = [[t + NUM_SPECIAL_SLOTS for t in path] for path in paths]
+    return intents, confidences, slot_ids
 
 
 AutoConfig.register(JointBertConfig.model_type, JointBertConfig, exist_ok=True)

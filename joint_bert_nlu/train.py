@@ -2,32 +2,40 @@
 
 Examples:
     python -m joint_bert_nlu.train                                  # ATIS, MiniLM, softmax slots
-    python -m joint_bert_nlu.train experiment=snips model=minilm_crf
+    python -m joint_bert_nlu.train data=snips model=minilm_crf
     python -m joint_bert_nlu.train model.encoder=/models/bert-base-uncased experiment=paper_parity
     python -m joint_bert_nlu.train resume=auto                      # continue runs/joint_bert_nlu_atis
 The trained model lands in <run_dir>/model (load it with joint_bert_nlu.predict --model <run_dir>/model).
 """
+# Only Hydra, OmegaConf and the typed schemas are imported at module level: --help (common.hydra_help: one
+# composition instead of Hydra's ~100 repository copies) and a bad override answer without importing torch
+# or transformers (seconds); the task imports them when it runs.
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-import common.config  # noqa: F401  (registers trainer/paths/logger/run_layout)
-from common.distributed import is_main_process
-from common.hydra_utils import report_user_errors, run_dir_from, to_dataclass, to_plain
-from common.pretrained import PretrainedNotFoundError
+import common.config  # noqa: F401  (registers trainer/paths/logger/run_layout; no torch)
+from common.hydra_help import fast_help
+from common.schema import report_config_errors_in_one_line
 from joint_bert_nlu.config import DataOptions, ModelOptions, OptimOptions  # (and the typed schemas)
-from joint_bert_nlu.model import EncoderNotFoundError, resolve_encoder_path
-from joint_bert_nlu.training import train_joint
+
+report_config_errors_in_one_line()  # what report_user_errors installs, installed before Hydra composes
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
-@report_user_errors
-def main(cfg: DictConfig) -> float:
+def run(cfg: DictConfig) -> float:
+    """The task: train, select on dev, evaluate, save (heavy imports happen here)."""
+    from common.distributed import is_main_process
+    from common.hydra_utils import run_dir_from, to_dataclass, to_plain
+    from common.pretrained import PretrainedNotFoundError
+    from joint_bert_nlu.model import EncoderNotFoundError, resolve_encoder_path
+    from joint_bert_nlu.training import train_joint
+
     try:
         encoder_path = resolve_encoder_path(cfg.model.encoder)
     except (EncoderNotFoundError, PretrainedNotFoundError) as e:  # a wrong model.encoder: one clear line
@@ -44,5 +52,13 @@ def main(cfg: DictConfig) -> float:
     return results["dev"]["sentence_acc"]
 
 
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    from common.hydra_utils import report_user_errors
+
+    return report_user_errors(run)(cfg)
+
+
 if __name__ == "__main__":
-    main()
+    if not fast_help(Path(__file__).parent / "conf", "config", "python -m joint_bert_nlu.train", __doc__):
+        main()

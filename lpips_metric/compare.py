@@ -15,13 +15,12 @@ import argparse
 import csv
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from common.checkpoint import CheckpointReadError, checkpoint_trust
-
-from .data import IMAGE_EXTS, load_image
-from .model import LPIPS, HeadLoadError, TrunkWeightsNotFoundError
+# torch, torchvision and the model are imported in main() after the arguments are parsed: --help stays instant.
 
 
 def _save_map(dist_map: torch.Tensor, path: Path) -> None:
@@ -34,6 +33,8 @@ def _save_map(dist_map: torch.Tensor, path: Path) -> None:
 
 
 def _pairs(dir0: Path, dir1: Path) -> list[tuple[Path, Path]]:
+    from .data import IMAGE_EXTS
+
     files0 = {p.name: p for p in dir0.iterdir() if p.suffix.lower() in IMAGE_EXTS}
     files1 = {p.name: p for p in dir1.iterdir() if p.suffix.lower() in IMAGE_EXTS}
     common = sorted(set(files0) & set(files1))
@@ -45,17 +46,26 @@ def _pairs(dir0: Path, dir1: Path) -> list[tuple[Path, Path]]:
     return [(files0[n], files1[n]) for n in common]
 
 
-def _distance(metric: LPIPS, a: Path, b: Path, spatial: bool):
+def _distance(metric, a: Path, b: Path, spatial: bool):
+    import torch
+
+    from .data import load_image
+    from .model import InputSizeError
+
     x, y = load_image(a).unsqueeze(0), load_image(b).unsqueeze(0)
     if x.shape != y.shape:
         raise SystemExit(f"error: {a} is {tuple(x.shape[2:])} but {b} is {tuple(y.shape[2:])} (H, W); LPIPS "
                          "compares images of equal size: resize one first")
-    with torch.no_grad():
-        return metric(x, y, normalize=True, spatial=spatial)
+    try:
+        with torch.no_grad():
+            return metric(x, y, normalize=True, spatial=spatial)
+    except InputSizeError as e:
+        raise SystemExit(f"error: {a}: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lpips_metric.compare", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m lpips_metric.compare", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("path0", type=Path, help="image or folder")
     ap.add_argument("path1", type=Path, help="image or folder (same-named files are paired)")
     ap.add_argument("--net", default="alex", choices=["alex", "vgg", "squeeze"])
@@ -70,10 +80,17 @@ def main(argv: list[str] | None = None) -> int:
                          "in it): only for files you made yourself")
     args = ap.parse_args(argv)
 
+    from common.checkpoint import CheckpointReadError, checkpoint_trust
+
+    from .model import LPIPS, HeadLoadError, TrunkWeightsNotFoundError, cli_option
+
     try:
         with checkpoint_trust(args.trust_checkpoint, "--trust-checkpoint"):
             metric = LPIPS(args.net, args.version, trunk=args.trunk, heads=args.heads)
-    except (TrunkWeightsNotFoundError, HeadLoadError, CheckpointReadError) as e:
+    except TrunkWeightsNotFoundError as e:
+        print(f"error: {e.hint(cli_option)}", file=sys.stderr)  # the hint in this command line's syntax
+        return 2
+    except (HeadLoadError, CheckpointReadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.trunk == "random":

@@ -20,7 +20,9 @@ reference, on purpose:
 from __future__ import annotations
 
 import functools
+import math
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,11 +64,42 @@ TRUNKS: dict[str, TrunkSpec] = {
 }
 
 
+TRUNK_MIN_SIZE = {"alex": 31, "vgg": 16, "squeeze": 17}
+"""Smallest height/width each trunk takes (what :func:`min_input_size` computes; a test checks both against
+torch itself): AlexNet's stride-4 11x11 convolution and two 3x3 poolings, VGG16's four poolings before relu5_3,
+SqueezeNet's stride-2 convolution and three ceil-mode poolings."""
+
+
+def python_option(value: str) -> str:
+    """How the Python API spells the trunk option in a hint (``trunk='random'``)."""
+    return f"trunk={value!r}"
+
+
+def cli_option(value: str) -> str:
+    """How ``python -m lpips_metric.compare`` spells it (``--trunk random``)."""
+    return f"--trunk {value}"
+
+
+def hydra_option(value: str) -> str:
+    """How ``python -m lpips_metric.train`` spells it (``model.trunk=random``)."""
+    return f"model.trunk={value}"
+
+
 class TrunkWeightsNotFoundError(DatasetNotFoundError):
     """ImageNet weights for a trunk are not on disk (and nothing here may download them).
 
     A :class:`common.data.DatasetNotFoundError` (hence a FileNotFoundError), so Hydra shells report it as one
-    clear line like any other missing input."""
+    clear line like any other missing input. The message names the trunk option in Python syntax; a
+    command line re-renders it in its own (:meth:`hint`: ``--trunk random`` for ``compare``,
+    ``model.trunk=random`` for ``train``)."""
+
+    def __init__(self, template: str):
+        self.template = template  # "{trunk:VALUE}" marks each mention of the trunk option
+        super().__init__(self.hint(python_option))
+
+    def hint(self, option=python_option) -> str:
+        """The message with every trunk option written by ``option(value)``."""
+        return re.sub(r"\{trunk:([^}]*)\}", lambda m: option(m[1]), self.template)
 
 
 class HeadLoadError(RuntimeError):
@@ -75,6 +108,14 @@ class HeadLoadError(RuntimeError):
 
 class InputRangeError(ValueError):
     """An input tensor lies outside the value range the caller declared."""
+
+
+class NonFiniteInputError(InputRangeError):
+    """An input tensor holds NaN or infinite values (its distance would be NaN; torchmetrics rejects them too)."""
+
+
+class InputSizeError(ValueError):
+    """The images are smaller than the trunk can take (its last tap would be empty)."""
 
 
 # --------------------------------------------------------------------------------------------- trunks
@@ -121,15 +162,15 @@ def build_trunk(net: str, trunk: str | os.PathLike = "imagenet", *,
             raise TrunkWeightsNotFoundError(
                 f"ImageNet weights for the {net} trunk are not available offline: looked for {path}. "
                 f"Provide them by copying {path.name} (from {_weights_url(net)}) into {path.parent} "
-                f"(torchvision's cache, $TORCH_HOME/hub/checkpoints), or pass trunk='/path/to/{path.name}'. "
-                "For tests and calibration experiments without them use trunk='random'."
+                f"(torchvision's cache, $TORCH_HOME/hub/checkpoints), or pass {{trunk:/path/to/{path.name}}}. "
+                "For tests and calibration experiments without them use {trunk:random}."
             )
         # The file is cached, so the weights= API loads it without any network access.
         model = ctor(weights=getattr(torchvision.models, spec.weights_enum).IMAGENET1K_V1)
     else:
         path = Path(trunk).expanduser()
         if not path.is_file():
-            raise TrunkWeightsNotFoundError(f"trunk weights file {path} does not exist")
+            raise TrunkWeightsNotFoundError(f"trunk weights file {path} does not exist (set by {{trunk:{path}}})")
         model = ctor(weights=None)
         state = load_export(path, trust=trust)
         if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
@@ -246,22 +287,44 @@ class LPIPS(nn.Module):
             return [d.sum(dim=1, keepdim=True) for d in diffs]
         return [head(self.dropout(d)) for head, d in zip(self.heads, diffs)]
 
+    @property
+    def min_size(self) -> int:
+        """The smallest height and width this trunk takes (:func:`min_input_size`)."""
+        if getattr(self, "_min_size", None) is None:
+            self._min_size = min_input_size(self.trunk)
+        return self._min_size
+
     def forward(self, in0: torch.Tensor, in1: torch.Tensor, *, normalize: bool = False,
-                ret_per_layer: bool = False, spatial: bool | None = None, check_range: bool = True):
+                ret_per_layer: bool = False, spatial: bool | None = None, check_range: bool = True,
+                check_finite: bool = True, reduction: str = "none"):
         """Distance between two image batches.
 
         Args:
             in0, in1: N x C x H x W (or C x H x W) tensors of equal shape, C = 3 (RGB) or 1 (grayscale, replicated
-                to 3 channels). Values in [-1, 1], or in [0, 1] with ``normalize=True``.
+                to 3 channels), H and W at least :attr:`min_size`. Values in [-1, 1], or in [0, 1] with
+                ``normalize=True``.
             normalize: the inputs are in [0, 1] and are mapped by x -> 2x - 1.
             ret_per_layer: also return the list of per-layer terms (they sum to the distance).
             spatial: override the module's ``spatial`` setting for this call.
             check_range: verify the value range (raises :class:`InputRangeError`; in [-1, 1] mode warns when
                 a batch looks like [0, 1]). Switch off only for inputs produced by code you trust.
+            check_finite: reject NaN and infinite inputs (:class:`NonFiniteInputError`) instead of returning NaN.
+                Each check costs one device synchronisation; a training loss may switch it (and
+                ``check_range``) off.
+            reduction: ``"none"`` (one distance per image pair), ``"mean"`` or ``"sum"`` over the batch (a 0-dim
+                tensor; with ``spatial`` an H x W map), applied to the per-layer terms alike.
         Returns:
-            N x 1 x 1 x 1 distances (N x 1 x H x W with spatial), and the per-layer list if asked.
+            N x 1 x 1 x 1 distances (N x 1 x H x W with spatial), reduced as asked, and the per-layer list if asked.
         """
-        in0, in1 = prepare_pair(in0, in1, normalize=normalize, check_range=check_range)
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction={reduction!r}: expected one of {REDUCTIONS}")
+        in0, in1 = prepare_pair(in0, in1, normalize=normalize, check_range=check_range, check_finite=check_finite)
+        if min(in0.shape[2:]) < self.min_size:
+            raise InputSizeError(
+                f"LPIPS(net={self.net_name!r}) needs images of at least {self.min_size} x {self.min_size} pixels "
+                f"(smaller ones leave its last trunk layer empty); got {in0.shape[2]} x {in0.shape[3]} (H x W). "
+                "Upsample both images first, or use a net with a smaller limit "
+                f"({', '.join(f'{n}: {TRUNK_MIN_SIZE[n]}' for n in NETS)})")
         n = in0.shape[0]
         if n * in0.shape[2] * in0.shape[3] <= JOINT_PASS_MAX_PIXELS:
             # small inputs: one batched trunk pass over both images amortises per-call overhead
@@ -279,11 +342,55 @@ class LPIPS(nn.Module):
         total = per_layer[0]
         for term in per_layer[1:]:
             total = total + term
+        if reduction != "none":
+            total, per_layer = reduce_batch(total, reduction), [reduce_batch(t, reduction) for t in per_layer]
         return (total, per_layer) if ret_per_layer else total
 
 
-def prepare_pair(in0: torch.Tensor, in1: torch.Tensor, *, normalize: bool, check_range: bool = True):
-    """Validate shapes and value range, replicate grayscale, and map to [-1, 1]."""
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def reduce_batch(d: torch.Tensor, reduction: str) -> torch.Tensor:
+    """N x 1 x h x w -> mean or sum over the N image pairs: a 0-dim tensor for h = w = 1, else an h x w map."""
+    r = d.mean(dim=0) if reduction == "mean" else d.sum(dim=0)
+    return r.reshape(()) if r.shape[-2:] == (1, 1) else r[0]
+
+
+def min_input_size(trunk: nn.Module) -> int:
+    """The smallest side s such that an s x s image leaves every layer of ``trunk`` a non-empty output.
+
+    Walks the top-level layers with the output-size formulas of ``Conv2d`` and ``MaxPool2d`` / ``AvgPool2d``
+    (``ceil_mode`` included, with PyTorch's rule that the last window must start inside the input); other
+    layers (ReLU, SqueezeNet's Fire: 1x1 and padded 3x3 convolutions) keep the size."""
+    def pair(v):
+        return v if isinstance(v, tuple) else (v, v)
+
+    def out_size(s: int) -> int:
+        for m in trunk.children() if isinstance(trunk, nn.Sequential) else [trunk]:
+            if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+                k, st, pad = pair(m.kernel_size)[0], pair(m.stride)[0], pair(m.padding)[0]
+                dil = pair(getattr(m, "dilation", 1))[0]
+                span = s + 2 * pad - dil * (k - 1) - 1
+                if getattr(m, "ceil_mode", False):  # a window may overhang the end if it starts inside
+                    o = math.ceil(span / st) + 1
+                    if (o - 1) * st >= s + pad:
+                        o -= 1
+                else:
+                    o = span // st + 1 if span >= 0 else 0
+                s = o
+                if s < 1:
+                    return 0
+        return s
+
+    for side in range(1, 4097):
+        if out_size(side) >= 1:
+            return side
+    raise ValueError("no input size up to 4096 fits this trunk")
+
+
+def prepare_pair(in0: torch.Tensor, in1: torch.Tensor, *, normalize: bool, check_range: bool = True,
+                 check_finite: bool = True):
+    """Validate shapes, finiteness and value range, replicate grayscale, and map to [-1, 1]."""
     if not (torch.is_tensor(in0) and torch.is_tensor(in1)):
         raise TypeError("LPIPS expects two torch tensors")
     if in0.shape != in1.shape:
@@ -296,6 +403,9 @@ def prepare_pair(in0: torch.Tensor, in1: torch.Tensor, *, normalize: bool, check
     if not in0.is_floating_point():
         raise TypeError(f"LPIPS expects floating-point tensors; got {in0.dtype} (convert uint8 with x / 255 and "
                         "normalize=True)")
+    if check_finite:
+        _check_finite(in0, "in0")
+        _check_finite(in1, "in1")
     if check_range:
         _check_range(in0, normalize, "in0")
         _check_range(in1, normalize, "in1")
@@ -304,6 +414,16 @@ def prepare_pair(in0: torch.Tensor, in1: torch.Tensor, *, normalize: bool, check
     if normalize:
         in0, in1 = 2 * in0 - 1, 2 * in1 - 1
     return in0, in1
+
+
+def _check_finite(x: torch.Tensor, name: str) -> None:
+    x = x.detach()
+    if torch.isfinite(x).all():
+        return
+    n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+    raise NonFiniteInputError(
+        f"{name} holds {n_nan} NaN and {n_inf} infinite value(s) of {x.numel()}: its LPIPS would be NaN. Fix the "
+        "input (check_finite=False skips this check, e.g. inside a training loss)")
 
 
 JOINT_PASS_MAX_PIXELS = 32 * 64 * 64
@@ -418,13 +538,15 @@ def _cached_model(net: str, version: str, trunk: str, heads: str, lpips: bool) -
 
 def lpips(in0: torch.Tensor, in1: torch.Tensor, *, net: str = "alex", version: str = "0.1",
           normalize: bool = False, trunk: str = "imagenet", heads: str = "official", use_heads: bool = True,
-          spatial: bool = False, ret_per_layer: bool = False):
+          spatial: bool = False, ret_per_layer: bool = False, reduction: str = "none", check_finite: bool = True):
     """Functional LPIPS: builds (once, then caches) the model for these options and evaluates it.
 
     ``normalize=True`` declares [0, 1] input; otherwise input must be in [-1, 1]. Gradients flow to the inputs.
+    ``reduction`` and ``check_finite``: see :meth:`LPIPS.forward`.
     """
     model = _cached_model(net, version, str(trunk), str(heads), use_heads).to(in0.device)
-    return model(in0, in1, normalize=normalize, spatial=spatial, ret_per_layer=ret_per_layer)
+    return model(in0, in1, normalize=normalize, spatial=spatial, ret_per_layer=ret_per_layer, reduction=reduction,
+                 check_finite=check_finite)
 
 
 # ------------------------------------------------------------------------------------- ranking network G

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -32,51 +33,87 @@ def test_benchmark_runs_side_by_side():
     assert res["ours"]["latency_per_batch"]["p50_ms"] > 0 and res["speedup"] > 0
 
 
-def _fake_result(ds, use_crf, seed):
+def _fake_result(ds, use_crf, seed, loss="sentence_sum", n=4):
     base = 0.9 + 0.01 * (seed % 3)
+    ok = [1, 1, 1, 0] if loss == "sentence_sum" else [1, 0, 1, 0]
     return {"dataset": ds, "seed": seed, "best_dev_epoch": 2, "train_seconds": 1.0, "torch_threads": 1,
-            "peak_rss_bytes": 2**30, "model": {"use_crf": use_crf},
+            "peak_rss_bytes": 2**30, "model": {"use_crf": use_crf, "slot_loss_reduction": loss},
             "dev": {"intent_acc": base, "slot_f1": base, "sentence_acc": base},
-            "test": {"intent_acc": base, "slot_f1": base - 0.01, "sentence_acc": base - 0.1}}
+            "test": {"intent_acc": base, "slot_f1": base - 0.01, "sentence_acc": base - 0.1},
+            "per_sentence": {s: {"intent": ok, "sentence": ok} for s in ("dev", "test")},
+            "ood": {"score": "msp", "threshold": 0.5, "ood_dataset": "snips" if ds == "atis" else "atis",
+                    "test": {"auroc": {"msp": 0.9, "energy": 0.8}, "tpr": 0.95, "fpr": 0.1}}}
 
 
-def test_full_profile_plans_and_aggregates(tmp_path, monkeypatch):
-    """The full profile's run plan and mean/spread table, with training replaced by canned results."""
+def test_full_profile_runs_both_losses_through_one_multirun_and_reports_them_side_by_side(tmp_path, monkeypatch):
+    """The full profile's plan, its Hydra multirun and the side-by-side table, with training replaced by
+    canned results.json files."""
+    import common.launch
     import joint_bert_nlu.reproduce as rep
     from common.reproduce import ProfileContext
 
     calls = []
 
-    def fake_run(ctx, tag, cfg, model, data, optim):
-        calls.append((tag, cfg.max_epochs, model.use_crf, model.slot_loss_reduction, optim.lr))
-        res = _fake_result(data.dataset, model.use_crf, cfg.seed)
-        if model.slot_loss_reduction == "sentence_sum" and data.dataset == "snips":  # better on dev and test
-            res["dev"]["sentence_acc"] += 0.05
-            res["test"]["slot_f1"] += 0.05
-        return res
+    def fake_multirun(module, runs, *, sweep_dir, subdir, launcher, n_jobs, log_path, env):
+        calls.append((module, [list(r) for r in runs], subdir, n_jobs, env["OMP_NUM_THREADS"]))
+        for r in runs:
+            o = dict(x.split("=", 1) for x in r)
+            run = sweep_dir / o["name"]
+            (run / "checkpoints").mkdir(parents=True)
+            res = _fake_result(o["data"], o["model"] == "minilm_crf", int(o["trainer.seed"]),
+                               o["model.slot_loss_reduction"])
+            if o["model.slot_loss_reduction"] == "sentence_sum":
+                res["test"]["slot_f1"] += 0.06
+            (run / "results.json").write_text(json.dumps(res))
 
-    monkeypatch.setattr(rep, "_run", fake_run)
+    monkeypatch.setattr(common.launch, "multirun", fake_multirun)
     ctx = ProfileContext("joint_bert_nlu", "full", tmp_path / "out", tmp_path / "work")
     report = rep.full(ctx)
-    assert [c[0] for c in calls] == ["atis_softmax_s1234", "atis_softmax_s1235", "atis_softmax_s1236",
-                                     "snips_softmax_s1234", "snips_softmax_s1235", "snips_softmax_s1236",
-                                     "atis_crf_s1234", "snips_crf_s1234",
-                                     "atis_softmax_sum_s1234", "atis_softmax_sum_s1235", "atis_softmax_sum_s1236",
-                                     "snips_softmax_sum_s1234", "snips_softmax_sum_s1235", "snips_softmax_sum_s1236"]
-    assert {c[1] for c in calls} == {10}  # ATIS and SNIPS both up to 10 epochs
-    assert [c[3] for c in calls].count("sentence_sum") == 6 and not any(c[2] and c[3] != "token_mean" for c in calls)
-    row = next(r for r in report.rows if r.metric == "ATIS Joint BERT (token mean slot loss): test intent acc")
-    # seeds 1234, 1235, 1236 -> 0.90, 0.91, 0.92 (seed % 3 = 1, 2, 0): mean 91.00, sd 1.00, t-interval
+    assert len(calls) == 1 and calls[0][0] == "joint_bert_nlu.train" and calls[0][2] == "${name}"
+    assert calls[0][3] == 2 and calls[0][4] == "1"  # two runs at a time, one thread each
+    names = [dict(x.split("=", 1) for x in r)["name"] for r in calls[0][1]]
+    assert len(names) == 14 and names[:3] == ["atis_softmax_sentence_sum_s1234", "atis_softmax_sentence_sum_s1235",
+                                              "atis_softmax_sentence_sum_s1236"]
+    assert names[3] == "atis_softmax_token_mean_s1234" and names[-1] == "snips_crf_sentence_sum_s1234"
+    assert all("resume=auto" in r and not any(x.startswith(("trainer.max_epochs", "optim.")) for x in r)
+               for r in calls[0][1])  # the protocol is the default config
+    assert not (ctx.work_dir / "runs" / names[0] / "checkpoints").exists()  # cleaned once finished
+    rows = {r.metric: r for r in report.rows}
+    both = [f"ATIS Joint BERT, {rep.LOSS_LABEL[loss]}: {split} slot F1" for loss in rep.LOSSES
+            for split in ("test", "dev")]
+    assert all(m in rows for m in both)  # both losses, dev and test: no pick
+    row = rows["ATIS Joint BERT, token-mean slot loss (reference): test intent acc"]
+    # seeds 1234, 1235, 1236 -> 0.90, 0.91, 0.92 (seed % 3 = 1, 2, 0): mean 91.00, t-interval
     assert row.value == pytest.approx(91.0) and row.per_seed == pytest.approx([91.0, 92.0, 90.0])
     assert row.ci_high - row.value == pytest.approx(4.302653 / 3**0.5, rel=1e-6) and row.paper == 97.5
-    assert row.split == "test" and row.n == 3
-    # Selection on dev: a tie on ATIS keeps the token mean; SNIPS's sentence sum wins on dev.
-    assert report.extra["selection"]["atis"]["chosen"] == "token_mean"
-    assert report.extra["selection"]["snips"]["chosen"] == "sentence_sum"
-    chosen = next(r for r in report.rows if r.metric == "SNIPS Joint BERT (slot loss chosen on dev): test slot F1")
-    assert chosen.value == pytest.approx(95.0) and chosen.note.startswith("sentence_sum: dev sentence acc 96.00")
-    assert report.headline is chosen and chosen.paper == 97.0
+    diff = rows["ATIS sentence sum - token mean: test slot F1"]
+    assert diff.value == pytest.approx(6.0) and diff.p_value == pytest.approx(0.25) and diff.n == 3
+    item = rows["SNIPS sentence sum - token mean: test sentence acc (per sentence)"]
+    assert item.value == pytest.approx(25.0) and item.n_kind == "items" and item.n == 4
+    assert rows["SNIPS Joint BERT + CRF, sentence-sum slot loss: test slot F1"].n == 1
+    assert rows["ATIS out-of-domain (SNIPS as OOD): test AUROC"].value == pytest.approx(90.0)
+    assert report.headline.metric == "SNIPS Joint BERT, sentence-sum slot loss (paper, default): test slot F1"
+    targets = report.extra["targets"]  # judged on the default loss only: slot F1 91 - 1 + 6 = 96, intent 91
+    assert targets["snips slot_f1"] == {"target": 95.0, "mean": pytest.approx(96.0), "met": True}
+    assert targets["atis intent_acc"]["met"] is False and "atis intent_acc 91.00 vs 96.5 (NOT met)" in report.notes
     assert len(report.extra["runs"]) == 14
+    # a second call finds every results.json and launches nothing
+    rep.full(ctx)
+    assert len(calls) == 1
+
+
+def test_full_profile_overrides_compose():
+    from hydra import compose, initialize_config_dir
+
+    import joint_bert_nlu.reproduce as rep
+    from joint_bert_nlu.train import __file__ as train_file
+
+    conf = str(Path(train_file).parent / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        for ds, crf, loss, seed in rep.full_plan([1234])[::3]:
+            cfg = compose("config", overrides=rep.train_overrides(ds, crf, loss, seed, Path("/tmp/x"), "/data"))
+            assert cfg.model.use_crf == crf and cfg.model.slot_loss_reduction == loss and cfg.data.dataset == ds
+            assert cfg.trainer.max_epochs == 10 and cfg.optim.lr == pytest.approx(1e-4)
 
 
 def test_quick_profile_report_with_canned_training(tmp_path, monkeypatch):

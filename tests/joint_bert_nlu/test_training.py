@@ -74,20 +74,23 @@ def test_train_shell_and_predict_cli(tmp_path, capsys, monkeypatch):
     assert load_file(run / "model" / "model.safetensors")  # readable safetensors
 
     model = str(run / "model")
-    assert predict.main(["--model", model, "book a flight from boston to denver", "show me fares"]) == 0
+    assert predict.main(["--model", model, "--json", "book a flight from boston to denver", "show me fares"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert [x["text"] for x in lines] == ["book a flight from boston to denver", "show me fares"]
     assert all(x["intent"].startswith("atis_") and 0 < x["confidence"] <= 1 for x in lines)
     assert len(lines[0]["tags"]) == 7
+    # the run stored the training text's rules and a dev-chosen out-of-domain threshold (SNIPS as OOD)
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["text_normalization"]["split_apostrophes"] is False  # ATIS keeps "what's"
+    assert config["ood"]["ood_dataset"] == "snips" and config["ood"]["score"] in ("msp", "energy")
+    assert all(isinstance(x["in_domain"], bool) for x in lines)
 
     monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("list flights\n\nfrom boston\n"))
-    assert predict.main(["--model", model]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+    assert predict.main(["--model", model]) == 1  # the empty line: an error record, exit 1 at the end
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3
 
     assert predict.main(["--model", str(tmp_path / "nothing"), "hi"]) == 1
-    assert "no saved joint model" in capsys.readouterr().err
-
-
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_bf16_autocast_trains(tmp_path, toy_data):

@@ -113,7 +113,9 @@ def test_compare_cli_errors(tmp_path, capsys):
     ex = _examples()
     if not imagenet_trunk_available("alex"):
         assert main([str(ex / "ex_ref.png"), str(ex / "ex_p0.png")]) == 2
-        assert "trunk='random'" in capsys.readouterr().err
+        err = capsys.readouterr().err  # the hint in the command line's own syntax, not Python's
+        assert "--trunk random" in err and "--trunk /path/to/alexnet-owt-7be5be79.pth" in err
+        assert "trunk='" not in err and len(err.strip().splitlines()) == 1
     from PIL import Image
 
     Image.new("RGB", (32, 48)).save(tmp_path / "small.png")

@@ -80,6 +80,29 @@ def test_parity_with_official_package(reference_models, net, version):
         assert (d01 - d).abs().max() <= 1e-6
 
 
+@pytest.mark.parametrize("net", ["alex", "squeeze"])
+def test_parity_on_odd_sizes_and_batches(reference_models, net):
+    """37 x 53 (no integer upsampling factor anywhere), batch 7: every output kind within 1e-6 of the package
+    (README "Correctness" lists what each kind measured: scalars and per-layer terms ~1e-8, spatial maps ~1e-7)."""
+    ref = _set_ref_version(reference_models(net), net, "0.1")
+    ours = _ours_like(ref, net, "0.1")
+    g = torch.Generator().manual_seed(11)
+    x = torch.rand(7, 3, 37, 53, generator=g) * 2 - 1
+    y = (x + 0.3 * torch.randn(7, 3, 37, 53, generator=g)).clamp(-1, 1)
+    with torch.no_grad():
+        d_ref, layers_ref = ref(x, y, retPerLayer=True)
+        d, layers = ours(x, y, ret_per_layer=True)
+        assert (d - d_ref).abs().max() <= 1e-6
+        assert max((a - b).abs().max() for a, b in zip(layers, layers_ref)) <= 1e-6
+        ref.spatial = True
+        try:
+            m_ref = ref(x, y)
+        finally:
+            ref.spatial = False
+        assert (ours(x, y, spatial=True) - m_ref).abs().max() <= 1e-6
+        assert (ours((x + 1) / 2, (y + 1) / 2, normalize=True) - d_ref).abs().max() <= 1e-6
+
+
 def test_parity_baseline_without_heads(reference_models):
     ref = _set_ref_version(reference_models("alex"), "alex", "0.1")
     ours = _ours_like(ref, "alex", "0.1", lpips=False)
@@ -230,3 +253,10 @@ def test_parity_with_official_package_pretrained(net):
     x, y = _pair(seed=4)
     with torch.no_grad():
         assert (ours(x, y) - ref(x, y)).abs().max() <= 1e-6
+
+
+def test_parity_report_per_output_kind():
+    from lpips_metric.parity import KINDS, parity
+
+    worst = parity("squeeze", "0.1", sizes=((20, 24),), batches=(1, 3))
+    assert set(worst) == set(KINDS) and max(worst.values()) <= 1e-6 and worst["self"] == 0
