@@ -66,6 +66,8 @@ class DataConfig:
     """Building-block file (.smi/.txt/.csv/.sdf[.gz]) or dataset key (enamine_1913, wuxi)."""
     blocks_column: str | None = None
     """SMILES column of a CSV pool (null: smiles)."""
+    filter_blocks: bool = True
+    """Keep only blocks that match some template slot (the reference's BuildingBlockFilter); false: every block."""
 
 
 @dataclass
@@ -85,7 +87,10 @@ class ModelConfig:
     dropout: float = 0.5
     """Dropout (one layer, as the reference)."""
     lr: float = 1e-4
-    """Adam learning rate."""
+    """Adam learning rate (used when lr_grid is empty)."""
+    lr_grid: list[float] = field(default_factory=list)
+    """Learning rates tried per network, each trained to early stopping from the same initial weights; the
+    best on validation (MRR for rt1/rt2, accuracy for act/rxn) is kept. Empty: lr only."""
 
     def __post_init__(self):
         unknown = sorted(set(self.hidden) - {n.name for n in Network})

@@ -25,7 +25,7 @@ from .decode import build_decoder
 from .ga import GAConfig, GeneticOptimizer, random_genomes, seed_genomes
 from .model import SynNetModel, model_file
 from .oracles import get_oracle
-from .pipeline import load_space
+from .pipeline import space_for_run
 
 
 def run_optimize(cfg: DictConfig, run_dir: Path) -> dict:
@@ -34,9 +34,7 @@ def run_optimize(cfg: DictConfig, run_dir: Path) -> dict:
     run_cfg = {}
     if (model_dir / "pipeline.json").exists():
         run_cfg = json.loads((model_dir / "pipeline.json").read_text()).get("config", {})
-    space = load_space(run_cfg.get("templates", "hb"), run_cfg.get("blocks", "enamine_1913"),
-                       blocks_column=run_cfg.get("blocks_column"), data_dir=cfg.paths.data_dir,
-                       cache_dir=model_dir / "cache")
+    space = space_for_run(run_cfg, data_dir=cfg.paths.data_dir, cache_dir=model_dir / "cache")
     decoder = build_decoder(space, model, policy=cfg.policy, seed=cfg.ga.seed)
     ga_cfg = to_dataclass(cfg.ga, GAConfig)
     nbits = decoder.featurizer.cfg.nbits

@@ -151,3 +151,54 @@ def test_rxn_device_cli_reaches_the_check():
     r = subprocess.run([sys.executable, "-m", "synthesis_pathways.bench", "--rxn-device", "cuda"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no CUDA device is visible" in r.stderr and "Traceback" not in r.stderr
+
+
+class _ScheduledNet(nn.Module):
+    """An rt1 stand-in whose validation outputs follow a schedule over epochs, to pin what selects the
+    checkpoint: after epoch 1 it ranks every block first (MRR 1) with a large MSE (3x the target); from
+    epoch 2 on it predicts one near-constant vector (MSE 4x smaller, MRR about 0.56). The input is the
+    target itself. A buffer counts training steps, so the restored checkpoint says which epoch it is."""
+
+    def __init__(self, dim: int, steps_per_epoch: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(1))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.steps_per_epoch = steps_per_epoch
+        self.const = torch.full((dim,), 1.0 / dim)
+        self.const[0] += 0.05  # favours block 0, so the constant ranks the others second
+
+    def forward(self, x):
+        if self.training:
+            self.steps += 1
+            return x * self.w
+        epoch = int(self.steps) // self.steps_per_epoch
+        return 3 * x if epoch == 1 else self.const.expand_as(x).clone()
+
+
+def test_rt1_checkpoint_and_early_stopping_follow_mrr_not_mse(tmp_path):
+    """rt1's checkpoint was chosen on validation MSE, which barely moves while the k-NN ranking goes from
+    random to useful; a toy where the two disagree must keep the MRR-best epoch and stop on its patience."""
+    import scipy.sparse as sp
+
+    from synthesis_pathways.featurize import NetworkData
+    from synthesis_pathways.knn import CandidateRanker
+
+    dim = 8
+    y = np.tile(np.eye(dim, dtype=np.float32), (2, 1))  # 16 rows, each the embedding of one block
+    data = NetworkData(sp.csr_matrix(y), y)
+    ranker = CandidateRanker(np.eye(dim, dtype=np.float32))
+    model = _ScheduledNet(dim, steps_per_epoch=2)
+    cfg = TrainerConfig(max_epochs=50, batch_size=8, progress_bar=False, early_stopping_patience=3)
+    res = fit_network("rt1", model, data, data, trainer_cfg=cfg, run_dir=tmp_path / "rt1", lr=1e-3, ranker=ranker)
+    m1 = validate(_at_epoch(dim, 1), data, "rt1", ranker=ranker)
+    m2 = validate(_at_epoch(dim, 2), data, "rt1", ranker=ranker)
+    assert m1["mrr"] == 1.0 and m2["mrr"] < 0.6 and m2["mse"] < m1["mse"] / 3  # the two metrics disagree
+    assert res.best_metrics["mrr"] == 1.0 and res.best_epoch == 1
+    assert int(model.steps) // 2 == 1  # the restored weights are epoch 1's
+    assert res.stopped_reason == "early_stopping" and res.epoch == 1 + 3
+
+
+def _at_epoch(dim: int, epoch: int) -> nn.Module:
+    m = _ScheduledNet(dim, steps_per_epoch=2)
+    m.steps.fill_(2 * epoch)
+    return m
