@@ -115,6 +115,15 @@ def load_trees(run_dir: str | os.PathLike, split: str) -> list[SyntheticTree]:
     return [t for i, t in enumerate(iter_trees(run_dir / "trees")) if i in idx]
 
 
+def tree_nodes(run_dir: str | os.PathLike, splits: tuple[str, ...] = ("train", "valid")) -> set[str]:
+    """Canonical SMILES of every node (blocks, intermediates, roots) of every tree in ``splits``: what the
+    networks saw in training (train) and in model selection (valid)."""
+    run_dir = Path(run_dir)
+    parts = json.loads((run_dir / "features" / "split.json").read_text())
+    idx = set().union(*(parts[s] for s in splits))
+    return {n for i, t in enumerate(iter_trees(run_dir / "trees")) if i in idx for n in t.nodes()}
+
+
 def _improves(value: float | None, best: float | None, mode: str) -> bool:
     if value is None:
         return False
