@@ -154,6 +154,11 @@ class GAConfig:
     """Generations over which the improvement is measured."""
     early_stop_delta: float = 0.01
     """Stop when the mean score improved less than this over the window."""
+    max_oracle_calls: int | None = None
+    """Budget: stop once this many distinct molecules have been scored (null: no budget). Molecules met after
+    the budget is spent are not scored (budgeted benchmarks count every call up to the budget, no more)."""
+    auc_every: int = 100
+    """Oracle calls between the points of the top-10 AUC curve (as budgeted benchmarks log it)."""
     seed: int = 0
     """Seed of the GA (and of the random policy)."""
 

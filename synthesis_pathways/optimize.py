@@ -50,7 +50,7 @@ def run_optimize(cfg: DictConfig, run_dir: Path) -> dict:
         raise ResumeError(f"{run_dir} already holds a GA state; pass resume=auto to continue it, or choose another name")
     result = GeneticOptimizer(decoder, get_oracle(cfg.objective), ga_cfg).run(
         seeds, run_dir=run_dir, resume=cfg.resume != "never", progress_bar=cfg.progress_bar)
-    out = {"objective": cfg.objective, **result.summary(), "top": list(zip(result.top_smiles[:10], result.top_scores[:10])),
+    out = {"objective": cfg.objective, **result.summary(), "top": result.best(10),
            "seed_smiles": seed_smiles}
     (run_dir / "ga_result.json").write_text(json.dumps(out, indent=1))
     return out
@@ -60,9 +60,10 @@ def run_optimize(cfg: DictConfig, run_dir: Path) -> dict:
 @report_user_errors
 def main(cfg: DictConfig) -> None:
     out = run_optimize(cfg, run_dir_from(cfg))
-    print(f"{out['objective']}: top-1 {out['top1']:.3f}, top-10 {out['top10']:.3f}, top-100 {out['top100']:.3f}; "
-          f"seeds {out['seed_mean']:.3f} ± {out['seed_std']:.3f}; {out['oracle_calls']} oracle calls, "
-          f"{out['generations']} generations")
+    budget = f" of a budget of {out['budget']}" if out["budget"] else ""
+    print(f"{out['objective']}: top-1 {out['top1']:.3f}, top-10 {out['top10']:.3f}, top-100 {out['top100']:.3f} "
+          f"(over all {out['oracle_calls']} oracle calls{budget}), top-10 AUC {out['auc_top10']:.3f}; "
+          f"seeds {out['seed_mean']:.3f} ± {out['seed_std']:.3f}; {out['generations']} generations")
     for smi, score in out["top"][:5]:
         print(f"  {score:.3f}  {smi}")
 
