@@ -164,6 +164,20 @@ class ReactionSpace:
         out.unfiltered_blocks = len(self.blocks)
         return out
 
+    def elements(self) -> set[str]:
+        """Element symbols the blocks and the templates' products can supply: a target holding any other
+        element cannot come out of this pool (templates only rearrange their reactants' atoms, plus the
+        explicit atoms of their product patterns)."""
+        out: set[str] = set()
+        for b in self.blocks:
+            mol = mol_from_smiles(b)
+            if mol is not None:
+                out |= {a.GetSymbol() for a in mol.GetAtoms()}
+        for t in self.templates:
+            for i in range(t._rxn.GetNumProductTemplates()):
+                out |= {a.GetSymbol() for a in t._rxn.GetProductTemplate(i).GetAtoms() if a.GetAtomicNum() > 0}
+        return out
+
     def usable_templates(self) -> np.ndarray:
         """Templates whose every slot has at least one matching block."""
         return np.array([all(len(self.partners[t][s]) for s in range(tpl.num_reactants))

@@ -89,11 +89,12 @@ def test_plan_cli_random_policy(tmp_path, space, capsys):
     from synthesis_pathways.plan import main
 
     _seed_match_cache(space, tmp_path / "run" / "cache")
-    assert main(["O=C(NCCO)c1ccccc1", "--policy", "random", "--run-dir", str(tmp_path / "run"),
-                 "--image", str(tmp_path / "route.png")]) == 0
+    assert main(["O=C(NCCO)c1ccccc1", "--policy", "random", "--run-dir", str(tmp_path / "run"), "--image",
+                 "--out-dir", str(tmp_path / "img")]) == 0
     out = capsys.readouterr().out
-    assert "target: O=C(NCCO)c1ccccc1" in out
-    assert main(["C1CC", "--policy", "random", "--run-dir", str(tmp_path / "run")]) == 1
+    assert "target: O=C(NCCO)c1ccccc1" in out and (tmp_path / "img" / "route_1.png").exists()
+    assert main(["C1CC", "--policy", "random", "--run-dir", str(tmp_path / "run")]) == 1  # one target, not planned
+    assert "invalid SMILES" in capsys.readouterr().out
     assert main(["CCO", "--run-dir", str(tmp_path / "missing")]) == 1  # no trained model: clear error
 
 
