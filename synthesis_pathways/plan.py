@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .chem import canonical_smiles, mol_from_smiles
+from .chem import canonical_smiles, mol_from_smiles, quiet_rdkit
 
 MAX_HEAVY_ATOMS = 70
 """Default size limit: ChEMBL/ZINC drug-like targets are far below it (the ChEMBL 1k set's largest has
@@ -47,7 +47,6 @@ def standardize(smiles: str, *, keep_as_given: bool = False) -> Standardized:
     """Canonical SMILES of the largest fragment (by heavy atoms), neutralized; ``keep_as_given`` only
     canonicalizes. ``changes`` says what was done, ``error`` why nothing could be."""
     from rdkit import Chem
-    from rdkit.Chem.MolStandardize import rdMolStandardize
 
     if not smiles:
         return Standardized(None, error="empty line")
@@ -56,6 +55,14 @@ def standardize(smiles: str, *, keep_as_given: bool = False) -> Standardized:
         return Standardized(None, error=f"invalid SMILES {smiles!r}")
     if keep_as_given:
         return Standardized(Chem.MolToSmiles(mol))
+    with quiet_rdkit():  # the standardizer logs every step to stderr
+        return _standardize(mol)
+
+
+def _standardize(mol) -> Standardized:
+    from rdkit import Chem
+    from rdkit.Chem.MolStandardize import rdMolStandardize
+
     changes = []
     frags = Chem.GetMolFrags(mol, asMols=True)
     if len(frags) > 1:
