@@ -91,6 +91,9 @@ class ModelConfig:
     lr_grid: list[float] = field(default_factory=list)
     """Learning rates tried per network, each trained to early stopping from the same initial weights; the
     best on validation (MRR for rt1/rt2, accuracy for act/rxn) is kept. Empty: lr only."""
+    min_epochs: int = 0
+    """Epochs before early stopping may stop a net (the best checkpoint is tracked from the first epoch): rt1's
+    k-NN rank can sit at chance for tens of epochs before it rises."""
 
     def __post_init__(self):
         unknown = sorted(set(self.hidden) - {n.name for n in Network})

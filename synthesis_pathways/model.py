@@ -14,6 +14,7 @@ at 4096-bit states).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -145,19 +146,33 @@ def monitor_for(net: str, ranker: CandidateRanker | None) -> tuple[str, str]:
 def fit_network(net: str, model: nn.Module, train: NetworkData, valid: NetworkData | None, *,
                 trainer_cfg: TrainerConfig, run_dir: str | os.PathLike, lr: float, logger_cfg=None,
                 resume: str = "never", config: Mapping | None = None,
-                ranker: CandidateRanker | None = None) -> FitResult:
+                ranker: CandidateRanker | None = None, min_epochs: int = 0) -> FitResult:
     """Train one net with ``common.trainer``: Adam, best checkpoint and early stopping on the net's
-    validation metric (wired in, unlike the reference: :func:`monitor_for`), resumable with ``resume=auto``."""
+    validation metric (wired in, unlike the reference: :func:`monitor_for`), resumable with ``resume=auto``.
+
+    ``min_epochs``: early stopping may not stop the net before this many epochs (the best checkpoint is
+    tracked from the first). The k-NN rank of rt1 can stay at chance for tens of epochs while its MSE falls,
+    then rise steeply; a patience counted from the first epoch stops it before it learns. Done as two legs
+    of one resumable run: ``min_epochs`` without stopping, then the rest with the patience, which counts the
+    evaluations without improvement of the first leg too (validation runs once per epoch)."""
     monitor, mode = monitor_for(net, ranker)
     cfg = dataclasses.replace(trainer_cfg, monitor=monitor if valid is not None else None, monitor_mode=mode)
-    trainer = Trainer(cfg, run_dir, logger_cfg=logger_cfg, resume=resume, config=config)
     ds = SparseRowDataset(train)
     eval_fn = None
     if valid is not None and len(valid):
         eval_fn = lambda m: validate(m, valid, net, batch_size=cfg.eval_batch_size or 512, device=trainer.device,
                                      sharded=True, ranker=ranker)
-    result = trainer.fit(model, ds, loss_fn_for(net), optimizer_fn=lambda m: torch.optim.Adam(m.parameters(), lr=lr),
-                         eval_fn=eval_fn, collate_fn=ds.collate, eval_sharded=True)
+    legs = [cfg]
+    patience = cfg.early_stopping_patience
+    if min_epochs and patience is not None and eval_fn is not None and (cfg.max_epochs or math.inf) > min_epochs:
+        legs = [dataclasses.replace(cfg, max_epochs=min_epochs, early_stopping_patience=None), cfg]
+    for i, leg in enumerate(legs):
+        trainer = Trainer(leg, run_dir, logger_cfg=logger_cfg, resume=resume if i == 0 else "auto", config=config)
+        result = trainer.fit(model, ds, loss_fn_for(net), optimizer_fn=lambda m: torch.optim.Adam(m.parameters(), lr=lr),
+                             eval_fn=eval_fn, collate_fn=ds.collate, eval_sharded=True)
+        if len(legs) == 2 and i == 0 and result.best_epoch is not None and result.epoch - result.best_epoch >= patience:
+            result.stopped_reason = "early_stopping"  # the patience ran out within the first leg: stop here
+            break
     barrier()  # under torchrun: rank 0 has written best.pt before any rank looks for it
     if trainer.ckpt.best_path.exists():
         trainer.load_best(model)

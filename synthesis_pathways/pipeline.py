@@ -76,6 +76,8 @@ class PipelineConfig:
     lr_grid: list[float] = field(default_factory=list)
     """Learning rates tried for every net, each trained to early stopping from the same initial weights; the
     one with the best validation monitor (MRR for rt1/rt2, accuracy for act/rxn) is kept. Empty: ``lr`` only."""
+    min_epochs: int = 0
+    """Epochs before early stopping may stop a net (its best checkpoint is tracked from the first epoch)."""
     networks: list[str] = field(default_factory=lambda: list(NETWORKS))
     """Which networks to fit (all four are needed to decode)."""
     stages: list[str] = field(default_factory=lambda: ["sample", "featurize", "fit"])
@@ -193,7 +195,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | os.PathLike, *, trainer_cfg
                 result = fit_network(net, model, tr, va if len(va) else None, trainer_cfg=trainer_cfg,
                                      run_dir=net_dir, lr=lr, logger_cfg=logger_cfg, resume=resume,
                                      config={"pipeline": dataclasses.asdict(cfg), "net": net, "lr": lr},
-                                     ranker=ranker)
+                                     ranker=ranker, min_epochs=cfg.min_epochs)
                 value = (result.best_metrics or {}).get(monitor)
                 tried[lr] = {"best": result.best_metrics, "stopped": result.stopped_reason, "epoch": result.epoch,
                              "best_epoch": result.best_epoch, "step": result.step,

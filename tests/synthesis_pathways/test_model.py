@@ -159,8 +159,9 @@ class _ScheduledNet(nn.Module):
     epoch 2 on it predicts one near-constant vector (MSE 4x smaller, MRR about 0.56). The input is the
     target itself. A buffer counts training steps, so the restored checkpoint says which epoch it is."""
 
-    def __init__(self, dim: int, steps_per_epoch: int):
+    def __init__(self, dim: int, steps_per_epoch: int, good_epoch: int = 1):
         super().__init__()
+        self.good_epoch = good_epoch
         self.w = nn.Parameter(torch.ones(1))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.steps_per_epoch = steps_per_epoch
@@ -172,7 +173,7 @@ class _ScheduledNet(nn.Module):
             self.steps += 1
             return x * self.w
         epoch = int(self.steps) // self.steps_per_epoch
-        return 3 * x if epoch == 1 else self.const.expand_as(x).clone()
+        return 3 * x if epoch == self.good_epoch else self.const.expand_as(x).clone()
 
 
 def test_rt1_checkpoint_and_early_stopping_follow_mrr_not_mse(tmp_path):
@@ -202,3 +203,33 @@ def _at_epoch(dim: int, epoch: int) -> nn.Module:
     m = _ScheduledNet(dim, steps_per_epoch=2)
     m.steps.fill_(2 * epoch)
     return m
+
+
+def test_min_epochs_keeps_early_stopping_from_cutting_a_late_learner(tmp_path):
+    """rt1's k-NN rank sat at chance for its first ten epochs in the quick run, so a patience counted from
+    epoch 1 stopped it before it learned: with min_epochs, the late best epoch is found, then patience
+    stops the net as before (a run of the same config resumes to the same result)."""
+    import scipy.sparse as sp
+
+    from synthesis_pathways.featurize import NetworkData
+    from synthesis_pathways.knn import CandidateRanker
+
+    dim = 8
+    y = np.tile(np.eye(dim, dtype=np.float32), (2, 1))
+    data = NetworkData(sp.csr_matrix(y), y)
+    ranker = CandidateRanker(np.eye(dim, dtype=np.float32))
+    cfg = TrainerConfig(max_epochs=50, batch_size=8, progress_bar=False, early_stopping_patience=3)
+    kw = dict(trainer_cfg=cfg, lr=1e-3, ranker=ranker)
+    early = fit_network("rt1", _ScheduledNet(dim, 2, good_epoch=6), data, data, run_dir=tmp_path / "a", **kw)
+    assert early.best_epoch == 1 and early.epoch == 4  # stopped before the good epoch
+    model = _ScheduledNet(dim, 2, good_epoch=6)
+    late = fit_network("rt1", model, data, data, run_dir=tmp_path / "b", min_epochs=6, **kw)
+    assert late.best_epoch == 6 and late.epoch == 9 and late.stopped_reason == "early_stopping"
+    assert late.best_metrics["mrr"] == 1.0 and int(model.steps) // 2 == 6
+    again = fit_network("rt1", _ScheduledNet(dim, 2, good_epoch=6), data, data, run_dir=tmp_path / "b",
+                        min_epochs=6, resume="auto", **kw)
+    assert (again.best_epoch, again.epoch, again.stopped_reason) == (6, 9, "early_stopping")
+    # the patience ran out inside the first leg: the net stops at min_epochs
+    short = fit_network("rt1", _ScheduledNet(dim, 2, good_epoch=1), data, data, run_dir=tmp_path / "c",
+                        min_epochs=6, **kw)
+    assert short.best_epoch == 1 and short.epoch == 6 and short.stopped_reason == "early_stopping"
