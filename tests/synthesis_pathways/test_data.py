@@ -74,7 +74,7 @@ def test_planted_duplicates_are_removed_from_the_test_targets(space, tmp_path):
     from synthesis_pathways.pipeline import load_trees, tree_nodes
     from synthesis_pathways.sampling import _write_shard, sample_shard
 
-    trees = [t for k in range(4) for t in sample_shard(space, seed=3, shard=k, attempts=40, qed_filter=False)[0]]
+    trees = [t for k in range(2) for t in sample_shard(space, seed=3, shard=k, attempts=40, qed_filter=False)[0]]
     deep = next(t for t in trees if t.depth >= 2)
     train = [deep] + [t for t in trees if t is not deep][:10]
     intermediate = deep.reactions[0].product
