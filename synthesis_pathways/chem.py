@@ -28,14 +28,23 @@ from rdkit.Chem import AllChem, Crippen, Descriptors, rdFingerprintGenerator
 # Molecules
 
 
+_QUIET_DEPTH = 0
+
+
 @contextmanager
 def quiet_rdkit():
-    """Silence RDKit's stderr chatter (bad SMILES are reported by our readers with file and line)."""
-    RDLogger.DisableLog("rdApp.*")
+    """Silence RDKit's stderr chatter (bad SMILES are reported by our readers with file and line).
+    Re-entrant: an inner block (e.g. parsing a SMILES) does not switch the log back on for the outer one."""
+    global _QUIET_DEPTH
+    if _QUIET_DEPTH == 0:
+        RDLogger.DisableLog("rdApp.*")
+    _QUIET_DEPTH += 1
     try:
         yield
     finally:
-        RDLogger.EnableLog("rdApp.*")
+        _QUIET_DEPTH -= 1
+        if _QUIET_DEPTH == 0:
+            RDLogger.EnableLog("rdApp.*")
 
 
 @functools.lru_cache(maxsize=50_000)

@@ -66,6 +66,8 @@ class DataConfig:
     """Building-block file (.smi/.txt/.csv/.sdf[.gz]) or dataset key (enamine_1913, wuxi)."""
     blocks_column: str | None = None
     """SMILES column of a CSV pool (null: smiles)."""
+    filter_blocks: bool = True
+    """Keep only blocks that match some template slot (the reference's BuildingBlockFilter); false: every block."""
 
 
 @dataclass
@@ -85,7 +87,13 @@ class ModelConfig:
     dropout: float = 0.5
     """Dropout (one layer, as the reference)."""
     lr: float = 1e-4
-    """Adam learning rate."""
+    """Adam learning rate (used when lr_grid is empty)."""
+    lr_grid: list[float] = field(default_factory=list)
+    """Learning rates tried per network, each trained to early stopping from the same initial weights; the
+    best on validation (MRR for rt1/rt2, accuracy for act/rxn) is kept. Empty: lr only."""
+    min_epochs: int = 0
+    """Epochs before early stopping may stop a net (the best checkpoint is tracked from the first epoch): rt1's
+    k-NN rank can sit at chance for tens of epochs before it rises."""
 
     def __post_init__(self):
         unknown = sorted(set(self.hidden) - {n.name for n in Network})
@@ -149,6 +157,11 @@ class GAConfig:
     """Generations over which the improvement is measured."""
     early_stop_delta: float = 0.01
     """Stop when the mean score improved less than this over the window."""
+    max_oracle_calls: int | None = None
+    """Budget: stop once this many distinct molecules have been scored (null: no budget). Molecules met after
+    the budget is spent are not scored (budgeted benchmarks count every call up to the budget, no more)."""
+    auc_every: int = 100
+    """Oracle calls between the points of the top-10 AUC curve (as budgeted benchmarks log it)."""
     seed: int = 0
     """Seed of the GA (and of the random policy)."""
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,12 +63,19 @@ class StepData:
     template: np.ndarray  # int16, -1 for End
     bimolecular: np.ndarray  # bool: the step's template has two reactants
     tree: np.ndarray  # int32 index of the tree within the featurized list
+    partner_slot: np.ndarray | None = None
+    """int8: the template slot the second reactant fills (its k-NN candidates are that slot's partner list);
+    -1 where there is none or it was not recorded (features written before it: candidates = all blocks)."""
+
+    def __post_init__(self):
+        if self.partner_slot is None:
+            self.partner_slot = np.full(len(self.action), -1, dtype=np.int8)
 
     def __len__(self) -> int:
         return len(self.action)
 
     _MATRICES = ("state", "r1_fp", "r1_emb", "r2_emb")
-    _ARRAYS = ("action", "template", "bimolecular", "tree")
+    _ARRAYS = ("action", "template", "bimolecular", "tree", "partner_slot")
 
     def save(self, path: str | os.PathLike) -> None:
         arrays = {}
@@ -90,13 +97,20 @@ class StepData:
                 indices, indptr = z[f"{name}.indices"], z[f"{name}.indptr"]
                 mats[name] = sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr),
                                            shape=tuple(z[f"{name}.shape"]))
-            return cls(**mats, **{name: z[name] for name in cls._ARRAYS})
+            arrays = {name: z[name] for name in cls._ARRAYS if name in z}
+        if arrays.get("partner_slot") is None:  # written before the slot was recorded
+            arrays["partner_slot"] = np.full(len(arrays["action"]), -1, dtype=np.int8)
+        return cls(**mats, **arrays)
 
 
 class Featurizer:
-    def __init__(self, cfg: FeatureConfig, bimolecular: np.ndarray):
+    def __init__(self, cfg: FeatureConfig, bimolecular: np.ndarray,
+                 partner_slot: Callable[[int, str], int | None] | None = None):
+        """``partner_slot(template, reactant1)`` (``ReactionSpace.partner_slot``) records which partner list
+        the second reactant came from, so validation ranks it among the candidates decoding searches."""
         self.cfg = cfg
         self.bimolecular = np.asarray(bimolecular, dtype=bool)
+        self.partner_slot = partner_slot
 
     def fp(self, smiles: str | None) -> tuple[int, ...]:
         return morgan_on_bits(smiles, self.cfg.radius, self.cfg.nbits) if smiles else ()
@@ -124,7 +138,7 @@ class Featurizer:
 
     def featurize(self, trees: Iterable[SyntheticTree]) -> StepData:
         cols: dict[str, list[list[int]]] = {k: [] for k in StepData._MATRICES}
-        action, template, bimol, tree_idx = [], [], [], []
+        action, template, bimol, tree_idx, slot = [], [], [], [], []
         for i, tree in enumerate(trees):
             target = tree.root
             replay = SyntheticTree()
@@ -136,14 +150,19 @@ class Featurizer:
                 cols["r2_emb"].append(list(self.emb(s.reactant2)))
                 action.append(s.action)
                 template.append(-1 if s.template is None else s.template)
-                bimol.append(s.template is not None and bool(self.bimolecular[s.template]))
+                two = s.template is not None and bool(self.bimolecular[s.template])
+                bimol.append(two)
                 tree_idx.append(i)
+                ps = self.partner_slot(s.template, s.reactant1) if two and s.action in (ADD, EXPAND) and \
+                    self.partner_slot is not None else None
+                slot.append(-1 if ps is None else ps)
                 replay.steps.append(s)
         widths = {"state": 3 * self.cfg.nbits, "r1_fp": self.cfg.nbits, "r1_emb": self.cfg.emb_bits,
                   "r2_emb": self.cfg.emb_bits}
         return StepData(**{k: _csr(v, widths[k]) for k, v in cols.items()},
                         action=np.array(action, dtype=np.int8), template=np.array(template, dtype=np.int16),
-                        bimolecular=np.array(bimol, dtype=bool), tree=np.array(tree_idx, dtype=np.int32))
+                        bimolecular=np.array(bimol, dtype=bool), tree=np.array(tree_idx, dtype=np.int32),
+                        partner_slot=np.array(slot, dtype=np.int8))
 
 
 def _csr(rows: list[list[int]], width: int) -> sp.csr_matrix:
@@ -169,6 +188,8 @@ class NetworkData:
 
     x: sp.csr_matrix
     y: np.ndarray
+    candidates: np.ndarray | None = None
+    """rt2 only: per row, ``template * 2 + slot`` of the partner list decoding searches (-1: all blocks)."""
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -193,8 +214,10 @@ def network_data(steps: StepData, net: str, n_templates: int, *, rt2_keep_unimol
         rows = np.flatnonzero(keep)
         onehot = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), steps.template[rows].astype(np.int32),
                                 np.arange(len(rows) + 1)), shape=(len(rows), n_templates))
+        slot = steps.partner_slot[rows].astype(np.int64)
+        groups = np.where(slot >= 0, steps.template[rows].astype(np.int64) * 2 + slot, -1)
         return NetworkData(sp.hstack([steps.state[rows], steps.r1_fp[rows], onehot], format="csr"),
-                           steps.r2_emb[rows].toarray())
+                           steps.r2_emb[rows].toarray(), groups)
     raise ValueError(f"unknown network {net!r}; expected one of {NETWORKS}")
 
 

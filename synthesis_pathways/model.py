@@ -14,6 +14,7 @@ at 4096-bit states).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from common.distributed import barrier, gather_shards, shard
 from common.trainer import FitResult, Trainer
 
 from .featurize import NETWORKS, FeatureConfig, NetworkData, SparseRowDataset
+from .knn import CandidateRanker
 
 PAPER_HIDDEN = {"act": 1000, "rt1": 1200, "rxn": 3000, "rt2": 3000}
 CLASSIFIERS = ("act", "rxn")
@@ -81,54 +83,96 @@ def loss_fn_for(net: str):
     return regression_loss
 
 
+TOP_K = 10  # the "top-k" of rt1/rt2 validation: the true block among the 10 nearest candidates
+
+
 @torch.no_grad()
 def validate(model: nn.Module, data: NetworkData, net: str, *, batch_size: int = 512,
-             device: torch.device | str = "cpu", sharded: bool = False) -> dict[str, float]:
-    """act/rxn: accuracy and CE; rt1/rt2: MSE. ``sharded`` (every rank of a torchrun job calls it): the same
-    batches are dealt to the ranks and their sums gathered and added in batch order, as one process would."""
+             device: torch.device | str = "cpu", sharded: bool = False,
+             ranker: CandidateRanker | None = None) -> dict[str, float]:
+    """act/rxn: accuracy and CE; rt1/rt2: MSE, and with a ``ranker`` the k-NN metrics decoding depends on:
+    mean reciprocal rank (``mrr``), top-1 and top-10 accuracy of the true block among the candidates (all
+    blocks for rt1, the template slot's partner list for rt2). ``sharded`` (every rank of a torchrun job
+    calls it): the same batches are dealt to the ranks and their sums gathered and added in batch order."""
     was_training = model.training
     model.eval()
     ds = SparseRowDataset(data)
     starts = list(range(0, len(ds), batch_size))
 
-    def sums(start: int) -> tuple[float, int, int]:
-        batch = ds.collate(list(range(start, min(start + batch_size, len(ds)))))
+    def sums(start: int) -> tuple[float, ...]:
+        idx = list(range(start, min(start + batch_size, len(ds))))
+        batch = ds.collate(idx)
         x, y = batch["x"].to(device), batch["y"].to(device)
         out = model(x)
         if net in CLASSIFIERS:
-            return float(nn.functional.cross_entropy(out, y, reduction="sum")), int((out.argmax(-1) == y).sum()), len(y)
-        return float(nn.functional.mse_loss(out, y, reduction="sum")) / y.shape[1], 0, len(y)
+            return (float(nn.functional.cross_entropy(out, y, reduction="sum")), int((out.argmax(-1) == y).sum()),
+                    len(y), 0.0, 0, 0, 0)
+        mse = float(nn.functional.mse_loss(out, y, reduction="sum")) / y.shape[1]
+        if ranker is None:
+            return mse, 0, len(y), 0.0, 0, 0, 0
+        groups = None if data.candidates is None else data.candidates[idx]
+        r = ranker.ranks(out.float().cpu().numpy(), y.float().cpu().numpy(), groups)
+        ranked = r > 0
+        return (mse, 0, len(y), float((1.0 / r[ranked]).sum()), int((r == 1).sum()), int(((r > 0) & (r <= TOP_K)).sum()),
+                int(ranked.sum()))
 
     per_batch = gather_shards([sums(s) for s in shard(starts)], len(starts)) if sharded else map(sums, starts)
-    total, n, correct = 0.0, 0, 0
-    for t, c, k in per_batch:
-        total, correct, n = total + t, correct + c, n + k
+    total, correct, n, rr, top1, topk, n_ranked = 0.0, 0, 0, 0.0, 0, 0, 0
+    for t, c, k, a, b, d, m in per_batch:
+        total, correct, n, rr, top1, topk, n_ranked = total + t, correct + c, n + k, rr + a, top1 + b, topk + d, \
+            n_ranked + m
     model.train(was_training)
     if n == 0:
         return {}
     if net in CLASSIFIERS:
         return {"accuracy": correct / n, "loss": total / n}
-    return {"mse": total / n, "loss": total / n}
+    out = {"mse": total / n, "loss": total / n}
+    if ranker is not None and n_ranked:
+        out |= {"mrr": rr / n_ranked, "top1": top1 / n_ranked, f"top{TOP_K}": topk / n_ranked}
+    return out
 
 
-MONITOR = {"act": ("accuracy", "max"), "rxn": ("accuracy", "max"), "rt1": ("mse", "min"), "rt2": ("mse", "min")}
+MONITOR = {"act": ("accuracy", "max"), "rxn": ("accuracy", "max"), "rt1": ("mrr", "max"), "rt2": ("mrr", "max")}
+"""What selects each net's checkpoint and stops its training: the k-NN mean reciprocal rank for rt1/rt2 (MSE
+only when no ranker is given, e.g. a library call without blocks), accuracy for act/rxn."""
+
+
+def monitor_for(net: str, ranker: CandidateRanker | None) -> tuple[str, str]:
+    if net in CLASSIFIERS or ranker is not None:
+        return MONITOR[net]
+    return "mse", "min"
 
 
 def fit_network(net: str, model: nn.Module, train: NetworkData, valid: NetworkData | None, *,
                 trainer_cfg: TrainerConfig, run_dir: str | os.PathLike, lr: float, logger_cfg=None,
-                resume: str = "never", config: Mapping | None = None) -> FitResult:
+                resume: str = "never", config: Mapping | None = None,
+                ranker: CandidateRanker | None = None, min_epochs: int = 0) -> FitResult:
     """Train one net with ``common.trainer``: Adam, best checkpoint and early stopping on the net's
-    validation metric (wired in, unlike the reference), resumable with ``resume=auto``."""
-    monitor, mode = MONITOR[net]
+    validation metric (wired in, unlike the reference: :func:`monitor_for`), resumable with ``resume=auto``.
+
+    ``min_epochs``: early stopping may not stop the net before this many epochs (the best checkpoint is
+    tracked from the first). The k-NN rank of rt1 can stay at chance for tens of epochs while its MSE falls,
+    then rise steeply; a patience counted from the first epoch stops it before it learns. Done as two legs
+    of one resumable run: ``min_epochs`` without stopping, then the rest with the patience, which counts the
+    evaluations without improvement of the first leg too (validation runs once per epoch)."""
+    monitor, mode = monitor_for(net, ranker)
     cfg = dataclasses.replace(trainer_cfg, monitor=monitor if valid is not None else None, monitor_mode=mode)
-    trainer = Trainer(cfg, run_dir, logger_cfg=logger_cfg, resume=resume, config=config)
     ds = SparseRowDataset(train)
     eval_fn = None
     if valid is not None and len(valid):
         eval_fn = lambda m: validate(m, valid, net, batch_size=cfg.eval_batch_size or 512, device=trainer.device,
-                                     sharded=True)
-    result = trainer.fit(model, ds, loss_fn_for(net), optimizer_fn=lambda m: torch.optim.Adam(m.parameters(), lr=lr),
-                         eval_fn=eval_fn, collate_fn=ds.collate, eval_sharded=True)
+                                     sharded=True, ranker=ranker)
+    legs = [cfg]
+    patience = cfg.early_stopping_patience
+    if min_epochs and patience is not None and eval_fn is not None and (cfg.max_epochs or math.inf) > min_epochs:
+        legs = [dataclasses.replace(cfg, max_epochs=min_epochs, early_stopping_patience=None), cfg]
+    for i, leg in enumerate(legs):
+        trainer = Trainer(leg, run_dir, logger_cfg=logger_cfg, resume=resume if i == 0 else "auto", config=config)
+        result = trainer.fit(model, ds, loss_fn_for(net), optimizer_fn=lambda m: torch.optim.Adam(m.parameters(), lr=lr),
+                             eval_fn=eval_fn, collate_fn=ds.collate, eval_sharded=True)
+        if len(legs) == 2 and i == 0 and result.best_epoch is not None and result.epoch - result.best_epoch >= patience:
+            result.stopped_reason = "early_stopping"  # the patience ran out within the first leg: stop here
+            break
     barrier()  # under torchrun: rank 0 has written best.pt before any rank looks for it
     if trainer.ckpt.best_path.exists():
         trainer.load_best(model)

@@ -25,7 +25,7 @@ from .decode import build_decoder
 from .ga import GAConfig, GeneticOptimizer, random_genomes, seed_genomes
 from .model import SynNetModel, model_file
 from .oracles import get_oracle
-from .pipeline import load_space
+from .pipeline import space_for_run
 
 
 def run_optimize(cfg: DictConfig, run_dir: Path) -> dict:
@@ -34,9 +34,7 @@ def run_optimize(cfg: DictConfig, run_dir: Path) -> dict:
     run_cfg = {}
     if (model_dir / "pipeline.json").exists():
         run_cfg = json.loads((model_dir / "pipeline.json").read_text()).get("config", {})
-    space = load_space(run_cfg.get("templates", "hb"), run_cfg.get("blocks", "enamine_1913"),
-                       blocks_column=run_cfg.get("blocks_column"), data_dir=cfg.paths.data_dir,
-                       cache_dir=model_dir / "cache")
+    space = space_for_run(run_cfg, data_dir=cfg.paths.data_dir, cache_dir=model_dir / "cache")
     decoder = build_decoder(space, model, policy=cfg.policy, seed=cfg.ga.seed)
     ga_cfg = to_dataclass(cfg.ga, GAConfig)
     nbits = decoder.featurizer.cfg.nbits
@@ -52,7 +50,7 @@ def run_optimize(cfg: DictConfig, run_dir: Path) -> dict:
         raise ResumeError(f"{run_dir} already holds a GA state; pass resume=auto to continue it, or choose another name")
     result = GeneticOptimizer(decoder, get_oracle(cfg.objective), ga_cfg).run(
         seeds, run_dir=run_dir, resume=cfg.resume != "never", progress_bar=cfg.progress_bar)
-    out = {"objective": cfg.objective, **result.summary(), "top": list(zip(result.top_smiles[:10], result.top_scores[:10])),
+    out = {"objective": cfg.objective, **result.summary(), "top": result.best(10),
            "seed_smiles": seed_smiles}
     (run_dir / "ga_result.json").write_text(json.dumps(out, indent=1))
     return out
@@ -62,9 +60,10 @@ def run_optimize(cfg: DictConfig, run_dir: Path) -> dict:
 @report_user_errors
 def main(cfg: DictConfig) -> None:
     out = run_optimize(cfg, run_dir_from(cfg))
-    print(f"{out['objective']}: top-1 {out['top1']:.3f}, top-10 {out['top10']:.3f}, top-100 {out['top100']:.3f}; "
-          f"seeds {out['seed_mean']:.3f} ± {out['seed_std']:.3f}; {out['oracle_calls']} oracle calls, "
-          f"{out['generations']} generations")
+    budget = f" of a budget of {out['budget']}" if out["budget"] else ""
+    print(f"{out['objective']}: top-1 {out['top1']:.3f}, top-10 {out['top10']:.3f}, top-100 {out['top100']:.3f} "
+          f"(over all {out['oracle_calls']} oracle calls{budget}), top-10 AUC {out['auc_top10']:.3f}; "
+          f"seeds {out['seed_mean']:.3f} ± {out['seed_std']:.3f}; {out['generations']} generations")
     for smi, score in out["top"][:5]:
         print(f"  {score:.3f}  {smi}")
 

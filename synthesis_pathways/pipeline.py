@@ -16,6 +16,7 @@ reads the features and the nets train with DDP (sharded validation); rank 0 writ
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -23,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from common.checkpoint import ResumeError
@@ -30,9 +32,11 @@ from common.config import TrainerConfig
 from common.distributed import barrier, is_main_process
 from common.logging import get_logger
 
+from .chem import morgan_bits
 from .data import load_building_blocks, load_templates
 from .featurize import NETWORKS, FeatureConfig, Featurizer, StepData, network_data
-from .model import MODEL_FILE, NetConfig, SynNetModel, build_networks, fit_network, n_parameters
+from .knn import CandidateRanker
+from .model import MODEL_FILE, NetConfig, SynNetModel, build_networks, fit_network, monitor_for, n_parameters
 from .sampling import iter_trees, sample_to_disk, split_indices
 from .space import ReactionSpace
 from .syntree import SyntheticTree
@@ -49,6 +53,8 @@ class PipelineConfig:
     """Building-block file (.smi/.txt/.csv/.sdf[.gz]) or dataset key (enamine_1913, wuxi)."""
     blocks_column: str | None = None
     """SMILES column of a CSV pool (default: smiles)."""
+    filter_blocks: bool = True
+    """Keep only blocks that match some template slot (the reference's BuildingBlockFilter)."""
     attempts: int = 2000
     """Sampling attempts (trees are dropped on failure and by the QED filter)."""
     shard_size: int = 250
@@ -67,6 +73,11 @@ class PipelineConfig:
     num_layers: int = 5
     dropout: float = 0.5
     lr: float = 1e-4
+    lr_grid: list[float] = field(default_factory=list)
+    """Learning rates tried for every net, each trained to early stopping from the same initial weights; the
+    one with the best validation monitor (MRR for rt1/rt2, accuracy for act/rxn) is kept. Empty: ``lr`` only."""
+    min_epochs: int = 0
+    """Epochs before early stopping may stop a net (its best checkpoint is tracked from the first epoch)."""
     networks: list[str] = field(default_factory=lambda: list(NETWORKS))
     """Which networks to fit (all four are needed to decode)."""
     stages: list[str] = field(default_factory=lambda: ["sample", "featurize", "fit"])
@@ -81,10 +92,22 @@ class PipelineConfig:
 
 
 def load_space(templates: str = "hb", blocks: str = "enamine_1913", *, blocks_column: str | None = None,
-               data_dir=None, cache_dir=None) -> ReactionSpace:
+               data_dir=None, cache_dir=None, filter_blocks: bool = True) -> ReactionSpace:
+    """Templates + the block pool (canonical, de-duplicated), with the block-template match matrix (cached
+    in ``cache_dir``); ``filter_blocks`` keeps only blocks that match some template slot, as the reference."""
     tpl = load_templates(templates, data_dir)
     bbs = load_building_blocks(blocks, column=blocks_column, data_dir=data_dir)
-    return ReactionSpace(tpl, bbs.smiles, cache_dir=cache_dir)
+    space = ReactionSpace(tpl, bbs.smiles, cache_dir=cache_dir)
+    return space.filtered() if filter_blocks else space
+
+
+def space_for_run(run_cfg: dict, *, data_dir=None, cache_dir=None, templates: str | None = None,
+                  blocks: str | None = None) -> ReactionSpace:
+    """The space a training run used, from its ``pipeline.json`` config (a run from before the block filter
+    had none, and used every block); ``templates``/``blocks`` override the run's files."""
+    return load_space(templates or run_cfg.get("templates", "hb"), blocks or run_cfg.get("blocks", "enamine_1913"),
+                      blocks_column=run_cfg.get("blocks_column"), data_dir=data_dir, cache_dir=cache_dir,
+                      filter_blocks=run_cfg.get("filter_blocks", False))
 
 
 def load_trees(run_dir: str | os.PathLike, split: str) -> list[SyntheticTree]:
@@ -92,6 +115,27 @@ def load_trees(run_dir: str | os.PathLike, split: str) -> list[SyntheticTree]:
     run_dir = Path(run_dir)
     idx = set(json.loads((run_dir / "features" / "split.json").read_text())[split])
     return [t for i, t in enumerate(iter_trees(run_dir / "trees")) if i in idx]
+
+
+def tree_nodes(run_dir: str | os.PathLike, splits: tuple[str, ...] = ("train", "valid")) -> set[str]:
+    """Canonical SMILES of every node (blocks, intermediates, roots) of every tree in ``splits``: what the
+    networks saw in training (train) and in model selection (valid)."""
+    run_dir = Path(run_dir)
+    parts = json.loads((run_dir / "features" / "split.json").read_text())
+    idx = set().union(*(parts[s] for s in splits))
+    return {n for i, t in enumerate(iter_trees(run_dir / "trees")) if i in idx for n in t.nodes()}
+
+
+def _improves(value: float | None, best: float | None, mode: str) -> bool:
+    if value is None:
+        return False
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+def block_ranker(space: ReactionSpace, feat: FeatureConfig) -> CandidateRanker:
+    """Validation ranking of rt1/rt2 outputs among the space's block embeddings and partner lists."""
+    emb = np.stack([morgan_bits(b, feat.emb_radius, feat.emb_bits) for b in space.blocks])
+    return CandidateRanker(emb, space.partners)
 
 
 def run_pipeline(cfg: PipelineConfig, run_dir: str | os.PathLike, *, trainer_cfg: TrainerConfig,
@@ -114,7 +158,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | os.PathLike, *, trainer_cfg
 
     def space_now():
         return load_space(cfg.templates, cfg.blocks, blocks_column=cfg.blocks_column, data_dir=data_dir,
-                          cache_dir=run_dir / "cache")
+                          cache_dir=run_dir / "cache", filter_blocks=cfg.filter_blocks)
 
     # Data (the match cache, trees, features) come from rank 0; the other ranks wait, then read them.
     if main:
@@ -132,18 +176,42 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | os.PathLike, *, trainer_cfg
         # here, or two runs of the same config train different nets (the Trainer seeds only inside fit)
         torch.manual_seed(trainer_cfg.seed)
         nets = build_networks(cfg.feat, space.n_templates, cfg.net_cfg)
+        ranker = block_ranker(space, cfg.feat)
         info.setdefault("fit", {})
+        grid = list(cfg.lr_grid) or [cfg.lr]
         for net in cfg.networks:
             tr = network_data(train, net, space.n_templates, rt2_keep_unimolecular=cfg.rt2_keep_unimolecular)
             va = network_data(valid, net, space.n_templates, rt2_keep_unimolecular=cfg.rt2_keep_unimolecular)
             if len(tr) == 0:
                 raise ValueError(f"no training rows for {net}: sample more trees (attempts={cfg.attempts})")
-            result = fit_network(net, nets[net], tr, va if len(va) else None, trainer_cfg=trainer_cfg,
-                                 run_dir=run_dir / "nets" / net, lr=cfg.lr, logger_cfg=logger_cfg, resume=resume,
-                                 config={"pipeline": dataclasses.asdict(cfg), "net": net})
+            monitor, mode = monitor_for(net, ranker)
+            init = copy.deepcopy(nets[net].state_dict())  # every learning rate starts from the same weights
+            tried, best = {}, None
+            for lr in grid:
+                model = nets[net]
+                model.load_state_dict(init)
+                # one folder per learning rate when there is a grid (a single lr keeps the old layout)
+                net_dir = run_dir / "nets" / net / (f"lr_{lr:g}" if len(grid) > 1 else "")
+                result = fit_network(net, model, tr, va if len(va) else None, trainer_cfg=trainer_cfg,
+                                     run_dir=net_dir, lr=lr, logger_cfg=logger_cfg, resume=resume,
+                                     config={"pipeline": dataclasses.asdict(cfg), "net": net, "lr": lr},
+                                     ranker=ranker, min_epochs=cfg.min_epochs)
+                value = (result.best_metrics or {}).get(monitor)
+                tried[lr] = {"best": result.best_metrics, "stopped": result.stopped_reason, "epoch": result.epoch,
+                             "best_epoch": result.best_epoch, "step": result.step,
+                             "wall_seconds": result.wall_seconds_total}
+                if best is None or _improves(value, best[1], mode):  # ties keep the earlier learning rate
+                    best = (lr, value, copy.deepcopy(model.state_dict()), result)
+            lr, _, state, result = best
+            nets[net].load_state_dict(state)
+            nets[net].eval()
             info["fit"][net] = {"rows": [len(tr), len(va)], "parameters": n_parameters(nets[net]),
-                                "step": result.step, "epoch": result.epoch, "stopped": result.stopped_reason,
-                                "best": result.best_metrics, "wall_seconds": result.wall_seconds_total}
+                                "monitor": monitor, "lr": lr, "lr_grid": {f"{k:g}": v for k, v in tried.items()},
+                                "step": result.step, "epoch": result.epoch, "best_epoch": result.best_epoch,
+                                "evals_without_improvement": (result.epoch - result.best_epoch
+                                                              if result.best_epoch is not None else None),
+                                "stopped": result.stopped_reason, "best": result.best_metrics,
+                                "wall_seconds": sum(v["wall_seconds"] for v in tried.values())}
             save_info()
         if set(cfg.networks) == set(NETWORKS) and main:
             SynNetModel(nets, cfg.feat, space.n_templates, cfg.net_cfg).save(run_dir / MODEL_FILE)
@@ -155,6 +223,7 @@ def _prepare_data(cfg: PipelineConfig, run_dir: Path, space: ReactionSpace, info
                   progress: bool) -> None:
     """The sample and featurize stages (each skipped when its output exists)."""
     info["space"] = {"templates": space.n_templates, "blocks": len(space.blocks),
+                     "blocks_in_pool": space.unfiltered_blocks,
                      "usable_templates": int(space.usable_templates().sum()),
                      "match_seconds": space.match_seconds}
 
@@ -170,7 +239,7 @@ def _prepare_data(cfg: PipelineConfig, run_dir: Path, space: ReactionSpace, info
         log.info("sampling: %d attempts, %d trees kept", stats.attempts, stats.kept)
 
     feat_dir = run_dir / "features"
-    featurizer = Featurizer(cfg.feat, space.bimolecular_mask())
+    featurizer = Featurizer(cfg.feat, space.bimolecular_mask(), space.partner_slot)
     if "featurize" in cfg.stages and not all((feat_dir / f"{s}.npz").exists() for s in SPLITS):
         t0 = time.time()
         trees = list(iter_trees(run_dir / "trees"))

@@ -121,6 +121,7 @@ class ReactionSpace:
                              f"{(len(self.blocks), len(self.templates), 2)}")
         self.matches = matches
         self.match_seconds = time.perf_counter() - t0
+        self.unfiltered_blocks = len(self.blocks)  # blocks read from the pool before any filtering
         self.partners: list[list[np.ndarray]] = [
             [np.flatnonzero(matches[:, t, s]) for s in range(2)] for t in range(len(self.templates))
         ]
@@ -148,6 +149,34 @@ class ReactionSpace:
 
     def bimolecular_mask(self) -> np.ndarray:
         return np.array([t.bimolecular for t in self.templates], dtype=bool)
+
+    def usable_blocks(self) -> np.ndarray:
+        """Blocks that match at least one template slot. The reference's ``BuildingBlockFilter`` keeps only
+        these: a block that matches no slot can never enter a reaction, so it is no use to the sampler and
+        must not be a first-reactant answer of the k-NN search (the decoder would then fail at once)."""
+        return self.matches.any(axis=(1, 2))
+
+    def filtered(self) -> ReactionSpace:
+        """The same space over :meth:`usable_blocks` only (file order kept; the reference keeps a set)."""
+        keep = self.usable_blocks()
+        out = ReactionSpace(self.templates, [b for b, k in zip(self.blocks, keep) if k], matches=self.matches[keep])
+        out.match_seconds = self.match_seconds
+        out.unfiltered_blocks = len(self.blocks)
+        return out
+
+    def elements(self) -> set[str]:
+        """Element symbols the blocks and the templates' products can supply: a target holding any other
+        element cannot come out of this pool (templates only rearrange their reactants' atoms, plus the
+        explicit atoms of their product patterns)."""
+        out: set[str] = set()
+        for b in self.blocks:
+            mol = mol_from_smiles(b)
+            if mol is not None:
+                out |= {a.GetSymbol() for a in mol.GetAtoms()}
+        for t in self.templates:
+            for i in range(t._rxn.GetNumProductTemplates()):
+                out |= {a.GetSymbol() for a in t._rxn.GetProductTemplate(i).GetAtoms() if a.GetAtomicNum() > 0}
+        return out
 
     def usable_templates(self) -> np.ndarray:
         """Templates whose every slot has at least one matching block."""

@@ -71,29 +71,57 @@ def test_train_smoke_and_resume(tmp_path, space):
 def test_reproduce_smoke(tmp_path, space):
     from synthesis_pathways.reproduce import main
 
-    _seed_match_cache(space, tmp_path / "work" / "train" / "cache")
+    _seed_match_cache(space, tmp_path / "work" / "pool_A" / "train" / "cache")
     path = main(["--profile", "smoke", "--reports-dir", str(tmp_path / "reports"), "--work-dir", str(tmp_path / "work")])
     assert path.exists()
     results = json.loads((tmp_path / "reports" / "synthesis_pathways" / "results.json").read_text())
     assert results["headline"]["paper"] == pytest.approx(0.51)
-    metrics = {r["metric"] for r in results["rows"]}
-    assert "heldout: mean similarity (all, failures = 0)" in metrics
-    assert "chemprojector: random policy recovery" in metrics and "chemprojector: random policy similarity" in metrics
-    assert "zinc: recovery (fingerprint)" in metrics and "zinc: random policy recovery" in metrics
+    metrics = [r["metric"] for r in results["rows"]]
+    assert len(metrics) == len(set(metrics))  # one row per metric name
+    for m in ("A heldout: mean similarity (all, failures = 0)", "A chemprojector: random policy recovery",
+              "A zinc: recovery (fingerprint)", "A zinc: nearest single block, similarity",
+              "A heldout: share of targets seen in training trees", "A heldout: recovery, reference protocol",
+              "A valid (validation), target nn: mean similarity", "A rt1: stopped on patience", "A rt1: test mrr",
+              "A valid (validation, first 2), beam search minus ours: similarity"):
+        assert m in metrics, m
     assert results["headline"]["n_kind"] == "items" and results["headline"]["ci_method"] == "bootstrap"
-    assert "zinc: nearest single block, similarity" in metrics
     assert (tmp_path / "reports" / "synthesis_pathways" / "similarity_smoke.png").exists()
+
+
+def test_reproduce_profiles_train_what_the_experiment_files_say():
+    """`experiment=quick` trained 10 epochs while `reproduce --profile quick` trained 15: the profiles now
+    compose the same Hydra experiment as the training CLI, per pool."""
+    from hydra import compose, initialize_config_dir
+
+    from common.config import TrainerConfig, register_configs
+    from common.hydra_utils import to_dataclass
+    from synthesis_pathways.reproduce import CONF_DIR, POOLS, _profiles, compose_training
+    from synthesis_pathways.train import pipeline_config
+
+    register_configs()
+    for name, prof in _profiles().items():
+        for pool in prof.pools:
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                cfg = compose(config_name="config", overrides=[f"experiment={prof.experiment}", *POOLS[pool]])
+            pipe, trainer = compose_training(prof.experiment, POOLS[pool])
+            assert pipe == pipeline_config(cfg) and trainer == to_dataclass(cfg.trainer, TrainerConfig), (name, pool)
+    quick, _ = compose_training("quick")
+    assert compose_training("quick", ["data=wuxi"])[0].blocks == "wuxi" and quick.blocks == "enamine_1913"
+    for name in ("quick", "full", "paper"):  # patience decides, never max_epochs
+        _, trainer = compose_training(name)
+        assert trainer.early_stopping_patience >= 10 and trainer.max_epochs >= 200, name
 
 
 def test_plan_cli_random_policy(tmp_path, space, capsys):
     from synthesis_pathways.plan import main
 
     _seed_match_cache(space, tmp_path / "run" / "cache")
-    assert main(["O=C(NCCO)c1ccccc1", "--policy", "random", "--run-dir", str(tmp_path / "run"),
-                 "--image", str(tmp_path / "route.png")]) == 0
+    assert main(["O=C(NCCO)c1ccccc1", "--policy", "random", "--run-dir", str(tmp_path / "run"), "--image",
+                 "--out-dir", str(tmp_path / "img")]) == 0
     out = capsys.readouterr().out
-    assert "target: O=C(NCCO)c1ccccc1" in out
-    assert main(["C1CC", "--policy", "random", "--run-dir", str(tmp_path / "run")]) == 1
+    assert "target: O=C(NCCO)c1ccccc1" in out and (tmp_path / "img" / "route_1.png").exists()
+    assert main(["C1CC", "--policy", "random", "--run-dir", str(tmp_path / "run")]) == 1  # one target, not planned
+    assert "invalid SMILES" in capsys.readouterr().out
     assert main(["CCO", "--run-dir", str(tmp_path / "missing")]) == 1  # no trained model: clear error
 
 

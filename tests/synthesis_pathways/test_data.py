@@ -62,3 +62,38 @@ def test_routes_reader(tmp_path):
 def test_missing_file_is_clear():
     with pytest.raises(FileNotFoundError, match="no such file"):
         read_molecules("/nonexistent/blocks.smi")
+
+
+def test_planted_duplicates_are_removed_from_the_test_targets(space, tmp_path):
+    """Held-out roots were not de-duplicated against training trees (4.1% of a 3,649-tree run's test roots
+    were training roots). Plant a copy of a training tree and a tree whose root is a training tree's
+    intermediate in the test split: both are removed, the rest are kept, and the rate is reported."""
+    import json
+
+    from synthesis_pathways.evaluate import deduplicate_targets
+    from synthesis_pathways.pipeline import load_trees, tree_nodes
+    from synthesis_pathways.sampling import _write_shard, sample_shard
+
+    trees = [t for k in range(2) for t in sample_shard(space, seed=3, shard=k, attempts=40, qed_filter=False)[0]]
+    deep = next(t for t in trees if t.depth >= 2)
+    train = [deep] + [t for t in trees if t is not deep][:10]
+    intermediate = deep.reactions[0].product
+    assert intermediate != deep.root
+    planted = [train[3], deep.truncated_at(intermediate)]
+    train_roots = {t.root for t in train} | {n for t in train for n in t.nodes()}
+    test = [t for t in trees if t.root not in train_roots and t not in train][:5] + planted
+    shards = tmp_path / "trees"
+    shards.mkdir()
+    _write_shard(shards, 0, [t.to_json() for t in train + test], {})
+    (tmp_path / "features").mkdir()
+    n_train = len(train)
+    (tmp_path / "features" / "split.json").write_text(json.dumps(
+        {"train": list(range(n_train)), "valid": [], "test": list(range(n_train, n_train + len(test)))}))
+
+    roots = [t.root for t in load_trees(tmp_path, "test")]
+    kept, stats = deduplicate_targets(roots, tree_nodes(tmp_path, ("train", "valid")))
+    assert train[3].root not in kept and intermediate not in kept
+    assert kept == list(dict.fromkeys(roots[:5]))
+    assert stats["n_seen"] == 2 and stats["overlap_rate"] == pytest.approx(2 / stats["n_unique"])
+    kept2, stats2 = deduplicate_targets(roots + ["not a smiles", roots[0]], set())
+    assert kept2 == list(dict.fromkeys(roots)) and stats2["n_invalid"] == 1 and stats2["n_seen"] == 0

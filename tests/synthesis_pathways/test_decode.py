@@ -100,7 +100,10 @@ def test_random_policy_trees_are_valid(space):
 
     for r in finished:
         tree = SyntheticTree.from_json(r.route)
-        assert tree.steps[-1].action == END and r.best in tree.nodes()
+        if r.answer_is_block:  # the answer is bought: a route with no reaction
+            assert not tree.steps and r.best in space.block_index and r.depth == 0
+            continue
+        assert tree.steps[-1].action == END and tree.root == r.best  # the route makes the answer
         assert replay_tree(tree, space.templates, set(space.blocks)).ok
         assert 0 < r.similarity <= 1
     assert not results[-1].finished and results[-1].similarity == 0
@@ -156,10 +159,85 @@ def test_planning_cache_reads_finished_targets_back(space, tmp_path):
     lines = cache.read_text().splitlines()
     cache.write_text("\n".join(lines[:2]) + '\n{"target": "O=C(N')  # killed while writing the 2nd target
     planned = []
-    real_plan = d.plan
-    d.plan = lambda *a, **k: planned.append(a[0]) or real_plan(*a, **k)
+    real_rollouts = d.rollouts
+    d.rollouts = lambda *a, **k: planned.append(a[1]) or real_rollouts(*a, **k)
     again = plan_targets(d, targets, beam=1, progress_bar=False, cache_path=cache, cache_params={"m": 1})
     assert planned == ["CCOC(=O)c1cn[nH]c1"]  # the first came back from the file, the torn one is redone
     assert [r.target for r in again] == [r.target for r in first] and again[0] == first[0]
     plan_targets(d, targets, beam=1, progress_bar=False, cache_path=cache, cache_params={"m": 2})  # other model
     assert len(planned) == 3
+
+
+def test_route_makes_the_answer_when_a_block_is_best(space):
+    """When the node most similar to the target is a building block, the answer is that block and the route
+    is "buy it": the decoded tree, whose top is a product, was printed under the block's name before."""
+    trees, _ = sample_shard(space, seed=7, shard=0, attempts=30, qed_filter=False)
+    tree = next(t for t in trees if t.depth == 1 and len(space.templates[t.steps[0].template].run(
+        t.steps[0].reactant1, t.steps[0].reactant2)) == 1)
+    block = tree.steps[0].reactant1
+    d = _decoder(space, OraclePolicy(tree, space))
+    res = d.decode(morgan_bits(block, 2, CFG.nbits), target=block)
+    assert res.finished and res.best == block and res.similarity == 1.0
+    assert res.answer_is_block and res.tree is not None and not res.tree.steps
+    assert res.rollout.root == tree.root  # the decoded tree is kept beside the route
+    d = _decoder(space, OraclePolicy(tree, space))
+    res = d.decode(morgan_bits(tree.root, 2, CFG.nbits), target=tree.root)
+    assert not res.answer_is_block and res.tree.root == res.best == tree.root
+
+
+def test_reference_protocol_chooses_before_scoring_unfinished_rollouts():
+    """Ours scores an unfinished rollout 0 and then chooses; the reference chooses the rollout whose best
+    node is most similar to the target, finished or not, and scores 0 afterwards when it did not finish."""
+    from synthesis_pathways.decode import DecodeResult
+
+    unfinished_close = DecodeResult(None, False, None, 0.0, k=1, raw_similarity=0.9, raw_best="X")
+    finished_far = DecodeResult(None, True, "Y", 0.4, k=2, raw_similarity=0.4, raw_best="Y")
+    ours = Decoder.choose([unfinished_close, finished_far], "ours")
+    ref = Decoder.choose([unfinished_close, finished_far], "reference")
+    assert ours.k == 2 and ours.similarity == 0.4 and ours.finished
+    assert ref.k == 1 and ref.similarity == 0.0 and not ref.finished
+    with pytest.raises(ValueError, match="protocol"):
+        Decoder.choose([finished_far], "best")
+
+
+def test_plan_variants_share_rollouts(space):
+    """Variants that are subsets of the same rollouts agree with planning each on its own."""
+    from synthesis_pathways.decode import PlanOptions
+    from synthesis_pathways.evaluate import plan_variants
+
+    targets = ["O=C(Nc1ccccc1)c1ccco1", "CCOC(=O)c1cn[nH]c1", "not a smiles"]
+    variants = {"k1": PlanOptions(beam=1), "ours": PlanOptions(beam=3), "ref": PlanOptions(beam=3, protocol="reference"),
+                "nn": PlanOptions(beam=3, target_nn=2)}
+    d = _decoder(space, RandomPolicy(len(space.blocks), space.n_templates, seed=0))
+    out = plan_variants(d, targets, variants, progress_bar=False)
+    # the variant that uses every rollout equals planning it alone (same random draws, in the same order)
+    alone = plan_targets(_decoder(space, RandomPolicy(len(space.blocks), space.n_templates, seed=0)), targets,
+                         options=variants["nn"], progress_bar=False)
+    assert [(r.best, r.similarity) for r in out["nn"]] == [(r.best, r.similarity) for r in alone]
+    for a, b in zip(out["ours"], out["nn"]):  # more candidates never lower our protocol's answer
+        assert b.similarity >= a.similarity
+    for a, b in zip(out["k1"], out["ours"]):
+        assert b.similarity >= a.similarity
+    assert all(not r[-1].finished for r in out.values())
+    nn = [r for r in out["nn"] if r.source.startswith("target_nn")]
+    for r in nn:  # starting from the target's nearest block, the answer is at least as close as that block
+        assert r.similarity >= nearest_block_similarity([r.target], space.blocks)[0] - 1e-9
+
+
+def test_beam_search_over_all_decisions(space):
+    """The beam search over all four decisions returns routes that replay and make their answer."""
+    from synthesis_pathways.decode import PlanOptions
+    from synthesis_pathways.syntree import SyntheticTree
+
+    trees, _ = sample_shard(space, seed=7, shard=0, attempts=30, qed_filter=False)
+    trees = [t for t in trees if all(len(space.templates[s.template].run(s.reactant1, s.reactant2)) == 1
+                                     for s in t.reactions)]
+    d = _decoder(space, RandomPolicy(len(space.blocks), space.n_templates, seed=3))
+    for tree in trees[:3]:
+        greedy = d.plan(tree.root, options=PlanOptions(beam=1))
+        beam = d.plan(tree.root, options=PlanOptions(search="beam", width=2, n_first=2, target_nn=1))
+        assert beam.source == "beam"
+        if beam.finished and not beam.answer_is_block:
+            assert beam.tree.root == beam.best and replay_tree(beam.tree, space.templates, set(space.blocks)).ok
+        assert 0 <= beam.similarity <= 1 and (beam.finished or beam.similarity == 0)
+    assert greedy.seconds > 0 and isinstance(beam.rollout, SyntheticTree)

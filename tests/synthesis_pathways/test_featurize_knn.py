@@ -95,3 +95,36 @@ def test_knn_ties_and_errors():
         CosineKNN(emb).query(np.array([1.0, 0.0]), subset=np.array([], dtype=int))
     with pytest.raises(ValueError, match="2-D"):
         CosineKNN(np.zeros(3))
+
+
+def test_candidate_ranker_ranks_within_partner_lists():
+    from synthesis_pathways.knn import CandidateRanker
+
+    emb = np.eye(5, dtype=np.float32)
+    emb[4] = emb[0]  # block 4 has block 0's embedding: a tie, not a better candidate
+    partners = [[np.array([1, 2]), np.array([0, 3])]]
+    r = CandidateRanker(emb, partners)
+    pred = np.array([[0.1, 0.9, 0.5, 0.8, 0], [0.1, 0.9, 0.5, 0.8, 0], [0.1, 0.9, 0.5, 0.8, 0],
+                     [1, 0, 0, 0, 0]], dtype=np.float32)
+    true = np.stack([emb[2], emb[2], emb[0], np.zeros(5, np.float32)])
+    # row 0 over all blocks: blocks 1 and 3 are closer than 2 -> rank 3; row 1 in list (t0, s0) = {1, 2}: rank 2;
+    # row 2 in list (t0, s1) = {0, 3}: block 3 is closer -> rank 2; row 3 has no target -> not ranked
+    assert r.ranks(pred, true, np.array([-1, 0, 1, 0])).tolist() == [3, 2, 2, 0]
+    assert r.ranks(pred[2:3] * 0 + emb[0], emb[0:1]).tolist() == [1]  # tie with block 4 is not "better"
+
+
+def test_rt2_rows_know_their_partner_list(space):
+    """The featurizer records which partner list the second reactant came from: the rt2 rows' candidate
+    groups name a list that holds the true partner (what decoding's k-NN searches)."""
+    from synthesis_pathways.sampling import sample_shard
+
+    trees, _ = sample_shard(space, seed=5, shard=0, attempts=40, qed_filter=False)
+    data = Featurizer(CFG, space.bimolecular_mask(), space.partner_slot).featurize(trees)
+    steps = [s for t in trees for s in t.steps]
+    rt2 = network_data(data, "rt2", space.n_templates)
+    rows = np.flatnonzero(((data.action == ADD) | (data.action == EXPAND)) & data.bimolecular)
+    assert len(rows) >= 5 and (rt2.candidates >= 0).all()
+    for row, group in zip(rows, rt2.candidates):
+        s = steps[row]
+        assert group == 2 * s.template + space.partner_slot(s.template, s.reactant1)
+        assert space.block_index[s.reactant2] in set(space.partners[group // 2][group % 2].tolist())

@@ -151,3 +151,85 @@ def test_rxn_device_cli_reaches_the_check():
     r = subprocess.run([sys.executable, "-m", "synthesis_pathways.bench", "--rxn-device", "cuda"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no CUDA device is visible" in r.stderr and "Traceback" not in r.stderr
+
+
+class _ScheduledNet(nn.Module):
+    """An rt1 stand-in whose validation outputs follow a schedule over epochs, to pin what selects the
+    checkpoint: after epoch 1 it ranks every block first (MRR 1) with a large MSE (3x the target); from
+    epoch 2 on it predicts one near-constant vector (MSE 4x smaller, MRR about 0.56). The input is the
+    target itself. A buffer counts training steps, so the restored checkpoint says which epoch it is."""
+
+    def __init__(self, dim: int, steps_per_epoch: int, good_epoch: int = 1):
+        super().__init__()
+        self.good_epoch = good_epoch
+        self.w = nn.Parameter(torch.ones(1))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.steps_per_epoch = steps_per_epoch
+        self.const = torch.full((dim,), 1.0 / dim)
+        self.const[0] += 0.05  # favours block 0, so the constant ranks the others second
+
+    def forward(self, x):
+        if self.training:
+            self.steps += 1
+            return x * self.w
+        epoch = int(self.steps) // self.steps_per_epoch
+        return 3 * x if epoch == self.good_epoch else self.const.expand_as(x).clone()
+
+
+def test_rt1_checkpoint_and_early_stopping_follow_mrr_not_mse(tmp_path):
+    """rt1's checkpoint was chosen on validation MSE, which barely moves while the k-NN ranking goes from
+    random to useful; a toy where the two disagree must keep the MRR-best epoch and stop on its patience."""
+    import scipy.sparse as sp
+
+    from synthesis_pathways.featurize import NetworkData
+    from synthesis_pathways.knn import CandidateRanker
+
+    dim = 8
+    y = np.tile(np.eye(dim, dtype=np.float32), (2, 1))  # 16 rows, each the embedding of one block
+    data = NetworkData(sp.csr_matrix(y), y)
+    ranker = CandidateRanker(np.eye(dim, dtype=np.float32))
+    model = _ScheduledNet(dim, steps_per_epoch=2)
+    cfg = TrainerConfig(max_epochs=50, batch_size=8, progress_bar=False, early_stopping_patience=3)
+    res = fit_network("rt1", model, data, data, trainer_cfg=cfg, run_dir=tmp_path / "rt1", lr=1e-3, ranker=ranker)
+    m1 = validate(_at_epoch(dim, 1), data, "rt1", ranker=ranker)
+    m2 = validate(_at_epoch(dim, 2), data, "rt1", ranker=ranker)
+    assert m1["mrr"] == 1.0 and m2["mrr"] < 0.6 and m2["mse"] < m1["mse"] / 3  # the two metrics disagree
+    assert res.best_metrics["mrr"] == 1.0 and res.best_epoch == 1
+    assert int(model.steps) // 2 == 1  # the restored weights are epoch 1's
+    assert res.stopped_reason == "early_stopping" and res.epoch == 1 + 3
+
+
+def _at_epoch(dim: int, epoch: int) -> nn.Module:
+    m = _ScheduledNet(dim, steps_per_epoch=2)
+    m.steps.fill_(2 * epoch)
+    return m
+
+
+def test_min_epochs_keeps_early_stopping_from_cutting_a_late_learner(tmp_path):
+    """rt1's k-NN rank sat at chance for its first ten epochs in the quick run, so a patience counted from
+    epoch 1 stopped it before it learned: with min_epochs, the late best epoch is found, then patience
+    stops the net as before (a run of the same config resumes to the same result)."""
+    import scipy.sparse as sp
+
+    from synthesis_pathways.featurize import NetworkData
+    from synthesis_pathways.knn import CandidateRanker
+
+    dim = 8
+    y = np.tile(np.eye(dim, dtype=np.float32), (2, 1))
+    data = NetworkData(sp.csr_matrix(y), y)
+    ranker = CandidateRanker(np.eye(dim, dtype=np.float32))
+    cfg = TrainerConfig(max_epochs=50, batch_size=8, progress_bar=False, early_stopping_patience=3)
+    kw = dict(trainer_cfg=cfg, lr=1e-3, ranker=ranker)
+    early = fit_network("rt1", _ScheduledNet(dim, 2, good_epoch=6), data, data, run_dir=tmp_path / "a", **kw)
+    assert early.best_epoch == 1 and early.epoch == 4  # stopped before the good epoch
+    model = _ScheduledNet(dim, 2, good_epoch=6)
+    late = fit_network("rt1", model, data, data, run_dir=tmp_path / "b", min_epochs=6, **kw)
+    assert late.best_epoch == 6 and late.epoch == 9 and late.stopped_reason == "early_stopping"
+    assert late.best_metrics["mrr"] == 1.0 and int(model.steps) // 2 == 6
+    again = fit_network("rt1", _ScheduledNet(dim, 2, good_epoch=6), data, data, run_dir=tmp_path / "b",
+                        min_epochs=6, resume="auto", **kw)
+    assert (again.best_epoch, again.epoch, again.stopped_reason) == (6, 9, "early_stopping")
+    # the patience ran out inside the first leg: the net stops at min_epochs
+    short = fit_network("rt1", _ScheduledNet(dim, 2, good_epoch=1), data, data, run_dir=tmp_path / "c",
+                        min_epochs=6, **kw)
+    assert short.best_epoch == 1 and short.epoch == 6 and short.stopped_reason == "early_stopping"

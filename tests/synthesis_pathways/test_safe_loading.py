@@ -39,7 +39,7 @@ def test_plan_and_optimize_refuse_a_planted_model(tmp_path, monkeypatch, capsys)
 
     run = tmp_path / "run"
     marker = plant(run / "model.pt", layout={"nets": {}, "feat": {}, "n_templates": 1, "net_cfg": {}})
-    err = run_main(plan.main, ["CCO", "--run-dir", str(run), "--image", ""], monkeypatch, capsys)
+    err = run_main(plan.main, ["CCO", "--run-dir", str(run)], monkeypatch, capsys)
     line = assert_refused(err, run / "model.pt", marker, how="--trust-checkpoint")
     assert "python -m common.checkpoint convert" in line  # an older pickle model.pt: the conversion is named
     argv = [f"model_dir={run}", f"paths.output_dir={tmp_path}", "name=ga"]

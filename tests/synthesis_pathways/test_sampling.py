@@ -107,3 +107,21 @@ def test_matching_benchmark_compares_identical_sampling(space):
 
     res = matching_side_by_side(space, attempts=15, repeats=1)
     assert res["same_trees"] and res["two_stage_attempts_per_s"] > 0 and res["plain_attempts_per_s"] > 0
+
+
+def test_block_filter_keeps_blocks_that_match_a_template(space):
+    """The reference's BuildingBlockFilter: 116 of pool A's 1,913 blocks match no template slot; they were in
+    our k-NN index (so rt1 could pick a block that cannot react) and in the sampler's uniform draw."""
+    from synthesis_pathways.pipeline import load_space
+
+    f = space.filtered()
+    assert len(f.blocks) == 1797 and f.unfiltered_blocks == 1913
+    assert f.matches.any(axis=(1, 2)).all() and int(f.usable_templates().sum()) == 59
+    dropped = set(space.blocks) - set(f.blocks)
+    assert all(not space.slot_matches(b).any() for b in list(dropped)[:20])
+    # partner lists index the filtered list and hold the same molecules as before
+    t = int(np.flatnonzero(space.usable_templates() & space.bimolecular_mask())[0])
+    assert [f.blocks[i] for i in f.partners[t][1]] == [space.blocks[i] for i in space.partners[t][1]]
+    loaded = load_space("hb", "enamine_1913", cache_dir=getattr(space, "_cache_file", None) and
+                        space._cache_file.parent)
+    assert loaded.blocks == f.blocks  # load_space filters by default, as the pipelines do

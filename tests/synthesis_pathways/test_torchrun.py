@@ -11,6 +11,7 @@ import torch
 
 from synthesis_pathways.featurize import StepData, network_data
 from synthesis_pathways.model import build_networks, validate
+from synthesis_pathways.pipeline import block_ranker, space_for_run
 from synthesis_pathways.train import pipeline_config
 from tests.common.torchrun import files_under, run_torchrun
 
@@ -36,8 +37,9 @@ def test_torchrun_smoke_only_rank0_writes_and_sharded_validation_is_exact(tmp_pa
     n_templates = info["space"]["templates"]
     valid = StepData.load(run / "features" / "valid.npz")
     nets = build_networks(pc.feat, n_templates, pc.net_cfg)
+    ranker = block_ranker(space_for_run(info["config"], cache_dir=run / "cache"), pc.feat)  # rt1/rt2: k-NN MRR
     for net, model in nets.items():
         best = torch.load(run / "nets" / net / "checkpoints" / "best.pt", weights_only=False)
         model.load_state_dict(best["model"])
-        single = validate(model, network_data(valid, net, n_templates), net, batch_size=8)
+        single = validate(model, network_data(valid, net, n_templates), net, batch_size=8, ranker=ranker)
         assert info["fit"][net]["best"] == single, net
