@@ -279,7 +279,8 @@ def synthetic_shapes(n: int, size: int = 32, num_classes: int = 2, seed: int = 0
         _, inv = np.unique(inst, return_inverse=True)
         insts.append(inv.reshape(inst.shape).astype(np.int64))
     names = ["background", *[f"shape{c}" for c in range(1, num_classes)]]
-    return SegSet(f"shapes{num_classes}", images, masks, num_classes, [str(i) for i in range(n)],
+    # ids name the seed: two splits drawn with different seeds never share an id
+    return SegSet(f"shapes{num_classes}", images, masks, num_classes, [f"{seed}:{i}" for i in range(n)],
                   instances=insts, class_names=names)
 
 
@@ -318,8 +319,10 @@ def make_weak_labels(ds: SegSet, kind: str, seed: int, **kw) -> list[np.ndarray]
         elif kind == "points":
             inst = ds.instances[i] if ds.instances is not None and ds.num_classes == 2 else None
             out.append(wl.point_labels(mask, rng, instances=inst, mode=kw.get("mode", "centroid"),
-                                       n_background=kw.get("n_background", 3),
-                                       min_background_distance=kw.get("min_background_distance", 5)))
+                                       n_background=kw.get("n_background"),
+                                       background_ratio=kw.get("background_ratio", 1.0),
+                                       min_background_distance=kw.get("min_background_distance", 5),
+                                       voronoi=kw.get("voronoi", False)))
         elif kind == "noisy":
             out.append(wl.noisy_mask(mask, img, rng, kw.get("level", "medium"), ds.num_classes))
         elif kind == "none":
