@@ -201,8 +201,8 @@ class MethodConfig:
     entropy_weight: float = 0.001
     """MinEnt: weight of the target entropy."""
     test_bn: TestBN | None = None
-    """BatchNorm statistics at evaluation: trained | target (null: target for source_only and minent,
-    trained otherwise)."""
+    """BatchNorm statistics at evaluation: trained | target (null: target for minent, trained otherwise;
+    source_only also reports its test score with target statistics as ``test_adabn``)."""
     tag_crop: int = 96
     """CAM: crop side of the image-tag classifier."""
     tag_min_fraction: float = 0.01

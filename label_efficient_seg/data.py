@@ -291,6 +291,22 @@ def shift_domain(ds: SegSet, gain: float = 0.6, offset: float = 50.0) -> SegSet:
                   ds.class_names)
 
 
+def brighten_background(ds: SegSet, level: float = 110.0, noise: float = 12.0, seed: int = 11) -> SegSet:
+    """A class-conditional synthetic target domain: background pixels (class 0) redrawn around grey
+    ``level`` (instead of the dark grey of :func:`synthetic_shapes`), objects unchanged. In the green and
+    blue channels objects turn darker than the background, which no per-channel affine change (hence no
+    re-estimation of BatchNorm statistics) undoes: the shift a source-only model fails on."""
+    rng = np.random.default_rng(seed)
+    imgs = []
+    for im, m in zip(ds.images, ds.masks):
+        im = im.astype(np.float64)
+        bg = m == 0
+        im[bg] = rng.normal(level, noise, size=(int(bg.sum()), 3))
+        imgs.append(np.clip(im, 0, 255).astype(np.uint8))
+    return SegSet(ds.name + "_shifted", imgs, ds.masks, ds.num_classes, ds.ids, ds.instances, ds.boxes,
+                  ds.class_names)
+
+
 # ----------------------------------------------------------------------------- weak labels on a split
 
 def make_weak_labels(ds: SegSet, kind: str, seed: int, **kw) -> list[np.ndarray]:

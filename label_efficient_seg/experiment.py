@@ -387,11 +387,13 @@ def wl_boxes(mask: np.ndarray) -> list:
     return tight_boxes(foreground_instances(mask))
 
 
-def test_bn_mode(mc: MethodConfig) -> str:
-    """``trained`` or ``target``: the config's value, else target for source_only / minent."""
+def eval_bn_mode(mc: MethodConfig) -> str:
+    """``trained`` or ``target``: the config's value, else target for minent (its training normalises
+    target batches with target statistics, so target statistics are its own at test time: domain-specific
+    BN) and trained for every other method, source_only included (no target image in its training)."""
     if mc.test_bn is not None:
         return getattr(mc.test_bn, "value", mc.test_bn)
-    return "target" if mc.name in ("source_only", "minent") else "trained"
+    return "target" if mc.name == "minent" else "trained"
 
 
 def run_experiment(data_cfg, method_cfg, model_cfg, optim_cfg, trainer_cfg, run_dir, *, logger_cfg=None,
@@ -427,7 +429,7 @@ def run_experiment(data_cfg, method_cfg, model_cfg, optim_cfg, trainer_cfg, run_
         if mc.name == "oracle" or getattr(dc.da_val, "value", dc.da_val) == "target":
             val, val_name = splits.target_val, names.get("target_val", "target val")
     check_disjoint(val, ("test", splits.test), ("training", train))
-    bn_mode = test_bn_mode(mc)
+    bn_mode = eval_bn_mode(mc)
     adapt_images = None
     if bn_mode == "target":
         if splits.target_train is None:
@@ -486,6 +488,8 @@ def run_experiment(data_cfg, method_cfg, model_cfg, optim_cfg, trainer_cfg, run_
                          eval_fn=make_eval_fn(val, trainer.device, clusters, adapt_images=adapt_images),
                          eval_sharded=True,
                          eval_metrics=_eval_metric_names(num_classes, clusters is not None, val.instances is not None))
+    if mc.name == "source_only" and bn_mode == "trained":
+        info["_adabn_images"] = splits.target_train.images  # a second test score: same checkpoint, AdaBN
     return _finish(trainer, model, result, splits.test, clusters, info, run_dir, t0, keep_predictions, mc, train,
                    weak, adapt_images)
 
@@ -505,6 +509,12 @@ def _finish(trainer, model, result, test, clusters, info, run_dir: Path, t0, kee
     res = evaluate_model(scored, test, trainer.device, num_clusters=clusters, keep_predictions=keep_predictions,
                          sharded=True)
     preds = res.pop("predictions")
+    adabn_images = info.pop("_adabn_images", None)
+    if adabn_images is not None:  # how much of a DA method's gain BatchNorm statistics alone give
+        ada = evaluate_model(adapt_bn_statistics(model, adabn_images, trainer.device), test, trainer.device,
+                             sharded=True)
+        ada.pop("predictions")
+        info["test_adabn"] = ada
     best = result.best_metrics or {}
     info.update({
         "test": res, "score_name": _score_key(test.num_classes) if clusters is None else "miou (Hungarian)",
