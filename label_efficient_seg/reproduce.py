@@ -2,6 +2,7 @@
 
     python -m label_efficient_seg.reproduce --profile smoke        # seconds: synthetic shapes (tests)
     python -m label_efficient_seg.reproduce --profile quick        # minutes: real data, tiny budgets
+    python -m label_efficient_seg.reproduce --profile budget       # ~0.6 CPU-hours: the learning curve only
     python -m label_efficient_seg.reproduce --profile full         # ~14 CPU-hours: the mandatory rows, 3 seeds
     python -m label_efficient_seg.reproduce --profile full_extra   # the other rows, 3 seeds, same budget
 
@@ -335,29 +336,48 @@ def learning_curve(ctx: ProfileContext, st: dict) -> tuple[list[tuple[int, float
 
 # ----------------------------------------------------------------------------- the profile
 
+def budget_rows(ctx: ProfileContext, st: dict, profile: str) -> tuple[int, list[Row], dict, Path]:
+    """Run (or reuse) the learning curve and choose the step budget: rows, extra and plot for a report."""
+    curve, curve_run = learning_curve(ctx, st)
+    steps, reason = choose_budget(curve)
+    rows = [Row("step budget of every row (from the CamVid full learning curve on val)", steps, unit="steps",
+                split="val", paper_note="chosen by a fixed rule, README 'Protocol'", note=reason)]
+    at = dict(curve)
+    for c in sorted(set(BUDGET_CANDIDATES) | {BUDGET_HORIZON}):
+        if c in at:
+            rows.append(Row(f"learning curve: camvid/full val mIoU at step {c} of {BUDGET_HORIZON}", at[c], unit="miou",
+                            split="val (CamVid val, 101)", note=f"seed {ctx.seed}, poly decay over {BUDGET_HORIZON} steps"))
+    extra = {"curve": curve, "budget": steps, "reason": reason,
+             "curve_train_wall_seconds": curve_run.get("train_wall_seconds"),
+             "curve_seconds_per_step": (curve_run.get("train_wall_seconds") or 0) / BUDGET_HORIZON}
+    plot = learning_curve_plot(curve, steps, ctx.out_dir / f"learning_curve_{profile}.png")
+    return steps, rows, extra, plot
+
+
+def budget(ctx: ProfileContext) -> ReproReport:
+    """The learning curve alone (the first stage of ``full`` / ``full_extra``, which reuse its run)."""
+    st = _profile_settings("full")
+    steps, rows, extra, plot = budget_rows(ctx, st, "budget")
+    head = rows[0]
+    return ReproReport(rows, headline=head, plots=[plot], extra={"budget": extra},
+                       notes=f"CamVid full supervision, U-Net base {st['model'].base}, batch {st['trainer'].batch_size}, "
+                             f"{BUDGET_HORIZON} steps, CamVid val every {BUDGET_EVAL_EVERY} steps; candidates "
+                             f"{list(BUDGET_CANDIDATES)}, rule: the smallest reaching {BUDGET_FRACTION:.0%} of the "
+                             "curve's best val mIoU, else the largest. No test score is read.")
+
+
 def run_profile(ctx: ProfileContext, profile: str) -> ReproReport:
     st = _profile_settings(profile)
     plans = _plans(profile, st["data"], [ctx.seed + s for s in st["seeds"]])
-    budget_rows, budget_extra, plots = [], {}, []
+    budget_rows_, budget_extra, plots = [], {}, []
     if st["budget"] == "curve":
-        curve, curve_run = learning_curve(ctx, st)
-        steps, reason = choose_budget(curve)
+        steps, budget_rows_, budget_extra, plot = budget_rows(ctx, st, profile)
         every = max(1, steps // EVALS_PER_RUN)
         st["trainer"] = replace(st["trainer"], max_steps=steps, eval_every_steps=every, checkpoint_every_steps=every)
-        budget_rows.append(Row("step budget of every row (from the CamVid full learning curve on val)", steps,
-                               unit="steps", split="val", paper_note="chosen by a fixed rule, README 'Protocol'",
-                               note=reason))
-        for c in BUDGET_CANDIDATES:
-            if c in dict(curve):
-                budget_rows.append(Row(f"learning curve: camvid/full val mIoU at step {c} of {BUDGET_HORIZON}",
-                                       dict(curve)[c], unit="miou", split="val (CamVid val, 101)",
-                                       note=f"seed {ctx.seed}, poly decay over {BUDGET_HORIZON} steps"))
-        budget_extra = {"curve": curve, "budget": steps, "reason": reason,
-                        "curve_train_wall_seconds": curve_run.get("train_wall_seconds")}
-        plots.append(learning_curve_plot(curve, steps, ctx.out_dir / f"learning_curve_{profile}.png"))
+        plots.append(plot)
     results = _train_rows(ctx, profile, st, plans)
     report = _report(ctx, profile, st, plans, results)
-    report.rows = budget_rows + report.rows
+    report.rows = budget_rows_ + report.rows
     report.plots = plots + report.plots
     if budget_extra:
         report.extra["budget"] = budget_extra
@@ -517,4 +537,5 @@ def full_extra(ctx: ProfileContext) -> ReproReport:
 
 
 if __name__ == "__main__":
-    run_profiles("label_efficient_seg", {"smoke": smoke, "quick": quick, "full": full, "full_extra": full_extra})
+    run_profiles("label_efficient_seg", {"smoke": smoke, "quick": quick, "budget": budget, "full": full,
+                                         "full_extra": full_extra})

@@ -64,3 +64,28 @@ def test_multirun_overrides_train_exactly_the_planned_configs(profile):
             assert cfg.model == st["model"] and cfg.optim == st["optim"]
             assert cfg.trainer.max_steps == 800 and cfg.trainer.max_epochs is None and cfg.resume == "auto"
             assert cfg.name == R._run_name(plan.label, 0)
+
+
+@pytest.mark.slow  # two Hydra subprocesses (~20 CPU-s)
+def test_rows_train_through_one_multirun_and_resume(tmp_path):
+    """The full profile's path on tiny synthetic rows: one Hydra multirun trains every (row, seed) in its
+    own directory, the report reads final_metrics.json and example.npz, and a second call trains nothing."""
+    from dataclasses import replace
+
+    from common.reproduce import ProfileContext
+
+    st = R._profile_settings("smoke")
+    st["launch"] = "multirun"
+    st["trainer"] = replace(st["trainer"], max_epochs=None, max_steps=2)
+    plans = R._plans("smoke", st["data"], [0, 1])[1:3]  # scribbles and scribbles_pce
+    ctx = ProfileContext("label_efficient_seg", "smoke", tmp_path / "out", tmp_path / "work", jobs=1)
+    ctx.out_dir.mkdir(parents=True)
+    results = R._train_rows(ctx, "smoke", st, plans)
+    assert [len(v) for v in results.values()] == [2, 2]
+    assert all(r["steps"] == 2 and "example" in r for v in results.values() for r in v)
+    before = (tmp_path / "work" / "multirun.log").read_text()
+    R._train_rows(ctx, "smoke", st, plans)
+    assert (tmp_path / "work" / "multirun.log").read_text() == before  # nothing left to train
+    report = R._report(ctx, "smoke", st, plans, results)
+    claim = next(r for r in report.rows if r.metric.startswith("claim: camvid/scribbles - "))
+    assert claim.n == 2 and claim.per_seed is not None
