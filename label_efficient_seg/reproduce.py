@@ -2,7 +2,7 @@
 
     python -m label_efficient_seg.reproduce --profile smoke        # seconds: synthetic shapes (tests)
     python -m label_efficient_seg.reproduce --profile quick        # minutes: real data, tiny budgets
-    python -m label_efficient_seg.reproduce --profile budget       # ~0.6 CPU-hours: the learning curve only
+    python -m label_efficient_seg.reproduce --profile budget       # ~0.4 CPU-hours: the learning curve only
     python -m label_efficient_seg.reproduce --profile full         # ~14 CPU-hours: the mandatory rows, 3 seeds
     python -m label_efficient_seg.reproduce --profile full_extra   # the other rows, 3 seeds, same budget
 
@@ -12,8 +12,10 @@ with the rule of :func:`choose_budget` (fixed before any result was seen; README
 are then independent trainings launched as ONE Hydra multirun (``common.launch.multirun``,
 ``--jobs`` single-threaded runs at a time, default 2). Each run lives in
 ``runs/reproduce/label_efficient_seg/<profile>/<row>_s<seed>`` and resumes there (``--fresh`` starts
-over). Every row is a mean over seeds with its 95% t-interval; every claim is a paired difference over
-seeds (``Row.from_paired``) with a verdict by the rule of :func:`verdict`.
+over); the learning curve lives in ``.../budget_curve`` and the rows of ``full`` / ``full_extra`` in
+``.../full_rows_<budget>``, shared by the two profiles (``--fresh`` leaves both alone). Every row is a
+mean over seeds with its 95% t-interval; every claim is a paired difference over seeds
+(``Row.from_paired``) with a verdict by the rule of :func:`verdict`.
 """
 
 from __future__ import annotations
@@ -375,6 +377,9 @@ def run_profile(ctx: ProfileContext, profile: str) -> ReproReport:
         every = max(1, steps // EVALS_PER_RUN)
         st["trainer"] = replace(st["trainer"], max_steps=steps, eval_every_steps=every, checkpoint_every_steps=every)
         plots.append(plot)
+        # full and full_extra share their runs (camvid/full, dsb/full are in both): one folder per budget
+        ctx = replace(ctx, work_dir=ctx.work_dir.parent / f"full_rows_{steps}")
+        ctx.work_dir.mkdir(parents=True, exist_ok=True)
     results = _train_rows(ctx, profile, st, plans)
     report = _report(ctx, profile, st, plans, results)
     report.rows = budget_rows_ + report.rows
