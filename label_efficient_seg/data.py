@@ -223,7 +223,7 @@ def read_dsb(data_dir=None, limit: int | None = None, max_side: int | None = 256
         if max_side is not None and max(img.shape[:2]) > max_side:
             s = max_side / max(img.shape[:2])
             hw = (max(16, round(img.shape[0] * s)), max(16, round(img.shape[1] * s)))
-            img = np.asarray(Image.fromarray(img).resize((hw[1], hw[0]), Image.BILINEAR))
+            img = np.array(Image.fromarray(img).resize((hw[1], hw[0]), Image.BILINEAR))  # writable
             inst = np.asarray(Image.fromarray(inst.astype(np.int32)).resize((hw[1], hw[0]), Image.NEAREST))
         inst = inst.astype(np.int64)
         images.append(img)
