@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from common.checkpoint import seed_everything
+from common.config import ConfigError
 from common.distributed import barrier, gather_shards, is_main_process, shard
 from common.logging import get_logger
 
@@ -130,7 +131,7 @@ def load_splits(dc: DataConfig, data_dir=None, seed: int = 0) -> Splits:
         return s.subset(np.unique(np.linspace(0, len(s) - 1, n).round().astype(int)))
 
     if not 0 < dc.val_fraction < 1:
-        raise ValueError(f"data.val_fraction must be in (0, 1), got {dc.val_fraction}")
+        raise ConfigError(f"data.val_fraction must be in (0, 1), got {dc.val_fraction}")
     if dc.dataset == "shapes":
         mk = lambda n, s: D.synthetic_shapes(n, dc.shapes_size, dc.shapes_classes, seed=s)
         n_eval = max(8, dc.shapes_n // 4)
@@ -299,7 +300,7 @@ def make_ramp(mc: MethodConfig, total_steps: int) -> Mth.Ramp:
     shape = shape if mc.ramp_shape is None else getattr(mc.ramp_shape, "value", mc.ramp_shape)
     for what, v in (("method.ramp_start_fraction", start), ("method.warmup_fraction", length)):
         if not 0 <= v <= 1:
-            raise ValueError(f"{what} must be in [0, 1], got {v}")
+            raise ConfigError(f"{what} must be in [0, 1], got {v}")
     return Mth.Ramp(int(round(start * total_steps)), int(round(length * total_steps)), shape)
 
 
@@ -352,7 +353,7 @@ def _weak_for(mc: MethodConfig, train: D.SegSet, seed: int) -> tuple[list[np.nda
     if kind == "points":
         expansion = getattr(mc.point_expansion, "value", mc.point_expansion)
         if expansion == "voronoi" and train.num_classes != 2:
-            raise ValueError("method.point_expansion=voronoi needs a binary dataset with objects (dsb, kvasir, "
+            raise ConfigError("method.point_expansion=voronoi needs a binary dataset with objects (dsb, kvasir, "
                              f"shapes with 2 classes); {train.name} has {train.num_classes} classes: "
                              "use method.point_expansion=none")
         return D.make_weak_labels(train, "points", seed, mode=mc.click_mode, n_background=mc.n_background_clicks,
@@ -433,7 +434,7 @@ def run_experiment(data_cfg, method_cfg, model_cfg, optim_cfg, trainer_cfg, run_
     adapt_images = None
     if bn_mode == "target":
         if splits.target_train is None:
-            raise ValueError(f"method.test_bn=target needs a domain-adaptation target (data.target); "
+            raise ConfigError(f"method.test_bn=target needs a domain-adaptation target (data.target); "
                              f"{dc.dataset} has none")
         adapt_images = splits.target_train.images
     num_classes = train.num_classes

@@ -260,3 +260,13 @@ def test_domain_adaptation_runs_select_on_the_target_validation_split(tmp_path):
     final = json.loads((tmp_path / "r" / "final_metrics.json").read_text())
     assert final["splits"]["selection"] == "shifted shapes (seed 5000)"
     assert final["splits"]["test"] == "shifted shapes (seed 3000)" and final["test_bn"] == "target"
+
+
+def test_voronoi_on_a_multiclass_dataset_is_a_config_error(tmp_path):
+    from common.config import ConfigError, TrainerConfig
+    from label_efficient_seg.experiment import run_experiment
+
+    with pytest.raises(ConfigError, match="point_expansion=none"):
+        run_experiment(DataConfig("shapes", crop=16, shapes_n=8, shapes_size=16), {"name": "points"},
+                       {"base": 4, "depth": 2}, None, TrainerConfig(max_epochs=1, batch_size=4, progress_bar=False),
+                       tmp_path / "r")
