@@ -50,7 +50,7 @@ def _step_fn(method: str, size: int, batch: int, base: int):
     mc = MethodConfig(name=name, loss="gce" if method == "noisy_gce" else "ce")
     torch.manual_seed(0)
     model = build_model(mc, ModelConfig(base=base, depth=4), c)
-    obj = Mth.TagClassifier() if method == "cam_classifier" else _objective(mc, warmup=10)
+    obj = Mth.TagClassifier() if method == "cam_classifier" else _objective(mc, Mth.Ramp())  # every term on: the cost of a full step
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     b = _batch(method, size, batch, c)
     model.train()

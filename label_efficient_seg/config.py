@@ -25,6 +25,15 @@ class Dataset(Choice):
     """Synthetic shapes (tests and smoke runs)."""
 
 
+class DAVal(Choice):
+    """Where domain-adaptation runs select their checkpoint."""
+
+    target = auto()
+    """A labelled target validation split, disjoint from the target training and test images."""
+    source = auto()
+    """The source validation split (strict unsupervised DA: no target label at all)."""
+
+
 class Method(Choice):
     """The survey's baselines (``label_efficient_seg.experiment.METHODS`` describes each)."""
 
@@ -61,6 +70,33 @@ class NoiseLevel(Choice):
     high = auto()
 
 
+class RampShape(Choice):
+    """How the weight of a consistency / pairwise term grows from 0 to 1 once it starts."""
+
+    linear = auto()
+    """t (BoxInst's warm-up factor)."""
+    sigmoid = auto()
+    """exp(-5 (1 - t)^2) (Laine & Aila 2017; the ramp of Mean Teacher and of common CPS code)."""
+
+
+class TestBN(Choice):
+    """Which BatchNorm statistics a model is evaluated with (validation and test)."""
+
+    trained = auto()
+    """The running statistics accumulated in training (source batches only for source_only / minent)."""
+    target = auto()
+    """Re-estimated on the unlabelled target training images before every evaluation (AdaBN)."""
+
+
+class PointExpansion(Choice):
+    """Extra labels derived from the clicks of point supervision (binary tasks with instances)."""
+
+    none = auto()
+    """Only the clicks."""
+    voronoi = auto()
+    """The edges of the Voronoi partition of the object clicks are labelled background (Qu et al. 2019)."""
+
+
 class ClickMode(Choice):
     centroid = auto()
     """The object pixel nearest to its centroid."""
@@ -90,6 +126,13 @@ class DataConfig:
     """Seed of the fixed train/val/test split of the polyp sets and of the DSB folds."""
     fold: int = 0
     """DSB2018 5-fold cross-validation fold."""
+    val_fraction: float = 0.15
+    """Validation carved from the training images where the evaluated domain has no validation split:
+    DSB2018 (seeded, from the four training folds) and the CamVid dusk target (the last frames of
+    0001TP's training sequence in time order; its test frames come after them)."""
+    da_val: DAVal = DAVal.target
+    """Domain adaptation: select checkpoints on the target validation split (target) or the source
+    validation split (source)."""
     target: str | None = None
     """Domain adaptation target: cvc (from kvasir) or camvid_dusk (from CamVid day sequences); for shapes
     any value turns on the synthetic domain shift. null: the method's default target."""
@@ -123,16 +166,30 @@ class MethodConfig:
     """BoxInst / points / scribbles: weight of the pairwise colour-affinity term."""
     pairwise_threshold: float = 0.3
     """Colour similarity above which neighbouring pixels are pulled to the same label."""
-    warmup_fraction: float = 0.1
-    """Pairwise / consistency terms ramp in linearly over this fraction of the training steps."""
+    warmup_fraction: float | None = None
+    """Pairwise / consistency terms ramp from 0 to full weight over this fraction of the training steps
+    (null: the method's default, ``experiment.RAMP_DEFAULTS``)."""
+    ramp_start_fraction: float | None = None
+    """The pairwise / consistency term is off before this fraction of training (a supervised warm-up;
+    null: the method's default)."""
+    ramp_shape: RampShape | None = None
+    """linear | sigmoid ramp of the pairwise / consistency weight (null: the method's default)."""
+    balance_classes: bool = True
+    """Scribbles / points: class-balanced partial CE (inverse frequency of each class among the labelled
+    pixels of the training split), so 21 foreground clicks do not outvote one background click."""
     scribble_erosion: int = 3
     """Scribbles: erosion radius of the simulated strokes."""
     scribble_drop: float = 0.0
     """Scribbles: fraction of objects left without a stroke."""
     click_mode: ClickMode = ClickMode.centroid
     """Points: where the simulated click lands (centroid | random)."""
-    n_background_clicks: int = 3
-    """Points: background clicks per image."""
+    n_background_clicks: int | None = None
+    """Points: a fixed number of background clicks per image (null: background_click_ratio)."""
+    background_click_ratio: float = 1.0
+    """Points: background clicks per object click in each image (at least one), when
+    n_background_clicks is null."""
+    point_expansion: PointExpansion = PointExpansion.voronoi
+    """Points on a binary task: none | voronoi (Voronoi edges of the object clicks labelled background)."""
     tau: float = 0.95
     """FixMatch confidence threshold (from-scratch runs may need a lower one; a deviation if changed)."""
     ema_alpha: float = 0.99
@@ -143,6 +200,9 @@ class MethodConfig:
     """CPS: weight of the cross pseudo-supervision loss."""
     entropy_weight: float = 0.001
     """MinEnt: weight of the target entropy."""
+    test_bn: TestBN | None = None
+    """BatchNorm statistics at evaluation: trained | target (null: target for minent, trained otherwise;
+    source_only also reports its test score with target statistics as ``test_adabn``)."""
     tag_crop: int = 96
     """CAM: crop side of the image-tag classifier."""
     tag_min_fraction: float = 0.01

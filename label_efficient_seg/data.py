@@ -223,7 +223,7 @@ def read_dsb(data_dir=None, limit: int | None = None, max_side: int | None = 256
         if max_side is not None and max(img.shape[:2]) > max_side:
             s = max_side / max(img.shape[:2])
             hw = (max(16, round(img.shape[0] * s)), max(16, round(img.shape[1] * s)))
-            img = np.asarray(Image.fromarray(img).resize((hw[1], hw[0]), Image.BILINEAR))
+            img = np.array(Image.fromarray(img).resize((hw[1], hw[0]), Image.BILINEAR))  # writable
             inst = np.asarray(Image.fromarray(inst.astype(np.int32)).resize((hw[1], hw[0]), Image.NEAREST))
         inst = inst.astype(np.int64)
         images.append(img)
@@ -279,13 +279,30 @@ def synthetic_shapes(n: int, size: int = 32, num_classes: int = 2, seed: int = 0
         _, inv = np.unique(inst, return_inverse=True)
         insts.append(inv.reshape(inst.shape).astype(np.int64))
     names = ["background", *[f"shape{c}" for c in range(1, num_classes)]]
-    return SegSet(f"shapes{num_classes}", images, masks, num_classes, [str(i) for i in range(n)],
+    # ids name the seed: two splits drawn with different seeds never share an id
+    return SegSet(f"shapes{num_classes}", images, masks, num_classes, [f"{seed}:{i}" for i in range(n)],
                   instances=insts, class_names=names)
 
 
 def shift_domain(ds: SegSet, gain: float = 0.6, offset: float = 50.0) -> SegSet:
     """A synthetic target domain for domain-adaptation tests: every image mapped to gain * x + offset."""
     imgs = [np.clip(im.astype(np.float64) * gain + offset, 0, 255).astype(np.uint8) for im in ds.images]
+    return SegSet(ds.name + "_shifted", imgs, ds.masks, ds.num_classes, ds.ids, ds.instances, ds.boxes,
+                  ds.class_names)
+
+
+def brighten_background(ds: SegSet, level: float = 110.0, noise: float = 12.0, seed: int = 11) -> SegSet:
+    """A class-conditional synthetic target domain: background pixels (class 0) redrawn around grey
+    ``level`` (instead of the dark grey of :func:`synthetic_shapes`), objects unchanged. In the green and
+    blue channels objects turn darker than the background, which no per-channel affine change (hence no
+    re-estimation of BatchNorm statistics) undoes: the shift a source-only model fails on."""
+    rng = np.random.default_rng(seed)
+    imgs = []
+    for im, m in zip(ds.images, ds.masks):
+        im = im.astype(np.float64)
+        bg = m == 0
+        im[bg] = rng.normal(level, noise, size=(int(bg.sum()), 3))
+        imgs.append(np.clip(im, 0, 255).astype(np.uint8))
     return SegSet(ds.name + "_shifted", imgs, ds.masks, ds.num_classes, ds.ids, ds.instances, ds.boxes,
                   ds.class_names)
 
@@ -318,8 +335,10 @@ def make_weak_labels(ds: SegSet, kind: str, seed: int, **kw) -> list[np.ndarray]
         elif kind == "points":
             inst = ds.instances[i] if ds.instances is not None and ds.num_classes == 2 else None
             out.append(wl.point_labels(mask, rng, instances=inst, mode=kw.get("mode", "centroid"),
-                                       n_background=kw.get("n_background", 3),
-                                       min_background_distance=kw.get("min_background_distance", 5)))
+                                       n_background=kw.get("n_background"),
+                                       background_ratio=kw.get("background_ratio", 1.0),
+                                       min_background_distance=kw.get("min_background_distance", 5),
+                                       voronoi=kw.get("voronoi", False)))
         elif kind == "noisy":
             out.append(wl.noisy_mask(mask, img, rng, kw.get("level", "medium"), ds.num_classes))
         elif kind == "none":

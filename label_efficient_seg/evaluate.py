@@ -8,6 +8,8 @@ clusters to classes over the whole split.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -25,6 +27,35 @@ def predict_logits(model: nn.Module, image: np.ndarray, device: torch.device | s
     """``[C, H, W]`` logits of one uint8 RGB image at its full size (the network pads internally)."""
     x = to_tensor_image(image).unsqueeze(0).to(device)
     return model(x)[0].float().cpu()
+
+
+@torch.no_grad()
+def adapt_bn_statistics(model: nn.Module, images: list[np.ndarray], device: torch.device | str = "cpu",
+                        batch_size: int = 8, max_images: int = 128) -> nn.Module:
+    """AdaBN (Li et al. 2016): a copy of ``model`` whose BatchNorm running statistics are re-estimated on
+    ``images`` alone (at most ``max_images``, spread evenly; whole images, no augmentation). Each layer's
+    statistics become the average of its batch statistics over batches of same-sized images (momentum
+    None). The weights are untouched, and so is ``model``: the training run never sees this copy."""
+    adapted = copy.deepcopy(model)
+    bns = [m for m in adapted.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or not images:
+        return adapted.eval()
+    if len(images) > max_images:
+        images = [images[i] for i in np.unique(np.linspace(0, len(images) - 1, max_images).round().astype(int))]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    adapted.train()
+    by_shape: dict[tuple, list[np.ndarray]] = {}
+    for img in images:
+        by_shape.setdefault(img.shape, []).append(img)
+    for group in by_shape.values():
+        for k in range(0, len(group), batch_size):
+            adapted(torch.stack([to_tensor_image(im) for im in group[k:k + batch_size]]).to(device))
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    return adapted.eval()
 
 
 def predicted_instances(fg: np.ndarray) -> np.ndarray:

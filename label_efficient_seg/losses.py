@@ -90,11 +90,14 @@ def symmetric_ce(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.1,
 
 # ----------------------------------------------------------------------------- domain adaptation
 
-def normalized_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """MinEnt (ADVENT): mean over pixels of -(1/log C) sum_c p_c log p_c, in [0, 1]."""
+def normalized_entropy(logits: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """MinEnt (ADVENT): mean over pixels of -(1/log C) sum_c p_c log p_c, in [0, 1]; with ``valid``
+    (bool ``[B, H, W]``) the mean runs over valid pixels only (crop padding is not an image)."""
     logp = logits.log_softmax(1)
     ent = -(logp.exp() * logp).sum(1) / math.log(logits.shape[1])
-    return ent.mean()
+    if valid is None:
+        return ent.mean()
+    return (ent * valid).sum() / valid.sum().clamp_min(1)
 
 
 # ----------------------------------------------------------------------------- colour affinity

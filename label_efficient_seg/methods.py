@@ -14,6 +14,8 @@ selected-pair count, warm-up factor, ...). Step-dependent schedules (warm-ups, E
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -52,8 +54,53 @@ def _valid(batch: dict) -> torch.Tensor:
 
 
 def ramp(step: int, warmup_steps: int) -> float:
-    """Linear warm-up factor in [0, 1] (1 when ``warmup_steps`` <= 0)."""
-    return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
+    """Linear warm-up factor in [0, 1] (1 when ``warmup_steps`` <= 0): BoxInst's ``min(iter / warmup, 1)``."""
+    return ramp_weight(step, 0, warmup_steps, "linear")
+
+
+def ramp_weight(step: int, start: int, length: int, shape: str = "linear") -> float:
+    """The weight schedule of a consistency or pairwise term: 0 before ``start`` (a supervised warm-up),
+    then from ``t = (step - start) / length`` either ``t`` (linear, BoxInst) or ``exp(-5 (1 - t)^2)``
+    (sigmoid, Laine & Aila 2017: Mean Teacher's ramp, also common in CPS code), and 1 from
+    ``start + length`` on. ``length <= 0``: a step from 0 to 1 at ``start``."""
+    shape = getattr(shape, "value", shape)
+    if shape not in ("linear", "sigmoid"):
+        raise ValueError(f"unknown ramp shape {shape!r} (linear | sigmoid)")
+    if step < start:
+        return 0.0
+    if length <= 0:
+        return 1.0
+    t = min(1.0, (step - start) / length)
+    return t if shape == "linear" else math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+@dataclass(frozen=True)
+class Ramp:
+    """A weight schedule in optimizer steps (see :func:`ramp_weight`)."""
+
+    start: int = 0
+    length: int = 0
+    shape: str = "linear"
+
+    def __call__(self, step: int) -> float:
+        return ramp_weight(step, self.start, self.length, self.shape)
+
+
+@contextmanager
+def frozen_bn_statistics(model: nn.Module):
+    """Inside: BatchNorm layers still normalise with the batch's own statistics (train mode) but leave
+    their running statistics untouched (momentum 0). The target forward of domain adaptation runs in it,
+    so the running statistics stay those of the source batches and target images are normalised by target
+    statistics, never by a batch mixing the two domains (domain-specific BN, Chang et al. 2019)."""
+    bns = [m for m in _core(model).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
 
 
 # ----------------------------------------------------------------------------- photometric views
@@ -125,26 +172,35 @@ class Supervised:
 
 
 class PartialCEPairwise:
-    """Scribbles and points: partial CE on the annotated pixels of ``weak`` plus ``pairwise_weight`` times
-    the colour-gated pairwise term over all (non-padding) pixels, ramped in over ``warmup_steps``.
+    """Scribbles and points: partial CE on the annotated pixels of ``weak`` (class-balanced when
+    ``class_weight`` is given) plus ``pairwise_weight x ramp(step)`` times the colour-gated pairwise term
+    over all (non-padding) pixels. The ramp keeps the pairwise term off until partial CE has fitted the
+    labels: at full weight from the start it pulls a near-chance network to one constant class, which the
+    pairwise term alone prefers (a constant map has no label change between similar pixels).
     ``pairwise_weight = 0`` is the partial-CE-only ablation."""
 
     def __init__(self, pairwise_weight: float = 1.0, threshold: float = 0.3, kernel_size: int = 3,
-                 dilation: int = 2, warmup_steps: int = 0):
-        self.w, self.threshold, self.k, self.d, self.warmup = pairwise_weight, threshold, kernel_size, dilation, warmup_steps
+                 dilation: int = 2, warmup_steps: int = 0, ramp: Ramp | None = None,
+                 class_weight: torch.Tensor | None = None):
+        self.w, self.threshold, self.k, self.d = pairwise_weight, threshold, kernel_size, dilation
+        self.ramp = ramp if ramp is not None else Ramp(0, warmup_steps, "linear")
+        self.class_weight = class_weight
 
     def __call__(self, model: nn.Module, batch: dict) -> dict:
         step = _tick(model)
         logits = model(batch["image"])
-        pce = L.partial_cross_entropy(logits, batch["weak"])
+        cw = None if self.class_weight is None else self.class_weight.to(logits.device, logits.dtype)
+        pce = L.partial_cross_entropy(logits, batch["weak"], weight=cw)
         out = {"loss_pce": pce.detach()}
         loss = pce
         if self.w > 0:
-            sim = L.color_similarity(batch["image"], self.k, self.d)
-            pair, n = L.pairwise_affinity_loss(logits, sim, self.threshold, _valid(batch), self.k, self.d)
-            f = ramp(step, self.warmup)
-            loss = loss + self.w * f * pair
-            out.update(loss_pair=pair.detach(), pairs=n, warmup=f)
+            f = self.ramp(step)
+            out["warmup"] = f
+            if f > 0:
+                sim = L.color_similarity(batch["image"], self.k, self.d)
+                pair, n = L.pairwise_affinity_loss(logits, sim, self.threshold, _valid(batch), self.k, self.d)
+                loss = loss + self.w * f * pair
+                out.update(loss_pair=pair.detach(), pairs=n)
         out["loss"] = loss
         return out
 
@@ -153,9 +209,9 @@ class BoxSupervision:
     """BoxInst losses on a binary network (``weak``: 1 inside a box, 0 outside, IGNORE on padding)."""
 
     def __init__(self, pairwise_weight: float = 1.0, threshold: float = 0.3, kernel_size: int = 3,
-                 dilation: int = 2, warmup_steps: int = 100):
+                 dilation: int = 2, warmup_steps: int = 100, ramp: Ramp | None = None):
         self.w, self.threshold, self.k, self.d = pairwise_weight, threshold, kernel_size, dilation
-        self.warmup = warmup_steps
+        self.ramp = ramp if ramp is not None else Ramp(0, warmup_steps, "linear")
 
     def __call__(self, model: nn.Module, batch: dict) -> dict:
         step = _tick(model)
@@ -163,7 +219,7 @@ class BoxSupervision:
         valid = batch["weak"] != IGNORE_INDEX  # padding from the crop is neither box nor background
         box = batch["weak"].masked_fill(~valid, 0)
         sim = L.color_similarity(batch["image"], self.k, self.d)
-        return L.boxinst_loss(logits, box, sim, ramp(step, self.warmup), self.w, self.threshold, self.k,
+        return L.boxinst_loss(logits, box, sim, self.ramp(step), self.w, self.threshold, self.k,
                               self.d, valid=valid)
 
 
@@ -213,8 +269,9 @@ class MeanTeacherObjective:
     """Mean Teacher: supervised loss of the student plus ``weight`` (ramped) times the softmax MSE between
     the student on a strong colour view and the EMA teacher on the weak view of the unlabelled images."""
 
-    def __init__(self, weight: float = 10.0, alpha: float = 0.99, warmup_steps: int = 0):
-        self.weight, self.alpha, self.warmup = weight, alpha, warmup_steps
+    def __init__(self, weight: float = 10.0, alpha: float = 0.99, warmup_steps: int = 0, ramp: Ramp | None = None):
+        self.weight, self.alpha = weight, alpha
+        self.ramp = ramp if ramp is not None else Ramp(0, warmup_steps, "sigmoid")
 
     def __call__(self, model: MeanTeacher, batch: dict) -> dict:
         step = _tick(model)
@@ -225,40 +282,52 @@ class MeanTeacherObjective:
         with torch.no_grad():
             t_logits = _core(model).teacher(u)
         loss_c = L.softmax_mse(model(strong_photometric(u)), t_logits)
-        f = ramp(step, self.warmup)
+        f = self.ramp(step)
         return {"loss": loss_x + self.weight * f * loss_c, "loss_x": loss_x.detach(),
                 "loss_cons": loss_c.detach(), "warmup": f}
 
 
 class CrossPseudoSupervision:
     """CPS: both networks supervised on the labelled batch, and each trained on the other's hard
-    pseudo-labels on labelled and unlabelled images, weighted by ``weight`` (1.5 in the CPS paper)."""
+    pseudo-labels on labelled and unlabelled images, weighted by ``weight`` (1.5 in the CPS paper) times
+    ``ramp(step)``. Without the ramp two from-scratch networks at chance agree fastest on one class
+    everywhere, and the cross pseudo-labels lock that collapse in before the labels can act."""
 
-    def __init__(self, weight: float = 1.5):
+    def __init__(self, weight: float = 1.5, ramp: Ramp | None = None):
         self.weight = weight
+        self.ramp = ramp if ramp is not None else Ramp()
 
     def __call__(self, model: DualNet, batch: dict) -> dict:
+        step = _tick(model)
         x, y, u = batch["image"], batch["weak"], batch["u_image"]
         b = x.shape[0]
         both = torch.cat([x, u])
         la, lb = model(both, both=True)
         loss_x = L.supervised_loss(la[:b], y) + L.supervised_loss(lb[:b], y)
         loss_cps = L.cross_pseudo_supervision(la, lb)
-        return {"loss": loss_x + self.weight * loss_cps, "loss_x": loss_x.detach(), "loss_cps": loss_cps.detach()}
+        f = self.ramp(step)
+        return {"loss": loss_x + self.weight * f * loss_cps, "loss_x": loss_x.detach(),
+                "loss_cps": loss_cps.detach(), "warmup": f}
 
 
 class EntropyMinimization:
-    """MinEnt (ADVENT): supervised loss on the source batch + ``weight`` x normalised target entropy."""
+    """MinEnt (ADVENT): supervised loss on the source batch + ``weight`` x normalised target entropy.
+
+    Source and target go through the network in separate forward passes, as in ADVENT's code, so no
+    BatchNorm batch ever mixes the domains; the target pass leaves the running statistics alone
+    (:func:`frozen_bn_statistics`), which therefore hold source statistics only. Evaluate with
+    ``test_bn=target`` to normalise target images with target statistics (see ``experiment``)."""
 
     def __init__(self, weight: float = 0.001):
         self.weight = weight
 
     def __call__(self, model: nn.Module, batch: dict) -> dict:
         x, y, t = batch["image"], batch["weak"], batch["u_image"]
-        b = x.shape[0]
-        logits = model(torch.cat([x, t]))
-        loss_s = L.supervised_loss(logits[:b], y)
-        ent = L.normalized_entropy(logits[b:])
+        loss_s = L.supervised_loss(model(x), y)
+        with frozen_bn_statistics(model):
+            logits_t = model(t)
+        valid = batch["u_valid"] == 1 if "u_valid" in batch else None
+        ent = L.normalized_entropy(logits_t, valid)
         return {"loss": loss_s + self.weight * ent, "loss_src": loss_s.detach(), "entropy_tgt": ent.detach()}
 
 

@@ -78,3 +78,26 @@ def percent_of_full_bars(names: list[str], percents: list[float], path: str | Pa
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def learning_curve_plot(curve: list[tuple[int, float]], budget: int, path: str | Path) -> Path:
+    """Validation score against training steps (the budget's learning curve), with the chosen budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    steps, vals = zip(*curve) if curve else ((), ())
+    ax.plot(steps, vals, marker="o", ms=3)
+    ax.axvline(budget, color="k", lw=0.8, ls="--", label=f"budget {budget} steps")
+    ax.set_xlabel("optimizer step (batch 8)")
+    ax.set_ylabel("CamVid val mIoU")
+    ax.set_title("camvid/full learning curve on validation", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

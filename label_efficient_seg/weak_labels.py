@@ -156,13 +156,18 @@ def interior_point(component: np.ndarray, rng: np.random.Generator | None = None
 
 
 def point_labels(mask: np.ndarray, rng: np.random.Generator, instances: np.ndarray | None = None,
-                 mode: str = "centroid", n_background: int = 3, min_background_distance: int = 5,
-                 background_class: int = 0, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+                 mode: str = "centroid", n_background: int | None = None, min_background_distance: int = 5,
+                 background_class: int = 0, ignore_index: int = IGNORE_INDEX, background_ratio: float = 1.0,
+                 voronoi: bool = False) -> np.ndarray:
     """One click per object plus background clicks, as a partial label map.
 
     Objects are the ids of ``instances`` when given (nuclei), else the class components of ``mask``
-    other than the background class. Background clicks are drawn among background pixels at least
-    ``min_background_distance`` pixels (Euclidean) from any object; fewer are drawn if there is no room.
+    other than the background class. Background clicks: ``n_background`` per image when given, else
+    ``round(background_ratio x number of object clicks)``, at least 1 (the stated fg:bg ratio, so that a
+    crowded nuclei image does not get 3 background clicks against 60 foreground ones). They are drawn
+    among background pixels at least ``min_background_distance`` pixels (Euclidean) from any object;
+    fewer when there is no room. ``voronoi``: the edges of the Voronoi partition of the object clicks are
+    labelled background too (:func:`voronoi_edges`; Qu et al. 2019), except where a click lies.
     """
     mask = _check_mask(mask)
     out = np.full(mask.shape, ignore_index, dtype=np.int64)
@@ -176,10 +181,16 @@ def point_labels(mask: np.ndarray, rng: np.random.Generator, instances: np.ndarr
         classes = [c for c in np.unique(mask) if c not in (background_class, ignore_index)]
         objects = list(_components(mask, ignore_index, classes=classes))
     objmask = np.zeros(mask.shape, dtype=bool)
+    clicks = []
     for c, comp in objects:
         y, x = interior_point(comp, rng, mode)
         out[y, x] = c
+        clicks.append((y, x))
         objmask |= comp
+    if n_background is None:
+        if background_ratio < 0:
+            raise ValueError(f"background_ratio must be >= 0, got {background_ratio}")
+        n_background = max(1, int(round(background_ratio * len(objects))))
     if n_background > 0:
         far = ndi.distance_transform_edt(~objmask) >= min_background_distance
         far &= mask == background_class
@@ -187,7 +198,24 @@ def point_labels(mask: np.ndarray, rng: np.random.Generator, instances: np.ndarr
         if len(ys):
             pick = rng.choice(len(ys), size=min(n_background, len(ys)), replace=False)
             out[ys[pick], xs[pick]] = background_class
+    if voronoi and len(clicks) >= 2:
+        edges = voronoi_edges(clicks, mask.shape)
+        out[edges & (out == ignore_index)] = background_class
     return out
+
+
+def voronoi_edges(points: list[tuple[int, int]], shape: tuple[int, int]) -> np.ndarray:
+    """Boolean map of the edges of the Voronoi partition of ``points`` ((y, x) pixels): the pixels of each
+    cell that touch another cell (one pixel on each side of every edge). With one click per nucleus each
+    cell holds one nucleus, so its edges run between nuclei: Qu et al. (2019) label them background."""
+    seeds = np.zeros(shape, dtype=np.int64)
+    for k, (y, x) in enumerate(points, 1):
+        seeds[y, x] = k
+    if len(points) < 2:
+        return np.zeros(shape, dtype=bool)
+    _, (iy, ix) = ndi.distance_transform_edt(seeds == 0, return_indices=True)
+    cells = seeds[iy, ix]
+    return segmentation.find_boundaries(cells, mode="inner")
 
 
 # ----------------------------------------------------------------------------- noisy masks

@@ -65,7 +65,9 @@ def test_reproduce_smoke_profile(tmp_path):
                            argv=["--profile", "smoke", "--reports-dir", str(rep), "--work-dir", str(tmp_path / "w")])
     out = rep / "label_efficient_seg"
     results = json.loads((out / "results.json").read_text())
-    assert results["profile"] == "smoke" and len(results["rows"]) == 6
+    assert results["profile"] == "smoke" and len(results["rows"]) == 8  # 7 rows + 1 paired claim
+    claim = next(r for r in results["rows"] if r["metric"].startswith("claim: camvid/scribbles - "))
+    assert claim["n"] == 1 and "single run, no verdict" in claim["note"]
     cam = results["extra"]["camvid/cam_tags"]  # the two-stage CAM path ran and scored its pseudo-masks
     assert 0 <= cam["pseudo_mask_quality_train"]["coverage"] <= 1
     assert (out / "examples_smoke.png").stat().st_size > 0

@@ -117,12 +117,22 @@ def test_gce_learns_from_noisy_masks(shapes3):
 
 
 @pytest.mark.slow
-def test_minent_adapts_to_shifted_domain(shapes2):
+def test_minent_beats_source_only_on_a_shift_it_must_win(shapes2):
+    """Target: the background turns light grey, objects keep their colour (data.brighten_background).
+    Source-only, evaluated as it was trained, mistakes much of the light background for objects; MinEnt
+    (separate target passes, target BN statistics at test: the defaults of the two methods) must beat it
+    clearly. Calibration, seeds 0 / 1 / 2: source-only mDice 0.27 / 0.41 / 0.28, MinEnt 0.89 / 0.94 / 0.84."""
+    from label_efficient_seg.evaluate import adapt_bn_statistics
+
     tr, te = shapes2
     src = D.SegDataset(tr, D.make_weak_labels(tr, "full", 0), crop=S)
-    tgt = D.SegDataset(D.shift_domain(D.synthetic_shapes(32, S, 2, seed=4)), None, crop=S)
-    m = fit(net(2), D.PairedDataset(src, tgt), Mth.EntropyMinimization(0.1))
-    assert evaluate_model(m, D.shift_domain(te))["mdice"] > 0.7
+    tgt_train = D.brighten_background(D.synthetic_shapes(32, S, 2, seed=4))
+    tgt_test = D.brighten_background(te)
+    so = fit(net(2), src, Mth.Supervised())
+    me = fit(net(2), D.PairedDataset(src, D.SegDataset(tgt_train, None, crop=S)), Mth.EntropyMinimization(1.0))
+    source_only = evaluate_model(so, tgt_test)["mdice"]
+    minent = evaluate_model(adapt_bn_statistics(me, tgt_train.images), tgt_test)["mdice"]
+    assert minent > 0.75 and minent > source_only + 0.2, (minent, source_only)
 
 
 @pytest.mark.slow
