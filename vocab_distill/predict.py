@@ -112,7 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-len", type=int, default=64, help="tokens per input (the fine-tuning length: 64)")
     ap.add_argument("--batch-size", type=int, default=BATCH)
     a = ap.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
     from common.data import DataFormatError
+
+    hf_logging.disable_progress_bar()  # stdout/stderr carry the records and one-line errors only
+    hf_logging.set_verbosity_error()
 
     try:
         model, tok, labels = load(a.model_dir)
