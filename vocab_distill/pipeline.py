@@ -147,6 +147,10 @@ class Pipeline:
         self.mixed_opts, self.student_opts = mixed, student
         self.teacher_opts = teacher or TeacherOptions()
         self.data_dir, self.resume, self.logger_cfg = data_dir, resume, logger_cfg
+        if resume == "auto" and (self.work / "stage0").is_dir():
+            raise ResumeError(f"{self.work} holds a run of the pipeline before issue 24 (a stage0/ folder): its "
+                              "stage exports came from a teacher without the MLM gate and must not be reused. "
+                              "Start fresh under another name=... (reproduce: --fresh).")
         self.teacher_dir = Path(pc.teacher_dir) if pc.teacher_dir else teacher_model_path()
         if pc.teacher_dir and not (self.teacher_dir / "config.json").is_file():
             raise FileNotFoundError(f"pipeline.teacher_dir={pc.teacher_dir}: no config.json there (a BERT folder "

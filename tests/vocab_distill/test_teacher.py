@@ -161,3 +161,18 @@ def test_kinds_of_the_mask_draw_are_consistent(toy):
     # mask_tokens makes the very same draws
     ids2, labels2 = mask_tokens(b["input_ids"], b["special_mask"], **kw, generator=torch.Generator().manual_seed(1))
     assert torch.equal(ids, ids2) and torch.equal(labels, labels2)
+
+
+def test_a_run_from_before_the_gate_is_not_continued(tmp_path):
+    """Its stage exports came from a teacher that never passed the gate: resume=auto must not reuse them."""
+    from hydra import compose, initialize_config_dir
+
+    from common.checkpoint import ResumeError
+    from tests.vocab_distill.test_pipeline_smoke import REPO
+    from vocab_distill.train import build_pipeline
+
+    (tmp_path / "run" / "stage0" / "teacher_mlm").mkdir(parents=True)
+    with initialize_config_dir(config_dir=str(REPO / "vocab_distill" / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=smoke", "resume=auto"])
+    with pytest.raises(ResumeError, match="before issue 24"):
+        build_pipeline(cfg, tmp_path / "run")
