@@ -95,7 +95,8 @@ def gate_decision(points: Sequence[dict], opts: TeacherOptions) -> str | None:
 
 def speed_and_projection(points: Sequence[dict], gate: float) -> dict:
     """Adaptation speed (steps per CPU-second, CPU time of this process and its threads) and, when the
-    curve rises, a log-linear extrapolation of the steps and CPU-hours to the gate.
+    curve rises (at least three adaptation points), a log-linear extrapolation of the steps and CPU-hours
+    to the gate.
 
     The extrapolation fits acc_mask = a + b ln(step) to the adaptation points (learning curves of this
     kind are roughly straight in log steps before they bend down), so it is an optimistic guess, not a
@@ -109,7 +110,7 @@ def speed_and_projection(points: Sequence[dict], gate: float) -> dict:
         out |= {"steps_timed": steps, "steps_per_cpu_second": steps / cpu, "cpu_seconds_per_step": cpu / steps,
                 "wall_seconds_per_step": wall / steps}
     adapt = [p for p in points if p.get("phase") == "adapt" and p["adapt_step"] > 0]
-    if len(adapt) >= 2:
+    if len(adapt) >= 3 and gate > 0:
         x = np.log([p["adapt_step"] for p in adapt])
         y = np.array([p[GATE_METRIC] for p in adapt])
         slope, intercept = np.polyfit(x, y, 1)

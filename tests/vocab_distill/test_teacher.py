@@ -86,9 +86,10 @@ def test_gate_decision_rules():
 
 def test_speed_and_log_linear_projection():
     pts = [{"phase": "adapt", "adapt_step": s, "acc_mask": a, "chunk_steps": 100, "chunk_cpu_seconds": 200.0,
-            "chunk_wall_seconds": 120.0} for s, a in ((100, 0.10), (200, 0.15))]
+            "chunk_wall_seconds": 120.0} for s, a in ((50, 0.05), (100, 0.10), (200, 0.15))]
     sp = speed_and_projection(pts, gate=0.25)
     assert sp["steps_per_cpu_second"] == pytest.approx(0.5) and sp["cpu_seconds_per_step"] == pytest.approx(2.0)
+    assert "extrapolated_steps_to_gate" not in speed_and_projection(pts[1:], gate=0.25)  # two points: no fit
     # 0.05 per doubling: 0.25 is two more doublings after 200 steps -> 800 steps, 800 * 2 CPU-s
     assert sp["extrapolated_steps_to_gate"] == pytest.approx(800, rel=1e-6)
     assert sp["extrapolated_cpu_hours_to_gate"] == pytest.approx(800 * 2 / 3600, rel=1e-6)
