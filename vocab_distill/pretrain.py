@@ -1,5 +1,6 @@
-"""The pre-training stages on the common Trainer: stage 0 (teacher MLM head), stage I (mixed-vocabulary
-teacher), stage II (student with shared projections) and the two student baselines (scratch, logit KD).
+"""The pre-training stages on the common Trainer: the teacher's MLM head and adaptation (driven by
+``teacher.py``), stage I (mixed-vocabulary teacher), stage II (student with shared projections) and the
+student baselines (scratch, logit KD, TinyBERT-style hidden-state KD).
 
 Every stage is one ``common.trainer.Trainer.fit`` in its own run directory, so ``resume="auto"`` continues
 any stage exactly. The dataset is the list of pre-encoded segments; a batch is a tensor of their indices
