@@ -51,8 +51,19 @@ def read_sst2(split: str = "train", data_dir=None, limit: int | None = None) -> 
     """GLUE SST-2 as (sentence, label) pairs (the first ``limit`` rows if given); the file is
     ``label<TAB>sentence`` with a header row."""
     if split not in ("train", "dev"):
-        raise ValueError(f"SST-2 split must be train or dev, got {split!r}")
+        raise ValueError(f"SST-2 split must be train or dev (GLUE's test labels are not public; evaluate a "
+                         f"labelled file with read_sst2_file), got {split!r}")
     path = dataset_path("SST-2", f"glue/sst2/{split}.tsv", source=SST2_SOURCE, data_dir=data_dir)
+    return read_sst2_file(path, limit=limit)
+
+
+def read_sst2_file(path: str | Path, limit: int | None = None) -> list[tuple[str, int]]:
+    """A labelled SST-2-style file (GLUE's train/dev layout): a header ``label<TAB>sentence``, then one
+    ``0|1<TAB>sentence`` a line. A user's own test set goes through here (``pipeline.test_files``,
+    ``python -m vocab_distill.predict --test-file``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(path, "no such file (an SST-2-style TSV: header 'label<TAB>sentence')")
     rows = []
     with open(path, encoding="utf-8") as f:
         header = f.readline().rstrip("\n").split("\t")
@@ -73,6 +84,8 @@ def read_sst2(split: str = "train", data_dir=None, limit: int | None = None) -> 
             if not text:
                 raise DataFormatError(path, "empty sentence", line=lineno)
             rows.append((text, int(parts[0])))
+    if not rows:
+        raise DataFormatError(path, "no labelled rows after the header")
     return rows
 
 
@@ -81,10 +94,18 @@ def read_nlu_intents(dataset: str = "snips", split: str = "train", data_dir=None
     if dataset not in ("snips", "atis") or split not in ("train", "dev", "test"):
         raise ValueError(f"unknown NLU dataset/split {dataset}/{split}")
     folder = dataset_path(dataset.upper(), f"nlu/{dataset}/{split}", source=NLU_SOURCE, data_dir=data_dir)
+    return read_intent_folder(folder)
+
+
+def read_intent_folder(folder: str | Path) -> list[tuple[str, str]]:
+    """A SNIPS-style folder: ``seq.in`` (one utterance a line) and ``label`` (its intent, same line)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataFormatError(folder, "no such folder (a SNIPS-style folder holds seq.in and label)")
     seq_path, label_path = folder / "seq.in", folder / "label"
     for p in (seq_path, label_path):
         if not p.is_file():
-            raise DataFormatError(p, f"missing file (the {dataset} {split} folder needs seq.in and label)")
+            raise DataFormatError(p, f"missing file (the folder {folder} needs seq.in and label)")
     texts = seq_path.read_text(encoding="utf-8").splitlines()
     labels = label_path.read_text(encoding="utf-8").splitlines()
     if len(texts) != len(labels):
@@ -95,6 +116,8 @@ def read_nlu_intents(dataset: str = "snips", split: str = "train", data_dir=None
         if not t or not lab:
             raise DataFormatError(seq_path if not t else label_path, "empty utterance or label", line=i)
         out.append((t, lab))
+    if not out:
+        raise DataFormatError(seq_path, "no utterances")
     return out
 
 

@@ -151,7 +151,15 @@ class MixedVocabCodec:
         return words
 
 
-def mask_tokens(
+KEPT, MASKED, RANDOM, UNCHANGED = 0, 1, 2, 3
+"""Position kinds of BERT's 80/10/10 rule (``mask_tokens_with_kinds``): not selected, replaced by [MASK],
+replaced by a random token, selected but left unchanged. Accuracy differs wildly between them (a model that
+copies its input scores 100% at UNCHANGED positions and 0% at MASKED ones), so the teacher's gate and the
+report look at them apart."""
+POSITION_KINDS = {"mask": MASKED, "random": RANDOM, "unchanged": UNCHANGED}
+
+
+def mask_tokens_with_kinds(
     input_ids: torch.Tensor,
     special_mask: torch.Tensor,
     *,
@@ -159,7 +167,7 @@ def mask_tokens(
     vocab_ranges: Sequence[tuple[int, int, int]],
     mask_prob: float = 0.15,
     generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """BERT's 80/10/10 masking where a random replacement stays inside the replaced token's vocabulary.
 
     Args:
@@ -167,7 +175,9 @@ def mask_tokens(
             ``start <= id < end`` belong to it, and their random replacements are drawn uniformly from
             ``[random_low, end)`` (``random_low`` skips special/unused entries).
     Returns:
-        ``(masked_input_ids, labels)``; labels hold the original id at selected positions, -100 elsewhere.
+        ``(masked_input_ids, labels, kinds)``; labels hold the original id at selected positions, -100
+        elsewhere; kinds is MASKED / RANDOM / UNCHANGED at selected positions and KEPT elsewhere (a random
+        draw that happens to give back the original token still counts as RANDOM).
     """
     ids = input_ids.clone()
     labels = input_ids.clone()
@@ -185,6 +195,16 @@ def mask_tokens(
         in_vocab = to_random & (input_ids >= start) & (input_ids < end)
         repl = (low + (u * (end - low)).long()).clamp(max=end - 1)
         ids[in_vocab] = repl[in_vocab]
+    kinds = torch.full(ids.shape, KEPT, dtype=torch.long, device=ids.device)
+    kinds[selected] = UNCHANGED
+    kinds[to_mask] = MASKED
+    kinds[to_random] = RANDOM
+    return ids, labels, kinds
+
+
+def mask_tokens(input_ids: torch.Tensor, special_mask: torch.Tensor, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mask_tokens_with_kinds`` without the kinds: ``(masked_input_ids, labels)`` (the same draws)."""
+    ids, labels, _ = mask_tokens_with_kinds(input_ids, special_mask, **kw)
     return ids, labels
 
 
@@ -228,7 +248,50 @@ class StudentCodec:
     def masked_batch(self, encs: Sequence[np.ndarray], mask_prob: float = 0.15,
                      generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         b = self.batch(encs)
-        ids, labels = mask_tokens(b["input_ids"], b["special_mask"], mask_id=self.mask_id,
-                                  vocab_ranges=[(0, self.vocab_size, self.random_low)],
-                                  mask_prob=mask_prob, generator=generator)
-        return {"input_ids": ids, "attention_mask": b["attention_mask"], "labels": labels}
+        ids, labels, kinds = mask_tokens_with_kinds(b["input_ids"], b["special_mask"], mask_id=self.mask_id,
+                                                    vocab_ranges=[(0, self.vocab_size, self.random_low)],
+                                                    mask_prob=mask_prob, generator=generator)
+        return {"input_ids": ids, "attention_mask": b["attention_mask"], "labels": labels, "kinds": kinds}
+
+
+def aligned_batch(codec: MixedVocabCodec, s_codec: StudentCodec, encs: Sequence[EncodedText], mask_prob: float = 0.15,
+                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """One batch for hidden-state distillation between two vocabularies: each segment segmented with V_t
+    (the teacher's input, unmasked) and with V_s (the student's input, masked for its MLM loss), and the
+    word alignment between the two.
+
+    The units are [CLS] and every word that both truncated sequences hold whole; ``t_pool`` / ``s_pool``
+    ([B, U, L_t] / [B, U, L_s]) average the pieces of each unit, so ``pool @ hidden`` gives one vector per
+    word in either model, and ``unit_mask`` ([B, U]) marks the real units (TinyBERT matches token positions,
+    which two vocabularies do not share)."""
+    if s_codec.cls_id != s_codec.tok.token_to_id("[CLS]"):  # pragma: no cover - StudentCodec invariant
+        raise ValueError("student codec without [CLS]")
+    limit = codec.max_len - 2
+    t_seqs, s_seqs, units = [], [], []
+    for enc in encs:
+        t = [int(i) for i in enc.t_ids[:limit]]
+        s = [int(i) for i in enc.s_ids[:limit]]
+        words = [w for w in range(enc.n_words) if enc.t_off[w + 1] <= limit and enc.s_off[w + 1] <= limit]
+        t_seqs.append([codec.cls_id, *t, codec.sep_id])
+        s_seqs.append(np.asarray(s, dtype=np.int32))
+        units.append([(0, 1, 0, 1)] + [(1 + int(enc.t_off[w]), 1 + int(enc.t_off[w + 1]),
+                                        1 + int(enc.s_off[w]), 1 + int(enc.s_off[w + 1])) for w in words])
+    n_units = max(len(u) for u in units)
+    width_t = max(len(x) for x in t_seqs)
+    t_ids = torch.full((len(encs), width_t), codec.pad_id, dtype=torch.long)
+    t_mask = torch.zeros_like(t_ids)
+    for i, x in enumerate(t_seqs):
+        t_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+        t_mask[i, : len(x)] = 1
+    student = s_codec.masked_batch(s_seqs, mask_prob, generator=generator)
+    width_s = student["input_ids"].shape[1]
+    t_pool = torch.zeros(len(encs), n_units, width_t)
+    s_pool = torch.zeros(len(encs), n_units, width_s)
+    unit_mask = torch.zeros(len(encs), n_units, dtype=torch.bool)
+    for i, us in enumerate(units):
+        for u, (t0, t1, s0, s1) in enumerate(us):
+            t_pool[i, u, t0:t1] = 1.0 / (t1 - t0)
+            s_pool[i, u, s0:s1] = 1.0 / (s1 - s0)
+            unit_mask[i, u] = True
+    return {**student, "teacher_input_ids": t_ids, "teacher_attention_mask": t_mask, "t_pool": t_pool,
+            "s_pool": s_pool, "unit_mask": unit_mask}

@@ -81,6 +81,7 @@ class MLMOutput:
     n_student: int  # masked tokens predicted over V_s
     correct_teacher: int
     correct_student: int
+    predictions: torch.Tensor | None = None  # argmax per masked token, in the shared id space
 
 
 class MixedVocabMLM(nn.Module):
@@ -141,27 +142,31 @@ class MixedVocabMLM(nn.Module):
 
 
 def two_softmax_loss(model: MixedVocabMLM, h: torch.Tensor, y: torch.Tensor) -> MLMOutput:
-    """The routed MLM loss for masked hidden states ``h`` ([n, H]) and shared-space targets ``y`` ([n])."""
+    """The routed MLM loss for masked hidden states ``h`` ([n, H]) and shared-space targets ``y`` ([n]);
+    also each token's prediction (the argmax of its own vocabulary's softmax, in the shared id space)."""
     n = y.numel()
     if n == 0:
         zero = h.sum() * 0.0
-        return MLMOutput(zero, 0, 0, 0, 0)
+        return MLMOutput(zero, 0, 0, 0, 0, y.clone())
     is_s = y >= model.n_teacher
     pred = model.teacher.cls.predictions
     hp = pred.transform(h)
     total = hp.new_zeros(())
+    predictions = torch.empty_like(y)
     ct = cs = 0
     if bool((~is_s).any()):
         lt = pred.decoder(hp[~is_s])
         total = total + F.cross_entropy(lt.float(), y[~is_s], reduction="sum")
-        ct = int((lt.argmax(-1) == y[~is_s]).sum())
+        predictions[~is_s] = lt.argmax(-1)
+        ct = int((predictions[~is_s] == y[~is_s]).sum())
     if bool(is_s.any()):
         ls = model.student_down(hp[is_s]) @ model.student_embeddings.weight.t() + model.student_bias
         ys = y[is_s] - model.n_teacher
         total = total + F.cross_entropy(ls.float(), ys, reduction="sum")
-        cs = int((ls.argmax(-1) == ys).sum())
+        predictions[is_s] = ls.argmax(-1) + model.n_teacher
+        cs = int((predictions[is_s] == y[is_s]).sum())
     n_s = int(is_s.sum())
-    return MLMOutput(total / n, n - n_s, n_s, ct, cs)
+    return MLMOutput(total / n, n - n_s, n_s, ct, cs, predictions.detach())
 
 
 def set_encoder_trainable(model: MixedVocabMLM, trainable: bool) -> None:
@@ -200,23 +205,50 @@ def _chain(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return (a @ b) @ c if left_first <= right_first else a @ (b @ c)
 
 
+PROJECTION_FAMILIES = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out", "bias", "norm")
+"""Tensor families of the projection loss, whose shares are logged: the six weight-matrix roles, the Linear
+biases and the LayerNorm gains and shifts."""
+
+
+def tensor_family(name: str) -> str:
+    """The family of an encoder-layer parameter name (``attention.self.query.weight`` -> ``query``)."""
+    if "LayerNorm" in name:
+        return "norm"
+    if name.endswith(".bias"):
+        return "bias"
+    for key, family in (("attention.self.query", "query"), ("attention.self.key", "key"),
+                        ("attention.self.value", "value"), ("attention.output.dense", "attn_out"),
+                        ("intermediate.dense", "ffn_in"), ("output.dense", "ffn_out")):
+        if name.startswith(key):
+            return family
+    raise ValueError(f"no projection family for encoder parameter {name!r}")
+
+
 class SharedProjection(nn.Module):
     """Projections between teacher and student *parameters*, shared by all layers and roles.
 
     One down-projection per dimension type (U_h: H x d, U_f: F x f) and one up-projection (V_h, V_f).
-    For every encoder-layer tensor of role k in layer l (Q, K, V, attention output, FFN in, FFN out and
-    their biases and LayerNorms) with row/column dimension types a, b:
+    For every encoder-layer weight matrix of role k in layer l (Q, K, V, attention output, FFN in, FFN out)
+    with row/column dimension types a, b:
 
-    - down: ``mean((U_a^T W^t U_b - W^s)^2)``  (vectors: ``U_a^T beta^t`` versus ``beta^s``)
-    - up:   ``mean((W^t - V_a W^s V_b^T)^2)``  (vectors: ``V_a beta^s`` versus ``beta^t``)
+    - down: ``mean((U_a^T W^t U_b - W^s)^2)``
+    - up:   ``mean((W^t - V_a W^s V_b^T)^2)``
 
-    summed over (l, k). The teacher is a constant here (its tensors are detached).
+    The paper projects weight matrices; ``biases`` / ``norms`` add the Linear biases and the LayerNorm gains
+    and shifts with a one-sided projection (``U_a^T beta^t`` versus ``beta^s``). They are off by default: a
+    one-sided orthogonal projection of all-positive teacher gains gives targets of either sign, and on a
+    fresh student those vector terms were 95% of the summed loss (issue 24).
+
+    ``normalize`` (default) divides each tensor's term by the teacher tensor's mean square, so every term is
+    a relative error (1 for a zero student against an orthogonal down-projection of a constant tensor) and
+    the loss is their *mean* over tensors: no family dominates by its scale or count, and ``alpha = 1``
+    weighs an average relative error. ``normalize=False`` is the plain sum of mean squared errors.
     """
 
     def __init__(self, teacher_config: BertConfig, student_config: BertConfig, init: str = "orthogonal",
-                 vectors: bool = True):
+                 *, biases: bool = False, norms: bool = False, normalize: bool = True):
         super().__init__()
-        self.vectors = vectors  # False: project the weight matrices only (no biases, no LayerNorms)
+        self.biases, self.norms, self.normalize = biases, norms, normalize
         if teacher_config.num_hidden_layers != student_config.num_hidden_layers:
             raise ValueError("shared projections pair layer l of the teacher with layer l of the student: "
                              f"{teacher_config.num_hidden_layers} != {student_config.num_hidden_layers} layers")
@@ -234,17 +266,25 @@ class SharedProjection(nn.Module):
             else:
                 raise ValueError(f"unknown projection init {init!r}")
 
+    def includes(self, family: str) -> bool:
+        if family == "bias":
+            return self.biases
+        if family == "norm":
+            return self.norms
+        return True
+
     def pairs(self, teacher: BertModel, student: BertModel):
-        """Yield (name, teacher tensor, student tensor, dimension types) for every projected tensor."""
+        """Yield (name, family, teacher tensor, student tensor, dimension types) for every projected tensor."""
         th, tf = self.t_dims["h"], self.t_dims["f"]
         for li, (lt, ls) in enumerate(zip(teacher.encoder.layer, student.encoder.layer)):
             s_params = dict(ls.named_parameters())
             for name, wt in lt.named_parameters():
-                if wt.dim() == 1 and not self.vectors:
+                family = tensor_family(name)
+                if not self.includes(family):
                     continue
                 ws = s_params[name]
                 types = tuple(_dim_type(s, th, tf) for s in wt.shape)
-                yield f"layer{li}.{name}", wt, ws, types
+                yield f"layer{li}.{name}", family, wt, ws, types
 
     def project_down(self, wt: torch.Tensor, types: tuple[str, ...]) -> torch.Tensor:
         if len(types) == 1:
@@ -256,25 +296,45 @@ class SharedProjection(nn.Module):
             return self.up[types[0]] @ ws
         return _chain(self.up[types[0]], ws, self.up[types[1]].t())
 
-    def loss(self, teacher: BertModel, student: BertModel, direction: str = "down") -> torch.Tensor:
-        """The summed projection loss; ``direction`` is down, up or both (sum of the two)."""
+    def terms(self, teacher: BertModel, student: BertModel, direction: str = "down") -> dict[str, tuple[str, torch.Tensor]]:
+        """Each projected tensor's term ``{name: (family, term)}``, already divided by the teacher tensor's
+        mean square when ``normalize``; ``direction`` is down, up or both (the sum of the two)."""
         if direction not in ("down", "up", "both"):
             raise ValueError(f"direction must be down, up or both, got {direction!r}")
-        total = None
-        for _, wt, ws, types in self.pairs(teacher, student):
+        out = {}
+        for name, family, wt, ws, types in self.pairs(teacher, student):
             wt = wt.detach()
             term = 0.0
             if direction in ("down", "both"):
                 term = term + (self.project_down(wt, types) - ws).pow(2).mean()
             if direction in ("up", "both"):
                 term = term + (wt - self.project_up(ws, types)).pow(2).mean()
-            total = term if total is None else total + term
-        return total
+            if self.normalize:
+                term = term / wt.pow(2).mean().clamp_min(1e-12)
+            out[name] = (family, term)
+        return out
+
+    def loss_and_shares(self, teacher: BertModel, student: BertModel,
+                        direction: str = "down") -> tuple[torch.Tensor, dict[str, float]]:
+        """The projection loss (mean of the normalised terms, or the sum of the raw ones) and each family's
+        share of it (fractions summing to 1; families left out are absent)."""
+        terms = self.terms(teacher, student, direction)
+        total = sum(t for _, t in terms.values())
+        if self.normalize:
+            total = total / len(terms)
+        sums: dict[str, float] = {}
+        for family, t in terms.values():
+            sums[family] = sums.get(family, 0.0) + float(t.detach())
+        whole = sum(sums.values())
+        return total, {f: (v / whole if whole > 0 else 0.0) for f, v in sums.items()}
+
+    def loss(self, teacher: BertModel, student: BertModel, direction: str = "down") -> torch.Tensor:
+        return self.loss_and_shares(teacher, student, direction)[0]
 
     @torch.no_grad()
     def copy_projected_teacher(self, teacher: BertModel, student: BertModel) -> None:
-        """Set every student encoder tensor to its down-projected teacher tensor (an optional init)."""
-        for _, wt, ws, types in self.pairs(teacher, student):
+        """Set every projected student tensor to its down-projected teacher tensor (an optional init)."""
+        for _, _, wt, ws, types in self.pairs(teacher, student):
             ws.copy_(self.project_down(wt, types))
 
 

@@ -1,14 +1,19 @@
-"""The whole experiment, stage by stage, resumable: corpus -> V_s -> stage 0 -> stage I -> stage II and the
-baselines -> exports -> fine-tuning -> size/speed table. Used by ``train.py`` (Hydra) and ``reproduce.py``.
+"""The whole experiment, stage by stage, resumable: corpus -> V_s -> teacher MLM adaptation and its gate ->
+stage I -> stage II and the baselines -> exports -> fine-tuning (selection on a split carved from train, then
+the reported seeds) -> size/speed table. Used by ``train.py`` (Hydra) and ``reproduce.py``.
 
 Layout of ``work_dir``::
 
-    corpus_stats.json, vocab/student_vocab.txt, match_rate.json
-    stage0/, stage0_adapt/ (Trainer runs) + stage0/teacher_mlm/   teacher with a trained MLM head
+    vocab/student_vocab.txt
+    teacher/ head/, adapt/ (Trainer runs), curve.json, teacher.json, teacher_mlm/ (the adapted MLM teacher)
     stage1_d{d}/ (Trainer run) + export/                 mixed-vocabulary teacher and E_s for width d
-    stage2_{method}_d{d}/ (Trainer run) + export/        students: dual_proj, scratch, logit_kd
-    finetune/{model}/{task}/seed{s}/ (Trainer run) + result.json
+    stage2_{method}_d{d}/ (Trainer run) + export/        students: dual_proj, scratch, logit_kd, hidden_kd
+    finetune/{model}/{task}/select_lr{lr}/ (trials) + selection.json
+    finetune/{model}/{task}/seed{s}/ (Trainer run) + result.json + export/ (the classifier folder)
     results.json
+
+If the teacher does not reach ``teacher.gate`` at real [MASK] positions, the pipeline stops after the teacher
+(``results["teacher"]["gate_passed"] = False``): no student is trained and no verdict can be drawn.
 
 A finished stage leaves its ``export`` folder or ``result.json``; a rerun skips it. An unfinished one
 continues from its last checkpoint when ``resume="auto"``.
@@ -21,7 +26,6 @@ from __future__ import annotations
 
 import json
 import random
-import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -34,11 +38,11 @@ from common.checkpoint import ResumeError, load_export, save_safetensors
 from common.distributed import barrier, broadcast_object, is_main_process
 from common.logging import get_logger
 
-from .config import PipelineConfig
+from .config import PipelineConfig, TeacherOptions
 from .corpus import build_corpus, read_nlu_intents, read_sst2
 from .evaluate import compression_ratios, size_report, speed_table
-from .finetune import TASKS, finetune
-from .mixed import MixedVocabCodec, StudentCodec
+from .finetune import TASKS, choose, drop_checkpoints, finetune, load_task
+from .mixed import MixedVocabCodec, StudentCodec, aligned_batch
 from .model import (
     MixedVocabMLM,
     SharedProjection,
@@ -49,6 +53,7 @@ from .model import (
     student_config,
 )
 from .pretrain import (
+    HiddenStateDistiller,
     JointDualTraining,
     MixedMLMOptions,
     StudentDistiller,
@@ -59,6 +64,7 @@ from .pretrain import (
     train_student,
     with_overrides,
 )
+from .teacher import adapt_teacher, load_teacher_with_head_info
 from .vocab import (
     load_teacher_wordpiece,
     load_wordpiece,
@@ -70,10 +76,12 @@ from .vocab import (
 
 log = get_logger("vocab_distill")
 
-STUDENT_METHODS = ("dual_proj", "scratch", "logit_kd", "mix_only", "proj_only")
+STUDENT_METHODS = ("dual_proj", "scratch", "logit_kd", "hidden_kd", "mix_only", "proj_only")
 """dual_proj: stage I + stage II (the paper); scratch: same student, MLM only; logit_kd: student of the
-same width with the teacher's vocabulary, MLM + logit distillation from the stage-0 teacher. Ablations:
-mix_only: E_s from stage I, MLM only (alpha = 0); proj_only: random E_s, projections of the stage-0 teacher."""
+same width with the teacher's vocabulary, MLM + logit distillation from the adapted teacher; hidden_kd: the
+same student as dual_proj (V_s), MLM + TinyBERT-style hidden-state and attention distillation from the adapted
+teacher. Ablations: mix_only: E_s from stage I, MLM only (alpha = 0); proj_only: random E_s, projections of the
+adapted teacher."""
 NEEDS_STAGE1 = ("dual_proj", "mix_only")
 
 
@@ -117,24 +125,36 @@ def _stage_cfg(base, steps: int, batch_size: int, pc: PipelineConfig, **extra):
                           monitor=None, early_stopping_patience=None, **extra)
 
 
-# Mixed-vocabulary stages use a data-dependent set of parameters: stage 0 never touches E_s, P_e, Q, c_s, and
-# in stage I a batch without V_s (or V_t) targets leaves that softmax unused; DDP must be told (a parameter
-# unused on every rank keeps no gradient, as in one process, so AdamW leaves it alone there too).
+# Mixed-vocabulary stages use a data-dependent set of parameters: the teacher's adaptation never touches E_s,
+# P_e, Q, c_s, and in stage I a batch without V_s (or V_t) targets leaves that softmax unused; DDP must be told
+# (a parameter unused on every rank keeps no gradient, as in one process, so AdamW leaves it alone there too).
 MIXED_DDP = {"find_unused_parameters": True}
 
 
 class Pipeline:
     def __init__(self, pc: PipelineConfig, trainer_cfg, work_dir: str | Path, *, mixed: MixedMLMOptions,
-                 student: StudentOptions, data_dir=None, resume: str = "auto", logger_cfg=None):
+                 student: StudentOptions, teacher: TeacherOptions | None = None, data_dir=None,
+                 resume: str = "auto", logger_cfg=None):
         if pc.schedule not in ("two_stage", "joint"):
             raise ValueError(f"pipeline.schedule must be two_stage or joint, got {pc.schedule!r}")
         unknown = set(pc.methods) - set(STUDENT_METHODS)
         if unknown:
             raise ValueError(f"unknown student methods {sorted(unknown)}; choose from {STUDENT_METHODS}")
+        bad_tasks = set(pc.test_files) - set(TASKS)
+        if bad_tasks:
+            raise ValueError(f"pipeline.test_files: unknown tasks {sorted(bad_tasks)}; choose from {list(TASKS)}")
         self.pc, self.base, self.work = pc, trainer_cfg, Path(work_dir)
         self.mixed_opts, self.student_opts = mixed, student
+        self.teacher_opts = teacher or TeacherOptions()
         self.data_dir, self.resume, self.logger_cfg = data_dir, resume, logger_cfg
+        if resume == "auto" and (self.work / "stage0").is_dir():
+            raise ResumeError(f"{self.work} holds a run of the pipeline before issue 24 (a stage0/ folder): its "
+                              "stage exports came from a teacher without the MLM gate and must not be reused. "
+                              "Start fresh under another name=... (reproduce: --fresh).")
         self.teacher_dir = Path(pc.teacher_dir) if pc.teacher_dir else teacher_model_path()
+        if pc.teacher_dir and not (self.teacher_dir / "config.json").is_file():
+            raise FileNotFoundError(f"pipeline.teacher_dir={pc.teacher_dir}: no config.json there (a BERT folder "
+                                    "with config.json, model.safetensors and vocab.txt)")
         if pc.tiny_teacher:
             tiny = self.work / "tiny_teacher"
             if not _exists(tiny):
@@ -153,7 +173,8 @@ class Pipeline:
             raise ResumeError(f"resume={self.resume}: this multi-stage pipeline resumes with resume=auto "
                               "(every stage continues from its own newest checkpoint)")
         if self.resume == "never" and self.work.is_dir():
-            done = sorted(p.name for p in self.work.iterdir() if p.name.startswith(("stage", "finetune", "vocab")))
+            done = sorted(p.name for p in self.work.iterdir()
+                          if p.name.startswith(("stage", "finetune", "vocab", "teacher")) and p.name != "tiny_teacher")
             if done:
                 raise ResumeError(f"{self.work} already holds a run ({', '.join(done[:4])}...). Continue it with "
                                   "resume=auto, or start fresh under another name=... (or delete the folder).")
@@ -207,36 +228,33 @@ class Pipeline:
         log.info("data ready: %d train segments (%d V_t / %d V_s tokens), V_s word match %.3f",
                  len(train_texts), n_tokens_t, n_tokens_s, m.word_match_rate)
 
-    # ------------------------------------------------------------------ stage 0
-    def stage0(self) -> Path:
-        """Give the teacher an MLM head: head-only training (encoder frozen), then an optional short
-        unfrozen adaptation, both on V_t-only input. Held-out accuracy before, between and after."""
-        out = self.work / "stage0" / "teacher_mlm"
-        if _exists(out):
-            self.results["stages"]["stage0"] = json.loads((out.parent / "stage0.json").read_text())
+    # ------------------------------------------------------------------ the teacher and its gate
+    def teacher(self) -> Path:
+        """Adapt the whole teacher to MLM until the gate decides (``vocab_distill.teacher``); the record
+        (learning curve, position kinds, baselines, speed, decision) goes to ``results["teacher"]``. Returns
+        the adapted teacher's folder, written only once the adaptation has stopped."""
+        out_dir = self.work / "teacher"
+        out = out_dir / "teacher_mlm"
+        record_path = out_dir / "teacher.json"
+        if _exists(record_path) and _exists(out):
+            self.results["teacher"] = json.loads(record_path.read_text())
             return out
         t0 = time.time()
         torch.manual_seed(self.base.seed)
-        model = MixedVocabMLM(load_teacher_mlm(self.teacher_dir), self.student_tok.get_vocab_size(), 8)
-        info: dict = {"before": eval_mixed_mlm(model, self.codec, self.eval_mixed, p=0.0, sharded=True)}
-        phases = [("stage0", self.pc.stage0_steps, "after_head"),
-                  ("stage0_adapt", self.pc.stage0_adapt_steps, "after_adapt")]
-        for stage, steps, key in phases:
-            if steps <= 0:
-                continue
-            cfg = _stage_cfg(self.base, steps, self.pc.pretrain_batch_size, self.pc, **MIXED_DDP)
-            run_dir = out.parent if stage == "stage0" else self.work / "stage0_adapt"
-            fit = train_mixed_teacher(model, self.codec, self.train_mixed, self.eval_mixed, cfg, run_dir,
-                                      stage=stage, opts=self.mixed_opts, resume=self.resume,
-                                      logger_cfg=self.logger_cfg)
-            model.eval()
-            info[key] = eval_mixed_mlm(model, self.codec, self.eval_mixed, p=0.0, sharded=True)
-            info[f"{stage}_steps"] = fit.step
-        info["after"] = info.get("after_adapt", info.get("after_head", info["before"]))
-        _on_rank0(lambda: model.teacher.save_pretrained(out))
-        info["seconds"] = time.time() - t0
-        _json_dump(out.parent / "stage0.json", info)
-        self.results["stages"]["stage0"] = info
+        bert, has_head = load_teacher_with_head_info(self.teacher_dir)
+        model = MixedVocabMLM(bert, self.student_tok.get_vocab_size(), 8)
+        record = adapt_teacher(model, has_head, self.codec, self.train_mixed, self.eval_mixed, self.base, out_dir,
+                               self.teacher_opts, batch_size=self.pc.pretrain_batch_size,
+                               checkpoint_every=self.pc.checkpoint_every_steps, logger_cfg=self.logger_cfg,
+                               write=is_main_process())
+        record["seconds"] = time.time() - t0
+
+        def export():
+            model.teacher.save_pretrained(out)
+            _json_dump(record_path, record)
+
+        _on_rank0(export)
+        self.results["teacher"] = record
         return out
 
     # ------------------------------------------------------------------ stage I
@@ -268,6 +286,12 @@ class Pipeline:
         return out
 
     # ------------------------------------------------------------------ stage II and baselines
+    def _projection(self, teacher_config, student_config) -> SharedProjection:
+        pc = self.pc
+        return SharedProjection(teacher_config, student_config, init=pc.projection_init,
+                                biases=pc.projection_biases, norms=pc.projection_norms,
+                                normalize=pc.projection_normalize)
+
     def student(self, method: str, width: int, teacher0: Path, stage1_dir: Path | None) -> Path:
         out = self.work / f"stage2_{method}_d{width}" / "export"
         key = f"stage2_{method}_d{width}"
@@ -279,40 +303,52 @@ class Pipeline:
         teacher_cfg = BertModel.config_class.from_pretrained(str(teacher0))
         layers = self.pc.student_layers or teacher_cfg.num_hidden_layers
         codec, vocab_file = self.s_codec, self.student_vocab_file
+        train_items, make_batch, lengths = None, None, None
+
+        def new_student(vocab_size: int) -> BertForMaskedLM:
+            return BertForMaskedLM(student_config(vocab_size, width, layers,
+                                                  max_positions=teacher_cfg.max_position_embeddings))
+
         if method in ("dual_proj", "mix_only", "proj_only"):
-            student = BertForMaskedLM(student_config(codec.vocab_size, width, layers,
-                                                     max_positions=teacher_cfg.max_position_embeddings))
+            student = new_student(codec.vocab_size)
             if method in NEEDS_STAGE1:  # the student table learnt inside the teacher in stage I
                 with torch.no_grad():
                     student.bert.embeddings.word_embeddings.weight.copy_(
                         load_student_embeddings(stage1_dir))
             if method == "mix_only":
                 distiller = StudentDistiller(student)
-            else:  # projections of the stage-I teacher (dual_proj) or of the stage-0 teacher (proj_only)
+            else:  # projections of the stage-I teacher (dual_proj) or of the adapted teacher (proj_only)
                 teacher = load_teacher_mlm(stage1_dir / "teacher" if method == "dual_proj" else teacher0)
-                proj = SharedProjection(teacher.config, student.config, init=self.pc.projection_init,
-                                        vectors=self.pc.projection_vectors)
-                distiller = StudentDistiller(student, teacher, projection=proj, alpha=self.pc.alpha,
-                                             direction=self.pc.direction)
+                distiller = StudentDistiller(student, teacher, projection=self._projection(teacher.config,
+                                                                                            student.config),
+                                             alpha=self.pc.alpha, direction=self.pc.direction)
         elif method == "scratch":
-            student = BertForMaskedLM(student_config(codec.vocab_size, width, layers,
-                                                     max_positions=teacher_cfg.max_position_embeddings))
+            student = new_student(codec.vocab_size)
             distiller = StudentDistiller(student)
+        elif method == "hidden_kd":  # V_s student, word-aligned hidden states and attention of the teacher
+            student = new_student(codec.vocab_size)
+            distiller = HiddenStateDistiller(student, load_teacher_mlm(teacher0),
+                                             hidden_weight=self.pc.hidden_kd_weight,
+                                             attention_weight=self.pc.attention_kd_weight)
+            train_items = self.train_mixed
+            lengths = [len(e.s_ids) for e in self.train_mixed]
+            mask_prob = self.student_opts.mask_prob
+            make_batch = lambda items: aligned_batch(self.codec, self.s_codec, items, mask_prob)  # noqa: E731
         else:  # logit_kd: the teacher's vocabulary and segmentation
             codec = self.t_codec
             vocab_file = self.teacher_dir / "vocab.txt"
             teacher = load_teacher_mlm(teacher0)
-            student = BertForMaskedLM(student_config(codec.vocab_size, width, layers,
-                                                     max_positions=teacher_cfg.max_position_embeddings))
+            student = new_student(codec.vocab_size)
             distiller = StudentDistiller(student, teacher, kd_weight=self.pc.kd_weight,
                                          temperature=self.pc.kd_temperature)
         train, held = self._encoded(codec)
         # one projection direction (down or up) leaves the other direction's matrices without gradients
-        unused = distiller.projection is not None and self.pc.direction != "both"
+        unused = getattr(distiller, "projection", None) is not None and self.pc.direction != "both"
         cfg = _stage_cfg(self.base, self.pc.stage2_steps, self.pc.pretrain_batch_size, self.pc,
                          **(MIXED_DDP if unused else {}))
-        fit = train_student(distiller, codec, train, held, cfg, out.parent, opts=self.student_opts,
-                            resume=self.resume, logger_cfg=self.logger_cfg)
+        fit = train_student(distiller, codec, train_items if train_items is not None else train, held, cfg,
+                            out.parent, opts=self.student_opts, resume=self.resume, logger_cfg=self.logger_cfg,
+                            make_batch=make_batch, lengths=lengths)
         info = {"heldout": fit.last_metrics, "steps": fit.step, "seconds": time.time() - t0,
                 "vocab": codec.vocab_size}
 
@@ -344,8 +380,7 @@ class Pipeline:
         layers = self.pc.student_layers or mixed.teacher.config.num_hidden_layers
         student = BertForMaskedLM(student_config(self.s_codec.vocab_size, width, layers,
                                                  max_positions=mixed.teacher.config.max_position_embeddings))
-        proj = SharedProjection(mixed.teacher.config, student.config, init=self.pc.projection_init,
-                                        vectors=self.pc.projection_vectors)
+        proj = self._projection(mixed.teacher.config, student.config)
         model = JointDualTraining(mixed, student, proj, alpha=self.pc.alpha, direction=self.pc.direction)
         cfg = _stage_cfg(self.base, self.pc.stage1_steps, self.pc.pretrain_batch_size, self.pc, **MIXED_DDP)
         train_s, held_s = self._encoded(self.s_codec)
@@ -363,35 +398,68 @@ class Pipeline:
         return out
 
     # ------------------------------------------------------------------ downstream
+    def _ft_cfg(self, seed: int):
+        return with_overrides(self.base, seed=seed, max_epochs=self.pc.finetune_epochs,
+                              max_steps=self.pc.finetune_max_steps, batch_size=self.pc.finetune_batch_size,
+                              eval_every_steps=None, checkpoint_every_steps=None, early_stopping_patience=None)
+
+    def select(self, name: str, folder: Path, task, lrs: list[float]) -> dict:
+        """The selection trials of one model on one task (same grid size and epochs for every model) and
+        the (learning rate, epoch) they choose on the tuning split."""
+        pc = self.pc
+        base = self.work / "finetune" / name / task.name
+        done = base / "selection.json"
+        if _exists(done):
+            return json.loads(done.read_text())
+        trials = {}
+        for lr in lrs:
+            run_dir = base / f"select_lr{lr:g}"
+            result_file = run_dir / "result.json"
+            if _exists(result_file):
+                r = json.loads(result_file.read_text())
+            else:
+                r = finetune(folder, task, self._ft_cfg(pc.finetune_select_seed), run_dir, lr=lr,
+                             epochs=pc.finetune_epochs, max_len=pc.finetune_max_len, resume=self.resume,
+                             logger_cfg=self.logger_cfg)
+                _json_dump(result_file, r)
+                drop_checkpoints(run_dir)
+            trials[lr] = r["tune_acc_by_epoch"]
+        lr, epoch, acc = choose(trials)
+        selection = {"lr": lr, "epoch": epoch, "tune_acc": acc, "trials": {f"{k:g}": v for k, v in trials.items()},
+                     "select_seed": pc.finetune_select_seed, "tune_n": len(task.tune)}
+        _json_dump(done, selection)
+        return selection
+
     def finetune_all(self, models: dict[str, Path]) -> dict:
         pc = self.pc
-        tasks = {t: TASKS[t](self.data_dir, train_limit=pc.finetune_train_limit, eval_limit=pc.finetune_eval_limit)
+        tasks = {t: load_task(t, self.data_dir, tune_size=pc.finetune_tune_size, train_limit=pc.finetune_train_limit,
+                              eval_limit=pc.finetune_eval_limit, test_path=pc.test_files.get(t))
                  for t in pc.tasks}
         scores: dict = {}
         for name, folder in models.items():
-            lr = pc.lr_finetune_teacher if name == "teacher" else pc.lr_finetune_student
+            is_teacher = name == "teacher"
+            lrs = pc.finetune_lrs_teacher if is_teacher else pc.finetune_lrs_student
+            seeds = pc.finetune_teacher_seeds if is_teacher and pc.finetune_teacher_seeds else pc.finetune_seeds
             for tname, task in tasks.items():
+                sel = self.select(name, folder, task, lrs)
                 runs = []
-                seeds = pc.finetune_teacher_seeds if name == "teacher" and pc.finetune_teacher_seeds else pc.finetune_seeds
                 for seed in seeds:
                     run_dir = self.work / "finetune" / name / tname / f"seed{seed}"
                     done = run_dir / "result.json"
                     if _exists(done):
                         runs.append(json.loads(done.read_text()))
                         continue
-                    cfg = with_overrides(self.base, seed=seed, max_epochs=pc.finetune_epochs,
-                                         max_steps=pc.finetune_max_steps, batch_size=pc.finetune_batch_size,
-                                         eval_every_steps=None, checkpoint_every_steps=None,
-                                         early_stopping_patience=None)
-                    r = finetune(folder, task, cfg, run_dir, lr=lr, max_len=pc.finetune_max_len,
-                                 resume=self.resume, logger_cfg=self.logger_cfg)
+                    r = finetune(folder, task, self._ft_cfg(seed), run_dir, lr=sel["lr"], epochs=pc.finetune_epochs,
+                                 stop_epoch=sel["epoch"], max_len=pc.finetune_max_len, score_test=True,
+                                 export_dir=run_dir / "export", resume=self.resume, logger_cfg=self.logger_cfg)
                     _json_dump(done, r)
+                    drop_checkpoints(run_dir)
                     runs.append(r)
-                metric = "test_acc" if task.test is not None else "dev_acc"
-                values = [r[metric] for r in runs]
                 scores.setdefault(name, {})[tname] = {
-                    "metric": metric, "mean": statistics.mean(values),
-                    "std": statistics.stdev(values) if len(values) > 1 else 0.0, "runs": values}
+                    "metric": "test_acc", "split": task.test_split, "test_n": len(task.test), "seeds": list(seeds),
+                    "runs": [r["test_acc"] for r in runs], "tune_runs": [r["tune_acc"] for r in runs],
+                    "selected_lr": sel["lr"], "selected_epoch": sel["epoch"], "selection": sel,
+                    "exports": [str(self.work / "finetune" / name / tname / f"seed{s}" / "export") for s in seeds]}
         return scores
 
     def sizes_and_speed(self, models: dict[str, Path]) -> dict:
@@ -407,11 +475,27 @@ class Pipeline:
         return table
 
     # ------------------------------------------------------------------ all
+    def _finish(self, t0: float) -> dict:
+        self.results["config"] = asdict(self.pc)
+        self.results["teacher_options"] = asdict(self.teacher_opts)
+        self.results["wall_seconds"] = time.time() - t0
+        self.results["peak_rss_bytes"] = peak_rss_bytes()
+        _json_dump(self.work / "results.json", self.results)
+        return self.results
+
     def run(self) -> dict:
         t0 = time.time()
         self.prepare_data()
-        teacher0 = self.stage0()
-        models: dict[str, Path] = {"teacher": self.teacher_dir}
+        teacher0 = self.teacher()
+        record = self.results["teacher"]
+        if self.pc.only_teacher or not record["gate_passed"]:
+            if not record["gate_passed"]:
+                log.warning("the teacher stopped at %.2f%% [MASK] accuracy (%s), below the %.0f%% gate: no student is "
+                            "trained and no verdict is drawn", 100 * record["final"]["acc_mask"], record["decision"],
+                            100 * record["gate"])
+            self.results["finetune"], self.results["size_speed"] = {}, {}
+            return self._finish(t0)
+        models: dict[str, Path] = {"teacher": teacher0}
         for width in self.pc.widths:
             methods = list(self.pc.methods)
             if self.pc.schedule == "joint" and "dual_proj" in methods:  # v1: one joint run replaces I + II
@@ -425,8 +509,4 @@ class Pipeline:
         self.results["finetune"] = self.finetune_all(ft_models)
         # timed on rank 0 alone (the others wait for its table): ranks timing at once would slow each other
         self.results["size_speed"] = broadcast_object(self.sizes_and_speed(models) if is_main_process() else None)
-        self.results["config"] = asdict(self.pc)
-        self.results["wall_seconds"] = time.time() - t0
-        self.results["peak_rss_bytes"] = peak_rss_bytes()
-        _json_dump(self.work / "results.json", self.results)
-        return self.results
+        return self._finish(t0)

@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from common.config import register_configs
 from common.reproduce import ProfileContext, ReproReport, Row, run_profiles
 
+from .config import BASELINES
 from .evaluate import BERT_BASE_PARAMS
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -46,18 +47,103 @@ def _pct(x):
     return None if x is None else round(100 * x, 2)
 
 
-def _acc_row(ft: dict, model: str, task: str, metric: str, split: str, paper: float | None,
-             paper_note: str) -> Row | None:
-    """Fine-tuning accuracy (%) over seeds: mean and 95% CI (common.stats) from the per-seed runs."""
+TASK_METRIC = {"sst2": "SST-2 acc. (%)", "snips_intent": "SNIPS intent acc. (%)"}
+
+
+def _acc_row(ft: dict, model: str, task: str, paper: float | None, paper_note: str) -> Row | None:
+    """Fine-tuning accuracy (%) over seeds on the reported split: mean and 95% CI (common.stats)."""
     r = ft.get(model, {}).get(task)
     if r is None:
         return None
-    return Row.from_seeds(f"{model}: {metric}", [100 * x for x in r["runs"]], unit="%", split=split, paper=paper,
-                          paper_note=paper_note, higher_is_better=True)
+    sel = f"lr {r['selected_lr']:g}, epoch {r['selected_epoch']} chosen on the tuning split" if "selected_lr" in r else ""
+    return Row.from_seeds(f"{model}: {TASK_METRIC.get(task, task)}", [100 * x for x in r["runs"]], unit="%",
+                          split=r.get("split", "dev" if task == "sst2" else "test"), paper=paper,
+                          paper_note=paper_note, higher_is_better=True, note=sel)
+
+
+def _items_row(metric: str, correct: int, n: int, **kw) -> Row:
+    """A rate over held-out positions with its bootstrap CI (positions of one segment are not independent,
+    so the interval is somewhat narrow)."""
+    if n == 0:
+        return Row(metric, None, unit="%", note="no such position in the held-out draw", **kw)
+    return Row.from_items(metric, [100.0] * correct + [0.0] * (n - correct), unit="%", **kw)
+
+
+def teacher_rows(t: dict) -> list[Row]:
+    """The teacher's gate, its accuracy by position kind beside the copy and frequency baselines, and the
+    adaptation's speed."""
+    f, split = t["final"], "held-out corpus segments"
+    rows = [_items_row("teacher: held-out acc. at real [MASK] positions (%)", round(f["acc_mask"] * f["n_mask"]),
+                       f["n_mask"], split=split,
+                       paper_note=f"gate: >= {100 * t['gate']:.0f}% before stage I (a trained BERT-base fills about "
+                                  "half; not a paper number)",
+                       higher_is_better=True, note=f"after {f['head_step']} head-only + {f['adapt_step']} unfrozen "
+                                                    f"MLM steps; decision: {t['decision']}"),
+            Row("teacher gate passed", bool(t["gate_passed"]), split=split,
+                note=f"{t['decision']}: [MASK] acc. {100 * f['acc_mask']:.2f}% vs gate {100 * t['gate']:.0f}%")]
+    for kind, what in (("random", "randomly replaced"), ("unchanged", "unchanged")):
+        rows.append(_items_row(f"teacher: held-out acc. at {what} positions (%)",
+                               round(f[f"acc_{kind}"] * f[f"n_{kind}"]), f[f"n_{kind}"], split=split,
+                               higher_is_better=True))
+    rows.append(Row("teacher: held-out acc. at all selected positions (%)", _pct(f["acc"]), unit="%", split=split))
+    for kind in ("mask", "random", "unchanged"):
+        rows.append(Row(f"copy-the-input baseline at {kind} positions (%)", _pct(f[f"copy_acc_{kind}"]), unit="%",
+                        split=split))
+    if "freq_acc" in f:
+        rows += [Row(f"frequency baseline ('{t.get('frequent_token')}') at all selected positions (%)",
+                     _pct(f["freq_acc"]), unit="%", split=split),
+                 Row(f"frequency baseline ('{t.get('frequent_token')}') at [MASK] positions (%)",
+                     _pct(f["freq_acc_mask"]), unit="%", split=split)]
+    sp = t.get("speed", {})
+    if "steps_per_cpu_second" in sp:
+        rows.append(Row("teacher adaptation: steps per CPU-second", sp["steps_per_cpu_second"], unit="steps/CPU-s",
+                        kind="timing", note=f"over {sp['steps_timed']} timed steps; shared cores"))
+    if "extrapolated_cpu_hours_to_gate" in sp:
+        rows.append(Row("teacher adaptation: CPU-hours to the gate (log-linear extrapolation)",
+                        sp["extrapolated_cpu_hours_to_gate"], unit="CPU-h", kind="timing",
+                        note=f"{sp['extrapolated_steps_to_gate']:.0f} steps; a fit to the curve, not a measurement"))
+    return rows
+
+
+def comparison_rows(ft: dict, widths, tasks) -> list[Row]:
+    """dual_proj (or joint) minus each same-size baseline, paired by seed (percentage points), and a verdict
+    per width and task: 'beats' only when every paired 95% interval lies above 0."""
+    rows = []
+    for width in widths:
+        ours = f"joint_d{width}" if f"joint_d{width}" in ft else f"dual_proj_d{width}"
+        for task in tasks:
+            if task not in ft.get(ours, {}):
+                continue
+            mine = ft[ours][task]
+            diffs = []
+            for base in BASELINES:
+                other = ft.get(f"{base}_d{width}", {}).get(task)
+                if other is None:
+                    continue
+                if other.get("seeds", None) != mine.get("seeds", None):
+                    continue  # not paired
+                row = Row.from_paired(f"d={width} {task}: {ours.rsplit('_', 1)[0]} − {base} (pp)",
+                                      [100 * x for x in mine["runs"]], [100 * x for x in other["runs"]], unit="pp",
+                                      split=mine.get("split", ""), higher_is_better=True,
+                                      note="paired by fine-tuning seed; t-interval, sign-flip permutation p")
+                rows.append(row)
+                diffs.append(row)
+            if not diffs:
+                continue
+            if len(mine["runs"]) < 3:
+                rows.append(Row(f"d={width} {task}: verdict", None, note="fewer than 3 seeds: no verdict"))
+                continue
+            beats = all(r.ci_low is not None and r.ci_low > 0 for r in diffs)
+            loses = [r.metric.split(" − ")[1].split(" ")[0] for r in diffs if r.ci_high is not None and r.ci_high < 0]
+            rows.append(Row(f"d={width} {task}: {ours.rsplit('_', 1)[0]} beats every same-size baseline?", beats,
+                            split=mine.get("split", ""), paper_note="yes (paper's claim)",
+                            note=("worse than " + ", ".join(loses) + " (paired CI below 0)") if loses else
+                                 ("every paired CI above 0" if beats else "no paired CI excludes 0 on both sides")))
+    return rows
 
 
 def build_report(results: dict, profile: str, out_dir: Path) -> ReproReport:
-    ft, sizes, stages = results["finetune"], results["size_speed"], results["stages"]
+    ft, sizes, stages = results.get("finetune", {}), results.get("size_speed", {}), results["stages"]
     pc = results["config"]
     voc = results["vocab"]
     held = "held-out SST-2 dev + SNIPS test text"
@@ -75,12 +161,12 @@ def build_report(results: dict, profile: str, out_dir: Path) -> ReproReport:
         Row("words segmented identically, held-out corpus segments (%)", _pct(voc["corpus_word_match_rate"]),
             unit="%", split="held-out corpus segments", note="corpus segments held out from V_s training"),
     ]
-    s0 = stages.get("stage0")
-    if s0:
-        rows += [Row(f"teacher masked-token acc. {k} stage 0 (%)", _pct(s0[k]["acc"]), unit="%",
-                     split="held-out corpus segments",
-                     note="MiniLM ships no MLM head; held-out corpus, V_t only; head-only, then unfrozen")
-                 for k in ("before", "after_head", "after_adapt") if k in s0]
+    teacher = results.get("teacher")
+    plots = []
+    if teacher:
+        rows += teacher_rows(teacher)
+        plots.append(_plot_teacher(teacher, out_dir, profile))
+    gate_ok = bool(teacher and teacher["gate_passed"])
     for width in pc["widths"]:
         s1 = stages.get(f"stage1_d{width}")
         if s1:
@@ -104,30 +190,14 @@ def build_report(results: dict, profile: str, out_dir: Path) -> ReproReport:
                      note="32 tokens, side by side", higher_is_better=False),
                  Row(f"{name}: CPU throughput b=32 (sent/s)", s["throughput_per_s"], unit="sentences/s",
                      kind="timing", note="32 tokens, side by side")]
-        for task, split, metric in (("sst2", "dev", "SST-2 dev acc. (%)"),
-                                    ("snips_intent", "test", "SNIPS intent test acc. (%)")):
+        for task in ("sst2", "snips_intent"):
             key = "sst2_teacher" if (task == "sst2" and name == "teacher") else ("sst2" if task == "sst2" else "snips")
             shown = name.startswith(("dual_proj", "joint", "teacher"))
-            row = _acc_row(ft, name, task, metric, split, PAPER_NUMBER.get(key) if shown else None,
-                           PAPER[key] if shown else "")
+            row = _acc_row(ft, name, task, PAPER_NUMBER.get(key) if shown else None, PAPER[key] if shown else "")
             if row is not None:
                 rows.append(row)
-    verdicts = []
-    for width in pc["widths"]:
-        ours = f"joint_d{width}" if f"joint_d{width}" in ft else f"dual_proj_d{width}"
-        for task in pc["tasks"]:
-            if ours not in ft:
-                continue
-            base = {m: ft[f"{m}_d{width}"][task]["mean"] for m in ("scratch", "logit_kd") if f"{m}_d{width}" in ft}
-            if not base:
-                continue
-            mine = ft[ours][task]["mean"]
-            beats = all(mine > v for v in base.values())
-            detail = ", ".join(f"{m} {100 * v:.2f}" for m, v in base.items())
-            verdicts.append(Row(f"d={width} {task}: {ours.rsplit('_', 1)[0]} beats both same-size baselines?", beats,
-                                split="dev" if task == "sst2" else "test", paper_note="yes (paper's claim)",
-                                note=f"{100 * mine:.2f} vs {detail} (means over seeds)"))
-    rows += verdicts
+    if gate_ok:
+        rows += comparison_rows(ft, pc["widths"], pc["tasks"])
 
     headline = None
     h96 = sizes.get("dual_proj_d96") or sizes.get("joint_d96")
@@ -136,14 +206,53 @@ def build_report(results: dict, profile: str, out_dir: Path) -> ReproReport:
                        paper_note=PAPER["size"], higher_is_better=False,
                        note=f"{BERT_BASE_PARAMS / h96['params']:.0f}x smaller than BERT-base; 6 layers, "
                             f"|V_s|={results['vocab']['student_vocab_size']}; profile {profile}")
-    plots = [p for p in [_plot(ft, sizes, out_dir, profile)] if p]
-    notes = (f"Profile `{profile}`. Teacher: {'a random tiny BERT (smoke: plumbing only)' if pc['tiny_teacher'] else 'all-MiniLM-L6-v2 (22.7M) — the paper used BERT-base/large'}. "
-             "Accuracies are means over fine-tuning seeds (± the 95% t-interval when more than one). SST-2 is reported on dev "
-             "(last epoch, no dev-based selection); SNIPS on test with the checkpoint of best dev accuracy. "
-             "Latency/throughput: all encoders timed interleaved in one process on shared CPU cores, so they are "
-             "provisional. The secondary-source paper numbers come from a BERT-base teacher and a Wikipedia-scale "
-             "corpus; they are context, not a target this machine can reach.")
-    return ReproReport(rows=rows, headline=headline, plots=plots, notes=notes, extra={"results": results})
+    elif teacher:
+        headline = teacher_rows(teacher)[0]
+    plots += [p for p in [_plot(ft, sizes, out_dir, profile)] if p]
+    teacher_name = "a random tiny BERT (smoke: plumbing only)" if pc["tiny_teacher"] else (
+        pc.get("teacher_dir") or "all-MiniLM-L6-v2 (22.7M) — the paper used BERT-base/large")
+    gate_note = ""
+    if teacher and not gate_ok:
+        gate_note = (f"**The teacher did not pass its gate** ({teacher['decision']}: {100 * teacher['final']['acc_mask']:.2f}% "
+                     f"at real [MASK] positions against {100 * teacher['gate']:.0f}%). No student was trained and no "
+                     "verdict about the method can be drawn: the teacher is the limit. ")
+    notes = (gate_note + f"Profile `{profile}`. Teacher: {teacher_name}, adapted to MLM (learning curve in "
+             "`teacher_curve.<profile>.png`). Fine-tuning: the learning rate and epoch of every model are chosen on "
+             "a split carved from train with the same trial budget; the reported split (SST-2: GLUE dev; SNIPS: "
+             "test; or a user's file) is scored once per seed. Accuracies are means over seeds ± the 95% "
+             "t-interval; differences are paired by seed. Latency/throughput: all encoders timed interleaved in "
+             "one process on shared CPU cores, so they are provisional. The secondary-source paper numbers come "
+             "from a BERT-base teacher and a Wikipedia-scale corpus; they are context, not a target this machine "
+             "can reach.")
+    return ReproReport(rows=rows, headline=headline, plots=[p for p in plots if p], notes=notes,
+                       extra={"results": results})
+
+
+def _plot_teacher(t: dict, out_dir: Path, profile: str) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return None
+    pts = t["curve"]
+    x = [p["head_step"] + p["adapt_step"] for p in pts]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kind, style in (("mask", "o-"), ("random", "s--"), ("unchanged", "^:")):
+        ax.plot(x, [100 * p[f"acc_{kind}"] for p in pts], style, label=f"{kind} positions")
+    ax.plot(x, [100 * p.get("freq_acc_mask", 0.0) for p in pts], color="gray", lw=1, label="frequency baseline [MASK]")
+    ax.axhline(100 * t["gate"], color="red", lw=1, ls="--", label=f"gate {100 * t['gate']:.0f}%")
+    ax.set_xlabel("MLM steps (head-only, then unfrozen)")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_title(f"teacher MLM adaptation ({profile}): {t['decision']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"teacher_curve.{profile}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _plot(ft: dict, sizes: dict, out_dir: Path, profile: str) -> Path | None:
@@ -154,6 +263,8 @@ def _plot(ft: dict, sizes: dict, out_dir: Path, profile: str) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:  # pragma: no cover
         return None
+    from common import stats
+
     tasks = sorted({t for m in ft.values() for t in m})
     if not tasks:
         return None
@@ -162,15 +273,17 @@ def _plot(ft: dict, sizes: dict, out_dir: Path, profile: str) -> Path | None:
         for name, s in sizes.items():
             if task not in ft.get(name, {}):
                 continue
-            r = ft[name][task]
-            ax.errorbar(s["params"], 100 * r["mean"], yerr=100 * r["std"], fmt="o", capsize=3)
-            ax.annotate(name, (s["params"], 100 * r["mean"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            vals = [100 * v for v in ft[name][task]["runs"]]
+            summ = stats.summarize(vals, "t")
+            err = 0.0 if summ.ci_low is None else (summ.ci_high - summ.ci_low) / 2
+            ax.errorbar(s["params"], summ.mean, yerr=err, fmt="o", capsize=3)
+            ax.annotate(name, (s["params"], summ.mean), fontsize=7, xytext=(3, 3), textcoords="offset points")
         if task == "sst2":
             ax.scatter([5.6e6], [84.7], marker="x", color="gray")
             ax.annotate("paper, 5.6M (secondary src.)", (5.6e6, 84.7), fontsize=7, color="gray")
         ax.set_xscale("log")
         ax.set_xlabel("encoder parameters")
-        ax.set_ylabel(f"{task} accuracy (%)")
+        ax.set_ylabel(f"{task} accuracy (%), mean ± 95% CI")
         ax.set_title(f"{task} ({profile})")
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -18,12 +18,13 @@ from common.hydra_utils import report_user_errors, run_dir_from, to_dataclass
 
 def build_pipeline(cfg: DictConfig, work_dir):
     """The library pipeline for a composed config (imported lazily so that ``--help`` stays fast)."""
-    from .config import MixedMLMOptions, PipelineConfig, StudentOptions
+    from .config import MixedMLMOptions, PipelineConfig, StudentOptions, TeacherOptions
     from .pipeline import Pipeline
     from .pretrain import with_overrides
 
     return Pipeline(to_dataclass(cfg.pipeline, PipelineConfig), with_overrides(cfg.trainer), work_dir,
                     mixed=to_dataclass(cfg.stage1, MixedMLMOptions), student=to_dataclass(cfg.stage2, StudentOptions),
+                    teacher=to_dataclass(cfg.teacher, TeacherOptions),
                     data_dir=cfg.paths.data_dir, resume=cfg.resume, logger_cfg=cfg.logger)
 
 
@@ -32,7 +33,14 @@ def build_pipeline(cfg: DictConfig, work_dir):
 def main(cfg: DictConfig) -> None:
     results = build_pipeline(cfg, run_dir_from(cfg)).run()
     if is_main_process():  # under torchrun every rank has the results; one prints them
-        print(json.dumps({"finetune": results["finetune"], "vocab": results["vocab"]}, indent=2))
+        from .teacher import curve_table
+
+        t = results["teacher"]
+        print(curve_table(t))
+        print(json.dumps({"teacher": {k: t[k] for k in ("decision", "gate_passed", "gate", "speed")},
+                          "finetune": {m: {task: {k: r[k] for k in ("runs", "selected_lr", "selected_epoch")}
+                                           for task, r in tasks.items()} for m, tasks in results["finetune"].items()},
+                          "vocab": results["vocab"]}, indent=2))
 
 
 if __name__ == "__main__":

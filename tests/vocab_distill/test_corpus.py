@@ -8,7 +8,7 @@ import pytest
 from common.data import DataFormatError, DatasetNotFoundError
 from tests.vocab_distill.toy import write_vocabs
 from vocab_distill.corpus import build_corpus, clean_text, read_nlu_intents, read_sst2, split_words
-from vocab_distill.finetune import load_snips_intent
+from vocab_distill.finetune import load_task
 from vocab_distill.vocab import (
     SPECIAL_TOKENS,
     load_wordpiece,
@@ -66,8 +66,9 @@ def test_build_corpus_counts_and_dedup(data_root):
 
 def test_task_readers(data_root):
     assert read_sst2("dev", data_root) == [("fine", 1)]
-    task = load_snips_intent(data_root)
+    task = load_task("snips_intent", data_root, tune_size=1)
     assert task.labels == ["BookFlight", "PlayMusic"] and task.test == [("book it", 0)]
+    assert task.test_split == "SNIPS test" and len(task.train) == 2
 
 
 def test_sst2_bad_label_names_file_and_line(data_root):
@@ -92,7 +93,7 @@ def test_nlu_label_count_mismatch(data_root):
 def test_unknown_test_intent_is_an_error(data_root):
     _write_nlu(data_root, "snips", "test", ["x"], ["NewIntent"])
     with pytest.raises(DataFormatError, match="NewIntent"):
-        load_snips_intent(data_root)
+        load_task("snips_intent", data_root, tune_size=1)
 
 
 def test_missing_dataset_names_where_to_get_it(tmp_path):

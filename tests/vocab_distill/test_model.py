@@ -8,6 +8,7 @@ from transformers import BertForMaskedLM, BertModel, BertTokenizerFast
 from tests.vocab_distill.toy import STUDENT_VOCAB, TEACHER_VOCAB, tiny_teacher_config, write_vocabs
 from vocab_distill.mixed import IGNORE_INDEX
 from vocab_distill.model import (
+    PROJECTION_FAMILIES,
     MixedVocabMLM,
     SharedProjection,
     bert_param_count,
@@ -15,6 +16,7 @@ from vocab_distill.model import (
     logit_kd_loss,
     save_bert_folder,
     student_config,
+    tensor_family,
 )
 
 NT, NS = len(TEACHER_VOCAB), len(STUDENT_VOCAB)
@@ -97,15 +99,75 @@ def pair():
 def test_projection_shapes(pair):
     teacher, student, proj = pair
     names = []
-    for name, wt, ws, types in proj.pairs(teacher, student):
+    for name, family, wt, ws, types in proj.pairs(teacher, student):
         names.append(name)
+        assert family in PROJECTION_FAMILIES and family not in ("bias", "norm")  # matrices only by default
         assert proj.project_down(wt, types).shape == ws.shape
         assert proj.project_up(ws, types).shape == wt.shape
     assert proj.down["h"].shape == (32, 8) and proj.down["f"].shape == (128, 32)
-    assert len(names) == 2 * 16  # 6 matrices + 6 biases + 2 LayerNorms x 2 vectors per layer
+    assert len(names) == 2 * 6  # Q, K, V, attention output, FFN in, FFN out per layer
     assert "layer1.intermediate.dense.weight" in names
-    matrices_only = SharedProjection(teacher.config, student.config, vectors=False)
-    assert len(list(matrices_only.pairs(teacher, student))) == 2 * 6
+    everything = SharedProjection(teacher.config, student.config, biases=True, norms=True)
+    families = [f for _, f, *_ in everything.pairs(teacher, student)]
+    assert len(families) == 2 * 16  # + 6 biases + 2 LayerNorms x (gain, shift) per layer
+    assert families.count("bias") == 2 * 6 and families.count("norm") == 2 * 4
+
+
+def _constant_pair(scales: dict[str, float], bias_value: float = 0.0):
+    """Teacher 2 x 32, student 2 x 8; every weight matrix of family k is the constant scales[k] (biases and
+    LayerNorms set to ``bias_value``); projections are truncations [I; 0], so U^T W U is W's top-left block."""
+    torch.manual_seed(0)
+    teacher = BertModel(tiny_teacher_config(hidden=32, layers=2), add_pooling_layer=False)
+    student = BertModel(student_config(NS, 8, 2, max_positions=64), add_pooling_layer=False)
+    with torch.no_grad():
+        for name, p in teacher.encoder.named_parameters():
+            family = tensor_family(name.split(".", 2)[2])
+            p.fill_(scales[family] if family in scales else bias_value)
+        for p in student.encoder.parameters():
+            p.zero_()
+    return teacher, student
+
+
+def _truncation(proj):
+    with torch.no_grad():
+        for p in (*proj.down.values(), *proj.up.values()):
+            p.zero_()
+            p[: p.shape[1]].copy_(torch.eye(p.shape[1]))
+    return proj
+
+
+MATRIX_SCALES = {"query": 1e-3, "key": 1.0, "value": 10.0, "attn_out": 0.5, "ffn_in": 100.0, "ffn_out": 3.0}
+
+
+def test_projection_loss_golden_values_per_tensor_normalised():
+    """Golden values: a zero student against the truncated teacher has relative error exactly 1 in every
+    tensor whatever its scale (six scales over five decades), half the projected teacher 0.25; each family's
+    share is its tensor count over the total (1/6); biases and LayerNorms (set huge) do not enter by default."""
+    teacher, student = _constant_pair(MATRIX_SCALES, bias_value=1e6)
+    proj = _truncation(SharedProjection(teacher.config, student.config))
+    loss, shares = proj.loss_and_shares(teacher, student, "down")
+    assert loss.item() == pytest.approx(1.0, rel=1e-6)
+    assert set(shares) == set(MATRIX_SCALES) and all(v == pytest.approx(1 / 6) for v in shares.values())
+    assert proj.loss(teacher, student, "up").item() == pytest.approx(1.0, rel=1e-6)  # V W^s V^T = 0
+    proj.copy_projected_teacher(teacher, student)
+    with torch.no_grad():
+        for p in student.encoder.parameters():
+            p.mul_(0.5)
+    assert proj.loss(teacher, student, "down").item() == pytest.approx(0.25, rel=1e-6)
+    # the un-normalised sum (the old loss): the largest family is everything
+    raw = _truncation(SharedProjection(teacher.config, student.config, normalize=False))
+    _, raw_shares = raw.loss_and_shares(teacher, student, "down")
+    assert raw_shares["ffn_in"] > 0.98 and raw_shares["query"] < 1e-9
+
+
+def test_projection_vectors_are_optional_and_logged_as_families():
+    teacher, student = _constant_pair(MATRIX_SCALES, bias_value=2.0)
+    with_vectors = _truncation(SharedProjection(teacher.config, student.config, biases=True, norms=True))
+    loss, shares = with_vectors.loss_and_shares(teacher, student, "down")
+    # every one of the 32 terms is a relative error of exactly 1 (constant vectors, truncated projection)
+    assert loss.item() == pytest.approx(1.0, rel=1e-6)
+    assert shares["bias"] == pytest.approx(12 / 32) and shares["norm"] == pytest.approx(8 / 32)
+    assert sum(shares.values()) == pytest.approx(1.0)
 
 
 def test_chain_order_does_not_change_the_product():
@@ -127,7 +189,7 @@ def test_projection_loss_is_zero_for_the_projected_teacher(pair):
 def test_up_projection_loss_is_zero_when_teacher_is_the_lifted_student(pair):
     teacher, student, proj = pair
     with torch.no_grad():
-        for _, wt, ws, types in proj.pairs(teacher, student):
+        for _, _, wt, ws, types in proj.pairs(teacher, student):
             wt.copy_(proj.project_up(ws, types))
     assert proj.loss(teacher, student, "up").item() == pytest.approx(0.0, abs=1e-12)
     assert proj.loss(teacher, student, "both").item() > 0  # down is not zero then

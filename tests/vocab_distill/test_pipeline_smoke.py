@@ -26,22 +26,38 @@ def test_train_help_shows_groups():
     assert "smoke" in r.stdout and "h96" in r.stdout
 
 
+def _snips_style_folder(path: Path) -> Path:
+    """A user's labelled SNIPS-style test folder (intents of SNIPS train)."""
+    path.mkdir(parents=True)
+    (path / "seq.in").write_text("play some jazz music\nwill it rain tomorrow in paris\nbook a table for two\n")
+    (path / "label").write_text("PlayMusic\nGetWeather\nBookRestaurant\n")
+    return path
+
+
 def test_train_smoke_runs_resumes_and_exports(tmp_path):
-    # the v1 joint schedule here (the reproduce smoke covers the two-stage one) and both ablations
+    # the v1 joint schedule here (the reproduce smoke covers the two-stage one), both ablations, and a user's
+    # labelled test folder in place of SNIPS test
+    user_test = _snips_style_folder(tmp_path / "my_snips_test")
     overrides = ["experiment=smoke", f"paths.output_dir={tmp_path}", "pipeline.schedule=joint",
-                 "pipeline.methods=[dual_proj,mix_only,proj_only]",
+                 "pipeline.methods=[dual_proj,mix_only,proj_only]", f"+pipeline.test_files.snips_intent={user_test}",
                  "pipeline.tasks=[snips_intent]", "pipeline.finetune_teacher=false"]
     r = _train(*overrides)
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "vocab_distill_smoke"
     results = json.loads((run / "results.json").read_text())
     assert set(results["finetune"]) == {"joint_d16", "mix_only_d16", "proj_only_d16"}
-    assert 0.0 <= results["finetune"]["joint_d16"]["snips_intent"]["mean"] <= 1.0
+    joint = results["finetune"]["joint_d16"]["snips_intent"]
+    assert joint["split"] == f"user folder {user_test}" and joint["test_n"] == 3
+    assert 0.0 <= joint["runs"][0] <= 1.0
     export = run / "joint_d16" / "export"
     assert BertModel.from_pretrained(export).config.hidden_size == 16
     tok = BertTokenizerFast.from_pretrained(export)
     assert len(tok) == results["vocab"]["student_vocab_size"]
     assert (export / "vocab.txt").exists() and (run / "stage1_d16" / "metrics.jsonl").exists()
+    # every reported fine-tuning run left a classifier folder, and no trainer checkpoints
+    clf = Path(joint["exports"][0])
+    assert (clf / "model.safetensors").is_file() and not (clf.parent / "checkpoints").exists()
+    assert json.loads((clf / "finetune.json").read_text())["test_acc"] == joint["runs"][0]
     # in-process (no second interpreter start-up): resume=never refuses the finished run, auto reuses it
     from hydra import compose, initialize_config_dir
 
@@ -63,26 +79,19 @@ def test_reproduce_smoke_profile(tmp_path):
     report = main(["--profile", "smoke", "--reports-dir", str(tmp_path / "reports"),
                    "--work-dir", str(tmp_path / "work")])
     text = report.read_text()
-    assert "profile `smoke`" in text and "dual_proj beats both same-size baselines?" in text
+    assert "profile `smoke`" in text and "dual_proj − hidden_kd (pp)" in text
+    assert "teacher: held-out acc. at real [MASK] positions (%)" in text and "copy-the-input baseline" in text
     results = json.loads((tmp_path / "reports" / "vocab_distill" / "results.smoke.json").read_text())
     sizes = results["extra"]["results"]["size_speed"]
-    assert set(sizes) == {"teacher", "dual_proj_d16", "scratch_d16", "logit_kd_d16"}
-    assert sizes["dual_proj_d16"]["params"] == sizes["scratch_d16"]["params"]
-    assert (tmp_path / "reports" / "vocab_distill" / "accuracy_vs_params.smoke.png").exists()
-
-    # the learning-rate diagnostic re-fine-tunes an exported student with the pipeline's recipe
-    from vocab_distill.lr_check import lr_check
-    from vocab_distill.lr_check import main as lr_main
-
-    export = next((tmp_path / "work").rglob("stage2_dual_proj_d16/export"))
-    rows = lr_check(export, "snips_intent", [1e-3, 1e-4], [0], tmp_path / "lr", epochs=1, train_limit=16,
-                    eval_limit=16, progress_bar=False)
-    assert [r["lr"] for r in rows] == [1e-3, 1e-4] and all(0 <= r["test_acc"] <= 1 for r in rows)
-    assert json.loads((tmp_path / "lr" / "lr_check.json").read_text())["rows"] == rows
-    with pytest.raises(ValueError, match="unknown task"):
-        lr_check(export, "cola", [1e-3], [0], tmp_path / "lr")
-    with pytest.raises(SystemExit, match="no config.json"):
-        lr_main([str(tmp_path), "--task", "sst2"])
+    assert set(sizes) == {"teacher", "dual_proj_d16", "scratch_d16", "logit_kd_d16", "hidden_kd_d16"}
+    assert sizes["dual_proj_d16"]["params"] == sizes["scratch_d16"]["params"] == sizes["hidden_kd_d16"]["params"]
+    for plot in ("accuracy_vs_params.smoke.png", "teacher_curve.smoke.png"):
+        assert (tmp_path / "reports" / "vocab_distill" / plot).exists()
+    # the same selection budget for every model: one trial per learning rate of its grid, same epochs
+    ft = results["extra"]["results"]["finetune"]
+    for name, tasks in ft.items():
+        for r in tasks.values():
+            assert len(r["selection"]["trials"]) == 1 and r["selected_epoch"] >= 1, name
 
 
 def test_full_profile_groups_by_length_and_jobs_caps_threads(tmp_path):

@@ -36,7 +36,7 @@ def test_train_resume_path_is_refused_before_loading(tmp_path, capsys):
 def test_planted_stage_checkpoint_is_refused_under_resume_auto(tmp_path, capsys):
     from vocab_distill import train
 
-    evil = tmp_path / "vocab_distill_smoke" / "stage0" / "checkpoints" / "step_9.pt"
+    evil = tmp_path / "vocab_distill_smoke" / "teacher" / "adapt" / "checkpoints" / "step_9.pt"
     marker = plant(evil)
     err = run_task(train.main, Path(train.__file__).parent / "conf",
                    [*SMOKE, f"paths.output_dir={tmp_path}", "resume=auto"], capsys)
