@@ -16,10 +16,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from common.config import TrainerConfig  # noqa: E402
 from common.reproduce import ProfileContext, ReproReport, Row, run_profiles  # noqa: E402
+from llm_specialization.report import ladder_comparisons, ladder_groups, ladder_rows  # noqa: E402
 from llm_specialization.run import (  # noqa: E402
     run_domain_ladder,
     run_kg_fusion,
@@ -27,10 +29,13 @@ from llm_specialization.run import (  # noqa: E402
     run_personalization,
     run_rec_tuning,
 )
+from llm_specialization.tuning import TrainingProtocol  # noqa: E402
 
 PROFILES = {
-    "smoke": dict(model="tiny", methods=["references", "zero_shot", "lora"], n_test=16, per_class=2, max_tokens=32,
-                  use_encoder=False, epochs=1, knn=dict(store_tokens=3000, n_eval_tokens=600, window=64, stride=32,
+    "smoke": dict(model="tiny", methods=["references", "zero_shot", "few_shot", "lora"], n_test=16, max_tokens=32,
+                  use_encoder=False, draws=2, chat_rungs=("zero_shot",),
+                  training=dict(steps=4, eval_every_steps=2, dev_docs=8, shots=(16,), sweep_shots=16, seeds=2,
+                                lr_grid={"lora": (1e-3, 1e-2)}), knn=dict(store_tokens=3000, n_eval_tokens=600, window=64, stride=32,
                                                         sizes=(1000, 3000), ks=(1, 8), lams=(0.0, 0.25),
                                                         temperatures=(1.0,)),
                   kg=dict(models=("K0-TransE", "K0-DistMult"), kg_epochs=5, max_train=None, epochs=1),
@@ -38,7 +43,7 @@ PROFILES = {
                   rt=dict(synthetic=True, history=2, n_train=16, n_valid=8, n_test=16, epochs=1, lr=1e-3,
                           batch_size=8, grad_accum=1)),
     "quick": dict(model="smollm2", methods=["references", "zero_shot", "few_shot", "retrieval"], n_test=200,
-                  per_class=32, max_tokens=128, use_encoder=True, epochs=3,
+                  max_tokens=128, use_encoder=True, draws=2, chat_rungs=("zero_shot",), training={},
                   knn=dict(store_tokens=30_000, n_eval_tokens=5_000, window=512, stride=256,
                            sizes=(10_000, 30_000), ks=(8, 32, 128), lams=(0.0, 0.1, 0.25, 0.4),
                            temperatures=(1.0, 10.0)),
@@ -50,8 +55,8 @@ PROFILES = {
                   rt=dict(synthetic=False, history=10, n_train=16, n_valid=50, n_test=200, epochs=8, lr=3e-4,
                           batch_size=8, grad_accum=2)),
     "full": dict(model="smollm2", methods=["references", "zero_shot", "few_shot", "retrieval", "prompt_tuning",
-                                           "lora", "full"], n_test=800, per_class=32, max_tokens=128,
-                 use_encoder=True, epochs=3,
+                                           "lora", "full"], n_test=800, max_tokens=128, use_encoder=True, draws=5,
+                 chat_rungs=("zero_shot",), training={},  # the protocol's defaults (llm_specialization.tuning)
                  knn=dict(store_tokens=300_000, n_eval_tokens=20_000, window=512, stride=256,
                           sizes=(10_000, 30_000, 100_000, 300_000), ks=(1, 8, 32, 128, 1024),
                           lams=(0.0, 0.1, 0.25, 0.4, 0.6, 0.8), temperatures=(1.0, 10.0, 100.0)),
@@ -69,12 +74,16 @@ SURVEY_CLAIM = ("Ling et al.: more access to the model (black box -> grey -> whi
 def _plots(ctx: ProfileContext, ladder_results, knn) -> list:
     paths = []
     fig, ax = plt.subplots(figsize=(6, 4))
-    for r in ladder_results:
-        ax.scatter(max(r.trainable_params, 1), r.accuracy)
-        ax.annotate(r.rung, (max(r.trainable_params, 1), r.accuracy), fontsize=7)
+    for (rung, variant, n), group in ladder_groups(ladder_results).items():
+        if variant != "raw":
+            continue
+        x, accs = max(group[0].trainable_params, 1), [r.accuracy for r in group]
+        ax.errorbar(x, np.mean(accs), yerr=[[np.mean(accs) - min(accs)], [max(accs) - np.mean(accs)]], fmt="o",
+                    capsize=3)
+        ax.annotate(rung + (f" n={n}" if n else ""), (x, np.mean(accs)), fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (1 = none)")
-    ax.set_ylabel("R8 accuracy")
+    ax.set_ylabel("R8 accuracy (mean; bars: min-max over draws or seeds)")
     ax.set_title("Access ladder on R8")
     fig.tight_layout()
     paths.append(ctx.out_dir / f"ladder_{ctx.profile}.png")
@@ -103,13 +112,14 @@ def _profile(ctx: ProfileContext) -> ReproReport:
     p = PROFILES[ctx.profile]
     if ctx.jobs:  # one process: --jobs caps its torch threads (e.g. --jobs 1 beside another run)
         torch.set_num_threads(ctx.jobs)
-    trainer = TrainerConfig(max_epochs=p["epochs"], batch_size=4, grad_accum_steps=4 if p["model"] != "tiny" else 1,
-                            clip_grad_norm=1.0, progress_bar=ctx.profile != "smoke", seed=ctx.seed)
+    trainer = TrainerConfig(batch_size=4, grad_accum_steps=4 if p["model"] != "tiny" else 1, clip_grad_norm=1.0,
+                            progress_bar=ctx.profile != "smoke", seed=ctx.seed)
+    protocol = TrainingProtocol(**p["training"])
     ladder_results = run_domain_ladder(methods=p["methods"], model=p["model"], run_dir=ctx.work_dir / "ladder",
                                        trainer_cfg=trainer, resume=ctx.resume, data_dir=ctx.data_dir,
-                                       n_test=p["n_test"], per_class=p["per_class"], max_tokens=p["max_tokens"],
-                                       use_encoder=p["use_encoder"], seed=ctx.seed,
-                                       show_progress=ctx.profile != "smoke")
+                                       n_test=p["n_test"], max_tokens=p["max_tokens"], use_encoder=p["use_encoder"],
+                                       seed=ctx.seed, show_progress=ctx.profile != "smoke", protocol=protocol,
+                                       draws=p["draws"], chat_rungs=p["chat_rungs"])
     knn = run_knn_lm(model=p["model"], run_dir=ctx.work_dir / "knn_lm", data_dir=ctx.data_dir, seed=ctx.seed,
                      show_progress=ctx.profile != "smoke", resume=ctx.resume, **p["knn"])
     kg_cfg = p["kg"]
@@ -138,12 +148,7 @@ def _profile(ctx: ProfileContext) -> ReproReport:
                              model=p["model"], movielens=synthetic_ratings() if rt["synthetic"] else None,
                              history=rt["history"], n_train=rt["n_train"], n_valid=rt["n_valid"],
                              n_test=rt["n_test"], lr=rt["lr"], seed=ctx.seed)
-    rows = []
-    for r in ladder_results:
-        note = (f"trainable {r.trainable_params:,}; train {r.train_seconds:.0f} s; "
-                f"{r.infer_ms_per_example:.0f} ms/doc")
-        rows += [Row(f"R8 {r.rung}: accuracy", r.accuracy, unit="fraction", split="test", note=note),
-                 Row(f"R8 {r.rung}: macro-F1", r.macro_f1, unit="fraction", split="test", note=note)]
+    rows = ladder_rows(ladder_results, n_dev=protocol.dev_docs) + ladder_comparisons(ladder_results)
     for r in kg_results:
         rows += [Row(f"UMLS triples {r.model}: accuracy", r.accuracy, unit="fraction", split="test",
                      paper_note="KG-BERT UMLS link prediction Hits@10 0.990 (other task)" if r.model == "K1" else "",
@@ -177,7 +182,8 @@ def _profile(ctx: ProfileContext) -> ReproReport:
              "LoRA rec-tuning lifts Yes/No AUC above zero-shot and few-shot baselines (TALLRec used LLaMA-7B).")
     return ReproReport(rows=rows, headline=rows[-1], plots=_plots(ctx, ladder_results, knn), notes=notes,
                        extra={"knn_lm": {k: v for k, v in knn.items() if k != "rows"},
-                              "ladder": [r.__dict__ for r in ladder_results],
+                              "ladder": [{k: v for k, v in r.__dict__.items() if k != "correct"}
+                                         for r in ladder_results],
                               "kg_fusion": [r.__dict__ for r in kg_results], "personalization": rec_rows,
                               "rec_tuning": rt_rows})
 

@@ -11,7 +11,9 @@ rank 0 alone stores results and summaries, and the others read what it stored.
 
 from __future__ import annotations
 
+import copy
 import json
+import shutil
 import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -19,18 +21,21 @@ from pathlib import Path
 import torch
 
 from common.bench import peak_rss_bytes
-from common.checkpoint import cached_result, seed_everything
+from common.checkpoint import cached_result, load_checkpoint, seed_everything
 from common.config import TrainerConfig
 from common.distributed import barrier, broadcast_object, is_main_process
 from common.logging import get_logger
 from common.trainer import Trainer
-from llm_specialization import ladder
-from llm_specialization.data import balanced_sample, fixed_test_subset, ids_hash, load_r8
-from llm_specialization.models import MiniLMEncoder, load_smollm2, tiny_llama
+from llm_specialization import ladder, tuning
+from llm_specialization.data import balanced_sample, fixed_dev_subset, fixed_test_subset, ids_hash, load_r8
+from llm_specialization.models import LM, MemoEncoder, MiniLMEncoder, load_smollm2, tiny_llama
+from llm_specialization.tuning import TrainingProtocol
 
 log = get_logger("llm_specialization")
 PROMPT_RUNGS = ("zero_shot", "few_shot", "retrieval")
+PROMPT_NAMES = {"zero_shot": "R1 zero-shot", "few_shot": "R2 few-shot ICL", "retrieval": "R3 retrieval ICL"}
 TRAINED_RUNGS = {"prompt_tuning": "R4 prompt tuning", "lora": "R5 LoRA", "full": "R6 full fine-tuning"}
+DEFAULT_LR = {"prompt_tuning": 3e-2, "lora": 2e-4, "full": 2e-5}  # the rates before the sweep (issue 26)
 ALL_METHODS = ("references", *PROMPT_RUNGS, *TRAINED_RUNGS)
 
 
@@ -55,96 +60,205 @@ def training_key(cfg) -> dict:
 
 def run_domain_ladder(*, methods: list[str], model: str, run_dir: Path, trainer_cfg: TrainerConfig,
                       logger_cfg=None, resume: str = "never", data_dir=None, n_test: int = 800,
-                      per_class: int = 32, max_tokens: int = 128, learning_rates: dict | None = None,
-                      use_encoder: bool = True, seed: int = 0, show_progress: bool = True) -> list[ladder.RungResult]:
-    """Run the chosen rungs on R8 and return one RungResult each (also saved to run_dir/ladder.json)."""
+                      max_tokens: int = 128, use_encoder: bool = True, seed: int = 0, show_progress: bool = True,
+                      protocol: TrainingProtocol | None = None, draws: int = 5,
+                      chat_rungs: tuple[str, ...] = ("zero_shot",), demo_tokens: int = 48,
+                      k_retrieved: int = 4, r8=None) -> list[ladder.RungResult]:
+    """Run the chosen rungs on R8 and return every scored run (also saved to run_dir/ladder.json).
+
+    Prompting rungs: R1 once, R2/R3 ``draws`` times (demonstration draws and orders), each under every
+    scoring variant, plain prompts and, for the rungs in ``chat_rungs``, the tokenizer's chat template too.
+    Trained rungs follow ``protocol`` (:mod:`llm_specialization.tuning`): a learning-rate sweep scored on the
+    reduced dev set, then the chosen rate at every n and seed, each run tested from its best dev checkpoint.
+    ``model`` is a name (smollm2 | tiny) or an LM object, ``r8`` the data (default: R8 from the data root);
+    with either given (tests), nothing is read back from earlier runs.
+    """
     unknown = set(methods) - set(ALL_METHODS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {ALL_METHODS}")
+    if set(chat_rungs) - set(PROMPT_RUNGS):
+        raise ValueError(f"chat_rungs must be among {PROMPT_RUNGS}, got {list(chat_rungs)}")
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, got {draws}")
+    protocol = protocol or TrainingProtocol()
     seed_everything(seed)
-    r8 = load_r8(data_dir, seed=seed)
+    reusable = resume != "never" and isinstance(model, str) and r8 is None
+    r8 = r8 or load_r8(data_dir, seed=seed)
     test = fixed_test_subset(r8, n_test, seed)
-    encoder = MiniLMEncoder() if use_encoder and ({"references", "retrieval"} & set(methods)) else None
-    lrs = {"prompt_tuning": 3e-2, "lora": 2e-4, "full": 2e-5, **(learning_rates or {})}
-    # Each rung's result is stored once it is done (run_dir/rungs/<method>.json), so a run cut short
-    # resumes at the first unfinished rung; the LLM is loaded only when a rung still has to run.
-    shared = {"model": model, "test_ids_hash": ids_hash(test), "per_class": per_class, "max_tokens": max_tokens,
-              "seed": seed}
+    gold = [e.label for e in test]
+    encoder = (MemoEncoder(MiniLMEncoder()) if use_encoder and ({"references", "retrieval"} & set(methods))
+               else None)
+    # Each unit (a rung's draw, a sweep run, a final run) stores its result once done (run_dir/rungs/), so a
+    # run cut short resumes at the first unfinished unit; the LLM is loaded only when a unit still has to run.
+    shared = {"model": str(model) if isinstance(model, str) else model.name, "test_ids_hash": ids_hash(test),
+              "max_tokens": max_tokens, "seed": seed}
     loaded = []
 
     def lm_once():
         if not loaded:
-            loaded.append(load_lm(model))
+            loaded.append(load_lm(model) if isinstance(model, str) else model)
         return loaded[0]
 
-    def rungs(method: str, compute, rank0_only: bool = False, **params) -> list[ladder.RungResult]:
-        # a rung's per-document predictions go to rungs/<method>.docs.jsonl as they are made, under the
-        # same key, so a rung cut short (an 800-document pass takes up to an hour) continues mid-way.
-        # Under torchrun a rung without training (rank0_only) runs on rank 0 alone, the others wait for its
-        # result: the same numbers, and timings not slowed by a second copy of the work.
-        key = {**shared, "method": method, **params}
-        docs = (run_dir / "rungs" / f"{method}.docs.jsonl", key) if resume != "never" else None
+    def unit(name: str, compute, rank0_only: bool = False, **params):
+        # a unit's per-document predictions go to rungs/<name>.docs.jsonl as they are made, under the same
+        # key, so a unit cut short (an 800-document pass takes up to an hour) continues mid-way. Under
+        # torchrun a unit without training (rank0_only) runs on rank 0 alone, the others wait for its result.
+        key = {**shared, "unit": name, **params}
+        docs = (run_dir / "rungs" / f"{name}.docs.jsonl", key) if reusable else None
 
         def run():
-            return cached_result(run_dir / "rungs" / f"{method}.json", key,
-                                 lambda: [asdict(r) for r in compute(docs)], enabled=resume != "never")
+            return cached_result(run_dir / "rungs" / f"{name}.json", key, lambda: compute(docs), enabled=reusable)
 
-        stored = broadcast_object(run() if is_main_process() else None) if rank0_only else run()
+        return broadcast_object(run() if is_main_process() else None) if rank0_only else run()
+
+    def as_results(stored) -> list[ladder.RungResult]:
         return [ladder.RungResult(**r) for r in stored]
-
-    def prompting(rung: str, make_prompts, docs, head=None):
-        lm = lm_once()
-        return ladder.prompting_rung(rung, lm, make_prompts(lm), test, r8.labels, show_progress, docs,
-                                     head(lm) if head else None)
-
-    def trained(method: str, rung: str, docs):
-        lm = load_lm(model)  # every trained rung starts from the same pretrained weights
-        torch.manual_seed(seed)  # and the same adapter initialisation, whichever rungs ran before
-        net = ladder.adapt(lm, method)
-        data = ladder.VerbalizerDataset(lm, balanced_sample(r8.train, per_class, seed), max_tokens)
-        trainer = Trainer(trainer_cfg, run_dir / method, logger_cfg=logger_cfg, resume=resume)
-        fit = trainer.fit(net, data, ladder.verbalizer_loss, collate_fn=data.collate,
-                          optimizer_fn=lambda m, lr=lrs[method]: torch.optim.AdamW(
-                              [p for p in m.parameters() if p.requires_grad], lr=lr))
-        train_s = fit.wall_seconds_total  # every session of a training cut short, not the last leg
-        preds, ms = ladder.predict_trained(net, lm, test, r8.labels, max_tokens, show_progress, docs)
-        acc, f1 = ladder.metrics([e.label for e in test], preds, r8.labels)
-        return [ladder.RungResult(rung, acc, f1, ladder.trainable_parameters(net), train_s, ms,
-                                  peak_rss_bytes() / 2**30, {"lr": lrs[method], "n_train": len(data)})]
 
     results: list[ladder.RungResult] = []
     if "references" in methods:
-        results += rungs("references", lambda docs: ladder.reference_rungs(r8, test, encoder), rank0_only=True,
-                         use_encoder=use_encoder)
-    # R1 and R2 share one prompt head across documents, so each also reports a contextually calibrated
-    # result from the same scores (three extra prompts); R3's demonstrations change with every document
-    calibration = "contextual: " + ", ".join(repr(x) for x in ladder.CONTENT_FREE)
-    if "zero_shot" in methods:
-        results += rungs("zero_shot", lambda docs: prompting(
-            "R1 zero-shot", lambda lm: ladder.zero_shot_prompts(lm, test, max_tokens), docs,
-            head=lambda lm: ladder.INSTRUCTION), rank0_only=True, calibration=calibration)
-    if "few_shot" in methods:
-        results += rungs("few_shot", lambda docs: prompting(
-            "R2 few-shot ICL", lambda lm: ladder.few_shot_prompts(lm, r8, test, seed, max_tokens=max_tokens), docs,
-            head=lambda lm: ladder.few_shot_head(lm, r8, seed)), rank0_only=True, calibration=calibration)
-    if "retrieval" in methods:
-        if encoder is None:
+        results += as_results(unit("references", lambda docs: [asdict(r) for r in ladder.reference_rungs(
+            r8, test, encoder)], rank0_only=True, use_encoder=use_encoder))
+
+    neighbours: list = []  # R3's retrieved training documents, computed once for every draw
+
+    def demos_of(method: str, draw: int, doc: int) -> list:
+        if method == "zero_shot":
+            return []
+        if method == "few_shot":
+            return ladder.few_shot_demos(r8, seed + draw)
+        if not neighbours:
+            neighbours.extend(ladder.retrieve(r8, test, encoder, k_retrieved))
+        return [r8.train[j] for j in ladder.retrieval_order(neighbours[doc], draw, seed, doc)]
+
+    def prompt_rung(method: str, fmt: str, draw: int, docs):
+        lm = lm_once()
+        prompts = [ladder.render(lm.tokenizer, demos_of(method, draw, i), ex, fmt, demo_tokens, max_tokens)
+                   for i, ex in enumerate(test)]
+        # R1 and R2 share their demonstrations across documents, so a contextually calibrated variant comes
+        # from the same scores (three content-free prompts); R3's demonstrations change with every document
+        calib = demos_of(method, draw, 0) if method != "retrieval" else None
+        rung = PROMPT_NAMES[method] + (" (chat template)" if fmt == "chat" else "")
+        return [asdict(r) for r in ladder.prompting_rung(rung, lm, prompts, test, r8.labels, show_progress, docs,
+                                                         fmt, calib, demo_tokens, draw)]
+
+    for method in PROMPT_RUNGS:
+        if method not in methods:
+            continue
+        if method == "retrieval" and encoder is None:
             raise ValueError("the retrieval rung needs the MiniLM encoder (use_encoder=true)")
-        results += rungs("retrieval", lambda docs: prompting(
-            "R3 retrieval ICL",
-            lambda lm: ladder.retrieval_prompts(lm, r8, test, encoder, max_tokens=max_tokens), docs),
-            rank0_only=True)
+        for fmt in ("plain", "chat") if method in chat_rungs else ("plain",):
+            for draw in range(1 if method == "zero_shot" else draws):
+                results += as_results(unit(
+                    f"{method}-{fmt}-d{draw}", lambda docs, m=method, f=fmt, d=draw: prompt_rung(m, f, d, docs),
+                    rank0_only=True, fmt=fmt, draw=draw, demo_tokens=demo_tokens,
+                    **({"k": k_retrieved} if method == "retrieval" else {}),
+                    **({"calibration": list(ladder.CONTENT_FREE)} if method != "retrieval" else {})))
+
+    trained_now: set[str] = set()  # runs trained by this process (their checkpoints may be reused)
+    dev = fixed_dev_subset(r8, protocol.dev_docs, seed)
+    tkey = {"protocol": protocol.key(), "trainer": training_key(trainer_cfg), "dev_ids_hash": ids_hash(dev)}
+
+    def train_run(method: str, n: int, lr: float, s: int, reuse: dict | None = None):
+        """(net, lm, stats) of one run, trained unless ``reuse`` (its sweep record) and its best.pt exist."""
+        name = tuning.run_name(method, n, lr, s)
+        tdir = run_dir / name
+        base = lm_once()
+        lm = LM(copy.deepcopy(base.model), base.tokenizer, base.name)  # every run starts from the same weights
+        torch.manual_seed(s)  # and a seeded adapter initialisation, whichever runs came before
+        net = ladder.adapt(lm, method)
+        train = balanced_sample(r8.train, max(1, n // len(r8.labels)), s)
+        best = tdir / "checkpoints" / "best.pt"
+        if reuse is not None and best.is_file() and (reusable or name in trained_now):
+            net.load_state_dict(load_checkpoint(best)["model"])
+            return net, lm, {**reuse, "n_train": len(train), "reused": True}
+        if not reusable:  # start over: an earlier run's checkpoints in this folder are not continued
+            if is_main_process():
+                shutil.rmtree(tdir, ignore_errors=True)
+            barrier()
+        data = ladder.VerbalizerDataset(lm, train, max_tokens)
+
+        def dev_eval(m):
+            preds, _ = ladder.predict_trained(m, lm, dev, r8.labels, max_tokens, show_progress=False)
+            acc, f1 = ladder.metrics([e.label for e in dev], preds, r8.labels)
+            return {"dev_accuracy": acc, "dev_macro_f1": f1}
+
+        trainer = Trainer(tuning.trainer_config(trainer_cfg, protocol, s), tdir, logger_cfg=logger_cfg,
+                          resume="auto" if not reusable else resume)
+        fit = trainer.fit(net, data, ladder.verbalizer_loss, collate_fn=data.collate,
+                          optimizer_fn=lambda m: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad],
+                                                                   lr=lr),
+                          scheduler_fn=tuning.scheduler_fn(protocol), eval_fn=dev_eval,
+                          eval_metrics=("dev_accuracy", "dev_macro_f1"))
+        trained_now.add(name)
+        barrier()  # under torchrun: rank 0 has written best.pt before any rank loads it
+        trainer.load_best(net)  # the checkpoint the dev set chose is the one tested
+        best_metrics = fit.best_metrics or {}
+        return net, lm, {"lr": lr, "dev_accuracy": best_metrics.get("dev_accuracy"),
+                         "dev_macro_f1": best_metrics.get("dev_macro_f1"), "best_step": fit.best_step,
+                         "train_seconds": fit.wall_seconds_total, "dev_curve": _dev_curve(tdir),
+                         "n_train": len(train), "reused": False}
+
+    first = seed  # the sweep's seed, and the first seed of the final runs
+
+    def trained_rung(method: str, rung: str) -> list[ladder.RungResult]:
+        grid = protocol.lr_grid.get(method) or (DEFAULT_LR[method],)
+
+        def sweep_run(lr: float) -> dict:
+            return train_run(method, protocol.sweep_shots, lr, first)[2]
+
+        sweep = {lr: unit(f"{method}-sweep-lr{lr:g}", lambda docs, lr=lr: sweep_run(lr), lr=lr, **tkey)
+                 for lr in grid} if len(grid) > 1 else {}
+        chosen = tuning.select_lr(sweep) if sweep else grid[0]
+        if not protocol.keep_checkpoints:  # the other rates' runs are done with
+            for lr in grid:
+                if lr != chosen:
+                    tuning.drop_checkpoints(run_dir / tuning.run_name(method, protocol.sweep_shots, lr, first))
+
+        def final_run(docs, n: int, s: int) -> list[dict]:
+            reuse = sweep.get(chosen) if (n == protocol.sweep_shots and s == first) else None
+            net, lm, stats = train_run(method, n, chosen, s, reuse)
+            preds, ms = ladder.predict_trained(net, lm, test, r8.labels, max_tokens, show_progress, docs)
+            extra = {k: stats[k] for k in ("dev_accuracy", "dev_macro_f1", "best_step", "dev_curve", "reused")}
+            out = ladder.scored(rung, gold, preds, r8.labels, trainable_params=ladder.trainable_parameters(net),
+                                train_seconds=stats["train_seconds"], infer_ms_per_example=ms,
+                                peak_rss_gib=peak_rss_bytes() / 2**30, draw=s, n_train=stats["n_train"],
+                                lr=chosen, extra=extra)
+            return [asdict(out)]
+
+        out = []
+        for n in protocol.shots:
+            for s in range(first, first + protocol.seeds):
+                got = as_results(unit(f"{method}-n{n}-seed{s}", lambda docs, n=n, s=s: final_run(docs, n, s),
+                                      lr=chosen, n=n, run_seed=s, **tkey))
+                if not protocol.keep_checkpoints:
+                    tuning.drop_checkpoints(run_dir / tuning.run_name(method, n, chosen, s))
+                for r in got:  # the sweep this rate was chosen from, beside every final run
+                    r.extra.update(sweep={f"{lr:g}": rec for lr, rec in sweep.items()}, chosen_lr=chosen,
+                                   lr_at_grid_edge=len(grid) > 1 and chosen in (min(grid), max(grid)))
+                out += got
+        return out
+
     for method, rung in TRAINED_RUNGS.items():
         if method in methods:
-            results += rungs(method, lambda docs, method=method, rung=rung: trained(method, rung, docs),
-                             lr=lrs[method], trainer=training_key(trainer_cfg))
+            results += trained_rung(method, rung)
+            if protocol.sweep_shots not in protocol.shots and not protocol.keep_checkpoints:
+                chosen = results[-1].lr
+                tuning.drop_checkpoints(run_dir / tuning.run_name(method, protocol.sweep_shots, chosen, first))
     summary = {"model": loaded[0].name if loaded else model, "test_ids_hash": ids_hash(test), "n_test": len(test),
-               "results": [asdict(r) for r in results]}
+               "protocol": protocol.key(), "results": [asdict(r) for r in results]}
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "ladder.json").write_text(json.dumps(summary, indent=2))
+        (run_dir / "ladder.json").write_text(json.dumps(summary, indent=1))
     return results
 
+
+def _dev_curve(run_dir: Path) -> list[list[float]]:
+    """[step, dev accuracy] of every dev evaluation of a run, from its metrics log (kept across resumes)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [[r["step"], r["val/dev_accuracy"]] for r in rows if "val/dev_accuracy" in r]
 
 
 def reuters_token_streams(tokenizer, data_dir=None, n_store_docs: int | None = None, n_eval_tokens: int = 20_000,

@@ -20,6 +20,7 @@ from llm_specialization.run import (
     run_personalization,
     run_rec_tuning,
 )
+from llm_specialization.tuning import TrainingProtocol
 
 
 def _print_on_rank0(*args, **kwargs) -> None:
@@ -37,13 +38,18 @@ def main(cfg: DictConfig) -> None:
     if task == "domain_ladder":
         methods = list(cfg.method) if OmegaConf.is_list(cfg.method) else [str(cfg.method)]
         methods = list(ALL_METHODS) if methods == ["all"] else methods
+        t = cfg.task
+        training = OmegaConf.to_container(t.training, enum_to_str=True)
+        protocol = TrainingProtocol(**{**training, "lr_grid": training["lr_grid"], "shots": tuple(training["shots"])})
         results = run_domain_ladder(
             methods=methods, model=cfg.model, run_dir=run_dir, trainer_cfg=cfg.trainer, logger_cfg=cfg.logger,
-            resume=cfg.resume, data_dir=cfg.paths.data_dir, n_test=cfg.task.n_test, per_class=cfg.task.per_class,
-            max_tokens=cfg.task.max_tokens, learning_rates=OmegaConf.to_container(cfg.task.learning_rates),
-            use_encoder=cfg.task.use_encoder, seed=cfg.trainer.seed, show_progress=cfg.trainer.progress_bar)
+            resume=cfg.resume, data_dir=cfg.paths.data_dir, n_test=t.n_test, max_tokens=t.max_tokens,
+            use_encoder=t.use_encoder, seed=cfg.trainer.seed, show_progress=cfg.trainer.progress_bar,
+            protocol=protocol, draws=t.draws, chat_rungs=tuple(str(m) for m in t.chat_rungs))
         for r in results:
-            print(f"{r.rung:24s} acc {r.accuracy:.4f}  macro-F1 {r.macro_f1:.4f}  trainable {r.trainable_params:,}")
+            what = f"{r.variant}, draw/seed {r.draw}" + (f", n={r.n_train}, lr={r.lr:g}" if r.lr else "")
+            print(f"{r.rung:36s} acc {r.accuracy:.4f}  macro-F1 {r.macro_f1:.4f}  trainable {r.trainable_params:,}"
+                  f"  ({what})")
     elif task == "knn_lm":
         t = cfg.task
         summary = run_knn_lm(model=cfg.model, run_dir=run_dir, data_dir=cfg.paths.data_dir,

@@ -184,12 +184,37 @@ def test_trained_rungs_kv_scoring_equals_full_forwards():
         assert not torch.allclose(fast, score_candidates(soft, tok, prompt, cands).total, atol=1e-3)
 
 
-def _toy_r8():
-    """Two classes whose articles share a tell-tale word, for the learning test."""
-    mk = lambda i, lab, word: Example(f"training/{i}", f"{word} {word} report number {i}", lab)
-    train = [mk(i, "earn" if i % 2 else "acq", "profit" if i % 2 else "merger") for i in range(16)]
+def _toy_r8(word_last: bool = False):
+    """Two classes whose articles share a tell-tale word, for the learning tests (``word_last``: at the end of
+    the article, next to the answer, where a soft prompt steering a tiny random model can use it)."""
+    text = "report number {i}: {w} {w}" if word_last else "{w} {w} report number {i}"
+    mk = lambda split, i, lab, word: Example(f"{split}/{i}", text.format(i=i, w=word), lab)
+    train = [mk("training", i, "earn" if i % 2 else "acq", "profit" if i % 2 else "merger") for i in range(16)]
+    dev = [mk("dev", i, "earn" if i % 2 else "acq", "profit" if i % 2 else "merger") for i in range(16, 20)]
     test = [Example(f"test/{i}", ex.text, ex.label) for i, ex in enumerate(train[:8])]
-    return R8(train=train, dev=[], test=test, labels=["acq", "earn"])
+    return R8(train=train, dev=dev, test=test, labels=["acq", "earn"])
+
+
+def _word_lm(toy, init_std: float = 0.3):
+    """A tiny word-level LLaMA for the toy task: one token per verbalizer, and weights at init_std 0.3, whose
+    sharper attention and logits (a random model at transformers' 0.02 has near-uniform ones) let a soft
+    prompt steer it, as it steers a pretrained model."""
+    from llm_specialization.data import R8_VERBALIZERS
+    from llm_specialization.models import LM
+
+    texts = [ladder.INSTRUCTION, "Article: Topic:", *ladder.CONTENT_FREE, *R8_VERBALIZERS.values(),
+             *(e.text for e in toy.train + toy.dev + toy.test)]
+    tok = _WordTokenizer(texts)
+    return LM(tiny_llama(tokenizer=tok, hidden=32, layers=2, seed=0, init_std=init_std).model, tok,
+              "tiny word-level LLaMA")
+
+
+def _ladder(tmp_path, toy, lm, methods, protocol, **kw):
+    from llm_specialization.run import run_domain_ladder
+
+    return run_domain_ladder(methods=methods, model=lm, r8=toy, run_dir=tmp_path, n_test=8, use_encoder=False,
+                             show_progress=False, chat_rungs=(), protocol=protocol,
+                             trainer_cfg=TrainerConfig(batch_size=8, progress_bar=False), **kw)
 
 
 def test_contextual_calibration_golden_and_in_a_rung(lm):
@@ -197,17 +222,167 @@ def test_contextual_calibration_golden_and_in_a_rung(lm):
     assert scores.argmax(1).tolist() == [0, 0]
     assert ladder.calibrate(scores, prior).argmax(1).tolist() == [1, 1]  # 0.6/0.8 < 0.4/0.2, 0.7/0.8 < 0.3/0.2
     toy = _toy_r8()
-    head = ladder.few_shot_head(lm, toy, seed=0, demo_tokens=8)
-    prompts = ladder.few_shot_prompts(lm, toy, toy.test, seed=0, demo_tokens=8, max_tokens=16)
-    raw, cal = ladder.prompting_rung("R2", lm, prompts, toy.test, toy.labels, show_progress=False, head=head)
-    assert (raw.rung, cal.rung) == ("R2", "R2 + calibration")
-    prior = ladder.content_free_prior(lm, head, toy.labels)
+    demos = ladder.few_shot_demos(toy, 0)
+    prompts = [ladder.render(lm.tokenizer, demos, ex, "plain", demo_tokens=8, max_tokens=16) for ex in toy.test]
+    raw, norm, cal = ladder.prompting_rung("R2", lm, prompts, toy.test, toy.labels, show_progress=False,
+                                           calibration_demos=demos, demo_tokens=8)
+    assert (raw.variant, norm.variant, cal.variant) == ("raw", "length-normalised", "calibrated")
+    prior = ladder.content_free_prior(lm, demos, toy.labels, demo_tokens=8)
     assert np.exp(prior).sum() == pytest.approx(1.0)
     assert cal.extra["content_free_prior"] == dict(zip(toy.labels, np.exp(prior).round(4).tolist()))
     naive = np.array([score_candidates_naive(lm.model, lm.tokenizer, p, ladder.candidates(toy.labels)).total.numpy()
                       for p in prompts])  # full forwards, no shared prefix
+    gold = [e.label for e in toy.test]
     want = [toy.labels[i] for i in ladder.calibrate(naive, prior).argmax(1)]
-    assert cal.accuracy == ladder.metrics([e.label for e in toy.test], want, toy.labels)[0]
+    assert cal.accuracy == ladder.metrics(gold, want, toy.labels)[0]
+    # length normalisation: the mean log-probability per verbalizer token, from the same scores
+    lengths = np.array([len(lm.tokenizer(c).input_ids) for c in ladder.candidates(toy.labels)])
+    want = [toy.labels[i] for i in (naive / lengths).argmax(1)]
+    assert norm.accuracy == ladder.metrics(gold, want, toy.labels)[0]
+    assert norm.correct == [int(g == w) for g, w in zip(gold, want)]
+    assert sum(raw.pred_counts.values()) == len(toy.test)
+
+
+def test_chat_template_prompts_and_scores(lm):
+    """The chat format: the instruction as system message, demonstrations as user/assistant turns, the answer
+    after the generation prompt (no leading space); its scores equal full forwards."""
+    toy = _toy_r8()
+    demos = ladder.few_shot_demos(toy, 0)
+    text = ladder.render(lm.tokenizer, demos, toy.test[0], "chat", demo_tokens=8, max_tokens=16)
+    assert text.startswith("<|im_start|>system\nClassify the news article") and text.count("<|im_start|>user") == 3
+    assert "<|im_start|>assistant\nacquisition<|im_end|>" in text and text.endswith("<|im_start|>assistant\n")
+    assert ladder.candidates(toy.labels, "chat") == ["acquisition", "earnings"]
+    assert ladder.candidates(toy.labels, "plain") == [" acquisition", " earnings"]
+    prompts = [ladder.render(lm.tokenizer, demos, ex, "chat", 8, 16) for ex in toy.test[:3]]
+    totals, lengths, _ = ladder.score_prompts(lm, prompts, toy.labels, show_progress=False, fmt="chat")
+    for p, row in zip(prompts, totals):
+        np.testing.assert_allclose(row, score_candidates_naive(lm.model, lm.tokenizer, p, ["acquisition", "earnings"])
+                                   .total.numpy(), rtol=1e-5, atol=1e-4)
+    assert lengths.tolist() == [11, 8]
+    with pytest.raises(ValueError, match="format"):
+        ladder.render(lm.tokenizer, demos, toy.test[0], "markdown")
+
+
+def test_demonstration_draws_change_choice_and_order():
+    toy = _toy_r8()
+    draws = [ladder.few_shot_demos(toy, d) for d in range(5)]
+    assert all(sorted(e.label for e in d) == toy.labels for d in draws)  # one per class
+    assert len({tuple(e.fileid for e in d) for d in draws}) > 1 and draws[0] == ladder.few_shot_demos(toy, 0)
+    # R3: draw 0 is the protocol (most similar last); later draws reorder the same neighbours per document
+    assert ladder.retrieval_order([7, 8, 9, 10], 0, seed=0, doc=3) == [10, 9, 8, 7]
+    orders = {tuple(ladder.retrieval_order([7, 8, 9, 10], d, seed=0, doc=3)) for d in range(1, 6)}
+    assert all(sorted(o) == [7, 8, 9, 10] for o in orders) and len(orders) > 1
+    assert ladder.retrieval_order([7, 8, 9, 10], 2, 0, 3) == ladder.retrieval_order([7, 8, 9, 10], 2, 0, 3)
+
+
+def test_warmup_cosine_schedule_golden():
+    from llm_specialization import tuning
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = tuning.warmup_cosine_decay(opt, warmup_steps=2, total_steps=10)
+    lrs = []
+    for _ in range(11):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:3] == [0.0, 0.5, 1.0] and lrs[6] == pytest.approx(0.5) and lrs[10] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))  # decays monotonically after the warm-up
+    proto = tuning.TrainingProtocol(steps=10, warmup_fraction=0.2, schedule="linear")
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    lin = tuning.scheduler_fn(proto)(opt, 10)
+    for _ in range(6):
+        opt.step()
+        lin.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)  # (10 - 6) / (10 - 2)
+    with pytest.raises(ValueError, match="schedule"):
+        tuning.TrainingProtocol(schedule="step")
+
+
+def test_select_lr_by_dev_accuracy_then_f1_then_smaller_rate():
+    from llm_specialization.tuning import select_lr
+
+    rec = lambda a, f: {"dev_accuracy": a, "dev_macro_f1": f}
+    assert select_lr({1e-3: rec(0.5, 0.4), 1e-2: rec(0.75, 0.5), 3e-2: rec(0.75, 0.6)}) == 3e-2
+    assert select_lr({1e-3: rec(0.75, 0.5), 1e-2: rec(0.75, 0.5)}) == 1e-3
+
+
+@pytest.mark.parametrize("method,lr", [("lora", 3e-2), ("prompt_tuning", 1e-1)])
+def test_learning_lora_and_prompt_tuning_rungs_on_verbalizers(tmp_path, method, lr):
+    """R5 and R4 through the ladder's own protocol (warm-up + cosine, dev-selected checkpoint) learn the toy
+    task that the untrained model does not solve zero-shot."""
+    from llm_specialization.tuning import TrainingProtocol
+
+    toy = _toy_r8(word_last=True)
+    protocol = TrainingProtocol(steps=20, eval_every_steps=10, dev_docs=4, shots=(16,), sweep_shots=16, seeds=1,
+                                lr_grid={method: (lr,)})
+    res = _ladder(tmp_path, toy, _word_lm(toy), ["zero_shot", method], protocol)
+    zero = next(r for r in res if r.rung == "R1 zero-shot" and r.variant == "raw")
+    (trained,) = [r for r in res if r.lr]
+    assert zero.accuracy < 1.0 and trained.accuracy == 1.0, (zero.accuracy, trained.accuracy)
+    assert trained.n_train == 16 and trained.extra["dev_accuracy"] > 0.5  # above chance on the 4 dev documents
+
+
+def test_trained_rungs_test_the_checkpoint_the_dev_set_chose(tmp_path, monkeypatch):
+    """The trainer scores the reduced dev set every eval_every_steps and the test uses the best dev checkpoint:
+    here the first dev evaluation is made the best, so step 3, not the last step 6, must be tested."""
+    from common.trainer import Trainer as CoreTrainer
+    from llm_specialization.tuning import TrainingProtocol
+
+    toy = _toy_r8()
+    real, dev_calls, loaded = ladder.predict_trained, [], []
+
+    def spy(model, lm_, docs, labels, *a, **k):
+        preds, ms = real(model, lm_, docs, labels, *a, **k)
+        if docs[0].fileid.startswith("dev/"):  # right at the first evaluation, wrong at the second
+            dev_calls.append(1)
+            flip = {"acq": "earn", "earn": "acq"}
+            preds = [e.label if len(dev_calls) == 1 else flip[e.label] for e in docs]
+        return preds, ms
+
+    real_load = CoreTrainer.load_best
+    monkeypatch.setattr(ladder, "predict_trained", spy)
+    monkeypatch.setattr(CoreTrainer, "load_best", lambda self, m: loaded.append(self.ckpt.best_path) or real_load(self, m))
+    protocol = TrainingProtocol(steps=6, eval_every_steps=3, dev_docs=4, shots=(16,), sweep_shots=16, seeds=1,
+                                lr_grid={"lora": (1e-2,)}, keep_checkpoints=True)
+    (r,) = _ladder(tmp_path, toy, _word_lm(toy), ["lora"], protocol)
+    assert len(dev_calls) == 2 and r.extra["dev_curve"] == [[3, 1.0], [6, 0.0]]
+    assert r.extra["best_step"] == 3 and r.extra["dev_accuracy"] == 1.0
+    best = tmp_path / "lora" / "n16_lr0.01_seed0" / "checkpoints" / "best.pt"
+    assert loaded == [best] and load_checkpoint(best)["step"] == 3
+
+
+def test_lr_sweep_scores_dev_only_reuses_the_chosen_run_and_matches_steps(tmp_path, monkeypatch):
+    """The sweep trains every rate once (n = sweep_shots, first seed) and never touches the test set; the
+    chosen rate's sweep run is the first seed's final run (not trained again); every run, at n = 8 and 16,
+    takes the same number of optimizer steps; checkpoints are deleted once a run's result is stored."""
+    from common.trainer import Trainer as CoreTrainer
+    from llm_specialization.tuning import TrainingProtocol
+
+    toy = _toy_r8()
+    real_predict, real_fit, tested, fits = ladder.predict_trained, CoreTrainer.fit, [], []
+
+    def spy(model, lm_, docs, labels, *a, **k):
+        if docs[0].fileid.startswith("test/"):
+            tested.append(1)
+        return real_predict(model, lm_, docs, labels, *a, **k)
+
+    monkeypatch.setattr(ladder, "predict_trained", spy)
+    monkeypatch.setattr(CoreTrainer, "fit", lambda self, *a, **k: fits.append(self.run_dir.name) or real_fit(self, *a, **k))
+    protocol = TrainingProtocol(steps=4, eval_every_steps=2, dev_docs=4, shots=(8, 16), sweep_shots=16, seeds=2,
+                                lr_grid={"lora": (1e-3, 3e-2)})
+    res = _ladder(tmp_path, toy, _word_lm(toy), ["lora"], protocol)
+    chosen = res[0].lr
+    sweep = res[0].extra["sweep"]
+    assert set(sweep) == {"0.001", "0.03"} and chosen == max((1e-3, 3e-2), key=lambda lr: (
+        sweep[f"{lr:g}"]["dev_accuracy"], sweep[f"{lr:g}"]["dev_macro_f1"], -lr))
+    assert [(r.n_train, r.draw) for r in res] == [(8, 0), (8, 1), (16, 0), (16, 1)] and len(tested) == 4
+    assert fits[:2] == ["n16_lr0.001_seed0", "n16_lr0.03_seed0"] and len(fits) == 2 + 3  # seed 0 at n=16: reused
+    assert [r.extra["reused"] for r in res] == [False, False, True, False]
+    for r in res:
+        log = tmp_path / "lora" / f"n{r.n_train}_lr{chosen:g}_seed{r.draw}" / "metrics.jsonl"
+        steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+        assert max(steps) == 4  # step-matched: 8 documents take 2 epochs, 16 take 1... of 4 steps each
+    assert not list(tmp_path.glob("lora/*/checkpoints"))
 
 
 def test_learning_fine_tuning_on_verbalizers(tmp_path):
@@ -249,11 +424,14 @@ def test_reproduce_smoke_writes_report(tmp_path):
 def test_a_rerun_reads_finished_rungs_and_the_knn_sweep_back(tmp_path, monkeypatch):
     """A full run spans sittings: finished units are read back, not recomputed; other settings recompute."""
     from llm_specialization import run as R
+    from llm_specialization.tuning import TrainingProtocol
 
-    cfg = TrainerConfig(max_epochs=1, batch_size=4, progress_bar=False, seed=0)
+    cfg = TrainerConfig(batch_size=4, progress_bar=False, seed=0)
+    protocol = TrainingProtocol(steps=2, eval_every_steps=2, dev_docs=4, shots=(8,), sweep_shots=8, seeds=1,
+                                lr_grid={"lora": (1e-3,)})
     ladder_args = dict(methods=["references", "zero_shot", "lora"], model="tiny", run_dir=tmp_path / "ladder",
-                       trainer_cfg=cfg, resume="auto", n_test=8, per_class=1, max_tokens=32, use_encoder=False,
-                       show_progress=False)
+                       trainer_cfg=cfg, resume="auto", n_test=8, max_tokens=32, use_encoder=False,
+                       show_progress=False, protocol=protocol, chat_rungs=())
     knn_args = dict(model="tiny", run_dir=tmp_path / "knn", store_tokens=1500, n_eval_tokens=300, window=64,
                     stride=32, sizes=(1500,), ks=(4,), lams=(0.0, 0.5), temperatures=(1.0,), show_progress=False,
                     resume="auto")
@@ -261,21 +439,22 @@ def test_a_rerun_reads_finished_rungs_and_the_knn_sweep_back(tmp_path, monkeypat
 
     # a prompt rung cut short after 3 documents: those are read back, only the others are scored
     rungs = tmp_path / "ladder" / "rungs"
-    lines = (rungs / "zero_shot.docs.jsonl").read_text().splitlines()
+    lines = (rungs / "zero_shot-plain-d0.docs.jsonl").read_text().splitlines()
     n_docs = len(lines) - 1  # the header, then one line per test document
     assert n_docs == json.loads((tmp_path / "ladder" / "ladder.json").read_text())["n_test"]
-    assert n_docs >= 8 and (rungs / "lora.docs.jsonl").is_file()
-    (rungs / "zero_shot.docs.jsonl").write_text("\n".join(lines[:4]) + "\n")
-    (rungs / "zero_shot.json").unlink()
+    assert n_docs >= 8 and (rungs / "lora-n8-seed0.docs.jsonl").is_file()
+    (rungs / "zero_shot-plain-d0.docs.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    (rungs / "zero_shot-plain-d0.json").unlink()
     scored, real_score = [], R.ladder.score_candidates
     monkeypatch.setattr(R.ladder, "score_candidates", lambda *a, **k: scored.append(1) or real_score(*a, **k))
     first = R.run_domain_ladder(**ladder_args)
     assert len(scored) == n_docs - 3 + len(ladder.CONTENT_FREE)  # and the calibration's content-free prompts
     fresh = R.run_domain_ladder(**{**ladder_args, "methods": ["zero_shot"], "run_dir": tmp_path / "fresh",
                                    "resume": "never"})  # uninterrupted
-    assert [(r.rung, r.accuracy, r.macro_f1) for r in first if r.rung.startswith("R1")] == [
-        (r.rung, r.accuracy, r.macro_f1) for r in fresh]  # raw and calibrated
-    assert not (tmp_path / "fresh" / "rungs" / "zero_shot.docs.jsonl").exists()  # resume=never: none kept
+    assert [(r.rung, r.variant, r.accuracy, r.macro_f1) for r in first if r.rung.startswith("R1")] == [
+        (r.rung, r.variant, r.accuracy, r.macro_f1) for r in fresh]  # raw, length-normalised and calibrated
+    assert len(fresh) == 3
+    assert not (tmp_path / "fresh" / "rungs" / "zero_shot-plain-d0.docs.jsonl").exists()  # resume=never: none kept
 
     def must_not_run(*a, **k):
         raise AssertionError("recomputed a finished unit")
@@ -735,7 +914,7 @@ def test_rec_prompt_dataset_and_baselines(lm):
 
 
 class _WordTokenizer:
-    """Words and punctuation as ids (0 pad, 1 bos, 2 eos): short prompts for the rec-tuning learning test."""
+    """Words and punctuation as ids (0 pad, 1 bos, 2 eos): short prompts for the learning tests."""
 
     pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
 
@@ -753,6 +932,10 @@ class _WordTokenizer:
         from llm_specialization.models import _Enc
 
         return _Enc([self.vocab[w] for w in self.split(text)])
+
+    def decode(self, ids) -> str:
+        words = {i: w for w, i in self.vocab.items()}
+        return " ".join(words[i] for i in ids if i in words)
 
 
 def test_learning_rec_tuning_lora_on_synthetic_ratings(tmp_path):

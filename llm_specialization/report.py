@@ -1,0 +1,115 @@
+"""Report rows of the comparisons: every number with its 95% interval, every claimed difference with a paired
+test (``common.stats`` through ``common.reproduce.Row``).
+
+- a rung scored several times (R2/R3 demonstration draws, R4-R6 seeds): mean over the draws or seeds with its
+  t-interval (``Row.from_seeds``; the per-draw values are kept, and the note gives their spread);
+- a rung scored once (R0, R1): the percentile bootstrap over test documents (``Row.from_items``);
+- two rungs on the same test documents: the paired bootstrap over documents of their (draw- or seed-averaged)
+  correctness (:func:`paired_items_row`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from common import stats
+from common.reproduce import Row
+
+
+def _group_key(r) -> tuple:
+    return (r.rung, r.variant, r.n_train)
+
+
+def _label(rung: str, variant: str, n_train: int) -> str:
+    parts = [rung]
+    if variant != "raw":
+        parts.append(f"[{variant}]")
+    if n_train:
+        parts.append(f"n={n_train}")
+    return " ".join(parts)
+
+
+def ladder_groups(results) -> dict[tuple, list]:
+    """RungResults grouped by (rung, scoring variant, n): the draws or seeds of one setting."""
+    groups: dict[tuple, list] = defaultdict(list)
+    for r in results:
+        groups[_group_key(r)].append(r)
+    return dict(groups)
+
+
+def ladder_rows(results, n_dev: int | None = None) -> list[Row]:
+    """Accuracy and macro-F1 of every (rung, variant, n) with its interval, the chosen learning rates and the
+    sweep's dev accuracies (single runs on the reduced dev set: selection evidence, no verdict)."""
+    rows: list[Row] = []
+    for (rung, variant, n_train), group in ladder_groups(results).items():
+        label = _label(rung, variant, n_train)
+        r0 = group[0]
+        cost = (f"trainable {r0.trainable_params:,}; train {np.mean([r.train_seconds for r in group]):.0f} s; "
+                f"{np.mean([r.infer_ms_per_example for r in group]):.0f} ms/doc")
+        if len(group) > 1:
+            what = "seeds" if r0.lr is not None else "demonstration draws"
+            accs = [r.accuracy for r in group]
+            note = (f"{len(group)} {what}: min {min(accs):.3f}, max {max(accs):.3f}, sd {np.std(accs, ddof=1):.3f}"
+                    + (f"; lr {r0.lr:g} (chosen on dev)" if r0.lr is not None else "") + f"; {cost}")
+            rows.append(Row.from_seeds(f"R8 {label}: accuracy", accs, unit="fraction", split="test", note=note))
+            rows.append(Row.from_seeds(f"R8 {label}: macro-F1", [r.macro_f1 for r in group], unit="fraction",
+                                       split="test", note=note))
+        else:
+            note = f"single run; 95% CI: bootstrap over test documents; {cost}"
+            if r0.correct:
+                rows.append(Row.from_items(f"R8 {label}: accuracy", r0.correct, unit="fraction", split="test",
+                                           note=note))
+            else:
+                rows.append(Row(f"R8 {label}: accuracy", r0.accuracy, unit="fraction", split="test", note=note))
+            rows.append(Row(f"R8 {label}: macro-F1", r0.macro_f1, unit="fraction", split="test", note=note))
+    for rung in dict.fromkeys(r.rung for r in results if r.lr is not None):
+        r0 = next(r for r in results if r.rung == rung and r.lr is not None)
+        sweep = r0.extra.get("sweep") or {}
+        edge = " (at the edge of the grid)" if r0.extra.get("lr_at_grid_edge") else ""
+        rows.append(Row(f"R8 {rung}: chosen learning rate", r0.lr, unit="lr", split="dev",
+                        note=f"best reduced-dev accuracy of the sweep{edge}"))
+        for lr, rec in sweep.items():
+            rows.append(Row(f"R8 {rung} sweep lr={lr}: dev accuracy", rec["dev_accuracy"], unit="fraction",
+                            split="dev", note=f"n={rec['n_train']}, first seed, reduced dev set"
+                            + (f" ({n_dev} documents)" if n_dev else "") + "; selection only, no verdict"))
+    return rows
+
+
+def seed_mean_correct(group) -> np.ndarray:
+    """Per test document, the fraction of a setting's draws or seeds that got it right."""
+    return np.mean([r.correct for r in group], axis=0)
+
+
+def paired_items_row(metric: str, a: np.ndarray, b: np.ndarray, note: str = "", seed: int = 0, **kw) -> Row:
+    """mean(a - b) over paired test items with its percentile-bootstrap 95% CI and two-sided p-value
+    (:func:`common.stats.paired_bootstrap`)."""
+    r = stats.paired_bootstrap(a, b, seed=seed)
+    return Row(metric, r.mean_diff, ci_low=r.ci_low, ci_high=r.ci_high, ci_method="bootstrap", n=r.n,
+               n_kind="items", p_value=r.p_value, note=note, **kw)
+
+
+# the comparisons the README's verdicts rest on (raw scoring; the largest n of trained rungs)
+LADDER_COMPARISONS = (("R6 full fine-tuning", "R3 retrieval ICL"), ("R5 LoRA", "R4 prompt tuning"),
+                      ("R6 full fine-tuning", "R5 LoRA"), ("R5 LoRA", "R3 retrieval ICL"),
+                      ("R4 prompt tuning", "R3 retrieval ICL"), ("R3 retrieval ICL", "R2 few-shot ICL"),
+                      ("R2 few-shot ICL", "R1 zero-shot"))
+
+
+def ladder_comparisons(results) -> list[Row]:
+    """Paired differences in accuracy between rungs on the same test documents (each rung's raw scoring at its
+    largest n, correctness averaged over its draws or seeds)."""
+    best: dict[str, list] = {}
+    for (rung, variant, n), group in ladder_groups(results).items():
+        if variant == "raw" and group[0].correct and (rung not in best or n > best[rung][0].n_train):
+            best[rung] = group
+    rows = []
+    for a, b in LADDER_COMPARISONS:
+        if a in best and b in best:
+            ga, gb = best[a], best[b]
+            rows.append(paired_items_row(
+                f"R8 accuracy difference: {_label(a, 'raw', ga[0].n_train)} - {_label(b, 'raw', gb[0].n_train)}",
+                seed_mean_correct(ga), seed_mean_correct(gb), unit="fraction", split="test",
+                note=f"paired bootstrap over test documents of the {len(ga)}- and {len(gb)}-run mean correctness"))
+    return rows
