@@ -159,7 +159,10 @@ class KnnLmTask(TaskConfig):
     store_tokens: int = 100000
     """Datastore tokens."""
     eval_tokens: int = 20000
-    """Evaluation tokens."""
+    """Test tokens (Reuters test documents)."""
+    valid_tokens: int | None = None
+    """Validation tokens: held-out Reuters training documents after the datastore's, on which k, lambda, T
+    and the store size are chosen (null: as many as eval_tokens)."""
     window: int = 512
     """Context window of the LM."""
     stride: int = 256

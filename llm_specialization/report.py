@@ -113,3 +113,43 @@ def ladder_comparisons(results) -> list[Row]:
                 seed_mean_correct(ga), seed_mean_correct(gb), unit="fraction", split="test",
                 note=f"paired bootstrap over test documents of the {len(ga)}- and {len(gb)}-run mean correctness"))
     return rows
+
+
+# ----------------------------------------------------------------------------------------- kNN-LM
+def _ppl_row(metric: str, ppl: float, block_nll: list[float], note: str, **kw) -> Row:
+    """A test perplexity with the block-bootstrap 95% CI of its mean NLL (blocks of consecutive tokens)."""
+    ci = stats.bootstrap_ci(block_nll) if len(block_nll) > 1 else None
+    return Row(metric, ppl, ci_low=None if ci is None else float(np.exp(ci[0])),
+               ci_high=None if ci is None else float(np.exp(ci[1])), ci_method=None if ci is None else "bootstrap",
+               n=len(block_nll), n_kind="items", unit="perplexity", split="test", higher_is_better=False,
+               note=note, **kw)
+
+
+def knn_rows(knn: dict) -> list[Row]:
+    """The LM's and the kNN-LM's test perplexity (settings chosen on held-out training text), their paired
+    difference in NLL over token blocks, the per-size choices and the paper's default settings."""
+    block = knn["block"]
+    paper = "WikiText-103, 103M-token store"
+    best = knn["best"]
+    rows = [_ppl_row("kNN-LM perplexity: LM", knn["lm_ppl"], knn["lm_block_nll"], paper=18.65, paper_note=paper,
+                     note=f"Reuters test; 95% CI: bootstrap over {block}-token blocks"),
+            _ppl_row("kNN-LM perplexity: best interpolation", best["ppl"], knn["best_block_nll"], paper=16.12,
+                     paper_note=paper,
+                     note=f"Reuters test at the settings chosen on held-out training text: store "
+                          f"{best['datastore']:,} tokens, k={best['k']}, lambda={best['lambda']}, "
+                          f"T={best['temperature']} (validation ppl {best['valid_ppl']:.2f})")]
+    r = stats.paired_bootstrap(knn["best_block_nll"], knn["lm_block_nll"])
+    rows.append(Row("kNN-LM NLL difference (kNN-LM - LM)", r.mean_diff, ci_low=r.ci_low, ci_high=r.ci_high,
+                    ci_method="bootstrap", n=r.n, n_kind="items", p_value=r.p_value, unit="nats/token",
+                    split="test", higher_is_better=False,
+                    note=f"paired bootstrap over {block}-token blocks of the test stream"))
+    for c in knn["chosen"]:
+        rows.append(Row(f"kNN-LM perplexity: store {c['datastore']:,} tokens", c["test_ppl"], unit="perplexity",
+                        split="test", higher_is_better=False,
+                        note=f"k={c['k']}, lambda={c['lambda']}, T={c['temperature']} chosen on validation "
+                             f"(ppl {c['valid_ppl']:.2f})"))
+    d = knn["default"]
+    rows.append(Row("kNN-LM perplexity: paper default settings", d["test_ppl"], unit="perplexity", split="test",
+                    higher_is_better=False, note=f"store {d['datastore']:,}, k={d['k']}, lambda={d['lambda']}, "
+                                                 f"T={d['temperature']}, fixed in advance"))
+    return rows

@@ -262,10 +262,12 @@ def _dev_curve(run_dir: Path) -> list[list[float]]:
 
 
 def reuters_token_streams(tokenizer, data_dir=None, n_store_docs: int | None = None, n_eval_tokens: int = 20_000,
-                          seed: int = 0, n_store_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(datastore stream, evaluation stream): Reuters training documents EOS-separated in a fixed shuffled
-    order (the first ``n_store_tokens`` of it, if given), and the first ``n_eval_tokens`` of test documents
-    (never in the datastore)."""
+                          seed: int = 0, n_store_tokens: int | None = None, n_valid_tokens: int = 0
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(datastore, validation, test) token streams. Reuters training documents, EOS-separated in a fixed
+    shuffled order, give the datastore (the first ``n_store_tokens`` of that stream, if given) and, from the
+    first document after it, ``n_valid_tokens`` of held-out training text that chooses the kNN-LM's
+    settings; the first ``n_eval_tokens`` of test documents (never in the datastore) are the test."""
     import random
 
     from common.corpora import read_reuters
@@ -277,26 +279,36 @@ def reuters_token_streams(tokenizer, data_dir=None, n_store_docs: int | None = N
     random.Random(seed + 1).shuffle(test)
     eos = tokenizer.eos_token_id
 
-    def stream(ds, limit_tokens=None):
+    def stream(ds, limit_tokens=None) -> tuple[torch.Tensor, int]:
+        """The stream and how many documents it used."""
         ids: list[int] = []
-        for d in ds:
+        for used, d in enumerate(ds, start=1):
             ids += list(tokenizer(" ".join(d.text.split()), add_special_tokens=False).input_ids) + [eos]
             if limit_tokens and len(ids) >= limit_tokens:
-                return torch.tensor(ids[:limit_tokens])
-        return torch.tensor(ids)
+                return torch.tensor(ids[:limit_tokens]), used
+        return torch.tensor(ids, dtype=torch.long), len(ds)
 
-    return stream(train[:n_store_docs] if n_store_docs else train, n_store_tokens), stream(test, n_eval_tokens)
+    train = train[:n_store_docs] if n_store_docs else train
+    store, used = stream(train, n_store_tokens)
+    valid = stream(train[used:], n_valid_tokens)[0] if n_valid_tokens else torch.zeros(0, dtype=torch.long)
+    if n_valid_tokens and len(valid) < n_valid_tokens:
+        raise ValueError(f"only {len(valid)} training tokens are left after the datastore for validation "
+                         f"({n_valid_tokens} asked); use a smaller store_tokens or valid_tokens")
+    return store, valid, stream(test, n_eval_tokens)[0]
 
 
 def run_knn_lm(*, model: str, run_dir: Path, data_dir=None, store_tokens: int = 100_000, n_eval_tokens: int = 20_000,
                window: int = 512, stride: int = 256, sizes=(10_000, 30_000, 100_000), ks=(1, 8, 32, 128, 1024),
                lams=(0.0, 0.1, 0.25, 0.4, 0.6, 0.8), temperatures=(1.0, 10.0, 100.0), seed: int = 0,
-               show_progress: bool = True, resume: str = "never") -> dict:
-    """Build the datastore, encode the evaluation stream once, sweep; returns the summary dict (stored in
-    run_dir/knn_lm.json, and read back from there by a ``resume`` run with the same settings)."""
-    params = dict(model=model, store_tokens=store_tokens, n_eval_tokens=n_eval_tokens, window=window,
-                  stride=stride, sizes=sizes, ks=ks, lams=lams, temperatures=temperatures, seed=seed,
+               show_progress: bool = True, resume: str = "never", n_valid_tokens: int | None = None) -> dict:
+    """Build the datastore, encode the validation and test streams once, choose the settings on validation,
+    score the test at them; returns the summary dict (stored in run_dir/knn_lm.json, and read back from there
+    by a ``resume`` run with the same settings). ``n_valid_tokens`` defaults to ``n_eval_tokens``."""
+    n_valid_tokens = n_eval_tokens if n_valid_tokens is None else n_valid_tokens
+    params = dict(model=model, store_tokens=store_tokens, n_eval_tokens=n_eval_tokens, n_valid_tokens=n_valid_tokens,
+                  window=window, stride=stride, sizes=sizes, ks=ks, lams=lams, temperatures=temperatures, seed=seed,
                   data_dir=data_dir and str(data_dir))
+
     def run():
         return cached_result(run_dir / "knn_lm.json", params,
                              lambda: _knn_lm_summary(**{**params, "data_dir": data_dir}, run_dir=run_dir,
@@ -304,32 +316,34 @@ def run_knn_lm(*, model: str, run_dir: Path, data_dir=None, store_tokens: int = 
                              enabled=resume != "never")
 
     summary = broadcast_object(run() if is_main_process() else None)  # no training: rank 0 alone computes
-    log.info("kNN-LM: LM ppl %.3f -> best %.3f (%s)", summary["lm_ppl"], summary["best"]["ppl"], summary["best"])
+    log.info("kNN-LM: test ppl LM %.3f -> %.3f at the settings chosen on validation (%s)", summary["lm_ppl"],
+             summary["best"]["ppl"], summary["best"])
     return summary
 
 
-def _knn_lm_summary(*, model, data_dir, store_tokens, n_eval_tokens, window, stride, sizes, ks, lams, temperatures,
-                    seed, run_dir, resume, show_progress) -> dict:
+def _knn_lm_summary(*, model, data_dir, store_tokens, n_eval_tokens, n_valid_tokens, window, stride, sizes, ks, lams,
+                    temperatures, seed, run_dir, resume, show_progress) -> dict:
     from llm_specialization import knn_lm
 
     seed_everything(seed)
     lm = load_lm(model)
-    store_ids, eval_ids = reuters_token_streams(lm.tokenizer, data_dir, None, n_eval_tokens, seed,
-                                                n_store_tokens=store_tokens + 1)
+    store_ids, valid_ids, eval_ids = reuters_token_streams(lm.tokenizer, data_dir, None, n_eval_tokens, seed,
+                                                           n_store_tokens=store_tokens + 1,
+                                                           n_valid_tokens=n_valid_tokens)
+
+    def encode(ids, part: str):  # saved in parts as it goes, so a run cut short continues mid-stream
+        return knn_lm.encode_stream(lm.model, ids, window, stride, show_progress,
+                                    parts_dir=run_dir / "encoded" / part if resume != "never" else None)
+
     t0 = time.time()
-    # the encodings are saved in parts as they go, so a run cut short continues mid-datastore
-    store = knn_lm.encode_stream(lm.model, store_ids, window, stride, show_progress,
-                                 parts_dir=run_dir / "encoded" / "store" if resume != "never" else None)
+    store = encode(store_ids, "store")
     build_s = time.time() - t0  # of this call: a resumed build counts only the windows it encoded
-    test = knn_lm.encode_stream(lm.model, eval_ids, window, stride, show_progress,
-                                parts_dir=run_dir / "encoded" / "eval" if resume != "never" else None)
+    valid, test = encode(valid_ids, "valid"), encode(eval_ids, "eval")
     t0 = time.time()
-    sw = knn_lm.sweep(test, store, list(sizes), list(ks), list(lams), list(temperatures))
-    summary = {"model": lm.name, "datastore_tokens": len(store.values), "eval_tokens": len(test.values),
-               "lm_ppl": knn_lm.perplexity(test.lm_logp), "best": sw.best(), "rows": sw.rows,
-               "build_seconds": build_s, "sweep_seconds": time.time() - t0,
-               "peak_rss_gib": peak_rss_bytes() / 2**30}
-    return summary
+    out = knn_lm.select_and_test(valid, test, store, list(sizes), list(ks), list(lams), list(temperatures))
+    return {"model": lm.name, "datastore_tokens": len(store.values), "valid_tokens": len(valid.values),
+            "eval_tokens": len(test.values), **out, "build_seconds": build_s, "sweep_seconds": time.time() - t0,
+            "peak_rss_gib": peak_rss_bytes() / 2**30}
 
 
 def run_kg_fusion(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg=None, resume: str = "never",

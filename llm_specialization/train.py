@@ -56,8 +56,9 @@ def main(cfg: DictConfig) -> None:
                              store_tokens=t.store_tokens, n_eval_tokens=t.eval_tokens, window=t.window,
                              stride=t.stride, sizes=list(t.sizes), ks=list(t.ks), lams=list(t.lambdas),
                              temperatures=list(t.temperatures), seed=cfg.trainer.seed,
-                             show_progress=cfg.trainer.progress_bar, resume=cfg.resume)
-        print(f"LM ppl {summary['lm_ppl']:.3f}; best kNN-LM {summary['best']}")
+                             show_progress=cfg.trainer.progress_bar, resume=cfg.resume,
+                             n_valid_tokens=t.valid_tokens)
+        print(f"LM test ppl {summary['lm_ppl']:.3f}; kNN-LM at the settings chosen on validation {summary['best']}")
     elif task == "kg_fusion":
         t = cfg.task
         results = run_kg_fusion(run_dir=run_dir, trainer_cfg=cfg.trainer, logger_cfg=cfg.logger, resume=cfg.resume,

@@ -84,6 +84,49 @@ def test_learning_knn_lm_retrieves_the_continuations_of_a_repeated_pattern(lm):
     assert knn_lm.perplexity(knn_lm.interpolate_logp(test.lm_logp, p, 0.5)) < 0.1 * lm_ppl
 
 
+def test_knn_lm_selection_never_sees_test_tokens(lm):
+    """k, lambda, T and the store size are chosen on validation text: here the store repeats a pattern that
+    the test stream continues (the kNN-LM would win on test) while the validation stream is unrelated noise
+    (it does not), so settings chosen on validation keep lambda = 0; any look at the test would not. A
+    different test stream leaves the choice unchanged."""
+    g = torch.Generator().manual_seed(3)
+    pattern = torch.randint(3, 259, (16,), generator=g)
+    enc = lambda ids: knn_lm.encode_stream(lm.model, ids, window=64, stride=32, show_progress=False)
+    store = enc(pattern.repeat(12))
+    valid = enc(torch.randint(3, 259, (200,), generator=g))
+    test = enc(pattern.repeat(4))
+    grid = dict(sizes=[100, 180], ks=[1, 8], lams=[0.0, 0.5, 0.9], temperatures=[1.0, 10.0])
+    out = knn_lm.select_and_test(valid, test, store, **grid, default=(8, 0.25, 1.0), block=16)
+    assert all(c["lambda"] == 0.0 for c in out["chosen"])  # validation: the store does not help
+    assert out["best"]["test_ppl"] == pytest.approx(out["lm_ppl"])  # so the test is scored as the LM alone
+    peek = knn_lm.select(knn_lm.sweep(test, store, **grid).rows)  # what a selection on test would choose
+    assert all(r["lambda"] > 0 for r in peek.values())
+    assert out["default"]["test_ppl"] < 0.5 * out["lm_ppl"]  # the default setting shows what was at stake
+    other = knn_lm.select_and_test(valid, enc(torch.randint(3, 259, (120,), generator=g)), store, **grid)
+    assert [{k: c[k] for k in ("datastore", "k", "lambda", "temperature", "valid_ppl")} for c in other["chosen"]] \
+        == [{k: c[k] for k in ("datastore", "k", "lambda", "temperature", "valid_ppl")} for c in out["chosen"]]
+    assert len(out["lm_block_nll"]) == len(test.values) // 16 and out["valid_rows"] == other["valid_rows"]
+
+
+def test_knn_lm_validation_text_is_held_out_training_documents(lm):
+    """The validation stream starts at the first training document after the datastore's (none shared);
+    the datastore and test streams are those of the earlier protocol."""
+    from llm_specialization.run import reuters_token_streams
+
+    store, valid, test = reuters_token_streams(lm.tokenizer, n_eval_tokens=500, n_store_tokens=3000,
+                                               n_valid_tokens=8000)
+    store2, _, test2 = reuters_token_streams(lm.tokenizer, n_eval_tokens=500, n_store_tokens=3000)
+    assert torch.equal(store, store2) and torch.equal(test, test2) and len(valid) == 8000
+    eos = lm.tokenizer.eos_token_id
+    cut = (store == eos).nonzero().flatten().tolist()
+    whole = {tuple(store[a + 1:b].tolist()) for a, b in zip([-1] + cut, cut)}  # the store's whole documents
+    partial = store[cut[-1] + 1:].tolist()  # and the start of the document it was cut in
+    first_valid = valid[: (valid == eos).nonzero()[0, 0]].tolist()
+    assert tuple(first_valid) not in whole and first_valid[: len(partial)] != partial
+    with pytest.raises(ValueError, match="validation"):
+        reuters_token_streams(lm.tokenizer, n_eval_tokens=10, n_store_tokens=3000, n_valid_tokens=10**9)
+
+
 def test_encoding_cut_short_continues_from_saved_parts(lm, tmp_path):
     ids = torch.randint(3, 259, (300,), generator=torch.Generator().manual_seed(1))
     whole = knn_lm.encode_stream(lm.model, ids, window=64, stride=32, show_progress=False)
