@@ -197,6 +197,11 @@ class KgFusionTask(TaskConfig):
     """Corruptions per positive for K1/K2, sampled once (filtered against train)."""
     max_train: int | None = None
     """Cap on training positives (null: all 5,216)."""
+    seeds: int = 1
+    """Training seeds per model (trainer.seed, trainer.seed + 1, ...); dev/test items do not depend on them."""
+    lp_triples: int | None = 64
+    """Test triples whose head and tail are ranked against every entity (filtered link prediction;
+    null: all 661, 0: none). A text model scores 2 x 135 candidates per triple."""
 
     def __post_init__(self):
         for m in self.models:

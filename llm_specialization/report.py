@@ -153,3 +153,61 @@ def knn_rows(knn: dict) -> list[Row]:
                     higher_is_better=False, note=f"store {d['datastore']:,}, k={d['k']}, lambda={d['lambda']}, "
                                                  f"T={d['temperature']}, fixed in advance"))
     return rows
+
+
+# ----------------------------------------------------------------------------------------- UMLS
+def _over_seeds(metric: str, values: list[float], **kw) -> Row:
+    return Row.from_seeds(metric, values, **kw) if len(values) > 1 else Row(metric, values[0], **kw)
+
+
+def kg_rows(results) -> list[Row]:
+    """Per model: triple-classification accuracy (per-relation and global thresholds), AUC and filtered link
+    prediction over seeds; K2 vs K1 (and the other comparisons Hu et al.'s claim needs) with a paired test
+    over seeds, McNemar per seed on the same test triples, and a paired bootstrap over triples."""
+    by_model: dict[str, list] = defaultdict(list)
+    for r in results:
+        by_model[r.model].append(r)
+    rows = []
+    for model, rs in by_model.items():
+        seeds = f"{len(rs)} seed{'s' if len(rs) > 1 else ''}"
+        note = f"{seeds}; trainable {rs[0].trainable_params:,}"
+        rows.append(_over_seeds(f"UMLS triples {model}: accuracy", [r.accuracy for r in rs], unit="fraction",
+                                split="test", note=f"{note}; per-relation thresholds tuned on dev",
+                                paper_note="KG-BERT on UMLS: link prediction only" if model == "K1" else ""))
+        rows.append(_over_seeds(f"UMLS triples {model}: accuracy (global threshold)",
+                                [r.accuracy_global for r in rs], unit="fraction", split="test",
+                                note=f"{note}; one threshold tuned on all of dev"))
+        rows.append(_over_seeds(f"UMLS triples {model}: AUC", [r.auc for r in rs], unit="AUC", split="test",
+                                note=note))
+        if rs[0].hits10 is not None:
+            q = len(rs[0].lp_ranks)
+            lp = f"{seeds}; filtered, {q} head+tail queries of {q // 2} test triples"
+            rows.append(_over_seeds(f"UMLS link prediction {model}: Hits@10", [r.hits10 for r in rs],
+                                    unit="fraction", split="test", note=lp,
+                                    paper=0.990 if model == "K1" else None,
+                                    paper_note="KG-BERT (BERT-base), all test triples" if model == "K1" else ""))
+            rows.append(_over_seeds(f"UMLS link prediction {model}: MR", [r.mr for r in rs], unit="rank",
+                                    split="test", note=lp, higher_is_better=False,
+                                    paper=1.47 if model == "K1" else None,
+                                    paper_note="KG-BERT (BERT-base), all test triples" if model == "K1" else ""))
+    for a, b in (("K2", "K1"), ("K2", "K0-DistMult"), ("K1", "K0-DistMult"), ("K3", "K1"),
+                 ("K0-DistMult", "K0-TransE")):
+        if a not in by_model or b not in by_model:
+            continue
+        pairs = [(x, y) for x in by_model[a] for y in by_model[b] if x.seed == y.seed]
+        if len(pairs) > 1:
+            rows.append(Row.from_paired(f"UMLS triples accuracy difference {a} - {b} (over seeds)",
+                                        [x.accuracy for x, _ in pairs], [y.accuracy for _, y in pairs],
+                                        unit="fraction", split="test",
+                                        note="paired by seed; exact sign-flip permutation p-value"))
+        for x, y in pairs:
+            m = stats.mcnemar(x.correct, y.correct)
+            rows.append(Row(f"UMLS triples {a} vs {b}, seed {x.seed}: test triples only {a} gets right minus "
+                            f"only {b}", m.b - m.c, n=m.b + m.c, p_value=m.p_value, unit="triples", split="test",
+                            note=f"McNemar ({m.method}): only {a} {m.b}, only {b} {m.c}"))
+        rows.append(paired_items_row(f"UMLS triples accuracy difference {a} - {b} (over test triples)",
+                                     seed_mean_correct([x for x, _ in pairs]), seed_mean_correct([y for _, y in pairs]),
+                                     unit="fraction", split="test",
+                                     note=f"paired bootstrap over the test triples of the {len(pairs)}-seed mean "
+                                          "correctness"))
+    return rows

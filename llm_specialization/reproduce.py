@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 from common.config import TrainerConfig  # noqa: E402
 from common.reproduce import ProfileContext, ReproReport, Row, run_profiles  # noqa: E402
-from llm_specialization.report import knn_rows, ladder_comparisons, ladder_groups, ladder_rows  # noqa: E402
+from llm_specialization.report import kg_rows, knn_rows, ladder_comparisons, ladder_groups, ladder_rows  # noqa: E402
 from llm_specialization.run import (  # noqa: E402
     run_domain_ladder,
     run_kg_fusion,
@@ -38,7 +38,8 @@ PROFILES = {
                                 lr_grid={"lora": (1e-3, 1e-2)}), knn=dict(store_tokens=3000, n_eval_tokens=600, window=64, stride=32,
                                                         sizes=(1000, 3000), ks=(1, 8), lams=(0.0, 0.25),
                                                         temperatures=(1.0,)),
-                  kg=dict(models=("K0-TransE", "K0-DistMult"), kg_epochs=5, max_train=None, epochs=1),
+                  kg=dict(models=("K0-TransE", "K0-DistMult"), kg_epochs=5, max_train=None, epochs=1, seeds=2,
+                          lp_triples=8),
                   rec=dict(synthetic=True, epochs=2, llm_users=5),
                   rt=dict(synthetic=True, history=2, n_train=16, n_valid=8, n_test=16, epochs=1, lr=1e-3,
                           batch_size=8, grad_accum=1)),
@@ -48,7 +49,7 @@ PROFILES = {
                            sizes=(10_000, 30_000), ks=(8, 32, 128), lams=(0.0, 0.1, 0.25, 0.4),
                            temperatures=(1.0, 10.0)),
                   kg=dict(models=("K0-TransE", "K0-DistMult", "K1", "K2", "K3"), kg_epochs=200, max_train=1000,
-                          epochs=1),
+                          epochs=1, seeds=1, lp_triples=16),
                   # SASRec: at 5 epochs it was still below Pop (test HR@10 0.040 vs 0.050); 40 epochs (~6 min on
                   # 2 threads) give 0.094; full's early stopping chose epoch 110 (0.137)
                   rec=dict(synthetic=False, epochs=40, llm_users=50),
@@ -61,7 +62,7 @@ PROFILES = {
                           sizes=(10_000, 30_000, 100_000, 300_000), ks=(1, 8, 32, 128, 1024),
                           lams=(0.0, 0.1, 0.25, 0.4, 0.6, 0.8), temperatures=(1.0, 10.0, 100.0)),
                  kg=dict(models=("K0-TransE", "K0-DistMult", "K1", "K2", "K3"), kg_epochs=200, max_train=None,
-                         epochs=3),
+                         epochs=3, seeds=3, lp_triples=64),
                  rec=dict(synthetic=False, epochs=200, llm_users=300),
                  rt=dict(synthetic=False, history=10, n_train=64, n_valid=200, n_test=1000, epochs=20, lr=3e-4,
                          batch_size=8, grad_accum=2)),
@@ -127,7 +128,8 @@ def _profile(ctx: ProfileContext) -> ReproReport:
                                seed=ctx.seed)
     kg_results = run_kg_fusion(run_dir=ctx.work_dir / "kg_fusion", trainer_cfg=kg_trainer, resume=ctx.resume,
                                data_dir=ctx.data_dir, kg_epochs=kg_cfg["kg_epochs"], max_train=kg_cfg["max_train"],
-                               models=kg_cfg["models"], seed=ctx.seed)
+                               models=kg_cfg["models"], seed=ctx.seed, seeds=kg_cfg["seeds"],
+                               lp_triples=kg_cfg["lp_triples"])
     rec_cfg = p["rec"]
     from llm_specialization.personal import synthetic_movielens
 
@@ -149,12 +151,7 @@ def _profile(ctx: ProfileContext) -> ReproReport:
                              history=rt["history"], n_train=rt["n_train"], n_valid=rt["n_valid"],
                              n_test=rt["n_test"], lr=rt["lr"], seed=ctx.seed)
     rows = ladder_rows(ladder_results, n_dev=protocol.dev_docs) + ladder_comparisons(ladder_results)
-    for r in kg_results:
-        rows += [Row(f"UMLS triples {r.model}: accuracy", r.accuracy, unit="fraction", split="test",
-                     paper_note="KG-BERT UMLS link prediction Hits@10 0.990 (other task)" if r.model == "K1" else "",
-                     note=f"trainable {r.trainable_params:,}"),
-                 Row(f"UMLS triples {r.model}: AUC", r.auc, unit="AUC", split="test",
-                     note=f"trainable {r.trainable_params:,}")]
+    rows += kg_rows(kg_results)
     data_name = "synthetic cycles" if rec_cfg["synthetic"] else "MovieLens-100k"
     for r in rec_rows:
         keys = [k for k in ("full_HR@10", "full_NDCG@10", "sampled_HR@1", "sampled_NDCG@10") if k in r]

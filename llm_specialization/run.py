@@ -15,7 +15,7 @@ import copy
 import json
 import shutil
 import time
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, is_dataclass, replace
 from pathlib import Path
 
 import torch
@@ -349,68 +349,114 @@ def _knn_lm_summary(*, model, data_dir, store_tokens, n_eval_tokens, n_valid_tok
 def run_kg_fusion(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg=None, resume: str = "never",
                   data_dir=None, kg_dim: int = 100, kg_epochs: int = 200, encoder_lr: float = 5e-5,
                   train_negatives: int = 1, max_train: int | None = None, encoder_path=None,
-                  models=("K0-TransE", "K0-DistMult", "K1", "K2"), adapter_lr: float = 1e-4, seed: int = 0) -> list:
-    """UMLS triple classification: KG-only, text-only and fused models on the same balanced dev/test sets."""
+                  models=("K0-TransE", "K0-DistMult", "K1", "K2"), adapter_lr: float = 1e-4, seed: int = 0,
+                  seeds: int = 1, lp_triples: int | None = 64, data_seed: int = 0) -> list:
+    """UMLS triple classification and filtered link prediction: KG-only, text-only and fused models on the
+    same balanced dev/test sets, each trained with ``seeds`` seeds (seed, seed + 1, ...).
+
+    The dev/test corruptions and the link-prediction queries (``lp_triples`` test triples, None: all) are
+    fixed by ``data_seed``, whatever the training seed, so every model and seed is scored on the same items
+    (what McNemar and the paired tests need). A training seed changes the K0 embeddings (and with them the
+    entity vectors K2/K3 read), the training corruptions, the initialisation of new layers and the data order.
+    """
+    import random
+
     import numpy as np
     from transformers import AutoModel, AutoTokenizer
 
     from common.pretrained import minilm_path
     from llm_specialization import kg as K
 
-    seed_everything(seed)
     data = K.read_umls(data_dir)
     known = data.known()
-    dev_x, dev_y = K.labelled(data.dev, K.corrupt(data.dev, len(data.entities), known, seed + 1))
-    test_x, test_y = K.labelled(data.test, K.corrupt(data.test, len(data.entities), known, seed + 2))
+    dev_x, dev_y = K.labelled(data.dev, K.corrupt(data.dev, len(data.entities), known, data_seed + 1))
+    test_x, test_y = K.labelled(data.test, K.corrupt(data.test, len(data.entities), known, data_seed + 2))
     dev_rel, test_rel = np.array([r for _, r, _ in dev_x]), np.array([r for _, r, _ in test_x])
-    results, vectors = [], {}
-    for kind in ("transe", "distmult"):
-        name = f"K0-{'TransE' if kind == 'transe' else 'DistMult'}"
-        if name not in models and not (kind == "distmult" and {"K2", "K3"} & set(models)):
-            continue
-        emb = K.train_kg_embedding(data, kind, kg_dim, kg_epochs, seed=seed)
-        vectors[kind] = emb.ent.weight.detach()
-        with torch.no_grad():
-            ds, ts = emb(torch.tensor(dev_x)).numpy(), emb(torch.tensor(test_x)).numpy()
-        if name in models:
-            results.append(K.evaluate_scores(name, ds, dev_y, dev_rel, ts, test_y, test_rel,
-                                             sum(p.numel() for p in emb.parameters())))
+    queries = (data.test if lp_triples is None or lp_triples >= len(data.test)
+               else random.Random(data_seed).sample(data.test, lp_triples))
     path = encoder_path or minilm_path()
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    pieces = K.text_pieces(data, tok)
     pos = data.train[:max_train] if max_train else data.train
-    negs = [t for i in range(train_negatives)
-            for t in K.corrupt(pos, len(data.entities), set(data.train), seed * 31 + i)]
-    train_x, train_y = K.labelled(pos, negs)
     key = dict(kg_dim=kg_dim, kg_epochs=kg_epochs, train_negatives=train_negatives, max_train=max_train,
-               encoder=str(path), seed=seed, data_dir=data_dir and str(data_dir), trainer=training_key(trainer_cfg))
+               encoder=str(path), data_seed=data_seed, data_dir=data_dir and str(data_dir),
+               lp_triples=lp_triples, trainer=training_key(trainer_cfg), segments="kg-bert")
+    def one_seed(s: int) -> list:
+        seed_everything(s)
+        results = []
+        vectors = {}
 
-    def fit_and_score(name: str, fused: bool, lr: float) -> dict:
-        torch.manual_seed(seed)
-        encoder = AutoModel.from_pretrained(path, local_files_only=True)
-        if name == "K3":  # frozen encoder, knowledge adapter + head trained from scratch
-            model = K.KAdapterClassifier(encoder, vectors["distmult"])
-        else:
-            model = K.TripleClassifier(encoder, vectors["distmult"] if fused else None)
-        train_ds = K.TripleTextDataset(data, train_x, train_y, tok)
-        trainer = Trainer(trainer_cfg, run_dir / name, logger_cfg=logger_cfg, resume=resume)
-        trainer.fit(model, train_ds, K.triple_loss, collate_fn=train_ds.collate,
-                    optimizer_fn=lambda m, lr=lr: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad],
-                                                                    lr=lr))
-        ds = K.predict_scores(model, K.TripleTextDataset(data, dev_x, dev_y, tok))
-        ts = K.predict_scores(model, K.TripleTextDataset(data, test_x, test_y, tok))
-        return asdict(K.evaluate_scores(name, ds, dev_y, dev_rel, ts, test_y, test_rel,
-                                        sum(p.numel() for p in model.parameters() if p.requires_grad)))
+        def with_lp(result: K.TripleResult, score) -> dict:
+            ranks = K.link_prediction_ranks(score, queries, len(data.entities), known) if lp_triples != 0 else []
+            if ranks:
+                m = K.link_metrics(ranks)
+                result.hits10, result.mr, result.mrr, result.lp_ranks = m["hits10"], m["mr"], m["mrr"], ranks
+            return asdict(result)
 
-    for name, fused in (("K1", False), ("K2", True), ("K3", True)):
-        if name in models:  # each finished model's result is stored, so a cut-short run resumes at the next
-            lr = adapter_lr if name == "K3" else encoder_lr
-            results.append(K.TripleResult(**cached_result(
-                run_dir / "results" / f"{name}.json", {**key, "model": name, "lr": lr},
-                lambda name=name, fused=fused, lr=lr: fit_and_score(name, fused, lr), enabled=resume != "never")))
+        for kind in ("transe", "distmult"):
+            name = f"K0-{'TransE' if kind == 'transe' else 'DistMult'}"
+            if name not in models and not (kind == "distmult" and {"K2", "K3"} & set(models)):
+                continue
+            emb = K.train_kg_embedding(data, kind, kg_dim, kg_epochs, seed=s)
+            vectors[kind] = emb.ent.weight.detach()
+            if name in models:
+                def k0(emb=emb, name=name):
+                    with torch.no_grad():
+                        ds, ts = emb(torch.tensor(dev_x)).numpy(), emb(torch.tensor(test_x)).numpy()
+                    res = K.evaluate_scores(name, ds, dev_y, dev_rel, ts, test_y, test_rel,
+                                            sum(p.numel() for p in emb.parameters()), seed=s)
+
+                    def score(triples):
+                        with torch.no_grad():
+                            return emb(torch.tensor(triples)).numpy()
+
+                    return with_lp(res, score)
+
+                results.append(K.TripleResult(**cached_result(run_dir / "results" / f"{name}-seed{s}.json",
+                                                              {**key, "model": name, "seed": s}, k0,
+                                                              enabled=resume != "never")))
+        negs = [t for i in range(train_negatives)
+                for t in K.corrupt(pos, len(data.entities), set(data.train), s * 31 + i)]
+        train_x, train_y = K.labelled(pos, negs)
+
+        def fit_and_score(name: str, fused: bool, lr: float) -> dict:
+            torch.manual_seed(s)
+            encoder = AutoModel.from_pretrained(path, local_files_only=True)
+            if name == "K3":  # frozen encoder, knowledge adapter + head trained from scratch
+                model = K.KAdapterClassifier(encoder, vectors["distmult"])
+            else:
+                model = K.TripleClassifier(encoder, vectors["distmult"] if fused else None)
+            train_ds = K.TripleTextDataset(data, train_x, train_y, tok, pieces=pieces)
+            trainer = Trainer(replace(_as_trainer_config(trainer_cfg), seed=s), run_dir / f"{name}-seed{s}",
+                              logger_cfg=logger_cfg, resume=resume)
+            trainer.fit(model, train_ds, K.triple_loss, collate_fn=train_ds.collate,
+                        optimizer_fn=lambda m: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad],
+                                                                 lr=lr))
+            ds = K.predict_scores(model, K.TripleTextDataset(data, dev_x, dev_y, tok, pieces=pieces))
+            ts = K.predict_scores(model, K.TripleTextDataset(data, test_x, test_y, tok, pieces=pieces))
+            res = K.evaluate_scores(name, ds, dev_y, dev_rel, ts, test_y, test_rel,
+                                    sum(p.numel() for p in model.parameters() if p.requires_grad), seed=s)
+            return with_lp(res, lambda triples: K.predict_scores(
+                model, K.TripleTextDataset(data, triples, [0] * len(triples), tok, pieces=pieces)))
+
+        for name, fused in (("K1", False), ("K2", True), ("K3", True)):
+            if name in models:  # each finished model's result is stored, so a cut-short run resumes at the next
+                lr = adapter_lr if name == "K3" else encoder_lr
+                results.append(K.TripleResult(**cached_result(
+                    run_dir / "results" / f"{name}-seed{s}.json", {**key, "model": name, "lr": lr, "seed": s},
+                    lambda name=name, fused=fused, lr=lr: fit_and_score(name, fused, lr), enabled=resume != "never")))
+        return results
+
+    results = [r for s in range(seed, seed + seeds) for r in one_seed(s)]
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "kg_fusion.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
+        (run_dir / "kg_fusion.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
     return results
+
+
+def _as_trainer_config(cfg) -> TrainerConfig:
+    """A TrainerConfig from itself or Hydra's ``trainer`` node."""
+    return cfg if isinstance(cfg, TrainerConfig) else TrainerConfig(**{k: cfg[k] for k in cfg})
 
 
 def _fetch_movielens(cache_dir):

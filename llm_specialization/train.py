@@ -65,9 +65,12 @@ def main(cfg: DictConfig) -> None:
                                 data_dir=cfg.paths.data_dir, kg_dim=t.kg_dim, kg_epochs=t.kg_epochs,
                                 encoder_lr=t.encoder_lr, adapter_lr=t.adapter_lr,
                                 train_negatives=t.train_negatives, max_train=t.max_train,
-                                models=tuple(t.models), seed=cfg.trainer.seed)
+                                models=tuple(t.models), seed=cfg.trainer.seed, seeds=t.seeds,
+                                lp_triples=t.lp_triples)
         for r in results:
-            print(f"{r.model:12s} acc {r.accuracy:.4f}  AUC {r.auc:.4f}  trainable {r.trainable_params:,}")
+            lp = f"  Hits@10 {r.hits10:.3f}  MR {r.mr:.2f}" if r.hits10 is not None else ""
+            print(f"{r.model:12s} seed {r.seed}  acc {r.accuracy:.4f}  AUC {r.auc:.4f}{lp}  "
+                  f"trainable {r.trainable_params:,}")
     elif task == "personalization":
         t = cfg.task
         rows = run_personalization(run_dir=run_dir, trainer_cfg=cfg.trainer, logger_cfg=cfg.logger, resume=cfg.resume,

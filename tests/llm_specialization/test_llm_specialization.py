@@ -601,6 +601,101 @@ def test_fusion_with_zero_projection_equals_text_only_model():
         assert not torch.allclose(k2(**batch), k1(**batch))
 
 
+def test_triple_inputs_carry_kg_bert_segment_ids():
+    """KG-BERT's segments: 0 for "[CLS] head [SEP]", 1 for "relation [SEP]", 0 for "tail [SEP]"; they reach
+    the encoder (a BERT's token-type embeddings change its output)."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from common.pretrained import minilm_path
+    from llm_specialization import kg as K
+
+    data = K.read_umls()
+    tok = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    ds = K.TripleTextDataset(data, data.test[:3], [1, 1, 1], tok)
+    batch = ds.collate([ds[i] for i in range(3)])
+    ent, rel = K.text_pieces(data, tok)
+    for i, (h, r, t) in enumerate(data.test[:3]):
+        n = 3 + len(ent[h]) + len(rel[r]) + len(ent[t]) + 1
+        want = [0] * (len(ent[h]) + 2) + [1] * (len(rel[r]) + 1) + [0] * (len(ent[t]) + 1)
+        assert batch["token_type_ids"][i, :n].tolist() == want and batch["attention_mask"][i].sum() == n
+        assert batch["input_ids"][i, len(ent[h]) + 1] == tok.sep_token_id  # the segment turns after a [SEP]
+    torch.manual_seed(0)
+    k1 = K.TripleClassifier(BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                                 num_attention_heads=2, intermediate_size=32))).eval()
+    with torch.no_grad():
+        assert not torch.allclose(k1(**batch), k1(**{**batch, "token_type_ids": torch.zeros_like(batch["input_ids"])}))
+
+
+def test_link_prediction_filtered_ranks_hand_case():
+    from llm_specialization import kg as K
+
+    table = {(0, 0, 1): 5.0, (1, 0, 1): 7.0, (2, 0, 1): 5.0, (0, 0, 0): 9.0, (0, 0, 2): 1.0}
+    known = {(0, 0, 1), (1, 0, 1)}  # (1, 0, 1) is another true triple: filtered out of the head ranking
+    ranks = K.link_prediction_ranks(lambda ts: np.array([table[t] for t in ts]), [(0, 0, 1)], 3, known)
+    # head query: rivals (2,0,1) only, a tie -> 1.5; tail query: (0,0,0) scores higher, (0,0,2) lower -> 2
+    assert ranks == [1.5, 2.0]
+    assert K.link_metrics([1, 2, 20]) == pytest.approx({"hits10": 2 / 3, "mr": 23 / 3, "mrr": (1 + 0.5 + 0.05) / 3})
+
+
+def test_kg_fusion_seeds_score_the_same_items_with_link_prediction_and_mcnemar(tmp_path):
+    """Every seed is scored on the same dev/test triples and link-prediction queries (what McNemar and the
+    paired tests need); the report rows carry the seeds' interval, McNemar and Hits@10/MR."""
+    from llm_specialization.report import kg_rows
+    from llm_specialization.run import run_kg_fusion
+
+    res = run_kg_fusion(run_dir=tmp_path, trainer_cfg=TrainerConfig(progress_bar=False), kg_dim=16, kg_epochs=3,
+                        models=("K0-TransE", "K0-DistMult"), seeds=2, lp_triples=4)
+    assert [(r.model, r.seed) for r in res] == [("K0-TransE", 0), ("K0-DistMult", 0), ("K0-TransE", 1),
+                                               ("K0-DistMult", 1)]
+    assert all(len(r.correct) == 2 * 661 and len(r.lp_ranks) == 8 and 1 <= r.mr <= 135 for r in res)
+    assert res[1].accuracy != res[3].accuracy  # the seed changes the embeddings
+    rows = {r.metric: r for r in kg_rows(res)}
+    assert rows["UMLS triples K0-DistMult: accuracy"].n == 2 and rows["UMLS triples K0-DistMult: accuracy"].ci_low
+    assert rows["UMLS link prediction K0-TransE: MR"].value == pytest.approx(np.mean([res[0].mr, res[2].mr]))
+    assert "UMLS triples accuracy difference K2 - K1 (over seeds)" not in rows  # no K1/K2 here
+    paired = rows["UMLS triples accuracy difference K0-DistMult - K0-TransE (over seeds)"]
+    assert paired.n == 2 and paired.value == pytest.approx(np.mean([res[1].accuracy - res[0].accuracy,
+                                                                     res[3].accuracy - res[2].accuracy]))
+    mc = rows["UMLS triples K0-DistMult vs K0-TransE, seed 1: test triples only K0-DistMult gets right minus "
+              "only K0-TransE"]
+    only_a = sum(a and not b for a, b in zip(res[3].correct, res[2].correct))
+    only_b = sum(b and not a for a, b in zip(res[3].correct, res[2].correct))
+    assert mc.value == only_a - only_b and mc.n == only_a + only_b and 0 <= mc.p_value <= 1
+    assert rows["UMLS triples accuracy difference K0-DistMult - K0-TransE (over test triples)"].n == 2 * 661
+
+
+@pytest.mark.slow
+def test_kg_fusion_text_models_over_seeds_give_paired_rows(tmp_path):
+    """K1 and K2 (a tiny BERT with MiniLM's tokenizer, 16 training positives) through run_kg_fusion with 2 seeds:
+    the K2 - K1 comparison comes as a paired test over seeds, McNemar per seed and a bootstrap over triples
+    (about 35 s on 2 busy cores, hence slow; the fast suite checks the same rows for K0)."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from common.pretrained import minilm_path
+    from llm_specialization.report import kg_rows
+    from llm_specialization.run import run_kg_fusion
+
+    tok = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(tmp_path / "enc")
+    tok.save_pretrained(tmp_path / "enc")
+    res = run_kg_fusion(run_dir=tmp_path / "run", trainer_cfg=TrainerConfig(batch_size=16, progress_bar=False),
+                        kg_dim=16, kg_epochs=2, models=("K1", "K2"), seeds=2, lp_triples=2, max_train=16,
+                        encoder_path=tmp_path / "enc", encoder_lr=1e-3)
+    assert [(r.model, r.seed) for r in res] == [("K1", 0), ("K2", 0), ("K1", 1), ("K2", 1)]
+    rows = {r.metric: r for r in kg_rows(res)}
+    paired = rows["UMLS triples accuracy difference K2 - K1 (over seeds)"]
+    assert paired.n == 2 and paired.value == pytest.approx(np.mean([res[1].accuracy - res[0].accuracy,
+                                                                     res[3].accuracy - res[2].accuracy]))
+    mc = rows["UMLS triples K2 vs K1, seed 1: test triples only K2 gets right minus only K1"]
+    only_k2 = sum(a and not b for a, b in zip(res[3].correct, res[2].correct))
+    only_k1 = sum(b and not a for a, b in zip(res[3].correct, res[2].correct))
+    assert mc.value == only_k2 - only_k1 and mc.n == only_k2 + only_k1 and 0 <= mc.p_value <= 1
+    assert rows["UMLS triples accuracy difference K2 - K1 (over test triples)"].n == 2 * 661
+    assert (tmp_path / "run" / "K2-seed1" / "metrics.jsonl").is_file()
+
+
 # ----------------------------------------------------------------------------------------- MovieLens
 def _synthetic_movielens(**kw):
     from llm_specialization.personal import synthetic_movielens
