@@ -242,10 +242,19 @@ class RecTuningTask(TaskConfig):
     """alpaca (TALLRec's layout) | chat (the tokenizer's chat template)."""
     history: int = 10
     """Rated movies shown per prompt."""
-    max_records: int = 10000
-    """Examples built at most."""
+    max_records: int | None = 10000
+    """Examples built at most: the last records of the user-ordered list (TALLRec's 10,000); null: every
+    user's (the clean build then tests about 94 users instead of about 10)."""
     n_train: int = 64
     """Training examples (TALLRec's grid: 16, 64, 256)."""
+    shots: list[int] | None = None
+    """Several n at once (null: [n_train])."""
+    seeds: int = 1
+    """Seeds per n (trainer.seed, trainer.seed + 1, ...): the sampled examples, the adapter and the order."""
+    steps: int | None = None
+    """Step-matched budget: this many optimizer steps whatever n (null: trainer.max_epochs)."""
+    eval_every_steps: int | None = None
+    """With steps: validate every this many steps (null: every epoch)."""
     n_valid: int = 200
     """Validation examples."""
     n_test: int = 1000

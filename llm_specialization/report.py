@@ -211,3 +211,103 @@ def kg_rows(results) -> list[Row]:
                                      note=f"paired bootstrap over the test triples of the {len(pairs)}-seed mean "
                                           "correctness"))
     return rows
+
+
+# ----------------------------------------------------------------------------------------- MovieLens ranking
+def _hits(ranks, k: int) -> np.ndarray:
+    return (np.asarray(ranks) < k).astype(float)
+
+
+def _ndcg(ranks, k: int = 10) -> np.ndarray:
+    r = np.asarray(ranks, dtype=float)
+    return np.where(r < k, 1.0 / np.log2(r + 2), 0.0)
+
+
+def _aligned(row_a: dict, row_b: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The two rows' sampled ranks over the users both scored, in the same order."""
+    b = dict(zip(row_b["user_ids"], row_b["sampled_ranks"]))
+    pairs = [(ra, b[u]) for u, ra in zip(row_a["user_ids"], row_a["sampled_ranks"]) if u in b]
+    return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+
+
+def ranking_rows(rows: list[dict], data_name: str = "MovieLens-100k") -> list[Row]:
+    """Every ranker's HR/NDCG with bootstrap CIs over users, and the paired tests over the same users: the
+    history-order test, the candidate-position test and the LLM ranker against Pop."""
+    out = []
+    by_name = {r["model"]: r for r in rows}
+    for r in rows:
+        users = f"{r['users']} users; 95% CI: bootstrap over users"
+        note = f"{users}. {r['note']}".strip(". ") if r.get("note") else users
+        if r.get("full_ranks"):
+            out.append(Row.from_items(f"{data_name} {r['model']}: full HR@10", _hits(r["full_ranks"], 10),
+                                      unit="fraction", split="test", note=note))
+            out.append(Row.from_items(f"{data_name} {r['model']}: full NDCG@10", _ndcg(r["full_ranks"]),
+                                      unit="fraction", split="test", note=note))
+        out.append(Row.from_items(f"{data_name} {r['model']}: sampled HR@1", _hits(r["sampled_ranks"], 1),
+                                  unit="fraction", split="test", note=note + "; random: 0.05"))
+        out.append(Row.from_items(f"{data_name} {r['model']}: sampled NDCG@10", _ndcg(r["sampled_ranks"]),
+                                  unit="fraction", split="test", note=note))
+    tests = [("pointwise (summed)", "pointwise, history shuffled (summed)",
+              "history order: in order - shuffled (LLMRank: LLMs struggle to perceive order)"),
+             ("listwise, positive first (summed)", "listwise, positive last (summed)",
+              "candidate position: positive listed first - last (0 without position bias)"),
+             ("pointwise (summed)", "Pop", "pointwise LLM ranker - Pop"),
+             ("pointwise (PMI)", "Pop", "pointwise LLM ranker (PMI) - Pop"),
+             ("listwise (summed)", "Pop", "listwise LLM ranker - Pop"),
+             ("listwise (summed)", "pointwise (summed)", "listwise - pointwise LLM ranker")]
+    for a, b, what in tests:
+        ra, rb = by_name.get(f"LLM ranker, {a}"), by_name.get(b if b == "Pop" else f"LLM ranker, {b}")
+        if ra is None or rb is None:
+            continue
+        x, y = _aligned(ra, rb)
+        out.append(paired_items_row(f"{data_name} LLM ranker test, {what}: sampled NDCG@10 difference",
+                                    _ndcg(x), _ndcg(y), unit="fraction", split="test",
+                                    note=f"paired bootstrap over {len(x)} users"))
+        m = stats.mcnemar(x < 1, y < 1)
+        out.append(Row(f"{data_name} LLM ranker test, {what}: users with a hit@1 only in the first minus only in "
+                       "the second", m.b - m.c, n=m.b + m.c, p_value=m.p_value, unit="users", split="test",
+                       note=f"McNemar ({m.method}): {m.b} vs {m.c}"))
+    return out
+
+
+# ----------------------------------------------------------------------------------------- rec-tuning
+def rectune_rows(rows: list[dict], data_name: str = "MovieLens-100k") -> list[Row]:
+    """AUC of every rec-tuning row: seed-free rows with a cluster-bootstrap CI over test users, trained rows
+    over seeds (t-interval); the LoRA model against the history baseline, zero-shot and SASRec, paired by seed."""
+    from llm_specialization.rectune import auc_ci
+
+    first = next(r for r in rows if "labels" in r)
+    labels, users = first["labels"], first["users"]
+    groups: dict[tuple, list] = defaultdict(list)
+    for r in rows:
+        groups[(r["model"], r["n_train"])].append(r)
+    out = []
+    for (model, n), rs in groups.items():
+        r0 = rs[0]
+        what = f"{r0['build']} build, {r0['n_test']} test examples of {r0['test_users']} users"
+        name = f"{data_name} rec-tuning {model}" + (f", n={n}" if n else "")
+        lora = model.startswith("LoRA")
+        paper = dict(paper=0.6748, paper_note="TALLRec LLaMA-7B 64-shot (movie)") if lora and n == 64 else {}
+        if len(rs) > 1:
+            out.append(Row.from_seeds(f"{name}: AUC", [r["auc"] for r in rs], unit="AUC", split="test",
+                                      note=f"{len(rs)} seeds; {what}", **paper))
+        else:
+            ci = auc_ci(labels, r0["scores"], users)
+            out.append(Row(f"{name}: AUC", r0["auc"], ci_low=ci and ci[0], ci_high=ci and ci[1],
+                           ci_method=ci and "bootstrap", n=len(labels), n_kind="items", unit="AUC", split="test",
+                           note=f"single run; 95% CI: bootstrap over the {r0['test_users']} test users; {what}",
+                           **paper))
+    seed_free = {m: rs[0] for (m, n), rs in groups.items() if n == 0}
+    for (model, n), rs in groups.items():
+        if not model.startswith("LoRA") or len(rs) < 2:
+            continue
+        rivals = [(m, [r0["auc"]] * len(rs)) for m, r0 in seed_free.items()]
+        by_seed = {r["seed"]: r for r in groups.get(("SASRec with like labels (same n examples)", n), [])}
+        if all(r["seed"] in by_seed for r in rs):
+            rivals.append(("SASRec with like labels", [by_seed[r["seed"]]["auc"] for r in rs]))
+        for m, other in rivals:
+            out.append(Row.from_paired(f"{data_name} rec-tuning AUC difference: LoRA n={n} - {m}",
+                                       [r["auc"] for r in rs], other, unit="AUC", split="test",
+                                       note="over seeds (a seed-free baseline repeats its one value); exact "
+                                            "sign-flip permutation p-value"))
+    return out

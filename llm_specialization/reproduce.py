@@ -20,8 +20,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from common.config import TrainerConfig  # noqa: E402
-from common.reproduce import ProfileContext, ReproReport, Row, run_profiles  # noqa: E402
-from llm_specialization.report import kg_rows, knn_rows, ladder_comparisons, ladder_groups, ladder_rows  # noqa: E402
+from common.reproduce import ProfileContext, ReproReport, run_profiles  # noqa: E402
+from llm_specialization.report import (  # noqa: E402
+    kg_rows,
+    knn_rows,
+    ladder_comparisons,
+    ladder_groups,
+    ladder_rows,
+    ranking_rows,
+    rectune_rows,
+)
 from llm_specialization.run import (  # noqa: E402
     run_domain_ladder,
     run_kg_fusion,
@@ -41,8 +49,8 @@ PROFILES = {
                   kg=dict(models=("K0-TransE", "K0-DistMult"), kg_epochs=5, max_train=None, epochs=1, seeds=2,
                           lp_triples=8),
                   rec=dict(synthetic=True, epochs=2, llm_users=5),
-                  rt=dict(synthetic=True, history=2, n_train=16, n_valid=8, n_test=16, epochs=1, lr=1e-3,
-                          batch_size=8, grad_accum=1)),
+                  rt=dict(synthetic=True, history=2, build="clean", max_records=None, shots=(16,), seeds=2,
+                          steps=2, eval_every_steps=1, n_valid=8, n_test=16, lr=1e-3, batch_size=8, grad_accum=1)),
     "quick": dict(model="smollm2", methods=["references", "zero_shot", "few_shot", "retrieval"], n_test=200,
                   max_tokens=128, use_encoder=True, draws=2, chat_rungs=("zero_shot",), training={},
                   knn=dict(store_tokens=30_000, n_eval_tokens=5_000, window=512, stride=256,
@@ -53,8 +61,8 @@ PROFILES = {
                   # SASRec: at 5 epochs it was still below Pop (test HR@10 0.040 vs 0.050); 40 epochs (~6 min on
                   # 2 threads) give 0.094; full's early stopping chose epoch 110 (0.137)
                   rec=dict(synthetic=False, epochs=40, llm_users=50),
-                  rt=dict(synthetic=False, history=10, n_train=16, n_valid=50, n_test=200, epochs=8, lr=3e-4,
-                          batch_size=8, grad_accum=2)),
+                  rt=dict(synthetic=False, history=10, build="clean", max_records=None, shots=(16,), seeds=1,
+                          steps=16, eval_every_steps=8, n_valid=50, n_test=200, lr=3e-4, batch_size=8, grad_accum=2)),
     "full": dict(model="smollm2", methods=["references", "zero_shot", "few_shot", "retrieval", "prompt_tuning",
                                            "lora", "full"], n_test=800, max_tokens=128, use_encoder=True, draws=5,
                  chat_rungs=("zero_shot",), training={},  # the protocol's defaults (llm_specialization.tuning)
@@ -64,8 +72,10 @@ PROFILES = {
                  kg=dict(models=("K0-TransE", "K0-DistMult", "K1", "K2", "K3"), kg_epochs=200, max_train=None,
                          epochs=3, seeds=3, lp_triples=64),
                  rec=dict(synthetic=False, epochs=200, llm_users=300),
-                 rt=dict(synthetic=False, history=10, n_train=64, n_valid=200, n_test=1000, epochs=20, lr=3e-4,
-                         batch_size=8, grad_accum=2)),
+                 # clean build over every user (~94 test users); 48 steps of 16 whatever n, validated every 12
+                 rt=dict(synthetic=False, history=10, build="clean", max_records=None, shots=(64,), seeds=3,
+                         steps=48, eval_every_steps=12, n_valid=100, n_test=1000, lr=3e-4, batch_size=8,
+                         grad_accum=2)),
 }
 
 SURVEY_CLAIM = ("Ling et al.: more access to the model (black box -> grey -> white) costs more compute and "
@@ -144,25 +154,19 @@ def _profile(ctx: ProfileContext) -> ReproReport:
     rt = p["rt"]
     from llm_specialization.rectune import synthetic_ratings
 
-    rt_trainer = TrainerConfig(max_epochs=rt["epochs"], batch_size=rt["batch_size"], grad_accum_steps=rt["grad_accum"],
-                               monitor="valid_auc", progress_bar=ctx.profile != "smoke", seed=ctx.seed)
+    rt_trainer = TrainerConfig(batch_size=rt["batch_size"], grad_accum_steps=rt["grad_accum"], monitor="valid_auc",
+                               progress_bar=ctx.profile != "smoke", seed=ctx.seed)
     rt_rows = run_rec_tuning(run_dir=ctx.work_dir / "rec_tuning", trainer_cfg=rt_trainer, resume=ctx.resume,
                              model=p["model"], movielens=synthetic_ratings() if rt["synthetic"] else None,
-                             history=rt["history"], n_train=rt["n_train"], n_valid=rt["n_valid"],
-                             n_test=rt["n_test"], lr=rt["lr"], seed=ctx.seed)
+                             history=rt["history"], build=rt["build"], max_records=rt["max_records"],
+                             shots=rt["shots"], seeds=rt["seeds"], steps=rt["steps"],
+                             eval_every_steps=rt["eval_every_steps"], n_valid=rt["n_valid"], n_test=rt["n_test"],
+                             lr=rt["lr"], seed=ctx.seed)
     rows = ladder_rows(ladder_results, n_dev=protocol.dev_docs) + ladder_comparisons(ladder_results)
     rows += kg_rows(kg_results)
     data_name = "synthetic cycles" if rec_cfg["synthetic"] else "MovieLens-100k"
-    for r in rec_rows:
-        keys = [k for k in ("full_HR@10", "full_NDCG@10", "sampled_HR@1", "sampled_NDCG@10") if k in r]
-        rows += [Row(f"{data_name} {r['model']}: {k.replace('_', ' ')}", r[k], unit="fraction", split="test",
-                     note=f"{r['users']} users. {r['note']}") for k in keys]
-    rt_data = "synthetic ratings" if rt["synthetic"] else "MovieLens-100k"
-    for r in rt_rows:
-        rows.append(Row(f"{rt_data} rec-tuning ({r['build']} build) {r['model']}: AUC", r["auc"], unit="AUC",
-                        split="test", paper=0.6748 if r["model"].startswith("LoRA") else None,
-                        paper_note="TALLRec LLaMA-7B 64-shot, 67.48%" if r["model"].startswith("LoRA") else "",
-                        note=f"n_train {r['n_train']}, n_test {r['n_test']}; trainable {r['trainable_params']:,}"))
+    rows += ranking_rows(rec_rows, data_name)
+    rows += rectune_rows(rt_rows, "synthetic ratings" if rt["synthetic"] else "MovieLens-100k")
     rows += knn_rows(knn)
     notes = (f"Model: {knn['model']}. Survey claim under test: {SURVEY_CLAIM}. The kNN-LM paper number is "
              "context only (another corpus, model and datastore scale). Hu et al.'s claim under test: injecting KG "
@@ -176,8 +180,13 @@ def _profile(ctx: ProfileContext) -> ReproReport:
                                                                                    "best_block_nll")},
                               "ladder": [{k: v for k, v in r.__dict__.items() if k != "correct"}
                                          for r in ladder_results],
-                              "kg_fusion": [r.__dict__ for r in kg_results], "personalization": rec_rows,
-                              "rec_tuning": rt_rows})
+                              "kg_fusion": [{k: v for k, v in r.__dict__.items() if k not in ("correct", "lp_ranks")}
+                                            for r in kg_results],
+                              "personalization": [{k: v for k, v in r.items()
+                                                   if k not in ("user_ids", "sampled_ranks", "full_ranks")}
+                                                  for r in rec_rows],
+                              "rec_tuning": [{k: v for k, v in r.items() if k not in ("scores", "labels", "users")}
+                                             for r in rt_rows]})
 
 
 if __name__ == "__main__":

@@ -472,8 +472,12 @@ def _fetch_movielens(cache_dir):
 def run_personalization(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg=None, resume: str = "never",
                         cache_dir: str | Path = ".cache/ml-100k", model: str = "smollm2", llm_users: int = 100,
                         max_len: int = 50, lr: float = 1e-3, seed: int = 0, movielens=None,
-                        sasrec_training: str = "all_positions", show_progress: bool = True) -> list[dict]:
-    """Pop, SASRec (full ranking and the sampled protocol) and the zero-shot LLM ranker (sampled only).
+                        sasrec_training: str = "all_positions", show_progress: bool = True,
+                        ranker_tests: tuple[str, ...] = ("shuffle", "listwise", "position")) -> list[dict]:
+    """Pop, SASRec (full ranking and the sampled protocol) and the zero-shot LLM ranker (sampled only):
+    pointwise and listwise prompts, each under summed / length-normalised / PMI scoring, and the
+    history-shuffle and candidate-position tests (``ranker_tests``, :func:`personal.rank_user`). Every row
+    keeps its per-user ranks and user ids, for intervals and paired tests over users.
 
     The rows are stored in run_dir/personalization.json and read back by a ``resume`` run with the same
     settings on MovieLens (a given ``movielens`` object is always recomputed). ``sasrec_training``:
@@ -482,21 +486,21 @@ def run_personalization(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg
     if sasrec_training not in ("all_positions", "prefixes"):
         raise ValueError(f"sasrec_training must be 'all_positions' or 'prefixes', got {sasrec_training!r}")
     key = dict(cache_dir=str(cache_dir), model=model, llm_users=llm_users, max_len=max_len, lr=lr, seed=seed,
-               sasrec_training=sasrec_training, trainer=training_key(trainer_cfg))
+               sasrec_training=sasrec_training, trainer=training_key(trainer_cfg), ranker_tests=list(ranker_tests))
     return cached_result(run_dir / "personalization.json", key,
                          lambda: _personalization_rows(run_dir=run_dir, trainer_cfg=trainer_cfg, logger_cfg=logger_cfg,
                                                        resume=resume, cache_dir=cache_dir, model=model,
                                                        llm_users=llm_users, max_len=max_len, lr=lr, seed=seed,
                                                        movielens=movielens, sasrec_training=sasrec_training,
-                                                       show_progress=show_progress),
+                                                       show_progress=show_progress, ranker_tests=ranker_tests),
                          enabled=resume != "never" and movielens is None)
 
 
 def _personalization_rows(*, run_dir, trainer_cfg, logger_cfg, resume, cache_dir, model, llm_users, max_len, lr,
-                          seed, movielens, sasrec_training, show_progress) -> list[dict]:
+                          seed, movielens, sasrec_training, show_progress, ranker_tests) -> list[dict]:
     import numpy as np
 
-    from common.progress import progress
+    from common.checkpoint import resumable_map
     from llm_specialization import personal as P
 
     seed_everything(seed)
@@ -506,19 +510,21 @@ def _personalization_rows(*, run_dir, trainer_cfg, logger_cfg, resume, cache_dir
     dup = P.same_title_items(ml.titles)
     rows = []
 
-    def add(name, full_ranks, sampled_ranks, note=""):
+    def add(name, full_ranks, sampled_ranks, user_ids, note=""):
         row = {"model": name, "note": note, "users": len(sampled_ranks)}
         if full_ranks is not None:
             row["full_HR@10"], row["full_NDCG@10"] = P.hr_ndcg(full_ranks, 10)
         row["sampled_HR@1"] = P.hr_ndcg(sampled_ranks, 1)[0]
         row["sampled_NDCG@10"] = P.hr_ndcg(sampled_ranks, 10)[1]
+        row.update(user_ids=[int(u) for u in user_ids], sampled_ranks=[int(r) for r in sampled_ranks],
+                   full_ranks=None if full_ranks is None else [int(r) for r in full_ranks])
         rows.append(row)
 
     pop = P.popularity_scores(split, ml.n_items)
     users = sorted(split.test)
     add("Pop", [P.rank_of(pop, split.test[u], set(split.train[u]) | {split.valid[u]} | dup.get(split.test[u], set()))
                 for u in users],
-        [P.sampled_rank(pop[cands[u]]) for u in users])
+        [P.sampled_rank(pop[cands[u]]) for u in users], users)
 
     torch.manual_seed(seed)
     sas = P.SASRec(ml.n_items, max_len=max_len)
@@ -533,47 +539,63 @@ def _personalization_rows(*, run_dir, trainer_cfg, logger_cfg, resume, cache_dir
         sas.eval()
         hist = {u: split.train[u] + [split.valid[u]] for u in users}
         scores = {u: sas(torch.tensor([P.pad_left(hist[u], max_len)]))[0].numpy() for u in users}
-    add("SASRec", P.sasrec_ranks(sas, split, "test", same_title=dup), [P.sampled_rank(scores[u][cands[u]]) for u in users])
+    add("SASRec", P.sasrec_ranks(sas, split, "test", same_title=dup), [P.sampled_rank(scores[u][cands[u]]) for u in users],
+        users)
 
     if llm_users:
-        lm = load_lm(model)
-        chosen = sorted(np.random.default_rng(seed).choice(users, size=min(llm_users, len(users)), replace=False))
-        for pmi in (False, True):
-            ranks = [P.sampled_rank(P.llm_candidate_scores(lm, ml.titles, hist[u], cands[u], pmi))
-                     for u in progress(chosen, desc=f"LLM ranker{' PMI' if pmi else ''}", enabled=show_progress)]
-            add(f"zero-shot LLM ranker{' (PMI)' if pmi else ''}", None, ranks,
-                note=f"{lm.name}; {len(chosen)} users, sampled candidates only")
+        lm = load_lm(model) if isinstance(model, str) else model
+        chosen = [int(u) for u in sorted(np.random.default_rng(seed).choice(users, size=min(llm_users, len(users)),
+                                                                            replace=False))]
+        neutral = P.neutral_scores(lm, ml.titles, [c for u in chosen for c in cands[u]])
+        # one row of scores per user, kept as it is made: a pass over 300 users takes an hour on a CPU
+        cache = run_dir / "llm_ranker.docs.jsonl" if resume != "never" and movielens is None else None
+        per_user = resumable_map(
+            lambda u: P.rank_user(lm, ml.titles, hist[u], cands[u], seed=seed * 100_003 + u, tests=ranker_tests),
+            chosen, cache, {"model": lm.name, "seed": seed, "tests": list(ranker_tests), "users": chosen},
+            desc="LLM ranker", show_progress=show_progress, unit="user")
+        prompts = [k for k in ("pointwise", "pointwise_shuffled", "listwise", "listwise_first", "listwise_last")
+                   if k in per_user[0]]
+        names = {"pointwise": "pointwise", "pointwise_shuffled": "pointwise, history shuffled",
+                 "listwise": "listwise", "listwise_first": "listwise, positive first",
+                 "listwise_last": "listwise, positive last"}
+        for prompt in prompts:
+            for scoring in P.SCORINGS:
+                ranks = [P.sampled_rank(P.ranker_scores(row, prompt, scoring, [neutral[c] for c in cands[u]]))
+                         for u, row in zip(chosen, per_user)]
+                add(f"LLM ranker, {names[prompt]} ({scoring})", None, ranks, chosen,
+                    note=f"{lm.name}; zero-shot; {len(chosen)} users, sampled candidates only")
     return rows
 
 
 def run_rec_tuning(*, run_dir: Path, trainer_cfg: TrainerConfig, logger_cfg=None, resume: str = "never",
                    cache_dir: str | Path = ".cache/ml-100k", model="smollm2", build: str = "parity",
-                   template: str = "alpaca", history: int = 10, max_records: int = 10_000, n_train: int = 64,
+                   template: str = "alpaca", history: int = 10, max_records: int | None = 10_000, n_train: int = 64,
                    n_valid: int = 200, n_test: int = 1000, lr: float = 1e-4, lora_r: int = 8,
                    lora_alpha: int = 16, lora_dropout: float = 0.05, train_on_inputs: bool = False,
-                   eval_batch_size: int = 8, sasrec_epochs: int = 50, seed: int = 0, movielens=None) -> list[dict]:
+                   eval_batch_size: int = 8, sasrec_epochs: int = 50, seed: int = 0, movielens=None,
+                   shots: tuple[int, ...] | None = None, seeds: int = 1, steps: int | None = None,
+                   eval_every_steps: int | None = None) -> list[dict]:
     """TALLRec-style rec-tuning (protocol B): baselines, zero-shot LLM and LoRA(q/v) rec-tuned LLM, AUC each.
 
-    The LoRA model trains through the shared trainer with validation AUC as its monitor (early stopping
-    when trainer.early_stopping_patience is set) and is tested from its best checkpoint. The rows are
-    stored in run_dir/rec_tuning.json and read back by a ``resume`` run with the same settings on
-    MovieLens (a given ``movielens`` object or LM object is always recomputed).
+    The validation and test examples are sampled once (``seed``); every n in ``shots`` (default: n_train) is
+    trained with ``seeds`` seeds (seed, seed + 1, ...: the n training examples, the adapter's initialisation
+    and the data order change). ``steps`` makes the budget step-matched (that many optimizer steps whatever n,
+    validation every ``eval_every_steps``); otherwise trainer.max_epochs applies. The LoRA model trains through
+    the shared trainer with validation AUC as its monitor and is tested from its best checkpoint. Every row
+    keeps its test scores (the first rows the test labels and users), for intervals over users.
+
+    Each unit (the seed-free baselines and zero-shot LLM; each (n, seed)) is stored under run_dir/rec_tuning/
+    and read back by a ``resume`` run with the same settings on MovieLens (a given ``movielens`` object or LM
+    object is always recomputed); run_dir/rec_tuning.json holds all rows.
     """
-    settings = dict(build=build, template=template, history=history, max_records=max_records, n_train=n_train,
-                    n_valid=n_valid, n_test=n_test, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha,
-                    lora_dropout=lora_dropout, train_on_inputs=train_on_inputs, eval_batch_size=eval_batch_size,
-                    sasrec_epochs=sasrec_epochs, seed=seed)
-    key = dict(settings, cache_dir=str(cache_dir), model=str(model), trainer=training_key(trainer_cfg))
-    return cached_result(run_dir / "rec_tuning.json", key,
-                         lambda: _rec_tuning_rows(run_dir=run_dir, trainer_cfg=trainer_cfg, logger_cfg=logger_cfg,
-                                                  resume=resume, cache_dir=cache_dir, model=model,
-                                                  movielens=movielens, **settings),
-                         enabled=resume != "never" and movielens is None and isinstance(model, str))
-
-
-def _rec_tuning_rows(*, run_dir, trainer_cfg, logger_cfg, resume, cache_dir, model, build, template, history,
-                     max_records, n_train, n_valid, n_test, lr, lora_r, lora_alpha, lora_dropout, train_on_inputs,
-                     eval_batch_size, sasrec_epochs, seed, movielens) -> list[dict]:
+    shots = tuple(shots) if shots else (n_train,)
+    settings = dict(build=build, template=template, history=history, max_records=max_records, n_valid=n_valid,
+                    n_test=n_test, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                    train_on_inputs=train_on_inputs, eval_batch_size=eval_batch_size, sasrec_epochs=sasrec_epochs,
+                    seed=seed, steps=steps, eval_every_steps=eval_every_steps)
+    key = dict(settings, cache_dir=str(cache_dir), model=str(model) if isinstance(model, str) else model.name,
+               trainer=training_key(trainer_cfg))
+    reusable = resume != "never" and movielens is None and isinstance(model, str)
     from llm_specialization import personal as P
     from llm_specialization import rectune as R
 
@@ -581,44 +603,63 @@ def _rec_tuning_rows(*, run_dir, trainer_cfg, logger_cfg, resume, cache_dir, mod
     ml = movielens or P.read_movielens(_fetch_movielens(cache_dir))
     examples = R.build_examples(ml, history, max_records)
     train_all, valid_all, test_all = R.split_examples(examples, build, seed)
-    train = R.sample(train_all, n_train, seed)
     valid, test = R.sample(valid_all, n_valid, seed + 1), R.sample(test_all, n_test, seed + 2)
     for part, name in ((valid, "validation"), (test, "test")):
         if len({e.label for e in part}) < 2:
             raise ValueError(f"the {name} sample has only one like label; AUC is undefined (use more examples)")
     labels = [e.label for e in test]
-    base = {"build": build, "template": template, "n_train": len(train), "n_valid": len(valid),
-            "n_test": len(test), "test_like_rate": float(sum(labels) / max(len(labels), 1))}
-    rows = [dict(base, model="history like fraction", auc=R.roc_auc(labels, R.history_like_fraction(test)),
-                 trainable_params=0),
-            dict(base, model="target item like rate (train examples)",
-                 auc=R.roc_auc(labels, R.item_like_rate(train, test)), trainable_params=0)]
-    if n_train:  # TALLRec's SASRec baseline on the same n examples (its own small trainer run)
-        torch.manual_seed(seed)
+    base = {"build": build, "template": template, "n_valid": len(valid), "n_test": len(test),
+            "test_like_rate": float(sum(labels) / max(len(labels), 1)), "test_users": len({e.user for e in test}),
+            "train_users": len({e.user for e in train_all})}
+    loaded = []
+
+    def lm_once():
+        if not loaded:
+            loaded.append(load_lm(model) if isinstance(model, str) else model)
+        return loaded[0]
+
+    def seed_free() -> list[dict]:
+        hlf = R.history_like_fraction(test)
+        rows = [dict(base, model="history like fraction", n_train=0, seed=seed, auc=R.roc_auc(labels, hlf),
+                     trainable_params=0, scores=hlf.tolist(), labels=labels, users=[e.user for e in test])]
+        lm = lm_once()
+        t0 = time.time()
+        auc0, scores0 = R.evaluate_auc(lm.model, lm.tokenizer, test, ml.titles, template, eval_batch_size)
+        rows.append(dict(base, model=f"zero-shot LLM ({lm.name})", n_train=0, seed=seed, auc=auc0, trainable_params=0,
+                         infer_ms_per_example=1000 * (time.time() - t0) / len(test), scores=scores0.tolist()))
+        return rows
+
+    def one_run(n: int, s: int) -> list[dict]:
+        train = R.sample(train_all, n, s)
+        row0 = dict(base, n_train=len(train), seed=s)
+        item_rate = R.item_like_rate(train, test)
+        rows = [dict(row0, model="target item like rate (train examples)", auc=R.roc_auc(labels, item_rate),
+                     trainable_params=0, scores=item_rate.tolist())]
+        # TALLRec's SASRec baseline on the same n examples (its own small trainer run)
+        torch.manual_seed(s)
         sas = R.LabelledSASRec(ml.n_items, max_len=history)
         sas_cfg = TrainerConfig(max_epochs=sasrec_epochs, batch_size=min(32, len(train)), progress_bar=False,
-                                seed=seed, monitor="valid_auc", log_every_steps=50)
-        sas_trainer = Trainer(sas_cfg, run_dir / "sasrec", logger_cfg=logger_cfg, resume=resume)
+                                seed=s, monitor="valid_auc", log_every_steps=50)
+        sas_trainer = Trainer(sas_cfg, run_dir / f"sasrec-n{n}-seed{s}", logger_cfg=logger_cfg, resume=resume)
         sas_trainer.fit(sas, R.LabelledSeqDataset(train), R.labelled_sasrec_loss,
                         optimizer_fn=lambda m: torch.optim.Adam(m.parameters(), lr=1e-3),
                         eval_fn=lambda m: {"valid_auc": R.roc_auc([e.label for e in valid],
                                                                   R.labelled_sasrec_scores(m, valid))})
         barrier()  # under torchrun: rank 0 has written best.pt before any rank loads it
         sas_trainer.load_best(sas)
-        rows.append(dict(base, model="SASRec with like labels (same n examples)",
-                         auc=R.roc_auc(labels, R.labelled_sasrec_scores(sas, test)),
-                         trainable_params=sum(p.numel() for p in sas.parameters())))
-    lm = load_lm(model) if isinstance(model, str) else model  # a name, or an LM object (tests)
-    t0 = time.time()
-    auc0, _ = R.evaluate_auc(lm.model, lm.tokenizer, test, ml.titles, template, eval_batch_size)
-    rows.append(dict(base, model=f"zero-shot LLM ({lm.name})", auc=auc0, trainable_params=0,
-                     infer_ms_per_example=1000 * (time.time() - t0) / len(test)))
-    if n_train:
-        torch.manual_seed(seed)  # the adapter's initialisation does not depend on what ran before
+        sas_scores = R.labelled_sasrec_scores(sas, test)
+        rows.append(dict(row0, model="SASRec with like labels (same n examples)", auc=R.roc_auc(labels, sas_scores),
+                         trainable_params=sum(p.numel() for p in sas.parameters()), scores=sas_scores.tolist()))
+        base_lm = lm_once()
+        lm = LM(copy.deepcopy(base_lm.model), base_lm.tokenizer, base_lm.name)  # the same weights for every run
+        torch.manual_seed(s)  # the adapter's initialisation does not depend on what ran before
         net = ladder.adapt(lm, "lora", lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                            target_modules=("q_proj", "v_proj"))
         data = R.RecTuneDataset(lm, train, ml.titles, template, train_on_inputs)
-        trainer = Trainer(trainer_cfg, run_dir / "lora", logger_cfg=logger_cfg, resume=resume)
+        cfg = replace(_as_trainer_config(trainer_cfg), seed=s)
+        if steps:  # step-matched: the same number of updates whatever n
+            cfg = replace(cfg, max_steps=steps, max_epochs=None, eval_every_steps=eval_every_steps)
+        trainer = Trainer(cfg, run_dir / f"lora-n{n}-seed{s}", logger_cfg=logger_cfg, resume=resume)
         fit = trainer.fit(net, data, R.rectune_loss, collate_fn=data.collate,
                           optimizer_fn=lambda m: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad],
                                                                    lr=lr),
@@ -631,10 +672,23 @@ def _rec_tuning_rows(*, run_dir, trainer_cfg, logger_cfg, resume, cache_dir, mod
             trainer.load_best(net)
         net.eval()
         t0 = time.time()
-        auc, _ = R.evaluate_auc(net, lm.tokenizer, test, ml.titles, template, eval_batch_size)
-        rows.append(dict(base, model=f"LoRA rec-tuned LLM (r={lora_r}, q/v, lr={lr:g})", auc=auc,
+        auc, scores = R.evaluate_auc(net, lm.tokenizer, test, ml.titles, template, eval_batch_size)
+        rows.append(dict(row0, model=f"LoRA rec-tuned LLM (r={lora_r}, q/v, lr={lr:g})", auc=auc,
                          trainable_params=ladder.trainable_parameters(net), train_seconds=train_s,
                          infer_ms_per_example=1000 * (time.time() - t0) / len(test),
-                         best_valid_auc=(fit.best_metrics or {}).get("valid_auc"),
-                         loss_on="prompt and response" if train_on_inputs else "response"))
+                         best_valid_auc=(fit.best_metrics or {}).get("valid_auc"), best_step=fit.best_step,
+                         steps=fit.step, loss_on="prompt and response" if train_on_inputs else "response",
+                         scores=scores.tolist()))
+        return rows
+
+    rows = cached_result(run_dir / "rec_tuning" / "seed_free.json", {**key, "unit": "seed-free"}, seed_free,
+                         enabled=reusable)
+    for n in shots:
+        if n:
+            for s in range(seed, seed + seeds):
+                rows += cached_result(run_dir / "rec_tuning" / f"n{n}-seed{s}.json", {**key, "n": n, "unit_seed": s},
+                                      lambda n=n, s=s: one_run(n, s), enabled=reusable)
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "rec_tuning.json").write_text(json.dumps(rows))
     return rows

@@ -91,9 +91,12 @@ def main(cfg: DictConfig) -> None:
                               history=t.history, max_records=t.max_records, n_train=t.n_train, n_valid=t.n_valid,
                               n_test=t.n_test, lr=t.lr, lora_r=t.lora_r, lora_alpha=t.lora_alpha,
                               lora_dropout=t.lora_dropout, train_on_inputs=t.train_on_inputs,
-                              eval_batch_size=t.eval_batch_size, seed=cfg.trainer.seed, movielens=movielens)
+                              eval_batch_size=t.eval_batch_size, seed=cfg.trainer.seed, movielens=movielens,
+                              shots=tuple(t.shots) if t.shots else None, seeds=t.seeds, steps=t.steps,
+                              eval_every_steps=t.eval_every_steps)
         for r in rows:
-            print(f"{r['model']:48s} AUC {r['auc']:.4f}  trainable {r['trainable_params']:,}")
+            print(f"{r['model']:48s} n={r['n_train']:<4d} seed {r['seed']}  AUC {r['auc']:.4f}  "
+                  f"trainable {r['trainable_params']:,}  ({r['test_users']} test users)")
     else:
         raise SystemExit(f"error: unknown task {task!r}")
 

@@ -14,7 +14,7 @@ from common.config import TrainerConfig
 from common.trainer import Trainer
 from llm_specialization import knn_lm, ladder
 from llm_specialization.data import R8, Example, fixed_test_subset, load_r8
-from llm_specialization.models import exact_top_k, tiny_llama
+from llm_specialization.models import LM, exact_top_k, tiny_llama
 from llm_specialization.scoring import score_candidates, score_candidates_naive, score_candidates_soft_prompt
 
 REPO = Path(__file__).resolve().parents[2]
@@ -835,6 +835,66 @@ def test_llm_ranker_scores_every_candidate(lm):
     assert s.shape == (3,) and p.shape == (3,) and not (s == p).all()
 
 
+def test_llm_ranker_prompts_scorings_and_tests(lm):
+    """rank_user's listwise scores come back in the candidates' own order whatever order the prompt shows
+    them in (positive first / last), the shuffled history is a permutation of the shown one, and the three
+    scorings are the summed log-likelihood, its mean per token and its PMI against the neutral prompt."""
+    from llm_specialization import personal as P
+
+    titles = {i: f"Movie {'x' * i}" for i in range(1, 9)}
+    history, cands = [1, 2, 3, 8], [4, 5, 6, 7]
+    row = P.rank_user(lm, titles, history, cands, seed=2)
+    assert set(row) == {"lengths", "pointwise", "pointwise_shuffled", "listwise", "listwise_first", "listwise_last"}
+    rng = np.random.default_rng(2)  # rank_user's draws: the history shuffle, then the candidates' order
+    shuffled = [history[j] for j in rng.permutation(len(history))]
+    listed = [cands[j] for j in rng.permutation(len(cands))]
+    others = [c for c in listed if c != 4]
+    for key, shown in (("listwise", listed), ("listwise_first", [4, *others]), ("listwise_last", [*others, 4])):
+        direct = score_candidates_naive(lm.model, lm.tokenizer, P.listwise_prompt(titles, history, shown),
+                                        [" " + titles[c] for c in shown]).total.numpy()
+        mine = dict(zip(cands, row[key]))  # stored in the candidates' own order
+        np.testing.assert_allclose([mine[c] for c in shown], direct, rtol=1e-5, atol=1e-4)
+    assert shuffled != history  # and the shuffled history's order reaches the scores
+    np.testing.assert_allclose(row["pointwise_shuffled"], score_candidates_naive(
+        lm.model, lm.tokenizer, P.history_prompt(titles, shuffled), [" " + titles[c] for c in cands]).total.numpy(),
+        rtol=1e-5, atol=1e-4)
+    assert row["pointwise_shuffled"] != row["pointwise"]
+    assert row["lengths"] == [len(lm.tokenizer(" " + titles[c]).input_ids) for c in cands]
+    neutral = P.neutral_scores(lm, titles, cands, chunk=3)
+    np.testing.assert_allclose([neutral[c] for c in cands], score_candidates_naive(
+        lm.model, lm.tokenizer, P.NEUTRAL_PROMPT, [" " + titles[c] for c in cands]).total.numpy(), rtol=1e-5, atol=1e-4)
+    s = np.array(row["pointwise"])
+    assert np.allclose(P.ranker_scores(row, "pointwise", "length-normalised", []), s / np.array(row["lengths"]))
+    assert np.allclose(P.ranker_scores(row, "pointwise", "PMI", [neutral[c] for c in cands]),
+                       s - np.array([neutral[c] for c in cands]))
+    with pytest.raises(ValueError, match="scoring"):
+        P.ranker_scores(row, "pointwise", "borda", [])
+
+
+def test_ranking_rows_detect_a_position_bias_and_keep_users_paired():
+    """Rows of a ranker whose hit depends only on where the positive is listed: the position test shows it
+    (McNemar p < 0.05), the history test does not; every number has a bootstrap CI over users."""
+    from llm_specialization.report import ranking_rows
+
+    users = list(range(40))
+    mk = lambda name, ranks: {"model": name, "users": 40, "note": "", "user_ids": users, "sampled_ranks": ranks,
+                              "full_ranks": None}
+    first, last = [0] * 30 + [5] * 10, [5] * 40
+    rows = [mk("Pop", [3] * 40), mk("LLM ranker, listwise, positive first (summed)", first),
+            mk("LLM ranker, listwise, positive last (summed)", last),
+            mk("LLM ranker, pointwise (summed)", [1] * 40), mk("LLM ranker, pointwise, history shuffled (summed)",
+                                                              [1] * 40)]
+    out = {r.metric: r for r in ranking_rows(rows)}
+    pos = out["MovieLens-100k LLM ranker test, candidate position: positive listed first - last (0 without position "
+              "bias): users with a hit@1 only in the first minus only in the second"]
+    assert pos.value == 30 and pos.p_value < 0.05
+    hist = out["MovieLens-100k LLM ranker test, history order: in order - shuffled (LLMRank: LLMs struggle to "
+               "perceive order): sampled NDCG@10 difference"]
+    assert hist.value == 0 and hist.p_value == 1.0
+    hr1 = out["MovieLens-100k LLM ranker, listwise, positive first (summed): sampled HR@1"]
+    assert hr1.value == 0.75 and hr1.ci_low < 0.75 < hr1.ci_high and hr1.n == 40
+
+
 # ----------------------------------------------------------------------------------------- GGUF loader
 def test_tiny_lm_save_load_round_trip_keeps_logits(tmp_path):
     from llm_specialization.models import load_saved_lm, save_lm
@@ -1037,8 +1097,10 @@ def test_rec_prompt_dataset_and_baselines(lm):
     text = R.render_prompt(ex[0], ml.titles)
     assert 'User Preference: "M6", "M7"\nUser Unpreference: \n' in text and text.endswith("### Response:\n")
     assert 'target movie "M8"?' in text
-    with pytest.raises(ValueError):
-        R.render_prompt(ex[0], ml.titles, lm.tokenizer, "chat")  # the byte tokenizer has no chat template
+    chat = R.render_prompt(ex[0], ml.titles, lm.tokenizer, "chat")  # ChatML, as SmolLM2's template
+    assert chat.startswith("<|im_start|>user\nGiven the user's preference") and chat.endswith("<|im_start|>assistant\n")
+    with pytest.raises(ValueError, match="chat template"):
+        R.render_prompt(ex[0], ml.titles, _WordTokenizer(["a"]), "chat")
     data = R.RecTuneDataset(lm, ex[:2], ml.titles)
     batch = data.collate([data[0], data[1]])
     n_prompt = len(lm.tokenizer.encode(text))
@@ -1100,11 +1162,52 @@ def test_learning_rec_tuning_lora_on_synthetic_ratings(tmp_path):
     assert auc["SASRec with like labels"] > 0.9, auc  # item embeddings learn the like-ness of an item
     # r=8 on q (32->32: 8*32 + 32*8) and v (32->16, 2 KV heads of 8: 8*32 + 16*8), 2 layers
     assert rows[-1]["trainable_params"] == 2 * ((8 * 32 + 32 * 8) + (8 * 32 + 16 * 8))
-    assert json.loads((tmp_path / "rt" / "rec_tuning.json").read_text())["result"][-1]["auc"] == rows[-1]["auc"]
+    assert json.loads((tmp_path / "rt" / "rec_tuning.json").read_text())[-1]["auc"] == rows[-1]["auc"]
     # the training time is the run's wall over both sessions (the last checkpoint carries it), not the last leg
-    last = max((tmp_path / "rt" / "lora" / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem[5:]))
+    last = max((tmp_path / "rt" / "lora-n240-seed0" / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem[5:]))
     wall = load_checkpoint(last)["trainer_state"]["wall_seconds"]  # our own checkpoint: no trust needed
     assert first[-1]["train_seconds"] < wall <= rows[-1]["train_seconds"] < wall + 5.0
+
+
+def test_rec_tuning_shots_seeds_step_matched_with_user_intervals(tmp_path):
+    """Every n of the grid with every seed, each LoRA run the same number of optimizer steps; the clean build
+    over every user puts many users in the test split; the report gives the seeds' interval, the paired tests
+    against the baselines and a cluster-bootstrap CI over users for the seed-free rows."""
+    from llm_specialization import rectune as R
+    from llm_specialization.report import rectune_rows
+    from llm_specialization.run import run_rec_tuning
+
+    ml = R.synthetic_ratings(n_users=150, n_items=30, length=4, seed=0)
+    tok = _WordTokenizer([R.ALPACA, R.TALLREC_INSTRUCTION, R.prompt_input(R.RecExample(0, (1,), (True,), 2, 1),
+                                                                           ml.titles), *ml.titles.values(), "Yes. No."])
+    lm = LM(tiny_llama(tokenizer=tok, hidden=16, layers=1, seed=0).model, tok, "tiny word-level LLaMA")
+    rows = run_rec_tuning(run_dir=tmp_path, trainer_cfg=TrainerConfig(batch_size=4, progress_bar=False,
+                                                                     monitor="valid_auc"),
+                          model=lm, movielens=ml, build="clean", history=2, max_records=None, shots=(4, 8), seeds=2,
+                          steps=3, eval_every_steps=3, n_valid=16, n_test=30, lr=1e-2, sasrec_epochs=1)
+    assert rows[0]["test_users"] > 11 and rows[0]["train_users"] > rows[0]["test_users"]
+    lora = [r for r in rows if r["model"].startswith("LoRA")]
+    assert [(r["n_train"], r["seed"], r["steps"]) for r in lora] == [(4, 0, 3), (4, 1, 3), (8, 0, 3), (8, 1, 3)]
+    out = {r.metric: r for r in rectune_rows(rows, "synthetic")}
+    assert out["synthetic rec-tuning LoRA rec-tuned LLM (r=8, q/v, lr=0.01), n=8: AUC"].n == 2
+    hlf = out["synthetic rec-tuning history like fraction: AUC"]
+    assert hlf.ci_low <= hlf.value <= hlf.ci_high and hlf.n == 30
+    assert out["synthetic rec-tuning AUC difference: LoRA n=4 - history like fraction"].per_seed == pytest.approx(
+        [r["auc"] - rows[0]["auc"] for r in lora[:2]])
+    assert "synthetic rec-tuning AUC difference: LoRA n=8 - SASRec with like labels" in out
+
+
+def test_auc_cluster_bootstrap_is_wider_than_one_user_and_golden_when_separable():
+    from llm_specialization.rectune import auc_ci
+
+    labels, scores = [1, 0, 1, 0, 1, 0], [0.9, 0.1, 0.8, 0.2, 0.7, 0.3]
+    assert auc_ci(labels, scores, [1, 1, 2, 2, 3, 3]) == (1.0, 1.0)  # separable in every resample
+    assert auc_ci(labels, scores, [1] * 6) is None  # one user: no interval
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(20), 10)
+    y = (rng.random(200) < np.repeat(rng.random(20), 10)).astype(int)  # each user's own like rate
+    lo, hi = auc_ci(y, rng.random(200), users)
+    assert lo < 0.5 < hi
 
 
 @pytest.mark.slow
