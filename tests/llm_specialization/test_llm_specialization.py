@@ -454,6 +454,21 @@ def test_train_cli_smoke_and_planned_tasks(tmp_path):
     assert bad.returncode != 0 and "telepathy" in bad.stderr
 
 
+def test_budget_estimate_of_the_full_profile():
+    """The full profile's CPU-hour estimate holds every stage and stays near the issue's ~20 CPU-hours (it
+    fails when a profile change makes the rerun much dearer); paper is the larger scale."""
+    from llm_specialization.budget import estimate
+    from llm_specialization.reproduce import PROFILES
+
+    lines = estimate(PROFILES["full"])
+    hours = sum(line.seconds for line in lines) / 3600
+    assert 18 < hours < 25, hours
+    for stage in ("prompt_tuning:", "lora:", "full:", "few_shot:", "retrieval:", "UMLS:", "kNN-LM:", "LLM ranker:",
+                  "rec-tuning:"):
+        assert any(line.item.startswith(stage) for line in lines), stage
+    assert sum(line.seconds for line in estimate(PROFILES["paper"])) > 2 * hours * 3600
+
+
 def test_reproduce_smoke_writes_report(tmp_path):
     out = subprocess.run([sys.executable, "-m", "llm_specialization.reproduce", "--profile", "smoke",
                           "--reports-dir", str(tmp_path / "rep"), "--work-dir", str(tmp_path / "work")],
