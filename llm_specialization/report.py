@@ -48,6 +48,13 @@ def ladder_rows(results, n_dev: int | None = None) -> list[Row]:
         r0 = group[0]
         cost = (f"trainable {r0.trainable_params:,}; train {np.mean([r.train_seconds for r in group]):.0f} s; "
                 f"{np.mean([r.infer_ms_per_example for r in group]):.0f} ms/doc")
+        counts = defaultdict(int)  # the label bias: the most predicted label's share over the group's runs
+        for r in group:
+            for lab, c in r.pred_counts.items():
+                counts[lab] += c
+        if counts:
+            top = max(counts, key=counts.get)
+            cost += f"; predicts {top} for {counts[top] / sum(counts.values()):.0%} of documents"
         if len(group) > 1:
             what = "seeds" if r0.lr is not None else "demonstration draws"
             accs = [r.accuracy for r in group]

@@ -156,7 +156,7 @@ def run_domain_ladder(*, methods: list[str], model: str, run_dir: Path, trainer_
 
     trained_now: set[str] = set()  # runs trained by this process (their checkpoints may be reused)
     dev = fixed_dev_subset(r8, protocol.dev_docs, seed)
-    tkey = {"protocol": protocol.key(), "trainer": training_key(trainer_cfg), "dev_ids_hash": ids_hash(dev)}
+    tkey = {"protocol": protocol.run_key(), "trainer": training_key(trainer_cfg), "dev_ids_hash": ids_hash(dev)}
 
     def train_run(method: str, n: int, lr: float, s: int, reuse: dict | None = None):
         """(net, lm, stats) of one run, trained unless ``reuse`` (its sweep record) and its best.pt exist."""
@@ -206,8 +206,8 @@ def run_domain_ladder(*, methods: list[str], model: str, run_dir: Path, trainer_
         def sweep_run(lr: float) -> dict:
             return train_run(method, protocol.sweep_shots, lr, first)[2]
 
-        sweep = {lr: unit(f"{method}-sweep-lr{lr:g}", lambda docs, lr=lr: sweep_run(lr), lr=lr, **tkey)
-                 for lr in grid} if len(grid) > 1 else {}
+        sweep = {lr: unit(f"{method}-sweep-lr{lr:g}", lambda docs, lr=lr: sweep_run(lr), lr=lr,
+                          n=protocol.sweep_shots, **tkey) for lr in grid} if len(grid) > 1 else {}
         chosen = tuning.select_lr(sweep) if sweep else grid[0]
         if not protocol.keep_checkpoints:  # the other rates' runs are done with
             for lr in grid:
@@ -229,7 +229,7 @@ def run_domain_ladder(*, methods: list[str], model: str, run_dir: Path, trainer_
         for n in protocol.shots:
             for s in range(first, first + protocol.seeds):
                 got = as_results(unit(f"{method}-n{n}-seed{s}", lambda docs, n=n, s=s: final_run(docs, n, s),
-                                      lr=chosen, n=n, run_seed=s, **tkey))
+                                      lr=chosen, n=n, run_seed=s, **tkey))  # the chosen rate is part of the key
                 if not protocol.keep_checkpoints:
                     tuning.drop_checkpoints(run_dir / tuning.run_name(method, n, chosen, s))
                 for r in got:  # the sweep this rate was chosen from, beside every final run

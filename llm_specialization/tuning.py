@@ -71,10 +71,15 @@ class TrainingProtocol:
         self.lr_grid = {k: tuple(float(x) for x in v) for k, v in self.lr_grid.items()}
 
     def key(self) -> dict:
-        """What changes a run's result (not keep_checkpoints)."""
+        """The whole protocol but keep_checkpoints (reported beside the results)."""
         d = asdict(self)
         d.pop("keep_checkpoints")
         return d
+
+    def run_key(self) -> dict:
+        """What changes one training run's result besides its method, n, rate and seed: more seeds, shots or
+        rates in a later run reuse the runs already stored."""
+        return {k: getattr(self, k) for k in ("steps", "warmup_fraction", "schedule", "eval_every_steps", "dev_docs")}
 
 
 def warmup_cosine_decay(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
