@@ -74,16 +74,56 @@ class TaskConfig:
     """domain_ladder | knn_lm | kg_fusion | personalization | rec_tuning."""
 
 
+# Half-decade grids around each method's usual rates (AdamW): PEFT's prompt-tuning examples use 3e-2,
+# LoRA 1e-4..3e-3 (the earlier 2e-4 sits inside), full fine-tuning of a small LM 1e-5..3e-4 (earlier 2e-5).
+# Fixed before any sweep ran (issue 26).
+LR_GRID = {"prompt_tuning": (3e-3, 1e-2, 3e-2, 1e-1), "lora": (1e-4, 3e-4, 1e-3, 3e-3),
+           "full": (1e-5, 3e-5, 1e-4, 3e-4)}
+
+
+class Schedule(Choice):
+    cosine = auto()
+    """Linear warm-up, then a half cosine to 0."""
+    linear = auto()
+    """Linear warm-up, then linear decay to 0."""
+
+
 @dataclass
 class LadderLearningRates:
-    """Learning rate of each trained rung."""
+    """Learning rates swept per trained rung (one value: no sweep)."""
 
-    prompt_tuning: float = 0.03
+    prompt_tuning: list[float] = field(default_factory=lambda: list(LR_GRID["prompt_tuning"]))
     """R4 prompt tuning."""
-    lora: float = 2e-4
+    lora: list[float] = field(default_factory=lambda: list(LR_GRID["lora"]))
     """R5 LoRA."""
-    full: float = 2e-5
+    full: list[float] = field(default_factory=lambda: list(LR_GRID["full"]))
     """R6 full fine-tuning."""
+
+
+@dataclass
+class LadderTraining:
+    """The protocol of R4-R6 (``llm_specialization.tuning.TrainingProtocol``)."""
+
+    steps: int = 48
+    """Optimizer steps of every run, whatever n (48 = 256 documents x 3 epochs / effective batch 16)."""
+    warmup_fraction: float = 0.1
+    """Linear warm-up over this fraction of the steps."""
+    schedule: Schedule = Schedule.cosine
+    """Decay after warm-up: cosine | linear."""
+    eval_every_steps: int = 24
+    """Score the reduced dev set every this many steps; the best dev accuracy selects the checkpoint."""
+    dev_docs: int = 96
+    """Documents of the reduced dev set (stratified)."""
+    shots: list[int] = field(default_factory=lambda: [64, 256])
+    """Training documents n of the final runs (n / 8 per class)."""
+    sweep_shots: int = 256
+    """n of the learning-rate sweep (first seed, scored on the reduced dev set only)."""
+    seeds: int = 3
+    """Seeds of the final runs at the chosen rate."""
+    lr_grid: LadderLearningRates = field(default_factory=LadderLearningRates)
+    """Learning rates swept per rung."""
+    keep_checkpoints: bool = False
+    """Keep every run's checkpoints (false: deleted once the run's result is stored)."""
 
 
 @dataclass
@@ -94,14 +134,20 @@ class DomainLadderTask(TaskConfig):
     """domain_ladder."""
     n_test: int = 800
     """The fixed stratified test subset used on CPU."""
-    per_class: int = 32
-    """R4-R6 training documents per class."""
     max_tokens: int = 128
     """Article tokens kept in every prompt."""
     use_encoder: bool = True
     """MiniLM for R0 embedding references and R3 retrieval."""
-    learning_rates: LadderLearningRates = field(default_factory=LadderLearningRates)
-    """Learning rate of each trained rung."""
+    draws: int = 5
+    """R2/R3: demonstration draws (R2: which demonstrations and their order; R3: the order)."""
+    chat_rungs: list[Method] = field(default_factory=lambda: [Method.zero_shot])
+    """Prompting rungs also scored with the tokenizer's chat template (zero_shot | few_shot | retrieval)."""
+    training: LadderTraining = field(default_factory=LadderTraining)
+    """R4-R6: step budget, schedule, dev selection, learning-rate sweep, shots and seeds."""
+
+    def __post_init__(self):
+        for m in self.chat_rungs:
+            check_one_of("task.chat_rungs", getattr(m, "name", m), ["zero_shot", "few_shot", "retrieval"])
 
 
 @dataclass
@@ -113,7 +159,10 @@ class KnnLmTask(TaskConfig):
     store_tokens: int = 100000
     """Datastore tokens."""
     eval_tokens: int = 20000
-    """Evaluation tokens."""
+    """Test tokens (Reuters test documents)."""
+    valid_tokens: int | None = None
+    """Validation tokens: held-out Reuters training documents after the datastore's, on which k, lambda, T
+    and the store size are chosen (null: as many as eval_tokens)."""
     window: int = 512
     """Context window of the LM."""
     stride: int = 256
@@ -148,6 +197,11 @@ class KgFusionTask(TaskConfig):
     """Corruptions per positive for K1/K2, sampled once (filtered against train)."""
     max_train: int | None = None
     """Cap on training positives (null: all 5,216)."""
+    seeds: int = 1
+    """Training seeds per model (trainer.seed, trainer.seed + 1, ...); dev/test items do not depend on them."""
+    lp_triples: int | None = 64
+    """Test triples whose head and tail are ranked against every entity (filtered link prediction;
+    null: all 661, 0: none). A text model scores 2 x 135 candidates per triple."""
 
     def __post_init__(self):
         for m in self.models:
@@ -188,10 +242,19 @@ class RecTuningTask(TaskConfig):
     """alpaca (TALLRec's layout) | chat (the tokenizer's chat template)."""
     history: int = 10
     """Rated movies shown per prompt."""
-    max_records: int = 10000
-    """Examples built at most."""
+    max_records: int | None = 10000
+    """Examples built at most: the last records of the user-ordered list (TALLRec's 10,000); null: every
+    user's (the clean build then tests about 94 users instead of about 10)."""
     n_train: int = 64
     """Training examples (TALLRec's grid: 16, 64, 256)."""
+    shots: list[int] | None = None
+    """Several n at once (null: [n_train])."""
+    seeds: int = 1
+    """Seeds per n (trainer.seed, trainer.seed + 1, ...): the sampled examples, the adapter and the order."""
+    steps: int | None = None
+    """Step-matched budget: this many optimizer steps whatever n (null: trainer.max_epochs)."""
+    eval_every_steps: int | None = None
+    """With steps: validate every this many steps (null: every epoch)."""
     n_valid: int = 200
     """Validation examples."""
     n_test: int = 1000

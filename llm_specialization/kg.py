@@ -2,17 +2,20 @@
 
 K0 KG-only: TransE / DistMult embeddings trained on the train triples, one score threshold per relation
     tuned on dev (Socher et al. 2013 protocol).
-K1 text-only (KG-BERT style): MiniLM reads "[CLS] head [SEP] relation [SEP] tail [SEP]"; linear on [CLS].
+K1 text-only (KG-BERT style): MiniLM reads "[CLS] head [SEP] relation [SEP] tail [SEP]" with KG-BERT's segment
+    ids (0 / 1 / 0); linear on [CLS].
 K2 ERNIE-style fusion: K1 plus frozen K0 entity vectors, projected to the encoder width and gated-added to
     the embedding output at the first sub-token of the head and of the tail:
     h <- h + sigmoid(g . [h; W e]) * W e.
 Negatives: one corruption per positive (head or tail, p = 0.5) by a uniform entity, rejecting known triples.
+Beside triple classification, filtered link prediction (Hits@10, MR, MRR) as KG-BERT reports for UMLS.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -160,31 +163,79 @@ def classify(scores: np.ndarray, relations: np.ndarray, thresholds: dict[int, fl
 @dataclass
 class TripleResult:
     model: str
-    accuracy: float
+    accuracy: float  # per-relation thresholds tuned on dev (Socher et al. 2013)
     auc: float
     trainable_params: int
+    seed: int = 0
+    accuracy_global: float | None = None  # one threshold tuned on the whole dev set (~28 dev triples a relation
+    # make per-relation thresholds noisy: both are reported)
+    correct: list[int] = field(default_factory=list)  # 0/1 per test triple (per-relation thresholds), in order
+    hits10: float | None = None  # filtered link prediction on the chosen test triples, head and tail queries
+    mr: float | None = None
+    mrr: float | None = None
+    lp_ranks: list[float] = field(default_factory=list)
 
 
-def evaluate_scores(name: str, dev_scores, dev_y, dev_rel, test_scores, test_y, test_rel, params: int) -> TripleResult:
+def evaluate_scores(name: str, dev_scores, dev_y, dev_rel, test_scores, test_y, test_rel, params: int,
+                    seed: int = 0) -> TripleResult:
     thr, fallback = tune_thresholds(dev_scores, dev_y, dev_rel)
     pred = classify(test_scores, test_rel, thr, fallback)
-    return TripleResult(name, float((pred == test_y).mean()), float(roc_auc_score(test_y, test_scores)), params)
+    _, glob = tune_thresholds(dev_scores, dev_y, np.zeros_like(dev_rel))
+    return TripleResult(name, float((pred == test_y).mean()), float(roc_auc_score(test_y, test_scores)), params,
+                        seed=seed, accuracy_global=float(((test_scores >= glob).astype(int) == test_y).mean()),
+                        correct=[int(c) for c in (pred == test_y)])
+
+
+# ----------------------------------------------------------------------------------------- link prediction
+def link_prediction_ranks(score: Callable[[list[Triple]], np.ndarray], queries: list[Triple], n_entities: int,
+                          known: set[Triple]) -> list[float]:
+    """Filtered ranks (KG-BERT's link prediction): for every query triple, its head and then its tail is
+    replaced by each of the ``n_entities`` entities; the true triple's rank among the candidates that are not
+    other known true triples (train, dev or test), ties counted half. ``score`` maps triples to scores (higher
+    = more plausible) and sees all candidates in one call, so a model can batch them."""
+    cands: list[Triple] = []
+    for h, r, t in queries:
+        cands += [(e, r, t) for e in range(n_entities)] + [(h, r, e) for e in range(n_entities)]
+    scores = np.asarray(score(cands), dtype=np.float64).reshape(len(queries), 2, n_entities)
+    ranks = []
+    for q, (h, r, t) in enumerate(queries):
+        for side, target in ((0, h), (1, t)):
+            s = scores[q, side]
+            other = np.array([((e, r, t) if side == 0 else (h, r, e)) not in known or e == target
+                              for e in range(n_entities)])
+            other[target] = False
+            rivals = s[other]
+            ranks.append(float(1 + (rivals > s[target]).sum() + 0.5 * (rivals == s[target]).sum()))
+    return ranks
+
+
+def link_metrics(ranks: list[float]) -> dict[str, float]:
+    r = np.asarray(ranks, dtype=np.float64)
+    return {"hits10": float((r <= 10).mean()), "mr": float(r.mean()), "mrr": float((1 / r).mean())}
 
 
 # ----------------------------------------------------------------------------------------- K1 / K2
-class TripleTextDataset(torch.utils.data.Dataset):
-    """Token ids of "[CLS] head [SEP] relation [SEP] tail [SEP]" with the head/tail first-token positions."""
+def text_pieces(kg: UMLS, tokenizer, max_piece: int = 10) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids of every entity's and relation's text (each cut to ``max_piece``), computed once."""
+    enc = lambda text: list(tokenizer(text, add_special_tokens=False).input_ids[:max_piece])
+    return [enc(t) for t in kg.entity_text], [enc(t) for t in kg.relation_text]
 
-    def __init__(self, kg: UMLS, triples: list[Triple], labels, tokenizer, max_piece: int = 10):
-        enc = lambda text: tokenizer(text, add_special_tokens=False).input_ids[:max_piece]
-        ent = [enc(t) for t in kg.entity_text]
-        rel = [enc(t) for t in kg.relation_text]
+
+class TripleTextDataset(torch.utils.data.Dataset):
+    """Token ids of "[CLS] head [SEP] relation [SEP] tail [SEP]" with KG-BERT's segment ids (0 for
+    "[CLS] head [SEP]", 1 for "relation [SEP]", 0 for "tail [SEP]", as its run_bert_triple_classifier.py
+    builds them) and the head/tail first-token positions. ``pieces``: :func:`text_pieces`, when the same
+    texts are encoded for many datasets (link prediction)."""
+
+    def __init__(self, kg: UMLS, triples: list[Triple], labels, tokenizer, max_piece: int = 10, pieces=None):
+        ent, rel = pieces or text_pieces(kg, tokenizer, max_piece)
         cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
         self.items = []
         for (h, r, t), y in zip(triples, labels):
             ids = [cls, *ent[h], sep, *rel[r], sep, *ent[t], sep]
+            segments = [0] * (len(ent[h]) + 2) + [1] * (len(rel[r]) + 1) + [0] * (len(ent[t]) + 1)
             tail_pos = 1 + len(ent[h]) + 1 + len(rel[r]) + 1
-            self.items.append((ids, (h, t), (1, tail_pos), int(y)))
+            self.items.append((ids, (h, t), (1, tail_pos), int(y), segments))
         self.pad = tokenizer.pad_token_id
 
     def __len__(self) -> int:
@@ -196,10 +247,10 @@ class TripleTextDataset(torch.utils.data.Dataset):
     def collate(self, batch):
         n = max(len(ids) for ids, *_ in batch)
         ids = torch.full((len(batch), n), self.pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, (x, *_rest) in enumerate(batch):
-            ids[i, : len(x)], mask[i, : len(x)] = torch.tensor(x), 1
-        return {"input_ids": ids, "attention_mask": mask,
+        mask, segments = torch.zeros_like(ids), torch.zeros_like(ids)
+        for i, (x, *_rest, seg) in enumerate(batch):
+            ids[i, : len(x)], mask[i, : len(x)], segments[i, : len(x)] = torch.tensor(x), 1, torch.tensor(seg)
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": segments,
                 "entities": torch.tensor([b[1] for b in batch]), "positions": torch.tensor([b[2] for b in batch]),
                 "labels": torch.tensor([b[3] for b in batch], dtype=torch.float32)}
 
@@ -230,9 +281,10 @@ class TripleClassifier(nn.Module):
         hidden[rows, pos] = h + gate * we
         return hidden
 
-    def forward(self, input_ids, attention_mask, entities, positions, labels=None):
+    def forward(self, input_ids, attention_mask, entities, positions, labels=None, token_type_ids=None):
         self._batch = (entities, positions)
-        cls = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0]
+        cls = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                           token_type_ids=token_type_ids).last_hidden_state[:, 0]
         logits = self.head(cls).squeeze(-1)
         return logits
 
@@ -287,9 +339,10 @@ class KAdapterClassifier(nn.Module):
         self.encoder.eval()  # frozen: no dropout in the backbone either
         return self
 
-    def forward(self, input_ids, attention_mask, entities=None, positions=None, labels=None):
+    def forward(self, input_ids, attention_mask, entities=None, positions=None, labels=None, token_type_ids=None):
         with torch.no_grad():
-            out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+            out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                               output_hidden_states=True)
         hidden = out.hidden_states  # embeddings, then one per transformer layer
         pad = attention_mask == 0
         a = torch.zeros_like(hidden[0])

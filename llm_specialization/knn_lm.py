@@ -6,6 +6,9 @@ of ``layers[-1].post_attention_layernorm``), values the next token. At test time
     p(y) = lam * p_kNN(y) + (1 - lam) * p_LM(y),   p_kNN(y) ∝ sum_{i in kNN(q), v_i = y} exp(-d_i / T)
 
 with exact squared L2 distances d_i = |q|^2 - 2 q.k + |k|^2 computed by matrix products in chunks.
+
+The hyper-parameters (datastore size, k, lambda, T) are chosen on a validation stream of held-out training
+text (:func:`select`); the test stream is scored only at the chosen settings (:func:`select_and_test`).
 """
 
 from __future__ import annotations
@@ -193,3 +196,57 @@ def sweep(test: Encoded, store: Encoded, sizes: list[int], ks: list[int], lams: 
                     rows.append({"datastore": n, "k": k, "temperature": t, "lambda": lam,
                                  "ppl": perplexity(interpolate_logp(test.lm_logp, p, lam))})
     return Sweep(rows)
+
+
+def select(rows: list[dict]) -> dict[int, dict]:
+    """Per datastore size, the sweep row (k, T, lambda) of lowest perplexity; first wins a tie."""
+    best: dict[int, dict] = {}
+    for r in rows:
+        if r["datastore"] not in best or r["ppl"] < best[r["datastore"]]["ppl"]:
+            best[r["datastore"]] = r
+    return best
+
+
+def token_logp(test: Encoded, store: Encoded, datastore: int, k: int, temperature: float, lam: float
+               ) -> torch.Tensor:
+    """log p(next token) of every test position under the kNN-LM with these settings."""
+    n = min(datastore, len(store.values))
+    dists, idx = nearest(test.keys, store.keys[:n], k)
+    p = knn_prob_of(test.values, dists, store.values[:n][idx], k, temperature)
+    return interpolate_logp(test.lm_logp, p, lam)
+
+
+def block_nll(logp: torch.Tensor, block: int = 256) -> list[float]:
+    """Mean negative log-likelihood of consecutive blocks of ``block`` tokens (the last, shorter one dropped):
+    the units of a block bootstrap, since neighbouring tokens are not independent."""
+    n = len(logp) // block
+    return (-logp[: n * block].view(n, block).mean(-1)).tolist()
+
+
+def select_and_test(valid: Encoded, test: Encoded, store: Encoded, sizes: list[int], ks: list[int],
+                    lams: list[float], temperatures: list[float], default: tuple[int, float, float] = (1024, 0.25, 1.0),
+                    block: int = 256) -> dict:
+    """The sweep on ``valid`` (held-out training text), the settings it chooses per datastore size and
+    overall, and the test perplexity at those settings only (plus the LM alone and the paper's default
+    k = 1024, lambda = 0.25, T = 1 at the largest store, fixed in advance). The test stream plays no part in
+    any choice."""
+    rows = sweep(valid, store, sizes, ks, lams, temperatures).rows
+    chosen = select(rows)
+    overall = min(chosen.values(), key=lambda r: r["ppl"])
+    per_size, best_logp = [], None
+    for n, r in sorted(chosen.items()):
+        logp = token_logp(test, store, n, r["k"], r["temperature"], r["lambda"])
+        per_size.append({"datastore": n, "k": r["k"], "temperature": r["temperature"], "lambda": r["lambda"],
+                         "valid_ppl": r["ppl"], "test_ppl": perplexity(logp)})
+        if r is overall:
+            best_logp = logp
+    k, lam, t = default
+    largest = max(chosen)
+    default_logp = token_logp(test, store, largest, min(k, largest), t, lam)
+    best = next(c for c in per_size if c["datastore"] == overall["datastore"])
+    return {"valid_rows": rows, "lm_valid_ppl": perplexity(valid.lm_logp), "lm_ppl": perplexity(test.lm_logp),
+            "chosen": per_size, "best": {**best, "ppl": best["test_ppl"]},
+            "default": {"datastore": largest, "k": min(k, largest), "lambda": lam, "temperature": t,
+                        "test_ppl": perplexity(default_logp)},
+            "block": block, "lm_block_nll": block_nll(test.lm_logp, block),
+            "best_block_nll": block_nll(best_logp, block)}

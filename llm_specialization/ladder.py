@@ -30,6 +30,8 @@ INSTRUCTION = ("Classify the news article into one of these topics: earnings, ac
 
 @dataclass
 class RungResult:
+    """One rung scored once on the test documents: one scoring variant, one demonstration draw or seed."""
+
     rung: str
     accuracy: float
     macro_f1: float
@@ -38,11 +40,23 @@ class RungResult:
     infer_ms_per_example: float = 0.0
     peak_rss_gib: float = 0.0
     extra: dict = field(default_factory=dict)
+    variant: str = "raw"  # scoring: raw (summed log-likelihood), length-normalised, calibrated
+    draw: int = 0  # the demonstration draw (R2/R3) or training seed (R4-R6)
+    n_train: int = 0  # training documents (R4-R6)
+    lr: float | None = None  # learning rate (R4-R6)
+    correct: list[int] = field(default_factory=list)  # 0/1 per test document, in test order
+    pred_counts: dict = field(default_factory=dict)  # label -> how often it was predicted (label bias)
 
 
 def metrics(gold: list[str], pred: list[str], labels: list[str]) -> tuple[float, float]:
     return (float(accuracy_score(gold, pred)),
             float(f1_score(gold, pred, labels=labels, average="macro", zero_division=0)))
+
+
+def scored(rung: str, gold: list[str], pred: list[str], labels: list[str], **kw) -> RungResult:
+    """A RungResult with the metrics, per-document correctness and prediction counts of ``pred``."""
+    return RungResult(rung, *metrics(gold, pred, labels), correct=[int(g == p) for g, p in zip(gold, pred)],
+                      pred_counts={lab: pred.count(lab) for lab in labels}, **kw)
 
 
 def truncate(tokenizer, text: str, max_tokens: int) -> str:
@@ -58,8 +72,40 @@ def demo_block(tokenizer, ex: Example, max_tokens: int) -> str:
     return f"{article_block(tokenizer, ex, max_tokens)} {R8_VERBALIZERS[ex.label]}\n\n"
 
 
-def candidates(labels: list[str]) -> list[str]:
-    return [" " + R8_VERBALIZERS[lab] for lab in labels]
+PROMPT_FORMATS = ("plain", "chat")
+
+
+def candidates(labels: list[str], fmt: str = "plain") -> list[str]:
+    """The verbalizers as continuations: after "Topic:" with a leading space (plain), or as the whole
+    assistant answer (chat)."""
+    if fmt not in PROMPT_FORMATS:
+        raise ValueError(f"prompt format must be one of {PROMPT_FORMATS}, not {fmt!r}")
+    return [(" " if fmt == "plain" else "") + R8_VERBALIZERS[lab] for lab in labels]
+
+
+def render(tokenizer, demos: list[Example], article: Example | str, fmt: str = "plain", demo_tokens: int = 48,
+           max_tokens: int = 128) -> str:
+    """The prompt up to the answer: the instruction, the demonstrations (oldest first) and the article.
+
+    plain: one text, "Article: ...\nTopic: <label>" per demonstration (what the trained rungs see too).
+    chat: the tokenizer's chat template (ChatML for SmolLM2), as one prompts an Instruct model: the
+    instruction as the system message, each demonstration a user turn (the article) answered by an
+    assistant turn (the label), the article a last user turn, then the generation prompt. ``article`` may be
+    raw text (the content-free inputs of calibration)."""
+    text = article if isinstance(article, str) else truncate(tokenizer, article.text, max_tokens)
+    if fmt == "plain":
+        return (INSTRUCTION + "".join(demo_block(tokenizer, d, demo_tokens) for d in demos)
+                + f"Article: {text}\nTopic:")
+    if fmt != "chat":
+        raise ValueError(f"prompt format must be one of {PROMPT_FORMATS}, not {fmt!r}")
+    if not hasattr(tokenizer, "apply_chat_template"):
+        raise ValueError("prompt format chat needs a tokenizer with a chat template")
+    messages = [{"role": "system", "content": INSTRUCTION.strip()}]
+    for d in demos:
+        messages += [{"role": "user", "content": f"Article: {truncate(tokenizer, d.text, demo_tokens)}"},
+                     {"role": "assistant", "content": R8_VERBALIZERS[d.label]}]
+    messages.append({"role": "user", "content": f"Article: {text}"})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 # ----------------------------------------------------------------------------------------- R0
@@ -69,7 +115,7 @@ def reference_rungs(r8: R8, test: list[Example], encoder=None, k: int = 8) -> li
     train_y = [e.label for e in r8.train]
     out = []
     majority = max(set(train_y), key=train_y.count)
-    out.append(RungResult("R0 majority", *metrics(gold, [majority] * len(test), r8.labels)))
+    out.append(scored("R0 majority", gold, [majority] * len(test), r8.labels))
     t0 = time.time()
     vec = TfidfVectorizer(sublinear_tf=True, min_df=2)
     x_train = vec.fit_transform([e.text for e in r8.train])
@@ -77,21 +123,20 @@ def reference_rungs(r8: R8, test: list[Example], encoder=None, k: int = 8) -> li
     train_s = time.time() - t0
     t0 = time.time()
     pred = list(clf.predict(vec.transform([e.text for e in test])))
-    out.append(RungResult("R0 TF-IDF + LR", *metrics(gold, pred, r8.labels),
-                          trainable_params=int(clf.coef_.size + clf.intercept_.size), train_seconds=train_s,
-                          infer_ms_per_example=1000 * (time.time() - t0) / len(test)))
+    out.append(scored("R0 TF-IDF + LR", gold, pred, r8.labels, trainable_params=int(clf.coef_.size + clf.intercept_.size),
+                      train_seconds=train_s, infer_ms_per_example=1000 * (time.time() - t0) / len(test)))
     if encoder is not None:
         t0 = time.time()
         e_train = encoder.encode([e.text for e in r8.train])
         e_test = encoder.encode([e.text for e in test])
         embed_s = time.time() - t0
         lr = LogisticRegression(max_iter=2000).fit(e_train.numpy(), train_y)
-        out.append(RungResult("R0 MiniLM + LR", *metrics(gold, list(lr.predict(e_test.numpy())), r8.labels),
-                              trainable_params=int(lr.coef_.size + lr.intercept_.size), train_seconds=embed_s))
+        out.append(scored("R0 MiniLM + LR", gold, list(lr.predict(e_test.numpy())), r8.labels,
+                          trainable_params=int(lr.coef_.size + lr.intercept_.size), train_seconds=embed_s))
         sims = e_test @ e_train.T
         top = sims.topk(k, dim=-1).indices
         votes = [max(set(v), key=v.count) for v in ([train_y[j] for j in row] for row in top.tolist())]
-        out.append(RungResult(f"R0 MiniLM {k}-NN vote", *metrics(gold, votes, r8.labels)))
+        out.append(scored(f"R0 MiniLM {k}-NN vote", gold, votes, r8.labels))
     return out
 
 
@@ -114,11 +159,16 @@ def _mean_ms(rows: list[dict]) -> float:
     return float(np.mean([r["ms"] for r in rows])) if rows else 0.0
 
 
+def candidate_ids(tokenizer, labels: list[str], fmt: str = "plain") -> list[list[int]]:
+    return [list(tokenizer(c, add_special_tokens=False).input_ids) for c in candidates(labels, fmt)]
+
+
 def score_prompts(lm, prompts: list[str], labels: list[str], desc: str = "", show_progress: bool = True,
-                  cache: tuple | None = None) -> tuple[np.ndarray, float]:
-    """(N, C) log-likelihood of each label's verbalizer after each prompt, and ms per example. A prefix
-    all prompts share (R2's demonstrations) is run once; its cost is left out of the ms per example."""
-    cands = [list(lm.tokenizer(c, add_special_tokens=False).input_ids) for c in candidates(labels)]
+                  cache: tuple | None = None, fmt: str = "plain") -> tuple[np.ndarray, np.ndarray, float]:
+    """(N, C) summed log-likelihood of each label's verbalizer after each prompt, (C,) verbalizer lengths
+    in tokens, and ms per example. A prefix all prompts share (R2's demonstrations) is run once; its cost is
+    left out of the ms per example."""
+    cands = candidate_ids(lm.tokenizer, labels, fmt)
     ids = [list(lm.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
     prefix = shared_prefix(lm.model, ids)
 
@@ -126,18 +176,20 @@ def score_prompts(lm, prompts: list[str], labels: list[str], desc: str = "", sho
         return score_candidates(lm.model, lm.tokenizer, ids[i], cands, prefix).total.tolist()
 
     rows = _timed(one, range(len(ids)), desc, show_progress, cache, row="scores")
-    return np.array([r["scores"] for r in rows]).reshape(len(rows), len(labels)), _mean_ms(rows)
+    totals = np.array([r["scores"] for r in rows]).reshape(len(rows), len(labels))
+    return totals, np.array([len(c) for c in cands], dtype=float), _mean_ms(rows)
 
 
 CONTENT_FREE = ("N/A", "[MASK]", "")
 
 
-def content_free_prior(lm, head: str, labels: list[str]) -> np.ndarray:
+def content_free_prior(lm, demos: list[Example], labels: list[str], fmt: str = "plain",
+                       demo_tokens: int = 48) -> np.ndarray:
     """Contextual calibration (Zhao et al., 2021): log of the label distribution the prompt gives when the
     article is content-free ('N/A', '[MASK]', empty; averaged), i.e. the bias of the instruction and the
     demonstrations alone (a small model copies the labels it has just seen)."""
-    scores, _ = score_prompts(lm, [head + f"Article: {x}\nTopic:" for x in CONTENT_FREE], labels,
-                              show_progress=False)
+    prompts = [render(lm.tokenizer, demos, x, fmt, demo_tokens) for x in CONTENT_FREE]
+    scores, _, _ = score_prompts(lm, prompts, labels, show_progress=False, fmt=fmt)
     p = np.exp(scores - scores.max(1, keepdims=True))
     return np.log((p / p.sum(1, keepdims=True)).mean(0))
 
@@ -147,54 +199,52 @@ def calibrate(scores: np.ndarray, log_prior: np.ndarray) -> np.ndarray:
     return scores - log_prior[None, :]
 
 
-def zero_shot_prompts(lm, test: list[Example], max_tokens: int = 128) -> list[str]:
-    return [INSTRUCTION + article_block(lm.tokenizer, ex, max_tokens) for ex in test]
-
-
-def few_shot_head(lm, r8: R8, seed: int = 0, demo_tokens: int = 48) -> str:
-    """The instruction and one demonstration per class, drawn once with a fixed seed."""
-    rng = random.Random(seed)
+def few_shot_demos(r8: R8, draw_seed: int = 0) -> list[Example]:
+    """One demonstration per class drawn from the training documents, in a random order: both the choice and
+    the order come from ``draw_seed`` (R2's draws are seeds 0, 1, ...; the order matters to a small model)."""
+    rng = random.Random(draw_seed)
     demos = [rng.choice(sorted((e for e in r8.train if e.label == lab), key=lambda e: e.fileid))
              for lab in r8.labels]
     rng.shuffle(demos)
-    return INSTRUCTION + "".join(demo_block(lm.tokenizer, d, demo_tokens) for d in demos)
+    return demos
 
 
-def few_shot_prompts(lm, r8: R8, test: list[Example], seed: int = 0, demo_tokens: int = 48,
-                     max_tokens: int = 128) -> list[str]:
-    """The same demonstrations (:func:`few_shot_head`) before every test document."""
-    head = few_shot_head(lm, r8, seed, demo_tokens)
-    return [head + article_block(lm.tokenizer, ex, max_tokens) for ex in test]
-
-
-def retrieval_prompts(lm, r8: R8, test: list[Example], encoder, k: int = 4, demo_tokens: int = 48,
-                      max_tokens: int = 128) -> list[str]:
-    """The k nearest training documents by MiniLM cosine as demonstrations, most similar last."""
+def retrieve(r8: R8, test: list[Example], encoder, k: int = 4) -> list[list[int]]:
+    """The k nearest training documents of every test document by MiniLM cosine, most similar first."""
     e_train = encoder.encode([e.text for e in r8.train])
     e_test = encoder.encode([e.text for e in test])
-    top = (e_test @ e_train.T).topk(k, dim=-1).indices  # most similar first
-    prompts = []
-    for ex, row in zip(test, top.tolist()):
-        demos = "".join(demo_block(lm.tokenizer, r8.train[j], demo_tokens) for j in reversed(row))
-        prompts.append(INSTRUCTION + demos + article_block(lm.tokenizer, ex, max_tokens))
-    return prompts
+    return (e_test @ e_train.T).topk(k, dim=-1).indices.tolist()
+
+
+def retrieval_order(neighbours: list[int], draw: int, seed: int, doc: int) -> list[int]:
+    """The demonstrations of one test document, oldest first. Draw 0 is the protocol's order, most similar
+    last; draw d > 0 is a random order of the same neighbours, seeded by (seed, d, document)."""
+    order = list(reversed(neighbours))
+    if draw:
+        random.Random(f"{seed}/{draw}/{doc}").shuffle(order)
+    return order
 
 
 def prompting_rung(name: str, lm, prompts: list[str], test: list[Example], labels: list[str],
-                   show_progress: bool = True, cache: tuple | None = None, head: str | None = None
+                   show_progress: bool = True, cache: tuple | None = None, fmt: str = "plain",
+                   calibration_demos: list[Example] | None = None, demo_tokens: int = 48, draw: int = 0
                    ) -> list[RungResult]:
-    """The rung's result; with ``head`` (the prompt before the article, the same for every document) a
-    second, contextually calibrated result from the same scores."""
-    scores, ms = score_prompts(lm, prompts, labels, name, show_progress, cache)
+    """The rung under every scoring side by side, from the same forward passes: ``raw`` (the summed
+    log-likelihood of the verbalizer), ``length-normalised`` (its mean per token, which stops favouring
+    one-token labels) and, given ``calibration_demos`` (the demonstrations every prompt shares, [] for R1),
+    ``calibrated`` (contextual calibration of the raw scores)."""
+    totals, lengths, ms = score_prompts(lm, prompts, labels, name, show_progress, cache, fmt)
     gold = [e.label for e in test]
-    out = [RungResult(name, *metrics(gold, [labels[i] for i in scores.argmax(1)], labels),
-                      infer_ms_per_example=ms, peak_rss_gib=peak_rss_bytes() / 2**30)]
-    if head is not None:
-        prior = content_free_prior(lm, head, labels)
-        calibrated = calibrate(scores, prior).argmax(1)
-        out.append(RungResult(f"{name} + calibration", *metrics(gold, [labels[i] for i in calibrated], labels),
-                              infer_ms_per_example=ms, peak_rss_gib=peak_rss_bytes() / 2**30,
-                              extra={"content_free_prior": dict(zip(labels, np.exp(prior).round(4).tolist()))}))
+    common = dict(infer_ms_per_example=ms, peak_rss_gib=peak_rss_bytes() / 2**30, draw=draw)
+    out = []
+    for variant, s in (("raw", totals), ("length-normalised", totals / lengths[None, :])):
+        out.append(scored(name, gold, [labels[i] for i in s.argmax(1)], labels, variant=variant, **common))
+    if calibration_demos is not None:
+        prior = content_free_prior(lm, calibration_demos, labels, fmt, demo_tokens)
+        calibrated = calibrate(totals, prior).argmax(1)
+        out.append(scored(name, gold, [labels[i] for i in calibrated], labels, variant="calibrated",
+                          extra={"content_free_prior": dict(zip(labels, np.exp(prior).round(4).tolist()))},
+                          **common))
     return out
 
 

@@ -339,22 +339,99 @@ def sasrec_ranks(model: SASRec, split: LeaveOneOut, stage: str = "test", batch_s
 
 
 # ----------------------------------------------------------------------------------------- LLM ranker
+# On par with LLMRank (Hou et al. 2024), with an open model scored instead of an API model generating:
+# - pointwise: each candidate title's log-likelihood after the history ("... The next movie they watch is:");
+#   candidates are scored independently, so there is no candidate-position bias by construction;
+# - listwise: the numbered history and the numbered candidates in one prompt (LLMRank's layout), then each
+#   title's log-likelihood as the movie chosen first; here the order of the candidates can matter;
+# - scorings of the same passes: summed log-likelihood (favours short, common titles), length-normalised (mean
+#   per token) and PMI (minus the title's log-likelihood after a neutral prompt: removes its length and
+#   popularity prior);
+# - tests: the history shuffled (does the model use its order? LLMRank: LLMs struggle to), and the positive
+#   placed first vs last in the listwise prompt (position bias).
+NEUTRAL_PROMPT = "The next movie they watch is:"
+SCORINGS = ("summed", "length-normalised", "PMI")
+
+
 def history_prompt(titles: dict[int, str], history: list[int], n: int = 20) -> str:
     watched = ", ".join(titles[i] for i in history[-n:])
-    return f"A user watched, in order: {watched}. The next movie they watch is:"
+    return f"A user watched, in order: {watched}. {NEUTRAL_PROMPT}"
+
+
+def listwise_prompt(titles: dict[int, str], history: list[int], candidates: list[int], n: int = 20) -> str:
+    watched = "\n".join(f"{j}. {titles[i]}" for j, i in enumerate(history[-n:]))
+    listed = "\n".join(f"{j}. {titles[c]}" for j, c in enumerate(candidates))
+    return (f"I've watched the following movies in the past in order:\n{watched}\n\n"
+            f"Now there are {len(candidates)} candidate movies that I can watch next:\n{listed}\n\n"
+            "Of these candidates, the movie I will watch next is:")
+
+
+def _title_scores(lm, prompt: str, titles: dict[int, str], items: list[int]) -> tuple[list[float], list[int]]:
+    from llm_specialization.scoring import score_candidates
+
+    s = score_candidates(lm.model, lm.tokenizer, prompt, [" " + titles[c] for c in items])
+    return s.total.tolist(), s.n_tokens.int().tolist()
+
+
+def neutral_scores(lm, titles: dict[int, str], items, chunk: int = 64) -> dict[int, float]:
+    """log p(title | neutral prompt) of every item: the prior PMI subtracts (once per item, in chunks)."""
+    items = sorted(set(items))
+    out: dict[int, float] = {}
+    for i in range(0, len(items), chunk):
+        part = items[i:i + chunk]
+        out.update(zip(part, _title_scores(lm, NEUTRAL_PROMPT, titles, part)[0]))
+    return out
+
+
+def rank_user(lm, titles: dict[int, str], history: list[int], candidates: list[int], seed: int = 0,
+              tests: tuple[str, ...] = ("shuffle", "listwise", "position")) -> dict:
+    """Summed log-likelihoods of one user's candidates (in ``candidates`` order, the positive first) under the
+    pointwise prompt and, per ``tests``: the pointwise prompt with the history shuffled, the listwise prompt
+    with the candidates in a random order (seeded by user), and with the positive listed first and last."""
+    rng = np.random.default_rng(seed)
+    totals, lengths = _title_scores(lm, history_prompt(titles, history), titles, candidates)
+    row = {"lengths": lengths, "pointwise": totals}
+    if "shuffle" in tests:
+        shuffled = [history[-20:][j] for j in rng.permutation(len(history[-20:]))]
+        row["pointwise_shuffled"] = _title_scores(lm, history_prompt(titles, shuffled), titles, candidates)[0]
+    order = [candidates[j] for j in rng.permutation(len(candidates))]
+    rest = [c for c in order if c != candidates[0]]
+    orders = {}
+    if "listwise" in tests:
+        orders["listwise"] = order
+    if "position" in tests:
+        orders.update(listwise_first=[candidates[0], *rest], listwise_last=[*rest, candidates[0]])
+    for name, shown in orders.items():
+        scores = dict(zip(shown, _title_scores(lm, listwise_prompt(titles, history, shown), titles, shown)[0]))
+        row[name] = [scores[c] for c in candidates]
+    return row
+
+
+def ranker_scores(row: dict, prompt: str, scoring: str, neutral: list[float]) -> np.ndarray:
+    """A user's candidate scores under one prompt (a key of :func:`rank_user`'s row) and scoring."""
+    s = np.asarray(row[prompt], dtype=np.float64)
+    if scoring == "summed":
+        return s
+    if scoring == "length-normalised":
+        return s / np.asarray(row["lengths"], dtype=np.float64)
+    if scoring == "PMI":
+        return s - np.asarray(neutral, dtype=np.float64)
+    raise ValueError(f"scoring must be one of {SCORINGS}, not {scoring!r}")
 
 
 def llm_candidate_scores(lm, titles: dict[int, str], history: list[int], candidates: list[int],
                          pmi: bool = False) -> np.ndarray:
-    """Log-likelihood of each candidate title after the history prompt (minus its likelihood after a
-    neutral prompt when ``pmi``, which removes the title's popularity and length prior)."""
-    from llm_specialization.scoring import score_candidates
-
-    cands = [" " + titles[c] for c in candidates]
-    s = score_candidates(lm.model, lm.tokenizer, history_prompt(titles, history), cands).total.numpy()
+    """Pointwise summed log-likelihood of each candidate title after the history prompt (minus its
+    likelihood after the neutral prompt when ``pmi``)."""
+    s = np.array(_title_scores(lm, history_prompt(titles, history), titles, candidates)[0])
     if pmi:
-        s = s - score_candidates(lm.model, lm.tokenizer, "The next movie they watch is:", cands).total.numpy()
+        s = s - np.array(_title_scores(lm, NEUTRAL_PROMPT, titles, candidates)[0])
     return s
+
+
+def ndcg_at(rank: int, k: int = 10) -> float:
+    """NDCG@k of one user whose single relevant item has 0-based ``rank``."""
+    return 1.0 / float(np.log2(rank + 2)) if rank < k else 0.0
 
 
 def sampled_rank(scores: np.ndarray) -> int:

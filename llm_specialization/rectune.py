@@ -189,6 +189,31 @@ def roc_auc(labels, scores) -> float:
     return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def auc_ci(labels, scores, groups, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+           ) -> tuple[float, float] | None:
+    """Percentile 95% CI of the AUC by a cluster bootstrap over ``groups`` (users): the examples of one user
+    share a history and a propensity to like, so resampling examples alone would understate the spread.
+    Resamples without both labels are skipped; None with fewer than 2 groups. Hand-written: common.stats
+    has no cluster bootstrap, and the AUC is not a mean over items."""
+    from scipy.stats import rankdata
+
+    y, s, g = np.asarray(labels).astype(bool), np.asarray(scores, dtype=np.float64), np.asarray(groups)
+    ids = np.unique(g)
+    if len(ids) < 2:
+        return None
+    members = [np.flatnonzero(g == u) for u in ids]
+    rng = np.random.default_rng(seed)
+    aucs = []
+    for _ in range(n_resamples):
+        idx = np.concatenate([members[j] for j in rng.integers(0, len(ids), size=len(ids))])
+        yy, pos = y[idx], int(y[idx].sum())
+        if 0 < pos < len(idx):  # Mann-Whitney with mid-ranks: the AUC with ties counted half
+            aucs.append((rankdata(s[idx])[yy].sum() - pos * (pos + 1) / 2) / (pos * (len(idx) - pos)))
+    alpha = (1 - confidence) / 2
+    lo, hi = np.percentile(aucs, [100 * alpha, 100 * (1 - alpha)])
+    return float(lo), float(hi)
+
+
 # ----------------------------------------------------------------------------------------- baselines
 def history_like_fraction(examples: list[RecExample]) -> np.ndarray:
     """Baseline: the fraction of liked items in the user's history."""

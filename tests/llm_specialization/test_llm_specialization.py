@@ -14,7 +14,7 @@ from common.config import TrainerConfig
 from common.trainer import Trainer
 from llm_specialization import knn_lm, ladder
 from llm_specialization.data import R8, Example, fixed_test_subset, load_r8
-from llm_specialization.models import exact_top_k, tiny_llama
+from llm_specialization.models import LM, exact_top_k, tiny_llama
 from llm_specialization.scoring import score_candidates, score_candidates_naive, score_candidates_soft_prompt
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,6 +82,49 @@ def test_learning_knn_lm_retrieves_the_continuations_of_a_repeated_pattern(lm):
     lm_ppl = knn_lm.perplexity(test.lm_logp)
     assert lm_ppl > 100  # a random model over 259 tokens
     assert knn_lm.perplexity(knn_lm.interpolate_logp(test.lm_logp, p, 0.5)) < 0.1 * lm_ppl
+
+
+def test_knn_lm_selection_never_sees_test_tokens(lm):
+    """k, lambda, T and the store size are chosen on validation text: here the store repeats a pattern that
+    the test stream continues (the kNN-LM would win on test) while the validation stream is unrelated noise
+    (it does not), so settings chosen on validation keep lambda = 0; any look at the test would not. A
+    different test stream leaves the choice unchanged."""
+    g = torch.Generator().manual_seed(3)
+    pattern = torch.randint(3, 259, (16,), generator=g)
+    enc = lambda ids: knn_lm.encode_stream(lm.model, ids, window=64, stride=32, show_progress=False)
+    store = enc(pattern.repeat(12))
+    valid = enc(torch.randint(3, 259, (200,), generator=g))
+    test = enc(pattern.repeat(4))
+    grid = dict(sizes=[100, 180], ks=[1, 8], lams=[0.0, 0.5, 0.9], temperatures=[1.0, 10.0])
+    out = knn_lm.select_and_test(valid, test, store, **grid, default=(8, 0.25, 1.0), block=16)
+    assert all(c["lambda"] == 0.0 for c in out["chosen"])  # validation: the store does not help
+    assert out["best"]["test_ppl"] == pytest.approx(out["lm_ppl"])  # so the test is scored as the LM alone
+    peek = knn_lm.select(knn_lm.sweep(test, store, **grid).rows)  # what a selection on test would choose
+    assert all(r["lambda"] > 0 for r in peek.values())
+    assert out["default"]["test_ppl"] < 0.5 * out["lm_ppl"]  # the default setting shows what was at stake
+    other = knn_lm.select_and_test(valid, enc(torch.randint(3, 259, (120,), generator=g)), store, **grid)
+    assert [{k: c[k] for k in ("datastore", "k", "lambda", "temperature", "valid_ppl")} for c in other["chosen"]] \
+        == [{k: c[k] for k in ("datastore", "k", "lambda", "temperature", "valid_ppl")} for c in out["chosen"]]
+    assert len(out["lm_block_nll"]) == len(test.values) // 16 and out["valid_rows"] == other["valid_rows"]
+
+
+def test_knn_lm_validation_text_is_held_out_training_documents(lm):
+    """The validation stream starts at the first training document after the datastore's (none shared);
+    the datastore and test streams are those of the earlier protocol."""
+    from llm_specialization.run import reuters_token_streams
+
+    store, valid, test = reuters_token_streams(lm.tokenizer, n_eval_tokens=500, n_store_tokens=3000,
+                                               n_valid_tokens=8000)
+    store2, _, test2 = reuters_token_streams(lm.tokenizer, n_eval_tokens=500, n_store_tokens=3000)
+    assert torch.equal(store, store2) and torch.equal(test, test2) and len(valid) == 8000
+    eos = lm.tokenizer.eos_token_id
+    cut = (store == eos).nonzero().flatten().tolist()
+    whole = {tuple(store[a + 1:b].tolist()) for a, b in zip([-1] + cut, cut)}  # the store's whole documents
+    partial = store[cut[-1] + 1:].tolist()  # and the start of the document it was cut in
+    first_valid = valid[: (valid == eos).nonzero()[0, 0]].tolist()
+    assert tuple(first_valid) not in whole and first_valid[: len(partial)] != partial
+    with pytest.raises(ValueError, match="validation"):
+        reuters_token_streams(lm.tokenizer, n_eval_tokens=10, n_store_tokens=3000, n_valid_tokens=10**9)
 
 
 def test_encoding_cut_short_continues_from_saved_parts(lm, tmp_path):
@@ -184,12 +227,37 @@ def test_trained_rungs_kv_scoring_equals_full_forwards():
         assert not torch.allclose(fast, score_candidates(soft, tok, prompt, cands).total, atol=1e-3)
 
 
-def _toy_r8():
-    """Two classes whose articles share a tell-tale word, for the learning test."""
-    mk = lambda i, lab, word: Example(f"training/{i}", f"{word} {word} report number {i}", lab)
-    train = [mk(i, "earn" if i % 2 else "acq", "profit" if i % 2 else "merger") for i in range(16)]
+def _toy_r8(word_last: bool = False):
+    """Two classes whose articles share a tell-tale word, for the learning tests (``word_last``: at the end of
+    the article, next to the answer, where a soft prompt steering a tiny random model can use it)."""
+    text = "report number {i}: {w} {w}" if word_last else "{w} {w} report number {i}"
+    mk = lambda split, i, lab, word: Example(f"{split}/{i}", text.format(i=i, w=word), lab)
+    train = [mk("training", i, "earn" if i % 2 else "acq", "profit" if i % 2 else "merger") for i in range(16)]
+    dev = [mk("dev", i, "earn" if i % 2 else "acq", "profit" if i % 2 else "merger") for i in range(16, 20)]
     test = [Example(f"test/{i}", ex.text, ex.label) for i, ex in enumerate(train[:8])]
-    return R8(train=train, dev=[], test=test, labels=["acq", "earn"])
+    return R8(train=train, dev=dev, test=test, labels=["acq", "earn"])
+
+
+def _word_lm(toy, init_std: float = 0.3):
+    """A tiny word-level LLaMA for the toy task: one token per verbalizer, and weights at init_std 0.3, whose
+    sharper attention and logits (a random model at transformers' 0.02 has near-uniform ones) let a soft
+    prompt steer it, as it steers a pretrained model."""
+    from llm_specialization.data import R8_VERBALIZERS
+    from llm_specialization.models import LM
+
+    texts = [ladder.INSTRUCTION, "Article: Topic:", *ladder.CONTENT_FREE, *R8_VERBALIZERS.values(),
+             *(e.text for e in toy.train + toy.dev + toy.test)]
+    tok = _WordTokenizer(texts)
+    return LM(tiny_llama(tokenizer=tok, hidden=32, layers=2, seed=0, init_std=init_std).model, tok,
+              "tiny word-level LLaMA")
+
+
+def _ladder(tmp_path, toy, lm, methods, protocol, **kw):
+    from llm_specialization.run import run_domain_ladder
+
+    return run_domain_ladder(methods=methods, model=lm, r8=toy, run_dir=tmp_path, n_test=8, use_encoder=False,
+                             show_progress=False, chat_rungs=(), protocol=protocol,
+                             trainer_cfg=TrainerConfig(batch_size=8, progress_bar=False), **kw)
 
 
 def test_contextual_calibration_golden_and_in_a_rung(lm):
@@ -197,17 +265,167 @@ def test_contextual_calibration_golden_and_in_a_rung(lm):
     assert scores.argmax(1).tolist() == [0, 0]
     assert ladder.calibrate(scores, prior).argmax(1).tolist() == [1, 1]  # 0.6/0.8 < 0.4/0.2, 0.7/0.8 < 0.3/0.2
     toy = _toy_r8()
-    head = ladder.few_shot_head(lm, toy, seed=0, demo_tokens=8)
-    prompts = ladder.few_shot_prompts(lm, toy, toy.test, seed=0, demo_tokens=8, max_tokens=16)
-    raw, cal = ladder.prompting_rung("R2", lm, prompts, toy.test, toy.labels, show_progress=False, head=head)
-    assert (raw.rung, cal.rung) == ("R2", "R2 + calibration")
-    prior = ladder.content_free_prior(lm, head, toy.labels)
+    demos = ladder.few_shot_demos(toy, 0)
+    prompts = [ladder.render(lm.tokenizer, demos, ex, "plain", demo_tokens=8, max_tokens=16) for ex in toy.test]
+    raw, norm, cal = ladder.prompting_rung("R2", lm, prompts, toy.test, toy.labels, show_progress=False,
+                                           calibration_demos=demos, demo_tokens=8)
+    assert (raw.variant, norm.variant, cal.variant) == ("raw", "length-normalised", "calibrated")
+    prior = ladder.content_free_prior(lm, demos, toy.labels, demo_tokens=8)
     assert np.exp(prior).sum() == pytest.approx(1.0)
     assert cal.extra["content_free_prior"] == dict(zip(toy.labels, np.exp(prior).round(4).tolist()))
     naive = np.array([score_candidates_naive(lm.model, lm.tokenizer, p, ladder.candidates(toy.labels)).total.numpy()
                       for p in prompts])  # full forwards, no shared prefix
+    gold = [e.label for e in toy.test]
     want = [toy.labels[i] for i in ladder.calibrate(naive, prior).argmax(1)]
-    assert cal.accuracy == ladder.metrics([e.label for e in toy.test], want, toy.labels)[0]
+    assert cal.accuracy == ladder.metrics(gold, want, toy.labels)[0]
+    # length normalisation: the mean log-probability per verbalizer token, from the same scores
+    lengths = np.array([len(lm.tokenizer(c).input_ids) for c in ladder.candidates(toy.labels)])
+    want = [toy.labels[i] for i in (naive / lengths).argmax(1)]
+    assert norm.accuracy == ladder.metrics(gold, want, toy.labels)[0]
+    assert norm.correct == [int(g == w) for g, w in zip(gold, want)]
+    assert sum(raw.pred_counts.values()) == len(toy.test)
+
+
+def test_chat_template_prompts_and_scores(lm):
+    """The chat format: the instruction as system message, demonstrations as user/assistant turns, the answer
+    after the generation prompt (no leading space); its scores equal full forwards."""
+    toy = _toy_r8()
+    demos = ladder.few_shot_demos(toy, 0)
+    text = ladder.render(lm.tokenizer, demos, toy.test[0], "chat", demo_tokens=8, max_tokens=16)
+    assert text.startswith("<|im_start|>system\nClassify the news article") and text.count("<|im_start|>user") == 3
+    assert "<|im_start|>assistant\nacquisition<|im_end|>" in text and text.endswith("<|im_start|>assistant\n")
+    assert ladder.candidates(toy.labels, "chat") == ["acquisition", "earnings"]
+    assert ladder.candidates(toy.labels, "plain") == [" acquisition", " earnings"]
+    prompts = [ladder.render(lm.tokenizer, demos, ex, "chat", 8, 16) for ex in toy.test[:3]]
+    totals, lengths, _ = ladder.score_prompts(lm, prompts, toy.labels, show_progress=False, fmt="chat")
+    for p, row in zip(prompts, totals):
+        np.testing.assert_allclose(row, score_candidates_naive(lm.model, lm.tokenizer, p, ["acquisition", "earnings"])
+                                   .total.numpy(), rtol=1e-5, atol=1e-4)
+    assert lengths.tolist() == [11, 8]
+    with pytest.raises(ValueError, match="format"):
+        ladder.render(lm.tokenizer, demos, toy.test[0], "markdown")
+
+
+def test_demonstration_draws_change_choice_and_order():
+    toy = _toy_r8()
+    draws = [ladder.few_shot_demos(toy, d) for d in range(5)]
+    assert all(sorted(e.label for e in d) == toy.labels for d in draws)  # one per class
+    assert len({tuple(e.fileid for e in d) for d in draws}) > 1 and draws[0] == ladder.few_shot_demos(toy, 0)
+    # R3: draw 0 is the protocol (most similar last); later draws reorder the same neighbours per document
+    assert ladder.retrieval_order([7, 8, 9, 10], 0, seed=0, doc=3) == [10, 9, 8, 7]
+    orders = {tuple(ladder.retrieval_order([7, 8, 9, 10], d, seed=0, doc=3)) for d in range(1, 6)}
+    assert all(sorted(o) == [7, 8, 9, 10] for o in orders) and len(orders) > 1
+    assert ladder.retrieval_order([7, 8, 9, 10], 2, 0, 3) == ladder.retrieval_order([7, 8, 9, 10], 2, 0, 3)
+
+
+def test_warmup_cosine_schedule_golden():
+    from llm_specialization import tuning
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = tuning.warmup_cosine_decay(opt, warmup_steps=2, total_steps=10)
+    lrs = []
+    for _ in range(11):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:3] == [0.0, 0.5, 1.0] and lrs[6] == pytest.approx(0.5) and lrs[10] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))  # decays monotonically after the warm-up
+    proto = tuning.TrainingProtocol(steps=10, warmup_fraction=0.2, schedule="linear")
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    lin = tuning.scheduler_fn(proto)(opt, 10)
+    for _ in range(6):
+        opt.step()
+        lin.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)  # (10 - 6) / (10 - 2)
+    with pytest.raises(ValueError, match="schedule"):
+        tuning.TrainingProtocol(schedule="step")
+
+
+def test_select_lr_by_dev_accuracy_then_f1_then_smaller_rate():
+    from llm_specialization.tuning import select_lr
+
+    rec = lambda a, f: {"dev_accuracy": a, "dev_macro_f1": f}
+    assert select_lr({1e-3: rec(0.5, 0.4), 1e-2: rec(0.75, 0.5), 3e-2: rec(0.75, 0.6)}) == 3e-2
+    assert select_lr({1e-3: rec(0.75, 0.5), 1e-2: rec(0.75, 0.5)}) == 1e-3
+
+
+@pytest.mark.parametrize("method,lr", [("lora", 3e-2), ("prompt_tuning", 1e-1)])
+def test_learning_lora_and_prompt_tuning_rungs_on_verbalizers(tmp_path, method, lr):
+    """R5 and R4 through the ladder's own protocol (warm-up + cosine, dev-selected checkpoint) learn the toy
+    task that the untrained model does not solve zero-shot."""
+    from llm_specialization.tuning import TrainingProtocol
+
+    toy = _toy_r8(word_last=True)
+    protocol = TrainingProtocol(steps=20, eval_every_steps=10, dev_docs=4, shots=(16,), sweep_shots=16, seeds=1,
+                                lr_grid={method: (lr,)})
+    res = _ladder(tmp_path, toy, _word_lm(toy), ["zero_shot", method], protocol)
+    zero = next(r for r in res if r.rung == "R1 zero-shot" and r.variant == "raw")
+    (trained,) = [r for r in res if r.lr]
+    assert zero.accuracy < 1.0 and trained.accuracy == 1.0, (zero.accuracy, trained.accuracy)
+    assert trained.n_train == 16 and trained.extra["dev_accuracy"] > 0.5  # above chance on the 4 dev documents
+
+
+def test_trained_rungs_test_the_checkpoint_the_dev_set_chose(tmp_path, monkeypatch):
+    """The trainer scores the reduced dev set every eval_every_steps and the test uses the best dev checkpoint:
+    here the first dev evaluation is made the best, so step 3, not the last step 6, must be tested."""
+    from common.trainer import Trainer as CoreTrainer
+    from llm_specialization.tuning import TrainingProtocol
+
+    toy = _toy_r8()
+    real, dev_calls, loaded = ladder.predict_trained, [], []
+
+    def spy(model, lm_, docs, labels, *a, **k):
+        preds, ms = real(model, lm_, docs, labels, *a, **k)
+        if docs[0].fileid.startswith("dev/"):  # right at the first evaluation, wrong at the second
+            dev_calls.append(1)
+            flip = {"acq": "earn", "earn": "acq"}
+            preds = [e.label if len(dev_calls) == 1 else flip[e.label] for e in docs]
+        return preds, ms
+
+    real_load = CoreTrainer.load_best
+    monkeypatch.setattr(ladder, "predict_trained", spy)
+    monkeypatch.setattr(CoreTrainer, "load_best", lambda self, m: loaded.append(self.ckpt.best_path) or real_load(self, m))
+    protocol = TrainingProtocol(steps=6, eval_every_steps=3, dev_docs=4, shots=(16,), sweep_shots=16, seeds=1,
+                                lr_grid={"lora": (1e-2,)}, keep_checkpoints=True)
+    (r,) = _ladder(tmp_path, toy, _word_lm(toy), ["lora"], protocol)
+    assert len(dev_calls) == 2 and r.extra["dev_curve"] == [[3, 1.0], [6, 0.0]]
+    assert r.extra["best_step"] == 3 and r.extra["dev_accuracy"] == 1.0
+    best = tmp_path / "lora" / "n16_lr0.01_seed0" / "checkpoints" / "best.pt"
+    assert loaded == [best] and load_checkpoint(best)["step"] == 3
+
+
+def test_lr_sweep_scores_dev_only_reuses_the_chosen_run_and_matches_steps(tmp_path, monkeypatch):
+    """The sweep trains every rate once (n = sweep_shots, first seed) and never touches the test set; the
+    chosen rate's sweep run is the first seed's final run (not trained again); every run, at n = 8 and 16,
+    takes the same number of optimizer steps; checkpoints are deleted once a run's result is stored."""
+    from common.trainer import Trainer as CoreTrainer
+    from llm_specialization.tuning import TrainingProtocol
+
+    toy = _toy_r8()
+    real_predict, real_fit, tested, fits = ladder.predict_trained, CoreTrainer.fit, [], []
+
+    def spy(model, lm_, docs, labels, *a, **k):
+        if docs[0].fileid.startswith("test/"):
+            tested.append(1)
+        return real_predict(model, lm_, docs, labels, *a, **k)
+
+    monkeypatch.setattr(ladder, "predict_trained", spy)
+    monkeypatch.setattr(CoreTrainer, "fit", lambda self, *a, **k: fits.append(self.run_dir.name) or real_fit(self, *a, **k))
+    protocol = TrainingProtocol(steps=4, eval_every_steps=2, dev_docs=4, shots=(8, 16), sweep_shots=16, seeds=2,
+                                lr_grid={"lora": (1e-3, 3e-2)})
+    res = _ladder(tmp_path, toy, _word_lm(toy), ["lora"], protocol)
+    chosen = res[0].lr
+    sweep = res[0].extra["sweep"]
+    assert set(sweep) == {"0.001", "0.03"} and chosen == max((1e-3, 3e-2), key=lambda lr: (
+        sweep[f"{lr:g}"]["dev_accuracy"], sweep[f"{lr:g}"]["dev_macro_f1"], -lr))
+    assert [(r.n_train, r.draw) for r in res] == [(8, 0), (8, 1), (16, 0), (16, 1)] and len(tested) == 4
+    assert fits[:2] == ["n16_lr0.001_seed0", "n16_lr0.03_seed0"] and len(fits) == 2 + 3  # seed 0 at n=16: reused
+    assert [r.extra["reused"] for r in res] == [False, False, True, False]
+    for r in res:
+        log = tmp_path / "lora" / f"n{r.n_train}_lr{chosen:g}_seed{r.draw}" / "metrics.jsonl"
+        steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+        assert max(steps) == 4  # step-matched: 8 documents take 2 epochs, 16 take 1... of 4 steps each
+    assert not list(tmp_path.glob("lora/*/checkpoints"))
 
 
 def test_learning_fine_tuning_on_verbalizers(tmp_path):
@@ -236,6 +454,21 @@ def test_train_cli_smoke_and_planned_tasks(tmp_path):
     assert bad.returncode != 0 and "telepathy" in bad.stderr
 
 
+def test_budget_estimate_of_the_full_profile():
+    """The full profile's CPU-hour estimate holds every stage and stays near the issue's ~20 CPU-hours (it
+    fails when a profile change makes the rerun much dearer); paper is the larger scale."""
+    from llm_specialization.budget import estimate
+    from llm_specialization.reproduce import PROFILES
+
+    lines = estimate(PROFILES["full"])
+    hours = sum(line.seconds for line in lines) / 3600
+    assert 18 < hours < 25, hours
+    for stage in ("prompt_tuning:", "lora:", "full:", "few_shot:", "retrieval:", "UMLS:", "kNN-LM:", "LLM ranker:",
+                  "rec-tuning:"):
+        assert any(line.item.startswith(stage) for line in lines), stage
+    assert sum(line.seconds for line in estimate(PROFILES["paper"])) > 2 * hours * 3600
+
+
 def test_reproduce_smoke_writes_report(tmp_path):
     out = subprocess.run([sys.executable, "-m", "llm_specialization.reproduce", "--profile", "smoke",
                           "--reports-dir", str(tmp_path / "rep"), "--work-dir", str(tmp_path / "work")],
@@ -249,11 +482,14 @@ def test_reproduce_smoke_writes_report(tmp_path):
 def test_a_rerun_reads_finished_rungs_and_the_knn_sweep_back(tmp_path, monkeypatch):
     """A full run spans sittings: finished units are read back, not recomputed; other settings recompute."""
     from llm_specialization import run as R
+    from llm_specialization.tuning import TrainingProtocol
 
-    cfg = TrainerConfig(max_epochs=1, batch_size=4, progress_bar=False, seed=0)
+    cfg = TrainerConfig(batch_size=4, progress_bar=False, seed=0)
+    protocol = TrainingProtocol(steps=2, eval_every_steps=2, dev_docs=4, shots=(8,), sweep_shots=8, seeds=1,
+                                lr_grid={"lora": (1e-3,)})
     ladder_args = dict(methods=["references", "zero_shot", "lora"], model="tiny", run_dir=tmp_path / "ladder",
-                       trainer_cfg=cfg, resume="auto", n_test=8, per_class=1, max_tokens=32, use_encoder=False,
-                       show_progress=False)
+                       trainer_cfg=cfg, resume="auto", n_test=8, max_tokens=32, use_encoder=False,
+                       show_progress=False, protocol=protocol, chat_rungs=())
     knn_args = dict(model="tiny", run_dir=tmp_path / "knn", store_tokens=1500, n_eval_tokens=300, window=64,
                     stride=32, sizes=(1500,), ks=(4,), lams=(0.0, 0.5), temperatures=(1.0,), show_progress=False,
                     resume="auto")
@@ -261,21 +497,22 @@ def test_a_rerun_reads_finished_rungs_and_the_knn_sweep_back(tmp_path, monkeypat
 
     # a prompt rung cut short after 3 documents: those are read back, only the others are scored
     rungs = tmp_path / "ladder" / "rungs"
-    lines = (rungs / "zero_shot.docs.jsonl").read_text().splitlines()
+    lines = (rungs / "zero_shot-plain-d0.docs.jsonl").read_text().splitlines()
     n_docs = len(lines) - 1  # the header, then one line per test document
     assert n_docs == json.loads((tmp_path / "ladder" / "ladder.json").read_text())["n_test"]
-    assert n_docs >= 8 and (rungs / "lora.docs.jsonl").is_file()
-    (rungs / "zero_shot.docs.jsonl").write_text("\n".join(lines[:4]) + "\n")
-    (rungs / "zero_shot.json").unlink()
+    assert n_docs >= 8 and (rungs / "lora-n8-seed0.docs.jsonl").is_file()
+    (rungs / "zero_shot-plain-d0.docs.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    (rungs / "zero_shot-plain-d0.json").unlink()
     scored, real_score = [], R.ladder.score_candidates
     monkeypatch.setattr(R.ladder, "score_candidates", lambda *a, **k: scored.append(1) or real_score(*a, **k))
     first = R.run_domain_ladder(**ladder_args)
     assert len(scored) == n_docs - 3 + len(ladder.CONTENT_FREE)  # and the calibration's content-free prompts
     fresh = R.run_domain_ladder(**{**ladder_args, "methods": ["zero_shot"], "run_dir": tmp_path / "fresh",
                                    "resume": "never"})  # uninterrupted
-    assert [(r.rung, r.accuracy, r.macro_f1) for r in first if r.rung.startswith("R1")] == [
-        (r.rung, r.accuracy, r.macro_f1) for r in fresh]  # raw and calibrated
-    assert not (tmp_path / "fresh" / "rungs" / "zero_shot.docs.jsonl").exists()  # resume=never: none kept
+    assert [(r.rung, r.variant, r.accuracy, r.macro_f1) for r in first if r.rung.startswith("R1")] == [
+        (r.rung, r.variant, r.accuracy, r.macro_f1) for r in fresh]  # raw, length-normalised and calibrated
+    assert len(fresh) == 3
+    assert not (tmp_path / "fresh" / "rungs" / "zero_shot-plain-d0.docs.jsonl").exists()  # resume=never: none kept
 
     def must_not_run(*a, **k):
         raise AssertionError("recomputed a finished unit")
@@ -377,6 +614,101 @@ def test_fusion_with_zero_projection_equals_text_only_model():
         torch.testing.assert_close(k2(**batch), k1(**batch))
         k2.project.bias.fill_(1.0)  # a non-zero entity signal changes the logits
         assert not torch.allclose(k2(**batch), k1(**batch))
+
+
+def test_triple_inputs_carry_kg_bert_segment_ids():
+    """KG-BERT's segments: 0 for "[CLS] head [SEP]", 1 for "relation [SEP]", 0 for "tail [SEP]"; they reach
+    the encoder (a BERT's token-type embeddings change its output)."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from common.pretrained import minilm_path
+    from llm_specialization import kg as K
+
+    data = K.read_umls()
+    tok = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    ds = K.TripleTextDataset(data, data.test[:3], [1, 1, 1], tok)
+    batch = ds.collate([ds[i] for i in range(3)])
+    ent, rel = K.text_pieces(data, tok)
+    for i, (h, r, t) in enumerate(data.test[:3]):
+        n = 3 + len(ent[h]) + len(rel[r]) + len(ent[t]) + 1
+        want = [0] * (len(ent[h]) + 2) + [1] * (len(rel[r]) + 1) + [0] * (len(ent[t]) + 1)
+        assert batch["token_type_ids"][i, :n].tolist() == want and batch["attention_mask"][i].sum() == n
+        assert batch["input_ids"][i, len(ent[h]) + 1] == tok.sep_token_id  # the segment turns after a [SEP]
+    torch.manual_seed(0)
+    k1 = K.TripleClassifier(BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                                 num_attention_heads=2, intermediate_size=32))).eval()
+    with torch.no_grad():
+        assert not torch.allclose(k1(**batch), k1(**{**batch, "token_type_ids": torch.zeros_like(batch["input_ids"])}))
+
+
+def test_link_prediction_filtered_ranks_hand_case():
+    from llm_specialization import kg as K
+
+    table = {(0, 0, 1): 5.0, (1, 0, 1): 7.0, (2, 0, 1): 5.0, (0, 0, 0): 9.0, (0, 0, 2): 1.0}
+    known = {(0, 0, 1), (1, 0, 1)}  # (1, 0, 1) is another true triple: filtered out of the head ranking
+    ranks = K.link_prediction_ranks(lambda ts: np.array([table[t] for t in ts]), [(0, 0, 1)], 3, known)
+    # head query: rivals (2,0,1) only, a tie -> 1.5; tail query: (0,0,0) scores higher, (0,0,2) lower -> 2
+    assert ranks == [1.5, 2.0]
+    assert K.link_metrics([1, 2, 20]) == pytest.approx({"hits10": 2 / 3, "mr": 23 / 3, "mrr": (1 + 0.5 + 0.05) / 3})
+
+
+def test_kg_fusion_seeds_score_the_same_items_with_link_prediction_and_mcnemar(tmp_path):
+    """Every seed is scored on the same dev/test triples and link-prediction queries (what McNemar and the
+    paired tests need); the report rows carry the seeds' interval, McNemar and Hits@10/MR."""
+    from llm_specialization.report import kg_rows
+    from llm_specialization.run import run_kg_fusion
+
+    res = run_kg_fusion(run_dir=tmp_path, trainer_cfg=TrainerConfig(progress_bar=False), kg_dim=16, kg_epochs=3,
+                        models=("K0-TransE", "K0-DistMult"), seeds=2, lp_triples=4)
+    assert [(r.model, r.seed) for r in res] == [("K0-TransE", 0), ("K0-DistMult", 0), ("K0-TransE", 1),
+                                               ("K0-DistMult", 1)]
+    assert all(len(r.correct) == 2 * 661 and len(r.lp_ranks) == 8 and 1 <= r.mr <= 135 for r in res)
+    assert res[1].accuracy != res[3].accuracy  # the seed changes the embeddings
+    rows = {r.metric: r for r in kg_rows(res)}
+    assert rows["UMLS triples K0-DistMult: accuracy"].n == 2 and rows["UMLS triples K0-DistMult: accuracy"].ci_low
+    assert rows["UMLS link prediction K0-TransE: MR"].value == pytest.approx(np.mean([res[0].mr, res[2].mr]))
+    assert "UMLS triples accuracy difference K2 - K1 (over seeds)" not in rows  # no K1/K2 here
+    paired = rows["UMLS triples accuracy difference K0-DistMult - K0-TransE (over seeds)"]
+    assert paired.n == 2 and paired.value == pytest.approx(np.mean([res[1].accuracy - res[0].accuracy,
+                                                                     res[3].accuracy - res[2].accuracy]))
+    mc = rows["UMLS triples K0-DistMult vs K0-TransE, seed 1: test triples only K0-DistMult gets right minus "
+              "only K0-TransE"]
+    only_a = sum(a and not b for a, b in zip(res[3].correct, res[2].correct))
+    only_b = sum(b and not a for a, b in zip(res[3].correct, res[2].correct))
+    assert mc.value == only_a - only_b and mc.n == only_a + only_b and 0 <= mc.p_value <= 1
+    assert rows["UMLS triples accuracy difference K0-DistMult - K0-TransE (over test triples)"].n == 2 * 661
+
+
+@pytest.mark.slow
+def test_kg_fusion_text_models_over_seeds_give_paired_rows(tmp_path):
+    """K1 and K2 (a tiny BERT with MiniLM's tokenizer, 16 training positives) through run_kg_fusion with 2 seeds:
+    the K2 - K1 comparison comes as a paired test over seeds, McNemar per seed and a bootstrap over triples
+    (about 35 s on 2 busy cores, hence slow; the fast suite checks the same rows for K0)."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from common.pretrained import minilm_path
+    from llm_specialization.report import kg_rows
+    from llm_specialization.run import run_kg_fusion
+
+    tok = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(tmp_path / "enc")
+    tok.save_pretrained(tmp_path / "enc")
+    res = run_kg_fusion(run_dir=tmp_path / "run", trainer_cfg=TrainerConfig(batch_size=16, progress_bar=False),
+                        kg_dim=16, kg_epochs=2, models=("K1", "K2"), seeds=2, lp_triples=2, max_train=16,
+                        encoder_path=tmp_path / "enc", encoder_lr=1e-3)
+    assert [(r.model, r.seed) for r in res] == [("K1", 0), ("K2", 0), ("K1", 1), ("K2", 1)]
+    rows = {r.metric: r for r in kg_rows(res)}
+    paired = rows["UMLS triples accuracy difference K2 - K1 (over seeds)"]
+    assert paired.n == 2 and paired.value == pytest.approx(np.mean([res[1].accuracy - res[0].accuracy,
+                                                                     res[3].accuracy - res[2].accuracy]))
+    mc = rows["UMLS triples K2 vs K1, seed 1: test triples only K2 gets right minus only K1"]
+    only_k2 = sum(a and not b for a, b in zip(res[3].correct, res[2].correct))
+    only_k1 = sum(b and not a for a, b in zip(res[3].correct, res[2].correct))
+    assert mc.value == only_k2 - only_k1 and mc.n == only_k2 + only_k1 and 0 <= mc.p_value <= 1
+    assert rows["UMLS triples accuracy difference K2 - K1 (over test triples)"].n == 2 * 661
+    assert (tmp_path / "run" / "K2-seed1" / "metrics.jsonl").is_file()
 
 
 # ----------------------------------------------------------------------------------------- MovieLens
@@ -516,6 +848,66 @@ def test_llm_ranker_scores_every_candidate(lm):
     s = llm_candidate_scores(lm, titles, [1, 2], [3, 4, 5])
     p = llm_candidate_scores(lm, titles, [1, 2], [3, 4, 5], pmi=True)
     assert s.shape == (3,) and p.shape == (3,) and not (s == p).all()
+
+
+def test_llm_ranker_prompts_scorings_and_tests(lm):
+    """rank_user's listwise scores come back in the candidates' own order whatever order the prompt shows
+    them in (positive first / last), the shuffled history is a permutation of the shown one, and the three
+    scorings are the summed log-likelihood, its mean per token and its PMI against the neutral prompt."""
+    from llm_specialization import personal as P
+
+    titles = {i: f"Movie {'x' * i}" for i in range(1, 9)}
+    history, cands = [1, 2, 3, 8], [4, 5, 6, 7]
+    row = P.rank_user(lm, titles, history, cands, seed=2)
+    assert set(row) == {"lengths", "pointwise", "pointwise_shuffled", "listwise", "listwise_first", "listwise_last"}
+    rng = np.random.default_rng(2)  # rank_user's draws: the history shuffle, then the candidates' order
+    shuffled = [history[j] for j in rng.permutation(len(history))]
+    listed = [cands[j] for j in rng.permutation(len(cands))]
+    others = [c for c in listed if c != 4]
+    for key, shown in (("listwise", listed), ("listwise_first", [4, *others]), ("listwise_last", [*others, 4])):
+        direct = score_candidates_naive(lm.model, lm.tokenizer, P.listwise_prompt(titles, history, shown),
+                                        [" " + titles[c] for c in shown]).total.numpy()
+        mine = dict(zip(cands, row[key]))  # stored in the candidates' own order
+        np.testing.assert_allclose([mine[c] for c in shown], direct, rtol=1e-5, atol=1e-4)
+    assert shuffled != history  # and the shuffled history's order reaches the scores
+    np.testing.assert_allclose(row["pointwise_shuffled"], score_candidates_naive(
+        lm.model, lm.tokenizer, P.history_prompt(titles, shuffled), [" " + titles[c] for c in cands]).total.numpy(),
+        rtol=1e-5, atol=1e-4)
+    assert row["pointwise_shuffled"] != row["pointwise"]
+    assert row["lengths"] == [len(lm.tokenizer(" " + titles[c]).input_ids) for c in cands]
+    neutral = P.neutral_scores(lm, titles, cands, chunk=3)
+    np.testing.assert_allclose([neutral[c] for c in cands], score_candidates_naive(
+        lm.model, lm.tokenizer, P.NEUTRAL_PROMPT, [" " + titles[c] for c in cands]).total.numpy(), rtol=1e-5, atol=1e-4)
+    s = np.array(row["pointwise"])
+    assert np.allclose(P.ranker_scores(row, "pointwise", "length-normalised", []), s / np.array(row["lengths"]))
+    assert np.allclose(P.ranker_scores(row, "pointwise", "PMI", [neutral[c] for c in cands]),
+                       s - np.array([neutral[c] for c in cands]))
+    with pytest.raises(ValueError, match="scoring"):
+        P.ranker_scores(row, "pointwise", "borda", [])
+
+
+def test_ranking_rows_detect_a_position_bias_and_keep_users_paired():
+    """Rows of a ranker whose hit depends only on where the positive is listed: the position test shows it
+    (McNemar p < 0.05), the history test does not; every number has a bootstrap CI over users."""
+    from llm_specialization.report import ranking_rows
+
+    users = list(range(40))
+    mk = lambda name, ranks: {"model": name, "users": 40, "note": "", "user_ids": users, "sampled_ranks": ranks,
+                              "full_ranks": None}
+    first, last = [0] * 30 + [5] * 10, [5] * 40
+    rows = [mk("Pop", [3] * 40), mk("LLM ranker, listwise, positive first (summed)", first),
+            mk("LLM ranker, listwise, positive last (summed)", last),
+            mk("LLM ranker, pointwise (summed)", [1] * 40), mk("LLM ranker, pointwise, history shuffled (summed)",
+                                                              [1] * 40)]
+    out = {r.metric: r for r in ranking_rows(rows)}
+    pos = out["MovieLens-100k LLM ranker test, candidate position: positive listed first - last (0 without position "
+              "bias): users with a hit@1 only in the first minus only in the second"]
+    assert pos.value == 30 and pos.p_value < 0.05
+    hist = out["MovieLens-100k LLM ranker test, history order: in order - shuffled (LLMRank: LLMs struggle to "
+               "perceive order): sampled NDCG@10 difference"]
+    assert hist.value == 0 and hist.p_value == 1.0
+    hr1 = out["MovieLens-100k LLM ranker, listwise, positive first (summed): sampled HR@1"]
+    assert hr1.value == 0.75 and hr1.ci_low < 0.75 < hr1.ci_high and hr1.n == 40
 
 
 # ----------------------------------------------------------------------------------------- GGUF loader
@@ -720,8 +1112,10 @@ def test_rec_prompt_dataset_and_baselines(lm):
     text = R.render_prompt(ex[0], ml.titles)
     assert 'User Preference: "M6", "M7"\nUser Unpreference: \n' in text and text.endswith("### Response:\n")
     assert 'target movie "M8"?' in text
-    with pytest.raises(ValueError):
-        R.render_prompt(ex[0], ml.titles, lm.tokenizer, "chat")  # the byte tokenizer has no chat template
+    chat = R.render_prompt(ex[0], ml.titles, lm.tokenizer, "chat")  # ChatML, as SmolLM2's template
+    assert chat.startswith("<|im_start|>user\nGiven the user's preference") and chat.endswith("<|im_start|>assistant\n")
+    with pytest.raises(ValueError, match="chat template"):
+        R.render_prompt(ex[0], ml.titles, _WordTokenizer(["a"]), "chat")
     data = R.RecTuneDataset(lm, ex[:2], ml.titles)
     batch = data.collate([data[0], data[1]])
     n_prompt = len(lm.tokenizer.encode(text))
@@ -735,7 +1129,7 @@ def test_rec_prompt_dataset_and_baselines(lm):
 
 
 class _WordTokenizer:
-    """Words and punctuation as ids (0 pad, 1 bos, 2 eos): short prompts for the rec-tuning learning test."""
+    """Words and punctuation as ids (0 pad, 1 bos, 2 eos): short prompts for the learning tests."""
 
     pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
 
@@ -753,6 +1147,10 @@ class _WordTokenizer:
         from llm_specialization.models import _Enc
 
         return _Enc([self.vocab[w] for w in self.split(text)])
+
+    def decode(self, ids) -> str:
+        words = {i: w for w, i in self.vocab.items()}
+        return " ".join(words[i] for i in ids if i in words)
 
 
 def test_learning_rec_tuning_lora_on_synthetic_ratings(tmp_path):
@@ -779,11 +1177,52 @@ def test_learning_rec_tuning_lora_on_synthetic_ratings(tmp_path):
     assert auc["SASRec with like labels"] > 0.9, auc  # item embeddings learn the like-ness of an item
     # r=8 on q (32->32: 8*32 + 32*8) and v (32->16, 2 KV heads of 8: 8*32 + 16*8), 2 layers
     assert rows[-1]["trainable_params"] == 2 * ((8 * 32 + 32 * 8) + (8 * 32 + 16 * 8))
-    assert json.loads((tmp_path / "rt" / "rec_tuning.json").read_text())["result"][-1]["auc"] == rows[-1]["auc"]
+    assert json.loads((tmp_path / "rt" / "rec_tuning.json").read_text())[-1]["auc"] == rows[-1]["auc"]
     # the training time is the run's wall over both sessions (the last checkpoint carries it), not the last leg
-    last = max((tmp_path / "rt" / "lora" / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem[5:]))
+    last = max((tmp_path / "rt" / "lora-n240-seed0" / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem[5:]))
     wall = load_checkpoint(last)["trainer_state"]["wall_seconds"]  # our own checkpoint: no trust needed
     assert first[-1]["train_seconds"] < wall <= rows[-1]["train_seconds"] < wall + 5.0
+
+
+def test_rec_tuning_shots_seeds_step_matched_with_user_intervals(tmp_path):
+    """Every n of the grid with every seed, each LoRA run the same number of optimizer steps; the clean build
+    over every user puts many users in the test split; the report gives the seeds' interval, the paired tests
+    against the baselines and a cluster-bootstrap CI over users for the seed-free rows."""
+    from llm_specialization import rectune as R
+    from llm_specialization.report import rectune_rows
+    from llm_specialization.run import run_rec_tuning
+
+    ml = R.synthetic_ratings(n_users=150, n_items=30, length=4, seed=0)
+    tok = _WordTokenizer([R.ALPACA, R.TALLREC_INSTRUCTION, R.prompt_input(R.RecExample(0, (1,), (True,), 2, 1),
+                                                                           ml.titles), *ml.titles.values(), "Yes. No."])
+    lm = LM(tiny_llama(tokenizer=tok, hidden=16, layers=1, seed=0).model, tok, "tiny word-level LLaMA")
+    rows = run_rec_tuning(run_dir=tmp_path, trainer_cfg=TrainerConfig(batch_size=4, progress_bar=False,
+                                                                     monitor="valid_auc"),
+                          model=lm, movielens=ml, build="clean", history=2, max_records=None, shots=(4, 8), seeds=2,
+                          steps=3, eval_every_steps=3, n_valid=16, n_test=30, lr=1e-2, sasrec_epochs=1)
+    assert rows[0]["test_users"] > 11 and rows[0]["train_users"] > rows[0]["test_users"]
+    lora = [r for r in rows if r["model"].startswith("LoRA")]
+    assert [(r["n_train"], r["seed"], r["steps"]) for r in lora] == [(4, 0, 3), (4, 1, 3), (8, 0, 3), (8, 1, 3)]
+    out = {r.metric: r for r in rectune_rows(rows, "synthetic")}
+    assert out["synthetic rec-tuning LoRA rec-tuned LLM (r=8, q/v, lr=0.01), n=8: AUC"].n == 2
+    hlf = out["synthetic rec-tuning history like fraction: AUC"]
+    assert hlf.ci_low <= hlf.value <= hlf.ci_high and hlf.n == 30
+    assert out["synthetic rec-tuning AUC difference: LoRA n=4 - history like fraction"].per_seed == pytest.approx(
+        [r["auc"] - rows[0]["auc"] for r in lora[:2]])
+    assert "synthetic rec-tuning AUC difference: LoRA n=8 - SASRec with like labels" in out
+
+
+def test_auc_cluster_bootstrap_is_wider_than_one_user_and_golden_when_separable():
+    from llm_specialization.rectune import auc_ci
+
+    labels, scores = [1, 0, 1, 0, 1, 0], [0.9, 0.1, 0.8, 0.2, 0.7, 0.3]
+    assert auc_ci(labels, scores, [1, 1, 2, 2, 3, 3]) == (1.0, 1.0)  # separable in every resample
+    assert auc_ci(labels, scores, [1] * 6) is None  # one user: no interval
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(20), 10)
+    y = (rng.random(200) < np.repeat(rng.random(20), 10)).astype(int)  # each user's own like rate
+    lo, hi = auc_ci(y, rng.random(200), users)
+    assert lo < 0.5 < hi
 
 
 @pytest.mark.slow

@@ -21,13 +21,14 @@ def test_torchrun_ladder_smoke_with_lora_only_rank0_writes(tmp_path):
     assert r.rank_writes == [], r.rank_writes
     run = out / "llm_specialization_smoke"
     files = files_under(run)
-    assert {"ladder.json", "rungs/lora.json", "rungs/lora.docs.jsonl", "rungs/zero_shot.docs.jsonl",
-            "lora/metrics.jsonl"} <= set(files), files
-    for rung in ("zero_shot", "lora"):  # a header + one line per test document: appended once, not per rank
-        lines = (run / "rungs" / f"{rung}.docs.jsonl").read_text().splitlines()
-        assert len(lines) == 1 + json.loads(lines[0])["n"], rung
-    assert r.output.count("R5 LoRA") == 1
-    assert len(json.loads((run / "ladder.json").read_text())["results"]) == 3
+    assert {"ladder.json", "rungs/lora-sweep-lr0.001.json", "rungs/lora-n16-seed0.json", "rungs/lora-n16-seed1.json",
+            "rungs/lora-n16-seed0.docs.jsonl", "rungs/zero_shot-plain-d0.docs.jsonl",
+            "lora/n16_lr0.001_seed0/metrics.jsonl"} <= set(files), files
+    for unit in ("zero_shot-plain-d0", "lora-n16-seed0"):  # a header + one line per test document: once, not per rank
+        lines = (run / "rungs" / f"{unit}.docs.jsonl").read_text().splitlines()
+        assert len(lines) == 1 + json.loads(lines[0])["n"], unit
+    assert r.output.count("R5 LoRA") == 2  # two seeds, printed by rank 0 alone
+    assert len(json.loads((run / "ladder.json").read_text())["results"]) == 6 + 2  # R1 3 scorings x 2 formats
 
 
 @pytest.mark.slow
@@ -41,6 +42,6 @@ def test_torchrun_rec_tuning_sharded_validation_only_rank0_writes(tmp_path):
     assert r.returncode == 0, r.output[-3000:]
     assert r.rank_writes == [], r.rank_writes
     run = out / "llm_rec_tuning"
-    rows = [json.loads(line) for line in (run / "lora" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run / "lora-n16-seed0" / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows if "val/valid_auc" in row] == [4, 8]  # 16 examples / 4 per step
     assert r.output.count("LoRA rec-tuned LLM") == 1
