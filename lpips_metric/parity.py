@@ -26,13 +26,15 @@ def parity(net: str, version: str, sizes=((37, 53), (257, 129)), batches=(1, 7),
     import lpips as reference
     import torch
 
+    from common.checkpoint import load_export
+
     from .model import LPIPS, official_head_path
 
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = reference.LPIPS(net=net, version=version, pnet_rand=not pretrained, verbose=False).eval()
-    ref.load_state_dict(torch.load(official_head_path(net, version), map_location="cpu"), strict=False)
+    ref.load_state_dict(load_export(official_head_path(net, version)), strict=False)  # weights only
     trunk = torch.nn.Sequential(*[m for k in range(1, ref.net.N_slices + 1) for m in getattr(ref.net, f"slice{k}")])
     ours = LPIPS(net, version, trunk=trunk)
     worst = dict.fromkeys(KINDS, 0.0)

@@ -200,7 +200,7 @@ def test_cli_help_bad_override_and_missing_value(tmp_path):
 # before the run folder exists). Packages whose shell imports little, so the runs cost about one start-up.
 BAD_VALUES = [
     (["scpo_rl.train", "rl.gamma=high"], ["rl.gamma=high", "Float"], True),  # was a TypeError after warm-up
-    (["scpo_rl.train", "rl.normalization=paperr"], ["rl.normalization=paperr", "warmup, paper, none"], True),
+    (["scpo_rl.train", "rl.normalization=paperr"], ["rl.normalization=paperr", "paper, none, warmup"], True),
     (["scpo_rl.train", "rl.gama=0.9"], ["rl.gama", "unknown key"], True),
     (["fuyou_offload.train", "offload.plan=abc"], ["offload.plan=abc", "recompute"], False),  # __post_init__
 ]
