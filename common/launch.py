@@ -145,4 +145,39 @@ def multirun(module: str, runs: Sequence[Sequence[str]], *, sweep_dir: str | os.
         raise RuntimeError(f"multirun of {len(runs)} {module} run(s) failed (exit {rc}); {where}")
 
 
+def composed_config(module: str, overrides: Sequence[str]) -> dict:
+    """The resolved config ``python -m <module> <overrides>`` would run with, as plain data (what the run
+    stores as ``resolved_config.json``): ``<package>/conf/config.yaml`` composed with the package's schemas."""
+    import importlib
+
+    from hydra import compose, initialize_config_dir
+
+    from common.hydra_utils import to_plain
+
+    package = module.split(".")[0]
+    importlib.import_module(f"{package}.config")  # registers the typed schemas
+    conf_dir = REPO_ROOT / package / "conf"
+    with initialize_config_dir(str(conf_dir), version_base="1.3"):
+        return to_plain(compose("config", overrides=list(overrides)))
+
+
+def finished_with(run_dir: str | os.PathLike, module: str, overrides: Sequence[str], done_file: str) -> bool:
+    """Whether the run in ``run_dir`` finished (``done_file`` exists there) under exactly the settings that
+    ``overrides`` compose to now (its ``resolved_config.json``, outside ``RESUME_MAY_CHANGE``).
+
+    A reproduce script launching a grid skips a finished run only when this holds: a run finished under other
+    settings (an earlier protocol, a changed default) goes back to the multirun instead of its numbers being
+    reused silently: where its checkpoints remain, ``resume=auto`` refuses it in one line naming every
+    differing key; where they were cleaned up after it finished, it is trained again under the new settings."""
+    from common.checkpoint import config_differences, read_run_config
+    from common.config import RESUME_MAY_CHANGE
+
+    run_dir = Path(run_dir)
+    if not (run_dir / done_file).is_file():
+        return False
+    saved = read_run_config(run_dir)
+    return saved is not None and not config_differences(saved, composed_config(module, overrides),
+                                                        RESUME_MAY_CHANGE)
+
+
 register_launchers()

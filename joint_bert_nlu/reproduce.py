@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from common import stats
+from common.checkpoint import ResumeError, config_differences
 from common.config import TrainerConfig
 from common.reproduce import ProfileContext, ReproReport, Row, run_profiles
 
@@ -37,6 +38,8 @@ PAPER = {("atis", False): (97.5, 96.1, 88.2), ("atis", True): (97.9, 96.0, 88.6)
 REFERENCE = {("atis", False): (97.87, 95.59, 88.24), ("atis", True): (97.98, 95.93, 88.58),
              ("snips", False): (99.14, 96.90, 93.00), ("snips", True): (98.57, 97.24, 93.57)}
 ATIS_INTENT_CEILING = 888 / 893  # 5 ATIS test intents never occur in training
+STAMP_FILE = "reproduce_config.json"
+"""The settings a run of ``_run`` was started with; a finished run is reused only under the same settings."""
 ENCODER_NOTE = ("encoder: all-MiniLM-L6-v2 (6 layers, H=384, 22.7M parameters) instead of the paper's "
                 "BERT-Base (12 layers, H=768, 110M)")
 
@@ -51,10 +54,21 @@ def _run(ctx: ProfileContext, tag: str, cfg: TrainerConfig, model: ModelOptions,
          optim: OptimOptions) -> dict:
     """One training run in ``work_dir/tag``; a finished run is read back instead of retrained."""
     run_dir = ctx.work_dir / tag
-    done = run_dir / "results.json"
-    if done.exists() and ctx.resume == "auto":
-        return json.loads(done.read_text())
+    done, stamp = run_dir / "results.json", run_dir / STAMP_FILE
     config = {"trainer": asdict(cfg), "model": asdict(model), "data": asdict(data), "optim": asdict(optim)}
+    if done.exists() and ctx.resume == "auto":
+        saved = json.loads(stamp.read_text()) if stamp.is_file() else None
+        changed = None if saved is None else config_differences(saved, config, ("trainer.progress_bar",))
+        if changed:
+            shown = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed)
+            raise ResumeError(f"{run_dir} finished under other settings ({shown}); rerun the profile with "
+                              "--fresh (or delete the folder) instead of reusing its numbers")
+        if saved is None:
+            raise ResumeError(f"{run_dir} finished without {STAMP_FILE} (an older version of this script), so "
+                              "its settings cannot be checked; rerun the profile with --fresh (or delete the folder)")
+        return json.loads(done.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(config, default=str))
     res = train_joint(cfg, run_dir, model, data, optim, data_dir=ctx.data_dir, resume=ctx.resume, config=config)
     # Finished: results.json and <run>/model hold everything; the ~0.5 GB of optimizer checkpoints go.
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
@@ -179,9 +193,10 @@ def train_all(ctx: ProfileContext, plan, runs_dir: Path, jobs: int, launcher: st
     ``metrics.jsonl`` and the dev-selected ``model/`` stay)."""
     import os
 
-    from common.launch import multirun
+    from common.launch import finished_with, multirun
 
-    todo = [r for r in plan if not (runs_dir / run_name(*r) / "results.json").is_file()]
+    todo = [r for r in plan if not finished_with(runs_dir / run_name(*r), "joint_bert_nlu.train",
+                                                 train_overrides(*r, runs_dir, ctx.data_dir), "results.json")]
     if todo:
         multirun("joint_bert_nlu.train", [train_overrides(*r, runs_dir, ctx.data_dir) for r in todo],
                  sweep_dir=runs_dir, subdir="${name}", launcher=launcher, n_jobs=jobs,

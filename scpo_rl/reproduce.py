@@ -11,6 +11,7 @@ beside each run. Re-running a profile therefore continues where it stopped (``--
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from common.checkpoint import CheckpointManager, load_checkpoint
-from common.launch import multirun
+from common.launch import finished_with, multirun
 from common.logging import get_logger
 from common.progress import progress
 from common.reproduce import ProfileContext, ReproReport, Row, format_value, run_profiles
@@ -153,8 +154,12 @@ def train_overrides(study: Study, method: str, seed: int, runs_dir: Path) -> lis
             "trainer.progress_bar=false", *study.overrides]
 
 
-def _is_done(run_dir: Path, steps: int) -> bool:
-    return (run_dir / "checkpoints" / f"step_{steps}.pt").is_file()
+def _is_done(run_dir: Path, steps: int, overrides: list[str] | None = None) -> bool:
+    """Finished (the last checkpoint exists) and, given ``overrides``, under exactly the settings they compose
+    to now (``common.launch.finished_with``): a run of an earlier protocol is never reused silently."""
+    if overrides is None:
+        return (run_dir / "checkpoints" / f"step_{steps}.pt").is_file()
+    return finished_with(run_dir, "scpo_rl.train", overrides, f"checkpoints/step_{steps}.pt")
 
 
 def train_all(studies: list[Study], runs_dir: Path, jobs: int, launcher: str = "local") -> None:
@@ -165,7 +170,7 @@ def train_all(studies: list[Study], runs_dir: Path, jobs: int, launcher: str = "
     appended to ``<runs_dir>/multirun.log``.
     """
     todo = [(s, m, seed) for s in studies for m in s.methods for seed in s.seeds
-            if not _is_done(runs_dir / run_name(s.env, m, seed), s.steps)]
+            if not _is_done(runs_dir / run_name(s.env, m, seed), s.steps, train_overrides(s, m, seed, runs_dir))]
     if not todo:
         return
     log = get_logger("scpo_rl.reproduce")
@@ -176,13 +181,24 @@ def train_all(studies: list[Study], runs_dir: Path, jobs: int, launcher: str = "
 
 
 # ----- evaluation ---------------------------------------------------------------------------------
-def _cached_rows(run_dir: Path, name: str, make) -> list[dict[str, Any]]:
-    cache = run_dir / name
-    if cache.is_file():
+def _cached_rows(run_dir: Path, name: str, make, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """``make()``'s rows, cached as ``run_dir/name`` for exactly these evaluation ``params`` and this final
+    checkpoint (``<name>.params.json`` beside it); a cache of other settings is recomputed, never reused."""
+    cache, stamp = run_dir / name, run_dir / f"{name}.params.json"
+    latest = CheckpointManager(run_dir).latest()
+    key = json.loads(json.dumps({**params, "checkpoint": latest.name if latest else None}, default=str))
+    if cache.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == key:
         return read_rows_csv(cache)
     rows = make()
     write_rows_csv(cache, rows)
+    stamp.write_text(json.dumps(key))
     return rows
+
+
+def _eval_params(study: Study, eval_seed: int) -> dict[str, Any]:
+    return {"masses": study.masses, "frictions": study.frictions, "episodes": study.grid_episodes,
+            "eval_seed": eval_seed, "max_steps": study.eval_max_steps, "bodies": study.bodies,
+            "columns": "start_seed"}  # the row layout of this version (per start state)
 
 
 def grid_rows(study: Study, method: str, seed: int, runs_dir: Path, eval_seed: int) -> list[dict[str, Any]]:
@@ -198,7 +214,7 @@ def grid_rows(study: Study, method: str, seed: int, runs_dir: Path, eval_seed: i
         bar.close()
         return [{"method": method, "seed": seed, **r} for r in rows]
 
-    return _cached_rows(run_dir, "grid.csv", make)
+    return _cached_rows(run_dir, "grid.csv", make, _eval_params(study, eval_seed))
 
 
 def nominal_rows(study: Study, method: str, seed: int, runs_dir: Path, eval_seed: int) -> list[dict[str, Any]]:
@@ -213,7 +229,7 @@ def nominal_rows(study: Study, method: str, seed: int, runs_dir: Path, eval_seed
         return [{"method": method, "seed": seed, "episode": k, "start_seed": eval_seed + k, "return": r, "length": n}
                 for k, (r, n) in enumerate(zip(rets, lengths))]
 
-    return _cached_rows(run_dir, "nominal.csv", make)
+    return _cached_rows(run_dir, "nominal.csv", make, _eval_params(study, eval_seed))
 
 
 def eval_history(run_dir: Path) -> list[tuple[int, float]]:

@@ -23,6 +23,20 @@ def test_smoke_profile_writes_report(tmp_path):
     assert all(isinstance(r["value"], float) and r["unit"] == "%" for r in results["rows"])
     assert (tmp_path / "reports" / "joint_bert_nlu" / "smoke_curves.png").stat().st_size > 1000
     assert (tmp_path / "work" / "atis_tiny" / "model" / "model.safetensors").exists()
+    # A finished run is reused only under the settings it was trained with (an earlier version reused a run
+    # of the old default slot loss silently): other settings, or no record of them, are refused in one line.
+    from common.checkpoint import ResumeError
+
+    argv = ["--profile", "smoke", "--reports-dir", str(tmp_path / "reports"), "--work-dir", str(tmp_path / "work")]
+    stamp = tmp_path / "work" / "atis_tiny" / "reproduce_config.json"
+    saved = json.loads(stamp.read_text())
+    assert saved["model"]["slot_loss_reduction"] == "sentence_sum"
+    stamp.write_text(json.dumps({**saved, "model": {**saved["model"], "slot_loss_reduction": "token_mean"}}))
+    with pytest.raises(ResumeError, match=r"model.slot_loss_reduction 'token_mean' -> 'sentence_sum'.*--fresh"):
+        run_profiles("joint_bert_nlu", PROFILES, argv=argv)
+    stamp.unlink()
+    with pytest.raises(ResumeError, match="without reproduce_config.json"):
+        run_profiles("joint_bert_nlu", PROFILES, argv=argv)
 
 
 def test_benchmark_runs_side_by_side():
@@ -50,6 +64,7 @@ def test_full_profile_runs_both_losses_through_one_multirun_and_reports_them_sid
     canned results.json files."""
     import common.launch
     import joint_bert_nlu.reproduce as rep
+    from common.launch import composed_config
     from common.reproduce import ProfileContext
 
     calls = []
@@ -65,6 +80,7 @@ def test_full_profile_runs_both_losses_through_one_multirun_and_reports_them_sid
             if o["model.slot_loss_reduction"] == "sentence_sum":
                 res["test"]["slot_f1"] += 0.06
             (run / "results.json").write_text(json.dumps(res))
+            (run / "resolved_config.json").write_text(json.dumps(composed_config(module, r)))
 
     monkeypatch.setattr(common.launch, "multirun", fake_multirun)
     ctx = ProfileContext("joint_bert_nlu", "full", tmp_path / "out", tmp_path / "work")
@@ -100,6 +116,11 @@ def test_full_profile_runs_both_losses_through_one_multirun_and_reports_them_sid
     # a second call finds every results.json and launches nothing
     rep.full(ctx)
     assert len(calls) == 1
+    # ... unless a run finished under other settings (e.g. an earlier default): that one is launched again
+    stale = ctx.work_dir / "runs" / names[4] / "resolved_config.json"
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "optim": {"lr": 1e-3}}))
+    rep.full(ctx)
+    assert len(calls) == 2 and [dict(x.split("=", 1) for x in r)["name"] for r in calls[1][1]] == [names[4]]
 
 
 def test_full_profile_overrides_compose():
