@@ -352,6 +352,7 @@ def _profile(ctx: ProfileContext) -> ReproReport:
             best = _largest(cap, s, budget)
             rows.append(Row(f"largest model under {budget} MiB whole-process budget (CLI peak RSS): {s}",
                             (best["params"] if best else 0) / 1e6, unit="M params", higher_is_better=True,
+                            kind="memory",
                             note=(f"peak RSS {best['peak_rss_bytes'] / 2**20:.0f} MiB, pool peak "
                                   f"{(best['pool_peak_bytes'] or 0) / 2**20:.0f} MiB" if best else "none of the sizes tried")
                             + "; sizes tried: " + ", ".join(f"{hh}x{ll}" for hh, ll in sc.capacity_sizes),

@@ -149,19 +149,21 @@ def _results(tmp_path, rows, profile="smoke"):
 
 def test_a_changed_committed_number_fails_the_comparison(tmp_path):
     rows = [Row.from_seeds("acc", [0.90, 0.91, 0.93], split="test"), Row("steps/s", 120.0, kind="timing"),
-            Row("recovery", 0.624, split="heldout")]
+            Row("recovery", 0.624, split="heldout"), Row("largest model under 1 GiB", 120.0, kind="memory")]
     new = _results(tmp_path, rows)
     assert all(c.status == "same" for c in reproduce.compare_results(new, new))
     doctored = json.loads(json.dumps(new))
     doctored["rows"][2]["value"] = 0.625  # a committed number that no longer reproduces
     doctored["rows"][1]["value"] = 80.0  # timings are reported, never a failure
     doctored["rows"][0]["ci_high"] += 1e-9  # last-digit noise: within the 1e-6 tolerance
+    doctored["rows"][3]["value"] = 0.0  # peak-RSS derived: follows the torch build (CUDA vs CPU), never a failure
     comps = reproduce.compare_results(doctored, new)
     failed = [c for c in comps if c.failed]
     assert [(c.key, c.field) for c in failed] == [("recovery (heldout)", "value")]
     lines = reproduce.comparison_summary("toy", comps)
     assert "toy: recovery (heldout) [value]: committed 0.625, now 0.624 (-0.16%): different" in lines
     assert any("steps/s [value]" in x and "not checked (timing)" in x for x in lines)
+    assert any("largest model under 1 GiB [value]" in x and "not checked (memory)" in x for x in lines)
     assert any("acc (test) [ci_high]" in x and "within tolerance" in x for x in lines)
     renamed = json.loads(json.dumps(new))
     renamed["rows"][2]["metric"] = "recovery (old name)"
