@@ -17,6 +17,18 @@ BINARY_COLOURS = np.array([[50, 60, 150], [255, 255, 255]], dtype=np.uint8)
 IGNORE_COLOUR = np.array([15, 15, 15], dtype=np.uint8)
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Lay out, write (PNG, 90 dpi, parents created) and close ``fig``; returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def colourize(label: np.ndarray, num_classes: int) -> np.ndarray:
     """RGB image of a label map (ignore = grey; classes beyond the palette cycle through it)."""
     pal = BINARY_COLOURS if num_classes == 2 else CAMVID_COLOURS
@@ -49,12 +61,7 @@ def example_grid(rows: list[dict], path: str | Path, title: str = "") -> Path:
         axes[r, 0].set_ylabel(row["name"], fontsize=8, rotation=0, ha="right", va="center")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def percent_of_full_bars(names: list[str], percents: list[float], path: str | Path, title: str = "") -> Path:
@@ -72,12 +79,7 @@ def percent_of_full_bars(names: list[str], percents: list[float], path: str | Pa
     ax.invert_yaxis()
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def learning_curve_plot(curve: list[tuple[int, float]], budget: int, path: str | Path) -> Path:
@@ -95,9 +97,4 @@ def learning_curve_plot(curve: list[tuple[int, float]], budget: int, path: str |
     ax.set_ylabel("CamVid val mIoU")
     ax.set_title("camvid/full learning curve on validation", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

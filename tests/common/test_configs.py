@@ -281,3 +281,48 @@ def test_logger_prints_once_with_or_without_root_handlers(capsys):
         assert capsys.readouterr().err.count("hydra") == 1
     finally:
         root.handlers = saved
+
+
+def _defaults(cls) -> dict:
+    import dataclasses
+    import enum
+
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            v = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            v = f.default_factory()
+        else:
+            continue
+        out[f.name] = v.value if isinstance(v, enum.Enum) else list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _schema_library_pairs():
+    import scpo_rl.algorithm
+    import scpo_rl.config
+    import scpo_rl.loop
+    import synthesis_pathways.config
+    import synthesis_pathways.featurize
+    import synthesis_pathways.ga
+    import synthesis_pathways.model
+    import synthesis_pathways.pipeline
+
+    sc, yc = scpo_rl.config, synthesis_pathways.config
+    return [(sc.RLConfig, scpo_rl.algorithm.AgentConfig), (sc.RLConfig, scpo_rl.loop.RunConfig),
+            (sc.PrSacAlgo, scpo_rl.algorithm.AgentConfig), (yc.DataConfig, synthesis_pathways.pipeline.PipelineConfig),
+            (yc.ModelConfig, synthesis_pathways.pipeline.PipelineConfig), (yc.ModelConfig, synthesis_pathways.model.NetConfig),
+            (yc.ModelConfig, synthesis_pathways.featurize.FeatureConfig),
+            (yc.SamplingConfig, synthesis_pathways.pipeline.PipelineConfig), (yc.GAConfig, synthesis_pathways.ga.GAConfig)]
+
+
+def test_schema_defaults_agree_with_the_library_dataclasses():
+    """The typed Hydra schemas mirror the config layout (``rl.*``, ``model.*``) while the libraries keep their
+    own Hydra-free dataclasses, so a default lives in two places: the shared fields must agree, or
+    ``python -m <pkg>.train`` and a library caller would run different defaults."""
+    for schema, lib in _schema_library_pairs():
+        a, b = _defaults(schema), _defaults(lib)
+        shared = sorted(set(a) & set(b))
+        assert len(shared) >= 3, (schema, lib)
+        assert {k: a[k] for k in shared} == {k: b[k] for k in shared}, f"{schema.__qualname__} vs {lib.__qualname__}"
