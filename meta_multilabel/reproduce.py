@@ -1,10 +1,17 @@
 """Reproduce the paper's comparison at a chosen scale: ``python -m meta_multilabel.reproduce --profile P``.
 
-Each profile runs every (data set, method, seed) cell into ``<work_dir>/<data>/<method>/seed<k>`` (resumable:
-a finished cell is read back from its ``results.json``, an unfinished one continues from its checkpoint),
-then writes ``report.md`` with mean and 95% CI over seeds (common.stats) and the paired comparisons of M
-against B2 (per-label thresholds tuned on D_meta) and B3 (one threshold tuned on D_meta), the strongest
-non-learned baselines (``Row.from_paired``: t-interval of the per-seed differences, exact sign-flip p).
+Each profile runs every (data set, method, seed) cell as one run of ``python -m meta_multilabel.train`` in
+``<work_dir>/<data>/<method>/seed<k>``: the overrides select the config group files and set only the fields
+the plan changes (:func:`dataset_overrides`, composing to the plan's configs exactly), and the unfinished cells
+go out as ONE Hydra multirun (``common.launch.multirun``, joblib, ``--jobs`` at a time, default 2, one thread
+each, output in ``<work_dir>/multirun.log``). Resumable: a cell is read back from its ``results.json`` when it
+finished under the settings its overrides compose to now (``common.launch.finished_with``), otherwise it goes
+back to the multirun and continues from its checkpoint (``resume=auto``); a cell of an earlier ``PROTOCOL`` is
+refused. Each corpus is read and featurised once in this process first (the report needs it; MiniLM features
+are encoded into ``<work_dir>/feature_cache`` here, and the cells only read them). Then it writes
+``report.md`` with mean and 95% CI over seeds (common.stats) and the paired comparisons of M against B2
+(per-label thresholds tuned on D_meta) and B3 (one threshold tuned on D_meta), the strongest non-learned
+baselines (``Row.from_paired``: t-interval of the per-seed differences, exact sign-flip p).
 
 The paper's result tables were not retrieved (see the README): the paper column says so on every row.
 """
