@@ -29,6 +29,9 @@ log = get_logger(__name__)
 
 METHODS = ("uniform", "inverse_freq", "meta", "meta_w", "meta_tau")
 """uniform → B1, B2, B3; inverse_freq → B4; meta → M; meta_w → M-w; meta_tau → M-τ."""
+PROTOCOL = "issue28"
+"""Stamped into every run's results.json (``protocol``): the reproduce profiles refuse cells of an earlier
+protocol (other model selection, B2 fallback, no-positive labels) rather than mix them in."""
 
 
 def load_corpus(cfg: DataConfig, data_dir: str | None = None) -> tuple[MultiLabelCorpus, np.ndarray | None]:
@@ -157,7 +160,8 @@ def run_experiment(cfg, run_dir: str | Path, *, plain_config: dict | None = None
     """One run of ``cfg.method`` on ``cfg.data``: the body of ``python -m meta_multilabel.train``.
 
     Writes into ``run_dir``: checkpoints (every epoch / episode), ``metrics.jsonl`` + ``tb/``,
-    ``run_info.json``, ``results.json`` and, for meta methods, the policy plots.
+    ``run_info.json``, ``results.json`` (with the method, seed, meta-learning ``history`` and the ``protocol``
+    stamp: what a reproduce profile reads back) and, for meta methods, the policy plots.
     """
     import torch
 
@@ -184,7 +188,7 @@ def run_experiment(cfg, run_dir: str | Path, *, plain_config: dict | None = None
         logger.close()
     extra = {"method": cfg["method"], "seed": int(trainer["seed"]), "reward": meta_cfg.reward,
              "recurrence": meta_cfg.recurrence, "label_order": meta_cfg.label_order,
-             "peak_rss_bytes": peak_rss_bytes()}
+             "peak_rss_bytes": peak_rss_bytes(), "history": results.get("_history"), "protocol": PROTOCOL}
     write_results(run_dir, task, results, extra)
     if "_history" in results:
         plot_rewards(results["_history"], run_dir / "reward_curve.png")

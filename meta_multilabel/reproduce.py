@@ -1,10 +1,17 @@
 """Reproduce the paper's comparison at a chosen scale: ``python -m meta_multilabel.reproduce --profile P``.
 
-Each profile runs every (data set, method, seed) cell into ``<work_dir>/<data>/<method>/seed<k>`` (resumable:
-a finished cell is read back from its ``results.json``, an unfinished one continues from its checkpoint),
-then writes ``report.md`` with mean and 95% CI over seeds (common.stats) and the paired comparisons of M
-against B2 (per-label thresholds tuned on D_meta) and B3 (one threshold tuned on D_meta), the strongest
-non-learned baselines (``Row.from_paired``: t-interval of the per-seed differences, exact sign-flip p).
+Each profile runs every (data set, method, seed) cell as one run of ``python -m meta_multilabel.train`` in
+``<work_dir>/<data>/<method>/seed<k>``: the overrides select the config group files and set only the fields
+the plan changes (:func:`dataset_overrides`, composing to the plan's configs exactly), and the unfinished cells
+go out as ONE Hydra multirun (``common.launch.multirun``, joblib, ``--jobs`` at a time, default 2, one thread
+each, output in ``<work_dir>/multirun.log``). Resumable: a cell is read back from its ``results.json`` when it
+finished under the settings its overrides compose to now (``common.launch.finished_with``), otherwise it goes
+back to the multirun and continues from its checkpoint (``resume=auto``); a cell of an earlier ``PROTOCOL`` is
+refused. Each corpus is read and featurised once in this process first (the report needs it; MiniLM features
+are encoded into ``<work_dir>/feature_cache`` here, and the cells only read them). Then it writes
+``report.md`` with mean and 95% CI over seeds (common.stats) and the paired comparisons of M against B2
+(per-label thresholds tuned on D_meta) and B3 (one threshold tuned on D_meta), the strongest non-learned
+baselines (``Row.from_paired``: t-interval of the per-seed differences, exact sign-flip p).
 
 The paper's result tables were not retrieved (see the README): the paper column says so on every row.
 """
@@ -13,24 +20,20 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 
-from common.logging import MetricLogger, get_logger
-from common.progress import progress
+from common.logging import get_logger
 from common.reproduce import ProfileContext, ReproReport, Row, run_profiles
 from meta_multilabel.meta import ClassifierConfig, MetaConfig
-from meta_multilabel.pipeline import DataConfig, FeaturesConfig, prepare_task, run_method, write_results
+from meta_multilabel.pipeline import PROTOCOL, DataConfig, FeaturesConfig, prepare_task
 from meta_multilabel.plots import plot_policies, plot_rewards
 
 log = get_logger(__name__)
 
 PAPER = "not retrieved"
-PROTOCOL = "issue28"
-"""Stamped into every cell's results.json: cells of an earlier protocol (other model selection, B2 fallback,
-no-positive labels) are refused rather than mixed in."""
 METHOD_NAMES = {"uniform": ["B1", "B2", "B3"], "inverse_freq": ["B4"], "meta": ["M"], "meta_w": ["M-w"],
                 "meta_tau": ["M-tau"]}
 TEXT_METRICS = ("micro_f1", "macro_f1", "hamming_loss", "empty_rate", "macro_f1_tail")
@@ -143,51 +146,145 @@ def estimate_cpu_hours(plan: Plan) -> float:
 
 # ------------------------------------------------------------------------------------- running
 
+TRAIN = "meta_multilabel.train"
+"""The Hydra app every cell runs (``python -m meta_multilabel.train``, one run of a Hydra multirun)."""
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+GROUPS = {"data": DataConfig, "features": FeaturesConfig, "classifier": ClassifierConfig, "meta": MetaConfig}
 
-def run_plan(ctx: ProfileContext, plan: Plan) -> ReproReport:
-    cells: dict[tuple[str, str], list[dict]] = {}
-    histories: dict[str, list[dict]] = {}
-    plots: list[Path] = []
-    tasks = {}
-    # the cells train silently (progress_bar=False inside); this bar and one log line per cell show the run
-    bar = progress(total=len(plan.datasets) * len(plan.methods) * len(plan.seeds), desc="cells", unit="cell")
+
+def cell_name(dname: str, method: str, seed: int) -> str:
+    """The cell's run directory under the work dir (``name=...`` of its run)."""
+    return f"{dname}/{method}/seed{seed}"
+
+
+def _override_value(value) -> str:
+    """A Hydra override value that composes back to ``value`` (strings quoted: paths, '1', 'null' stay strings)."""
+    from common.launch import _quote
+
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):  # closed choices (Choice members) included: str subclasses
+        return _quote(str(value))
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_override_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no Hydra override for {value!r}")
+
+
+def _group_option(group: str, cfg) -> str:
+    """The file of ``conf/<group>/`` a cell selects: the corpus name (data), the feature kind, the classifier
+    name, ``default`` (meta); the fields that differ from it are overridden one by one."""
+    option = {"data": lambda c: c.name, "features": lambda c: str(c.kind), "classifier": lambda c: c.name,
+              "meta": lambda c: "default"}[group](cfg)
+    if not (CONF_DIR / group / f"{option}.yaml").is_file():
+        raise ValueError(f"no {group} config {option!r} in {CONF_DIR / group}")
+    return option
+
+
+def dataset_overrides(dplan: DatasetPlan) -> list[str]:
+    """The group selections and field overrides that compose to exactly ``dplan``'s four configs."""
+    from common.launch import composed_config
+
+    def differing(overrides: list[str]) -> list[tuple[str, str]]:
+        composed = composed_config(TRAIN, overrides)
+        return [(group, f.name) for group, cls in GROUPS.items() for f in fields(cls)
+                if composed[group][f.name] != getattr(getattr(dplan, group), f.name)]
+
+    out = [f"{g}={_group_option(g, getattr(dplan, g))}" for g in GROUPS]
+    out += [f"{g}.{k}={_override_value(getattr(getattr(dplan, g), k))}" for g, k in differing(out)]
+    left = differing(out)  # e.g. a dict override merged into a group file's dict with other keys
+    if left:
+        raise ValueError(f"overrides {out} do not compose to the plan: {['.'.join(x) for x in left]} differ")
+    return out
+
+
+def cell_overrides(group_overrides: list[str], dname: str, method: str, seed: int, work_dir: Path, *,
+                   tensorboard: bool = True, data_dir: str | None = None, resume: str = "auto") -> list[str]:
+    """The ``python -m meta_multilabel.train`` overrides of one cell: the data set's configs
+    (:func:`dataset_overrides`), the method, the seed, and where it lives (``<work_dir>/<cell_name>``)."""
+    out = [*group_overrides, f"method={method}", f"trainer.seed={seed}",
+           f"name={_override_value(cell_name(dname, method, seed))}",
+           f"paths.output_dir={_override_value(str(work_dir))}", f"resume={resume}", "trainer.progress_bar=false"]
+    if not tensorboard:
+        out.append("logger.tensorboard=false")
+    if data_dir is not None:
+        out.append(f"paths.data_dir={_override_value(str(data_dir))}")
+    return out
+
+
+def plan_runs(plan: Plan, work_dir: Path, *, data_dir: str | None = None,
+              resume: str = "auto") -> dict[tuple[str, str, int], list[str]]:
+    """The overrides of every (data set, method, seed) cell of ``plan``; points each data set's
+    ``features.cache_dir`` at ``<work_dir>/feature_cache`` first (in the plan, which the parent then
+    prepares with)."""
+    runs = {}
     for dname, dplan in plan.datasets.items():
-        dplan.features = replace(dplan.features, cache_dir=str(ctx.work_dir / "feature_cache"))
-        task = prepare_task(dplan.data, dplan.features, data_dir=ctx.data_dir, progress_bar=False)
-        tasks[dname] = task
+        dplan.features = replace(dplan.features, cache_dir=str(work_dir / "feature_cache"))
+        groups = dataset_overrides(dplan)
         for method in plan.methods:
             for seed in plan.seeds:
-                run_dir = ctx.work_dir / dname / method / f"seed{seed}"
-                done = run_dir / "results.json"
-                if done.exists() and ctx.resume != "never":
-                    payload = json.loads(done.read_text())
-                    if payload.get("protocol") != PROTOCOL:
-                        raise ValueError(f"{done}: a cell of an earlier protocol ({payload.get('protocol')!r}, now "
-                                         f"{PROTOCOL!r}); rerun the profile with --fresh")
-                    results = payload["results"]
-                    history = payload.get("history")
-                else:
-                    t0 = time.time()
-                    with MetricLogger(run_dir, tensorboard=plan.tensorboard) as logger:
-                        out = run_method(task, method, dplan.classifier, dplan.meta, run_dir, seed=seed,
-                                         resume=ctx.resume, logger=logger, progress_bar=False)
-                    history = out.get("_history")
-                    write_results(run_dir, task, out, {"method": method, "seed": seed, "history": history,
-                                                       "protocol": PROTOCOL})
-                    results = {k: v for k, v in out.items() if not k.startswith("_")}
-                    log.info("%s/%s seed %d done in %.0f s", dname, method, seed, time.time() - t0)
-                bar.update(1)
-                bar.set_postfix_str(f"{dname}/{method} seed {seed}")
-                for name, res in results.items():
-                    cells.setdefault((dname, name), []).append(res)
-                if history and seed == plan.seeds[0]:
-                    histories[f"{dname}/{method}"] = history
-                    plots.append(plot_rewards(history, ctx.out_dir / f"reward_{dname}_{method}_{ctx.profile}.png"))
-                    name = METHOD_NAMES[method][0]
-                    plots.append(plot_policies(task, results[name].get("weights"), results[name]["thresholds"],
-                                               ctx.out_dir / f"policies_{dname}_{method}_{ctx.profile}.png",
-                                               title=f"{dname} {name} (seed {seed})"))
-    bar.close()
+                runs[(dname, method, seed)] = cell_overrides(groups, dname, method, seed, work_dir,
+                                                             tensorboard=plan.tensorboard, data_dir=data_dir,
+                                                             resume=resume)
+    return runs
+
+
+def _read_cell(done: Path) -> dict:
+    payload = json.loads(done.read_text())
+    if payload.get("protocol") != PROTOCOL:
+        raise ValueError(f"{done}: a cell of an earlier protocol ({payload.get('protocol')!r}, now "
+                         f"{PROTOCOL!r}); rerun the profile with --fresh")
+    return payload
+
+
+def run_plan(ctx: ProfileContext, plan: Plan, launcher: str = "local") -> ReproReport:
+    """Every (data set, method, seed) cell as one run of ``python -m meta_multilabel.train``; the unfinished
+    ones (no ``results.json``, or one written under other settings: ``common.launch.finished_with``) go out as
+    ONE Hydra multirun, ``ctx.jobs or 2`` at a time with one thread each; then the report from the cells'
+    ``results.json``. Each corpus is read and featurised here first: the report needs it, and MiniLM
+    features are encoded once into ``<work_dir>/feature_cache``, which the cells then only read."""
+    import os
+
+    from common.launch import finished_with, multirun
+
+    work_dir = ctx.work_dir.resolve()  # the runs start in the repository root
+    data_dir = str(Path(ctx.data_dir).resolve()) if ctx.data_dir else None
+    runs = plan_runs(plan, work_dir, data_dir=data_dir, resume=ctx.resume)
+    tasks = {dname: prepare_task(dplan.data, dplan.features, data_dir=data_dir, progress_bar=False)
+             for dname, dplan in plan.datasets.items()}
+    todo = []
+    for cell, overrides in runs.items():
+        run_dir = work_dir / cell_name(*cell)
+        if ctx.resume != "never" and (run_dir / "results.json").is_file():
+            _read_cell(run_dir / "results.json")  # an earlier protocol is refused, not rerun
+        if ctx.resume == "never" or not finished_with(run_dir, TRAIN, overrides, "results.json"):
+            todo.append(cell)
+    if todo:
+        n_jobs = ctx.jobs or 2
+        log.info("%d of %d cells to run: one multirun of %s, %d at a time (log: %s)", len(todo), len(runs), TRAIN,
+                 n_jobs, work_dir / "multirun.log")
+        t0 = time.time()
+        multirun(TRAIN, [runs[c] for c in todo], sweep_dir=work_dir, subdir="${name}", launcher=launcher,
+                 n_jobs=n_jobs, log_path=work_dir / "multirun.log",
+                 env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"))
+        log.info("%d cells done in %.0f s", len(todo), time.time() - t0)
+
+    cells: dict[tuple[str, str], list[dict]] = {}
+    plots: list[Path] = []
+    for (dname, method, seed) in runs:
+        payload = _read_cell(work_dir / cell_name(dname, method, seed) / "results.json")
+        results, history = payload["results"], payload.get("history")
+        for name, res in results.items():
+            cells.setdefault((dname, name), []).append(res)
+        if history and seed == plan.seeds[0]:
+            plots.append(plot_rewards(history, ctx.out_dir / f"reward_{dname}_{method}_{ctx.profile}.png"))
+            name = METHOD_NAMES[method][0]
+            plots.append(plot_policies(tasks[dname], results[name].get("weights"), results[name]["thresholds"],
+                                       ctx.out_dir / f"policies_{dname}_{method}_{ctx.profile}.png",
+                                       title=f"{dname} {name} (seed {seed})"))
     return _report(plan, tasks, cells, plots)
 
 

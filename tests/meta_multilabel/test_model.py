@@ -121,6 +121,45 @@ def test_label_name_text():
     assert label_name_text("/WORK_OF_ART/SONG") == "work of art song"
 
 
+def test_minilm_cache_survives_two_concurrent_writers(tmp_path, monkeypatch):
+    """Two cells of a grid encoding the same items into one cache_dir at once: both renames happen only after
+    both files are written (a barrier in os.replace), so writers sharing a temporary name would collide
+    (the second rename finds nothing, or one writer truncates the other's bytes); each must get the features,
+    and the cache must hold one complete file and no temporaries."""
+    import threading
+
+    from meta_multilabel import features
+
+    feats = np.arange(24, dtype=np.float32).reshape(6, 4)
+    monkeypatch.setattr(features, "encode_minilm", lambda items, task, **kw: feats.copy())
+    real_replace, barrier = features.os.replace, threading.Barrier(2, timeout=20)
+
+    def replace_after_both_wrote(src, dst):
+        barrier.wait()
+        real_replace(src, dst)
+
+    monkeypatch.setattr(features.os, "replace", replace_after_both_wrote)
+    out, errors = [], []
+
+    def cell():
+        try:
+            out.append(features.cached_minilm([f"doc {i}" for i in range(6)], "text", tmp_path / "cache"))
+        except Exception as e:  # noqa: BLE001  (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=cell) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors and len(out) == 2 and all(np.array_equal(o, feats) for o in out)
+    files = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(files) == 1 and files[0].startswith("minilm_text_") and files[0].endswith(".npy")
+    assert np.array_equal(np.load(tmp_path / "cache" / files[0]), feats)
+    monkeypatch.setattr(features, "encode_minilm", lambda *a, **k: pytest.fail("cache not read"))
+    assert np.array_equal(features.cached_minilm([f"doc {i}" for i in range(6)], "text", tmp_path / "cache"), feats)
+
+
 @pytest.mark.slow
 def test_minilm_features_and_label_embeddings():
     from meta_multilabel.data import Mention
