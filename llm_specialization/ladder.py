@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +22,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from common.bench import peak_rss_bytes
 from common.checkpoint import resumable_map
 from llm_specialization.data import R8, R8_VERBALIZERS, Example
-from llm_specialization.models import lm_loss, pad_lm_batch
+from llm_specialization.models import exact_top_k, lm_loss, pad_lm_batch
 from llm_specialization.scoring import score_candidates, score_candidates_soft_prompt, shared_prefix
 
 INSTRUCTION = ("Classify the news article into one of these topics: earnings, acquisition, crude oil, trade, "
@@ -114,7 +115,8 @@ def reference_rungs(r8: R8, test: list[Example], encoder=None, k: int = 8) -> li
     gold = [e.label for e in test]
     train_y = [e.label for e in r8.train]
     out = []
-    majority = max(set(train_y), key=train_y.count)
+    counts = Counter(train_y)
+    majority = min(r8.labels, key=lambda lab: (-counts[lab], r8.labels.index(lab)))  # ties: first label
     out.append(scored("R0 majority", gold, [majority] * len(test), r8.labels))
     t0 = time.time()
     vec = TfidfVectorizer(sublinear_tf=True, min_df=2)
@@ -133,10 +135,27 @@ def reference_rungs(r8: R8, test: list[Example], encoder=None, k: int = 8) -> li
         lr = LogisticRegression(max_iter=2000).fit(e_train.numpy(), train_y)
         out.append(scored("R0 MiniLM + LR", gold, list(lr.predict(e_test.numpy())), r8.labels,
                           trainable_params=int(lr.coef_.size + lr.intercept_.size), train_seconds=embed_s))
-        sims = e_test @ e_train.T
-        top = sims.topk(k, dim=-1).indices
-        votes = [max(set(v), key=v.count) for v in ([train_y[j] for j in row] for row in top.tolist())]
+        votes = knn_vote(e_test, e_train, train_y, r8.labels, k)
         out.append(scored(f"R0 MiniLM {k}-NN vote", gold, votes, r8.labels))
+    return out
+
+
+def knn_vote(e_query: torch.Tensor, e_train: torch.Tensor, train_y: list[str], labels: list[str], k: int = 8
+             ) -> list[str]:
+    """Majority vote of the k nearest training documents by cosine (:func:`exact_top_k`: equal similarities
+    go to the earlier training document). A tie in votes goes to the label whose voters have the larger
+    summed similarity, then to the label first in ``labels`` (sorted codes). The rule is fixed so that a run
+    never depends on the process: ``max(set(votes), key=votes.count)``, used before, broke a 4-4 tie by the
+    order of a set of strings, i.e. by the process's string-hash seed."""
+    scores, index = exact_top_k(e_query, e_train, k)
+    out = []
+    for sims, row in zip(scores.tolist(), index.tolist()):
+        count: Counter = Counter()
+        total: dict[str, float] = {}
+        for s, j in zip(sims, row):
+            count[train_y[j]] += 1
+            total[train_y[j]] = total.get(train_y[j], 0.0) + s
+        out.append(min(count, key=lambda lab: (-count[lab], -total[lab], labels.index(lab))))
     return out
 
 
@@ -213,7 +232,7 @@ def retrieve(r8: R8, test: list[Example], encoder, k: int = 4) -> list[list[int]
     """The k nearest training documents of every test document by MiniLM cosine, most similar first."""
     e_train = encoder.encode([e.text for e in r8.train])
     e_test = encoder.encode([e.text for e in test])
-    return (e_test @ e_train.T).topk(k, dim=-1).indices.tolist()
+    return exact_top_k(e_test, e_train, k)[1].tolist()
 
 
 def retrieval_order(neighbours: list[int], draw: int, seed: int, doc: int) -> list[int]:

@@ -113,6 +113,10 @@ class MiniLMEncoder:
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:  # (N, 384), unit rows
+        """Texts whose truncated token ids are the same get the very same row (that of their first
+        occurrence): the last bits of a row depend on the batch it was padded in (up to ~2e-7), so without
+        this two copies of a document would rank against each other by rounding noise (R8's training
+        split holds 49 such groups, 3 of them with different labels)."""
         out = []
         for i in range(0, len(texts), batch_size):
             enc = self.tokenizer(texts[i:i + batch_size], padding=True, truncation=True,
@@ -121,7 +125,13 @@ class MiniLMEncoder:
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             out.append(nn.functional.normalize(pooled, dim=-1).cpu())
-        return torch.cat(out) if out else torch.empty(0, 384)
+        if not out:
+            return torch.empty(0, 384)
+        emb = torch.cat(out)
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length).input_ids
+        first: dict[tuple, int] = {}
+        source = torch.tensor([first.setdefault(tuple(row), i) for i, row in enumerate(ids)])
+        return emb[source]
 
 
 class MemoEncoder:
@@ -141,9 +151,15 @@ class MemoEncoder:
 
 
 def exact_top_k(queries: torch.Tensor, keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact cosine/inner-product nearest neighbours by one matrix product: (scores, indices), (Q, k)."""
-    sims = queries @ keys.T
-    return sims.topk(min(k, keys.shape[0]), dim=-1)
+    """Exact cosine/inner-product nearest neighbours by one matrix product: (scores, indices), (Q, k), most
+    similar first. Equal scores are ranked by key index, smaller first (a stable sort; ``topk`` leaves the
+    order of ties to the kernel), and identical key rows get bit-identical scores (the product is taken with
+    the distinct rows only), so duplicate keys always tie exactly and are ranked the same way every run."""
+    unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    sims = (queries @ unique.T)[:, inverse]
+    scores, order = sims.sort(dim=-1, descending=True, stable=True)
+    k = min(k, keys.shape[0])
+    return scores[:, :k], order[:, :k]
 
 
 # ----------------------------------------------------------------------------------------- save / load
