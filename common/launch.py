@@ -84,7 +84,7 @@ class RankZeroWrites(Callback):
                     owner.handlers = [h for h in owner.handlers if h not in files]
 
 
-def _quote(value: str) -> str:
+def quote_override(value: str) -> str:
     """A Hydra override value that the override parser keeps verbatim (commas, spaces, '=' included)."""
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -94,8 +94,8 @@ def multirun_command(module: str, jobs_file: str | os.PathLike, *, sweep_dir: st
                      common: Sequence[str] = ()) -> list[str]:
     """The ``python -m <module> -m ...`` command line of :func:`multirun` (logged, testable)."""
     cmd = [sys.executable, "-m", module, "-m", "hydra/sweeper=list",
-           f"hydra.sweeper.jobs_file={_quote(os.fspath(jobs_file))}",
-           f"hydra.sweep.dir={_quote(os.fspath(sweep_dir))}"]
+           f"hydra.sweeper.jobs_file={quote_override(os.fspath(jobs_file))}",
+           f"hydra.sweep.dir={quote_override(os.fspath(sweep_dir))}"]
     if subdir is not None:
         cmd.append(f"hydra.sweep.subdir={subdir}")
     if launcher in LAUNCHERS:

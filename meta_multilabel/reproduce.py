@@ -159,14 +159,14 @@ def cell_name(dname: str, method: str, seed: int) -> str:
 
 def _override_value(value) -> str:
     """A Hydra override value that composes back to ``value`` (strings quoted: paths, '1', 'null' stay strings)."""
-    from common.launch import _quote
+    from common.launch import quote_override
 
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):  # closed choices (Choice members) included: str subclasses
-        return _quote(str(value))
+        return quote_override(str(value))
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, dict):
