@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from common.config import LoggerConfig, TrainerConfig
-from common.launch import multirun
+from common.launch import finished_with, multirun
 from common.logging import get_logger, read_jsonl
 from common.reproduce import ProfileContext, ReproReport, Row, run_profiles
 
@@ -297,12 +297,18 @@ def _done(run_dir: Path, tc: TrainerConfig) -> bool:
 
 def _train_all(jobs: list[tuple[Plan, int]], st: dict, tc_of, ctx: ProfileContext, n_jobs: int) -> None:
     """Every unfinished (row, seed) as ONE Hydra multirun, ``n_jobs`` single-threaded runs at a time; each
-    run keeps its directory ``<work_dir>/<row>_s<seed>`` so a rerun continues it (``resume=auto``)."""
-    todo = [(p, s) for p, s in jobs if not _done(ctx.work_dir / _run_name(p.label, s), tc_of(p, s))]
-    if not todo:
+    run keeps its directory ``<work_dir>/<row>_s<seed>`` so a rerun continues it (``resume=auto``). A run
+    that finished under other settings (``common.launch.finished_with``) is launched again, not reused."""
+    runs = []
+    for p, s in jobs:  # a finished run is skipped only under the settings its overrides compose to now
+        ov = train_overrides(p, s, st, tc_of(p, s), _run_name(p.label, s), ctx.work_dir, ctx.data_dir)
+        run_dir = ctx.work_dir / _run_name(p.label, s)
+        if not (_done(run_dir, tc_of(p, s)) and finished_with(run_dir, "label_efficient_seg.train", ov,
+                                                               "final_metrics.json")):
+            runs.append(ov)
+    if not runs:
         return
-    log.info("training %d runs, %d at a time (log: %s)", len(todo), n_jobs, ctx.work_dir / "multirun.log")
-    runs = [train_overrides(p, s, st, tc_of(p, s), _run_name(p.label, s), ctx.work_dir, ctx.data_dir) for p, s in todo]
+    log.info("training %d runs, %d at a time (log: %s)", len(runs), n_jobs, ctx.work_dir / "multirun.log")
     multirun("label_efficient_seg.train", runs, sweep_dir=ctx.work_dir, subdir="${name}", launcher="local",
              n_jobs=n_jobs, log_path=ctx.work_dir / "multirun.log",
              env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"))

@@ -1,6 +1,7 @@
 """The seeded reproduce profiles: mandatory rows and seeds, the budget rule, claim verdicts, and Hydra
 overrides that train exactly the planned configs."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,17 @@ def test_rows_train_through_one_multirun_and_resume(tmp_path):
     before = (tmp_path / "work" / "multirun.log").read_text()
     R._train_rows(ctx, "smoke", st, plans)
     assert (tmp_path / "work" / "multirun.log").read_text() == before  # nothing left to train
+    # a run finished under other settings (here: another lr) is not reused: it goes back to the multirun,
+    # whose resume check refuses it in one line (its checkpoints remain), naming the setting
+    stale = tmp_path / "work" / R._run_name(plans[0].label, 1) / "resolved_config.json"
+    cfg = json.loads(stale.read_text())
+    cfg["optim"]["lr"] *= 10
+    stale.write_text(json.dumps(cfg))
+    with pytest.raises(RuntimeError, match="multirun of 1 label_efficient_seg.train run"):
+        R._train_rows(ctx, "smoke", st, plans)
+    relaunched = (tmp_path / "work" / "multirun_jobs.json").read_text()
+    assert R._run_name(plans[0].label, 1) in relaunched and R._run_name(plans[0].label, 0) not in relaunched
+    assert "was trained with other settings: optim.lr" in (tmp_path / "work" / "multirun.log").read_text()
     report = R._report(ctx, "smoke", st, plans, results)
     claim = next(r for r in report.rows if r.metric.startswith("claim: camvid/scribbles - "))
     assert claim.n == 2 and claim.per_seed is not None

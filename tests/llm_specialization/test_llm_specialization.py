@@ -469,6 +469,7 @@ def test_budget_estimate_of_the_full_profile():
     assert sum(line.seconds for line in estimate(PROFILES["paper"])) > 2 * hours * 3600
 
 
+@pytest.mark.slow  # ~12-15 s; CI runs this profile end to end anyway (`make check` compares every number)
 def test_reproduce_smoke_writes_report(tmp_path):
     out = subprocess.run([sys.executable, "-m", "llm_specialization.reproduce", "--profile", "smoke",
                           "--reports-dir", str(tmp_path / "rep"), "--work-dir", str(tmp_path / "work")],

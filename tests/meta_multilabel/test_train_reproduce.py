@@ -71,6 +71,7 @@ def test_missing_dataset_names_it(tmp_path):
         run_experiment(cfg, tmp_path / "x")
 
 
+@pytest.mark.slow  # ~12-15 s; CI runs this profile end to end anyway (`make check` compares every number)
 def test_reproduce_smoke_profile(tmp_path, monkeypatch):
     try:
         dataset_path("Reuters-21578", "reuters21578/reuters.tar.gz", source="../shared/data")
