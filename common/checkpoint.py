@@ -28,6 +28,7 @@ import os
 import pickle
 import random
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -68,10 +69,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: str | os.PathLike, write_fn) -> Path:
-    """Call ``write_fn(file_object)`` on a temporary file, fsync it, then rename it onto ``path``."""
+    """Call ``write_fn(file_object)`` on a temporary file, fsync it, then rename it onto ``path``. The
+    temporary file is the writer's own (process and thread), so concurrent writers of one path never
+    touch each other's bytes: the last rename wins with a complete file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(tmp, "wb") as f:
             write_fn(f)
@@ -525,15 +528,16 @@ def config_differences(saved: Mapping, now: Mapping, may_change: Iterable[str] =
 
 
 def refuse_config_changes(saved: Mapping, now: Mapping, may_change: Iterable[str], *, run: str,
-                          resume: str = "auto") -> None:
+                          resume: str = "auto", advice: str | None = None) -> None:
     """Raise :class:`ResumeError` (one line) when ``now`` differs from the ``saved`` config of ``run``
-    outside ``may_change``: a resumed run would otherwise continue silently under other settings."""
+    outside ``may_change``: a resumed run would otherwise continue silently under other settings.
+    ``advice`` replaces the default way out named at the end of the message."""
     changed = config_differences(saved, now, may_change)
     if changed:
         shown = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed)
-        raise ResumeError(f"resume={resume}: {run} was trained with other settings: {shown}. Resume it with "
-                          "its original settings, or start a new run under another name=... (or delete the "
-                          "folder)")
+        advice = advice or ("Resume it with its original settings, or start a new run under another name=... "
+                            "(or delete the folder)")
+        raise ResumeError(f"resume={resume}: {run} was trained with other settings: {shown}. {advice}")
 
 
 def check_resume(run_dir: str | os.PathLike, resume: Any, config: Mapping | None = None,

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from common import stats
-from common.checkpoint import ResumeError, config_differences
+from common.checkpoint import ResumeError, refuse_config_changes
 from common.config import TrainerConfig
 from common.reproduce import ProfileContext, ReproReport, Row, run_profiles
 
@@ -57,15 +57,12 @@ def _run(ctx: ProfileContext, tag: str, cfg: TrainerConfig, model: ModelOptions,
     done, stamp = run_dir / "results.json", run_dir / STAMP_FILE
     config = {"trainer": asdict(cfg), "model": asdict(model), "data": asdict(data), "optim": asdict(optim)}
     if done.exists() and ctx.resume == "auto":
-        saved = json.loads(stamp.read_text()) if stamp.is_file() else None
-        changed = None if saved is None else config_differences(saved, config, ("trainer.progress_bar",))
-        if changed:
-            shown = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed)
-            raise ResumeError(f"{run_dir} finished under other settings ({shown}); rerun the profile with "
-                              "--fresh (or delete the folder) instead of reusing its numbers")
-        if saved is None:
+        if not stamp.is_file():
             raise ResumeError(f"{run_dir} finished without {STAMP_FILE} (an older version of this script), so "
                               "its settings cannot be checked; rerun the profile with --fresh (or delete the folder)")
+        refuse_config_changes(json.loads(stamp.read_text()), config, ("trainer.progress_bar",), run=str(run_dir),
+                              advice="Rerun the profile with --fresh (or delete the folder) instead of reusing "
+                                     "its numbers")
         return json.loads(done.read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(config, default=str))
@@ -195,10 +192,10 @@ def train_all(ctx: ProfileContext, plan, runs_dir: Path, jobs: int, launcher: st
 
     from common.launch import finished_with, multirun
 
-    todo = [r for r in plan if not finished_with(runs_dir / run_name(*r), "joint_bert_nlu.train",
-                                                 train_overrides(*r, runs_dir, ctx.data_dir), "results.json")]
+    todo = [ov for r in plan if not finished_with(runs_dir / run_name(*r), "joint_bert_nlu.train",
+                                                  ov := train_overrides(*r, runs_dir, ctx.data_dir), "results.json")]
     if todo:
-        multirun("joint_bert_nlu.train", [train_overrides(*r, runs_dir, ctx.data_dir) for r in todo],
+        multirun("joint_bert_nlu.train", todo,
                  sweep_dir=runs_dir, subdir="${name}", launcher=launcher, n_jobs=jobs,
                  log_path=runs_dir / "multirun.log",
                  env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"))

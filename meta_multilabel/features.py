@@ -186,11 +186,11 @@ def items_fingerprint(items: Sequence, task: str, extra: str = "") -> str:
 def cached_minilm(items: Sequence, task: str, cache_dir: str | os.PathLike, **kw) -> np.ndarray:
     """:func:`encode_minilm`, memoised in ``cache_dir`` by a fingerprint of the items and the settings.
 
-    Safe under concurrent runs sharing ``cache_dir`` (a reproduce grid's cells): every writer saves into a
-    temporary file of its own in the same folder and renames it over the cache file (atomic), so a reader
-    sees either no file or a complete one, and two writers of the same key never touch each other's bytes.
+    Safe under concurrent runs sharing ``cache_dir`` (a reproduce grid's cells): written with
+    :func:`common.checkpoint.atomic_write` (a temporary file of the writer's own, renamed over the cache
+    file), so a reader sees either no file or a complete one.
     """
-    import tempfile
+    from common.checkpoint import atomic_write
 
     key = items_fingerprint(items, task, extra=f"{kw.get('encoder_path')}|{kw.get('max_length', 256)}")
     path = Path(cache_dir) / f"minilm_{task}_{key}.npy"
@@ -198,17 +198,7 @@ def cached_minilm(items: Sequence, task: str, cache_dir: str | os.PathLike, **kw
         return np.load(path)
     log.info("encoding %d %s items with frozen MiniLM (cached at %s)", len(items), task, path)
     feats = encode_minilm(items, task, **kw)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, feats)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.save(f, feats))
     return feats
 
 

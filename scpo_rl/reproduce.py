@@ -154,11 +154,9 @@ def train_overrides(study: Study, method: str, seed: int, runs_dir: Path) -> lis
             "trainer.progress_bar=false", *study.overrides]
 
 
-def _is_done(run_dir: Path, steps: int, overrides: list[str] | None = None) -> bool:
-    """Finished (the last checkpoint exists) and, given ``overrides``, under exactly the settings they compose
-    to now (``common.launch.finished_with``): a run of an earlier protocol is never reused silently."""
-    if overrides is None:
-        return (run_dir / "checkpoints" / f"step_{steps}.pt").is_file()
+def _is_done(run_dir: Path, steps: int, overrides: list[str]) -> bool:
+    """Finished (the last checkpoint exists) under exactly the settings ``overrides`` compose to now
+    (``common.launch.finished_with``): a run of an earlier protocol is never reused silently."""
     return finished_with(run_dir, "scpo_rl.train", overrides, f"checkpoints/step_{steps}.pt")
 
 
@@ -169,13 +167,13 @@ def train_all(studies: list[Study], runs_dir: Path, jobs: int, launcher: str = "
     ``name``), so a rerun finds the finished runs and continues the others; the multirun's output is
     appended to ``<runs_dir>/multirun.log``.
     """
-    todo = [(s, m, seed) for s in studies for m in s.methods for seed in s.seeds
-            if not _is_done(runs_dir / run_name(s.env, m, seed), s.steps, train_overrides(s, m, seed, runs_dir))]
+    todo = [ov for s in studies for m in s.methods for seed in s.seeds
+            if not _is_done(runs_dir / run_name(s.env, m, seed), s.steps, ov := train_overrides(s, m, seed, runs_dir))]
     if not todo:
         return
     log = get_logger("scpo_rl.reproduce")
     log.info("training %d runs, %d at a time (runs in %s, log in multirun.log)", len(todo), jobs, runs_dir)
-    multirun("scpo_rl.train", [train_overrides(s, m, seed, runs_dir) for s, m, seed in todo],
+    multirun("scpo_rl.train", todo,
              sweep_dir=runs_dir, subdir="${name}", launcher=launcher, n_jobs=jobs,
              log_path=runs_dir / "multirun.log", env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"))
 
