@@ -63,6 +63,26 @@ def test_reproduce_smoke(tmp_path):
     assert starts[0].startswith("method,seed,episode,start_seed,nominal_return,grid_mean_return") and len(starts) == 5
     curve_rows = (out / "smoke_inverted_pendulum_learning_curves_per_seed.csv").read_text().splitlines()
     assert curve_rows[0] == "method,seed,step,return" and len(curve_rows) == 1 + 2 * 2  # evals at 150 and 300
+    # A rerun never reuses runs or evaluations of other settings: runs finished and grids evaluated under an
+    # earlier protocol were reused silently (a rerun of the smoke profile after the normalisation default
+    # changed died on a KeyError from an old grid.csv).
+    study = reproduce.PROFILES["smoke"]["studies"][0]
+    runs_dir = next((tmp_path / "work").rglob("multirun.log")).parent
+    method, seed = study.methods[0], study.seeds[0]
+    run_dir = runs_dir / reproduce.run_name(study.env, method, seed)
+    overrides = reproduce.train_overrides(study, method, seed, runs_dir)
+    assert reproduce._is_done(run_dir, study.steps, overrides)
+    saved = json.loads((run_dir / "resolved_config.json").read_text())
+    saved["rl"]["normalization"] = "warmup"  # as a run of the earlier default
+    (run_dir / "resolved_config.json").write_text(json.dumps(saved))
+    assert not reproduce._is_done(run_dir, study.steps, overrides)
+    # an evaluation cached for other settings is recomputed, not read back
+    (run_dir / "grid.csv").write_text("method,seed,mass,friction,episode,return,length\n")
+    calls = []
+    rows = reproduce._cached_rows(run_dir, "grid.csv", lambda: calls.append(1) or [{"a": 1}], {"episodes": 99})
+    assert calls == [1] and rows == [{"a": 1}]
+    assert reproduce._cached_rows(run_dir, "grid.csv", lambda: calls.append(1) or [], {"episodes": 99}) == [
+        {"a": 1.0}] and calls == [1]
 
 
 def test_full_profile_is_the_issue_plan_on_the_reference_perturbations():
@@ -106,27 +126,3 @@ def test_cpu_hour_estimate():
     out = subprocess.run([sys.executable, "-m", "scpo_rl.reproduce", "--estimate", "--profile", "full"], cwd=REPO,
                          env=ENV, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.startswith("profile full: ~")
-
-
-def test_a_rerun_never_reuses_runs_or_evaluations_of_other_settings(tmp_path):
-    """Runs finished and grids evaluated under an earlier protocol were reused silently (a rerun of the
-    smoke profile after the normalisation default changed died on a KeyError from an old grid.csv)."""
-    argv = ["--profile", "smoke", "--reports-dir", str(tmp_path / "reports"), "--work-dir", str(tmp_path / "work")]
-    run_profiles("scpo_rl", {"smoke": reproduce.smoke}, argv=argv)
-    study = reproduce.PROFILES["smoke"]["studies"][0]
-    runs_dir = next((tmp_path / "work").rglob("multirun.log")).parent
-    method, seed = study.methods[0], study.seeds[0]
-    run_dir = runs_dir / reproduce.run_name(study.env, method, seed)
-    overrides = reproduce.train_overrides(study, method, seed, runs_dir)
-    assert reproduce._is_done(run_dir, study.steps, overrides)
-    saved = json.loads((run_dir / "resolved_config.json").read_text())
-    saved["rl"]["normalization"] = "warmup"  # as a run of the earlier default
-    (run_dir / "resolved_config.json").write_text(json.dumps(saved))
-    assert not reproduce._is_done(run_dir, study.steps, overrides)
-    # an evaluation cached for other settings is recomputed, not read back
-    (run_dir / "grid.csv").write_text("method,seed,mass,friction,episode,return,length\n")
-    calls = []
-    rows = reproduce._cached_rows(run_dir, "grid.csv", lambda: calls.append(1) or [{"a": 1}], {"episodes": 99})
-    assert calls == [1] and rows == [{"a": 1}]
-    assert reproduce._cached_rows(run_dir, "grid.csv", lambda: calls.append(1) or [], {"episodes": 99}) == [
-        {"a": 1.0}] and calls == [1]
