@@ -6,6 +6,8 @@ import contextlib
 import io
 import json
 
+import pytest
+
 from common.gpu_check import discovered_benches, last_json_object
 from fuyou_offload.bench import GPU_CHECK_ARGS, bench_schedules, format_bench, io_bound_seconds
 from fuyou_offload.bench import main as bench_main
@@ -14,6 +16,7 @@ from fuyou_offload.planner import Profile
 from fuyou_offload.reproduce import main as reproduce_main
 
 
+@pytest.mark.slow  # ~6-9 s; CI runs this profile end to end anyway (`make check` compares every number)
 def test_reproduce_smoke_profile_writes_report(tmp_path):
     reproduce_main(["--profile", "smoke", "--reports-dir", str(tmp_path / "reports"),
                     "--work-dir", str(tmp_path / "work")])

@@ -68,6 +68,7 @@ def test_train_smoke_and_resume(tmp_path, space):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # ~6-9 s; CI runs this profile end to end anyway (`make check` compares every number)
 def test_reproduce_smoke(tmp_path, space):
     from synthesis_pathways.reproduce import main
 

@@ -73,6 +73,7 @@ def test_train_smoke_runs_resumes_and_exports(tmp_path):
     assert again["finetune"] == results["finetune"]
 
 
+@pytest.mark.slow  # ~6-9 s; CI runs this profile end to end anyway (`make check` compares every number)
 def test_reproduce_smoke_profile(tmp_path):
     from vocab_distill.reproduce import main
 
