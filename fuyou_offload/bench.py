@@ -51,6 +51,7 @@ from .planner import (
     plan_for_fraction,
     predict_step,
     size_buffers,
+    ssd_staging_blocks,
 )
 from .profiling import io_backends, measure_floors
 
@@ -84,8 +85,10 @@ def engine_for(s: str, mcfg: GPTConfig, work_dir: Path, *, budget: int, precisio
                          plans=plans, batch=batch, seq=seq)
 
 
-def activation_budget(mcfg: GPTConfig, budget: int, *, precision: str, clip: bool) -> int:
-    """Host bytes the plan may use for activations under ``budget`` (as ``training.host_bytes_for_activations``)."""
+def activation_budget(mcfg: GPTConfig, budget: int, *, precision: str, clip: bool) -> tuple[int, int]:
+    """(host bytes the plan may use for activations under ``budget``, blocks of SSD activations staged in
+    host memory at the engine's prefetch depth), as ``training.host_bytes_for_activations`` and
+    ``training.ssd_window`` compute them for a trained model."""
     el = 2 if precision == "bf16" else 4
     from .training import grads_on_host
 
@@ -94,7 +97,7 @@ def activation_budget(mcfg: GPTConfig, budget: int, *, precision: str, clip: boo
                                              grad_elem=grad_elem)
     fixed = fixed_host_bytes(mcfg, compute_elem=el, depth=depth, chunk_elems=chunk, grads_all_on_host=on_host,
                              inflight=inflight, grad_elem=grad_elem)
-    return max(0, int(0.8 * (budget - fixed)))
+    return max(0, int(0.8 * (budget - fixed))), ssd_staging_blocks(depth)
 
 
 def _schedule_of(s: str, row: dict) -> str:
@@ -147,13 +150,15 @@ def bench_schedules(mcfg: GPTConfig, work_dir: str | Path, *, batch: int = 4, se
         profile, _ = measure_floors(work_dir / "floors", io_bytes=32 << 20, throttle=throttle_bytes_per_s,
                                     model=mcfg, batch=batch, seq=seq, dtype=torch.bfloat16 if el == 2 else torch.float32,
                                     device=device)
-    act_free = activation_budget(mcfg, host_budget, precision=precision, clip=bool(clip))
+    act_free, window = activation_budget(mcfg, host_budget, precision=precision, clip=bool(clip))
     if plan == "auto":
         # the steady state of a binding clip defers the exact update into the next forward
         plans, _ = choose_plan(mcfg, profile, batch=batch, seq=seq, compute_elem=el, host_bytes_free=act_free,
+                               ssd_window=window,
                                schedule="deferred" if clip else "overlap")
     elif plan == "recompute":
-        plans = plan_for_fraction(mcfg, 0, batch=batch, seq=seq, compute_elem=el, host_bytes_free=act_free)
+        plans = plan_for_fraction(mcfg, 0, batch=batch, seq=seq, compute_elem=el, host_bytes_free=act_free,
+                                  ssd_window=window)
     else:
         plans = list(plan)
     model = init_gpt(mcfg, seed)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .memory import HostBudgetError
 from .model import GPTConfig
 
 # Ops recorded inside a block, in execution order (see model.Block): q, k, v, attention core, o,
@@ -209,24 +210,57 @@ def predict_step(cfg: GPTConfig, plans: list[BlockPlan], prof: Profile, *, batch
     return StepPrediction(fwd + bwd + tail, fwd, bwd, tail, terms)
 
 
-def plan_for_fraction(cfg: GPTConfig, k: int, *, batch: int, seq: int, compute_elem: int,
-                      host_bytes_free: int, ckpt_tier: str = "host", attn: AttentionLayout = CPU_FLASH) -> list[BlockPlan]:
-    """The plan that caches the ``k`` best op groups (by OB) in every block, host first, then SSD."""
-    groups = [g for g, _ in ranked_groups(cfg, batch, seq, compute_elem, attn)][:k]
-    ck = batch * seq * cfg.hidden * compute_elem
-    per_block = sum(group_bytes(cfg, g, batch, seq, compute_elem, attn) for g in groups)
+def ssd_staging_blocks(depth: int) -> int:
+    """Blocks' worth of SSD activations the engine stages in host memory at once: forward keeps up to
+    two stashes writing plus the current block's (three blocks when one part per block goes to SSD);
+    backward holds the current block's plus ``depth`` prefetched ones."""
+    return max(depth + 1, 3)
+
+
+def _greedy_tiers(cfg: GPTConfig, ck: int, per_block: int, groups: list[str], free: int,
+                  ckpt_tier: str) -> tuple[list[BlockPlan], int]:
     plans, used = [], 0
     for _ in range(cfg.layers):
         c_tier = ckpt_tier
-        if c_tier == "host" and used + ck > host_bytes_free:
+        if c_tier == "host" and used + ck > free:
             c_tier = "ssd"
         used += ck if c_tier == "host" else 0
         tier = "host"
-        if used + per_block > host_bytes_free:
+        if used + per_block > free:
             tier = "ssd"
         used += per_block if tier == "host" else 0
         plans.append(BlockPlan(ckpt_tier=c_tier, cached=tuple(groups), cache_tier=tier))
-    return plans
+    return plans, used
+
+
+def plan_for_fraction(cfg: GPTConfig, k: int, *, batch: int, seq: int, compute_elem: int,
+                      host_bytes_free: int, ssd_window: int, ckpt_tier: str = "host",
+                      attn: AttentionLayout = CPU_FLASH) -> list[BlockPlan]:
+    """The plan that caches the ``k`` best op groups (by OB) in every block, host first, then SSD.
+
+    SSD activations pass through host staging buffers (written from them in forward, prefetched into
+    them in backward): ``ssd_window`` blocks' worth (``ssd_staging_blocks``) is reserved out of
+    ``host_bytes_free`` whenever any part goes to SSD, so host-tier stashes plus staging fit together.
+    Raises ``HostBudgetError`` when not even the all-SSD plan's staging fits."""
+    groups = [g for g, _ in ranked_groups(cfg, batch, seq, compute_elem, attn)][:k]
+    ck = batch * seq * cfg.hidden * compute_elem
+    per_block = sum(group_bytes(cfg, g, batch, seq, compute_elem, attn) for g in groups)
+    free = host_bytes_free
+    for _ in range(4):  # the reserve takes one of three values (ckpt, cache, both): this settles
+        plans, used = _greedy_tiers(cfg, ck, per_block, groups, free, ckpt_tier)
+        part = max([(ck if p.ckpt_tier == "ssd" else 0) + (per_block if p.cache_tier == "ssd" else 0)
+                    for p in plans] + [0])
+        reserve = ssd_window * part
+        if used + reserve <= host_bytes_free:
+            return plans
+        if reserve > host_bytes_free:
+            break
+        free = host_bytes_free - reserve
+    raise HostBudgetError(
+        f"activations need {ssd_window} x {(ck + per_block) / 2**20:.1f} MiB of host staging for the SSD tier "
+        f"(one block's input{' and cached ops' if groups else ''} at {batch}x{seq} tokens) but only "
+        f"{host_bytes_free / 2**20:.1f} MiB of the pool are left for activations. Raise memory.host_budget or "
+        "lower the tokens per step.")
 
 
 def fixed_host_bytes(cfg: GPTConfig, *, compute_elem: int, depth: int, chunk_elems: int, grads_all_on_host: bool,
@@ -259,8 +293,6 @@ def size_buffers(cfg: GPTConfig, budget: int, *, compute_elem: int, grads_all_on
                     return depth, chunk, inflight, need
                 chunk //= 2
     need = fixed_host_bytes(cfg, depth=0, chunk_elems=2048, inflight=1, **kw)
-    from .memory import HostBudgetError
-
     raise HostBudgetError(f"host budget {budget / 2**20:.1f} MiB is below the {need / share / 2**20:.1f} MiB this model "
                           "needs at prefetch depth 0, one queued unit and the smallest optimizer chunk ("
                           + ("all gradients wait in host memory until the optimizer runs"
@@ -268,13 +300,19 @@ def size_buffers(cfg: GPTConfig, budget: int, *, compute_elem: int, grads_all_on
 
 
 def choose_plan(cfg: GPTConfig, prof: Profile, *, batch: int, seq: int, compute_elem: int,
-                host_bytes_free: int, schedule: str = "overlap", grads_to_ssd: bool = False,
+                host_bytes_free: int, ssd_window: int, schedule: str = "overlap", grads_to_ssd: bool = False,
                 attn: AttentionLayout = CPU_FLASH) -> tuple[list[BlockPlan], StepPrediction]:
-    """Scan the number of cached op groups and keep the plan with the smallest predicted time."""
+    """Scan the number of cached op groups and keep the plan with the smallest predicted time (among the
+    plans whose SSD staging fits ``host_bytes_free``)."""
     best = None
     for k in range(len(ranked_groups(cfg, batch, seq, compute_elem, attn)) + 1):
-        plans = plan_for_fraction(cfg, k, batch=batch, seq=seq, compute_elem=compute_elem,
-                                  host_bytes_free=host_bytes_free, attn=attn)
+        try:
+            plans = plan_for_fraction(cfg, k, batch=batch, seq=seq, compute_elem=compute_elem,
+                                      host_bytes_free=host_bytes_free, ssd_window=ssd_window, attn=attn)
+        except HostBudgetError:
+            if k == 0:  # block inputs alone do not fit: nothing caching more will
+                raise
+            break  # staging grows with k
         pred = predict_step(cfg, plans, prof, batch=batch, seq=seq, compute_elem=compute_elem, schedule=schedule,
                             grads_to_ssd=grads_to_ssd, attn=attn)
         if best is None or pred.total_s < best[1].total_s:

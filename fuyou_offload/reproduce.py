@@ -189,11 +189,11 @@ def speed_setting(sc: Scale, cfg: GPTConfig, prof) -> tuple[int, int, float]:
             break
         except HostBudgetError:
             budget += 50 << 20
-    free = activation_budget(cfg, budget, precision=sc.precision, clip=True)
+    free, window = activation_budget(cfg, budget, precision=sc.precision, clip=True)
     frac = 0.0
     for tokens in sc.tokens_options:
         plans, _ = choose_plan(cfg, prof, batch=tokens // sc.seq, seq=sc.seq, compute_elem=el, host_bytes_free=free,
-                               schedule="deferred")
+                               ssd_window=window, schedule="deferred")
         frac = activation_ssd_fraction(cfg, plans, batch=tokens // sc.seq, seq=sc.seq, compute_elem=el)
         if frac >= sc.min_ssd_fraction:
             return budget, tokens, frac
@@ -246,7 +246,8 @@ def planner_sweep(sc: Scale, work: Path, prof, bar) -> list[dict]:
     b = sc.sweep_tokens // seq
     rows = []
     for k in sc.ks:
-        plans = plan_for_fraction(cfg, k, batch=b, seq=seq, compute_elem=4, host_bytes_free=1 << 40)
+        plans = plan_for_fraction(cfg, k, batch=b, seq=seq, compute_elem=4, host_bytes_free=1 << 40,
+                                  ssd_window=0)  # all on host
         res = bench_schedules(cfg, work / f"plan_{k}", batch=b, seq=seq, repeats=sc.repeats, warmup=1, plan=plans,
                               schedules=("fuyou",), profile=prof, clip=1.0, host_budget=4 << 30)
         f = res["schedules"]["fuyou"]

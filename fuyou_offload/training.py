@@ -41,6 +41,7 @@ from .planner import (
     plan_for_fraction,
     predict_step,
     size_buffers,
+    ssd_staging_blocks,
 )
 
 log = get_logger("fuyou_offload")
@@ -159,6 +160,11 @@ def host_bytes_for_activations(mcfg: GPTConfig, ec: EngineConfig, optim: OptimCo
     return max(0, int(0.8 * (ec.host_budget - fixed)))
 
 
+def ssd_window(ec: EngineConfig) -> int:
+    """Blocks of SSD activations the engine stages in host memory at once (``planner.ssd_staging_blocks``)."""
+    return ssd_staging_blocks(max(0, ec.prefetch_depth) if ec.overlap else 0)
+
+
 def step_schedule(engine: OffloadEngine, m: dict | None = None, clip_binds: bool = False) -> str:
     """The planner's schedule for a step of ``engine`` (see ``planner``): from the step's metrics ``m`` when
     given, else from whether the clip is expected to bind."""
@@ -204,7 +210,8 @@ def make_plans(cfg, mcfg: GPTConfig, ec: EngineConfig, optim: OptimConfig, batch
         plans = [BlockPlan() for _ in range(mcfg.layers)]
     else:
         plans = plan_for_fraction(mcfg, int(spec), batch=batch, seq=seq, compute_elem=el,
-                                  host_bytes_free=free, ckpt_tier=str(cfg.offload.ckpt_tier))
+                                  host_bytes_free=free, ssd_window=ssd_window(ec),
+                                  ckpt_tier=str(cfg.offload.ckpt_tier))
     if profiling_step:
         raw.pop("flops_per_s", None)  # the compute rate comes from the profiling step instead
     return plans, prof, raw, profiling_step
@@ -222,6 +229,7 @@ def replan(engine: OffloadEngine, prof: Profile, first: dict, optim: OptimConfig
     schedule = step_schedule(engine, clip_binds=first.get("clip_coef", 1.0) < 1.0)
     plans, pred = choose_plan(mcfg, prof, batch=batch, seq=seq, compute_elem=el,
                               host_bytes_free=host_bytes_for_activations(mcfg, engine.cfg, optim),
+                              ssd_window=ssd_window(engine.cfg),
                               schedule=schedule, grads_to_ssd=engine.grads_to_ssd, attn=engine.attn)
     engine.set_plans(plans)
     return plans, pred

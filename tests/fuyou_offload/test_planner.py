@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 
+from fuyou_offload.memory import HostBudgetError
 from fuyou_offload.model import GPTConfig
 from fuyou_offload.planner import (
     AttentionLayout,
@@ -19,6 +20,7 @@ from fuyou_offload.planner import (
     plan_for_fraction,
     predict_step,
     ranked_groups,
+    ssd_staging_blocks,
 )
 
 CFG = GPTConfig(vocab_size=256, hidden=256, layers=4, heads=4, intermediate=1024)
@@ -45,25 +47,52 @@ def test_attention_core_bytes_follow_the_probed_layout():
 
 def test_plan_fills_host_first_then_spills_to_ssd():
     per_block = group_bytes(CFG, "mlp_down", 1, 128, 4) + 128 * 256 * 4
-    plans = plan_for_fraction(CFG, 1, batch=1, seq=128, compute_elem=4, host_bytes_free=2 * per_block)
+    plans = plan_for_fraction(CFG, 1, batch=1, seq=128, compute_elem=4, host_bytes_free=2 * per_block, ssd_window=0)
     assert [p.cached for p in plans] == [("mlp_down",)] * 4
     assert [p.cache_tier for p in plans] == ["host", "host", "ssd", "ssd"]
     assert [p.ckpt_tier for p in plans] == ["host", "host", "ssd", "ssd"]
     assert activation_ssd_fraction(CFG, plans, batch=1, seq=128, compute_elem=4) == pytest.approx(0.5)
 
 
+def test_ssd_staging_is_reserved_beside_host_stashes_and_refused_when_it_cannot_fit():
+    """Regression (fuyou full run, clip off): the plan filled 80 % of the pool with host-tier stashes and
+    left the SSD prefetch window (depth + 1 blocks in backward, three stashes writing in forward) to the
+    headroom; backward then ran out of pool. Host stashes + the staging window must fit the free bytes."""
+    kw = dict(batch=1, seq=128, compute_elem=4)
+    ck = 128 * 256 * 4
+    per_block = group_bytes(CFG, "mlp_down", 1, 128, 4) + ck
+    free = 3 * per_block
+    plans = plan_for_fraction(CFG, 1, host_bytes_free=free, ssd_window=3, **kw)
+    host = sum((ck if p.ckpt_tier == "host" else 0) + (per_block - ck if p.cache_tier == "host" else 0)
+               for p in plans)
+    part = max((ck if p.ckpt_tier == "ssd" else 0) + (per_block - ck if p.cache_tier == "ssd" else 0) for p in plans)
+    assert part > 0 and host + 3 * part <= free
+    # without the reserve the same budget keeps three blocks on host and overflows by the window
+    old = plan_for_fraction(CFG, 1, host_bytes_free=free, ssd_window=0, **kw)
+    assert sum(p.cache_tier == "host" for p in old) == 3 and sum(p.cache_tier == "host" for p in plans) == 0
+    assert ssd_staging_blocks(0) == 3 and ssd_staging_blocks(2) == 3 and ssd_staging_blocks(4) == 5
+    with pytest.raises(HostBudgetError, match="host staging for the SSD tier"):
+        plan_for_fraction(CFG, 0, host_bytes_free=3 * ck - 1, ssd_window=3, **kw)
+    prof = Profile(flops_per_s=1e9, ssd_read_bps=1e10, ssd_write_bps=1e10, memcpy_bps=1e10)
+    with pytest.raises(HostBudgetError):  # not even block inputs alone: the scan refuses
+        choose_plan(CFG, prof, host_bytes_free=3 * ck - 1, ssd_window=3, **kw)
+    plans, _ = choose_plan(CFG, prof, host_bytes_free=3 * ck, ssd_window=3, **kw)  # k = 0 only fits
+    assert all(p.cached == () for p in plans)
+
+
 def test_prediction_trades_recompute_for_traffic_and_the_scan_takes_the_argmin():
     slow_disk = Profile(flops_per_s=50e9, ssd_read_bps=1e8, ssd_write_bps=1e8, memcpy_bps=1e10)
     fast_disk = Profile(flops_per_s=1e9, ssd_read_bps=1e10, ssd_write_bps=1e10, memcpy_bps=1e10)
     kw = dict(batch=4, seq=128, compute_elem=4)
-    none = plan_for_fraction(CFG, 0, host_bytes_free=0, **kw)
-    all_ssd = plan_for_fraction(CFG, 5, host_bytes_free=0, **kw)
+    pk = dict(kw, ssd_window=0)  # staging is tested below
+    none = plan_for_fraction(CFG, 0, host_bytes_free=0, **pk)
+    all_ssd = plan_for_fraction(CFG, 5, host_bytes_free=0, **pk)
     assert predict_step(CFG, all_ssd, fast_disk, **kw).total_s < predict_step(CFG, none, fast_disk, **kw).total_s
     assert predict_step(CFG, all_ssd, slow_disk, **kw).total_s > predict_step(CFG, none, slow_disk, **kw).total_s
     for prof in (slow_disk, fast_disk):
         for schedule in ("overlap", "deferred"):
-            plans, pred = choose_plan(CFG, prof, host_bytes_free=0, schedule=schedule, **kw)
-            scan = [predict_step(CFG, plan_for_fraction(CFG, k, host_bytes_free=0, **kw), prof, schedule=schedule,
+            plans, pred = choose_plan(CFG, prof, host_bytes_free=0, schedule=schedule, **pk)
+            scan = [predict_step(CFG, plan_for_fraction(CFG, k, host_bytes_free=0, **pk), prof, schedule=schedule,
                                  **kw).total_s for k in range(6)]
             assert pred.total_s == pytest.approx(min(scan))
 

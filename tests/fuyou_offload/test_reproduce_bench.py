@@ -50,6 +50,19 @@ def test_bench_runs_the_schedules_side_by_side_with_a_compute_floor_without_over
     assert "zero_infinity / fuyou" in format_bench(res)
 
 
+@pytest.mark.parametrize("budget_kib", [2000, 4000, 6000])
+def test_auto_plan_with_ssd_activations_runs_within_the_pool_clip_off(tmp_path, budget_kib):
+    """Regression (fuyou full run, cell '1 x SSD, clip None'): the auto plan left the SSD activations'
+    staging to the pool's headroom and backward raised HostBudgetError mid-step. Each of these budgets
+    failed that way on the old planner; the plan puts activations on SSD and the pool now holds."""
+    cfg = GPTConfig(vocab_size=256, hidden=64, layers=6, heads=4, intermediate=256)
+    prof = Profile(flops_per_s=1e9, ssd_read_bps=1e10, ssd_write_bps=1e10, memcpy_bps=1e10)
+    res = bench_schedules(cfg, tmp_path, batch=4, seq=64, repeats=1, warmup=1, profile=prof, clip=None,
+                          host_budget=budget_kib << 10, schedules=("fuyou",))
+    f = res["schedules"]["fuyou"]
+    assert f["ssd_read_bytes"] == f["expected_ssd_read_bytes"] > 0
+
+
 def test_io_floor_uses_the_throttle_when_it_is_the_bottleneck():
     prof = Profile(ssd_read_bps=1e9, ssd_write_bps=2e9)
     assert io_bound_seconds(10**9, 2 * 10**9, prof) == 2.0  # 1 s of reads + 1 s of writes
