@@ -8,8 +8,8 @@ step by step (``common.bench.compare``):
 - ``zero_infinity``: the faithful model of DeepSpeed ZeRO-Infinity in the same engine (see ``engine``);
 - ``fuyou_serial``: fuyou's plan with nothing overlapped: its compute time is the compute floor, measured
   without the I/O and optimizer threads competing for the cores (the overlap ratio's denominator);
-- ``fuyou_after_backward``: fuyou with a binding clip's exact update right after backward instead of during
-  the next forward (``offload.clip_overlap``: the measured trade);
+- ``fuyou_next_forward``: fuyou with a binding clip's exact update during the next forward instead of right
+  after backward (``offload.clip_overlap``'s other value: the measured trade);
 - ``in_memory``: torch AdamW with everything in RAM (when it fits);
 - ``deepspeed``: the real DeepSpeed ZeRO-3 with NVMe offload (``fuyou_offload.deepspeed_run``), run in its own
   process with the interpreter given by ``--deepspeed-python`` (its own environment).
@@ -80,7 +80,7 @@ def engine_for(s: str, mcfg: GPTConfig, work_dir: Path, *, budget: int, precisio
     ec = EngineConfig(schedule="zero_infinity" if z3 else "fuyou", compute_dtype=precision, host_budget=budget,
                       queue_depth=queue_depth, throttle_bytes_per_s=throttle, opt_chunk_elems=chunk,
                       prefetch_depth=depth, max_inflight_updates=inflight, overlap=s != "fuyou_serial", device=device,
-                      clip_overlap="after_backward" if s == "fuyou_after_backward" else "next_forward")
+                      clip_overlap="next_forward" if s == "fuyou_next_forward" else "after_backward")
     return OffloadEngine(mcfg, ec, optim, state_dir=work_dir / s / "state", run_dir=work_dir / s / "run",
                          plans=plans, batch=batch, seq=seq)
 
@@ -105,8 +105,6 @@ def _schedule_of(s: str, row: dict) -> str:
         return "zero3"
     if s == "fuyou_serial":
         return "none"
-    if s == "fuyou_after_backward":
-        return "serial" if row.get("clip_coef", 1.0) < 1.0 else "overlap"
     if row.get("deferred_units") or row.get("deferred_units_run"):
         return "deferred"
     return "serial" if row.get("clip_coef", 1.0) < 1.0 else "overlap"
@@ -152,10 +150,9 @@ def bench_schedules(mcfg: GPTConfig, work_dir: str | Path, *, batch: int = 4, se
                                     device=device)
     act_free, window = activation_budget(mcfg, host_budget, precision=precision, clip=bool(clip))
     if plan == "auto":
-        # the steady state of a binding clip defers the exact update into the next forward
+        # the steady state of a binding clip under the default clip_overlap (after_backward) is the serial schedule
         plans, _ = choose_plan(mcfg, profile, batch=batch, seq=seq, compute_elem=el, host_bytes_free=act_free,
-                               ssd_window=window,
-                               schedule="deferred" if clip else "overlap")
+                               ssd_window=window, schedule="serial" if clip else "overlap")
     elif plan == "recompute":
         plans = plan_for_fraction(mcfg, 0, batch=batch, seq=seq, compute_elem=el, host_bytes_free=act_free,
                                   ssd_window=window)

@@ -35,6 +35,17 @@ def test_parse_bytes():
         parse_bytes("two gigs")
 
 
+def test_clip_overlap_default_is_the_one_the_full_run_measured_faster(tmp_path):
+    """The protocol flipped ``offload.clip_overlap`` to ``after_backward`` on the first full run's trade row:
+    the Hydra config, the typed schema and the library's EngineConfig must agree on it."""
+    from fuyou_offload.config import FuyouConfig
+    from fuyou_offload.engine import EngineConfig
+
+    cfg = smoke_cfg(tmp_path)
+    assert str(cfg.offload.clip_overlap) == "after_backward" == EngineConfig().clip_overlap
+    assert str(FuyouConfig().offload.clip_overlap) == "after_backward"
+
+
 def test_train_cli_smoke(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "fuyou_offload.train", "experiment=smoke", f"paths.output_dir={tmp_path}",
