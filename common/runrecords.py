@@ -4,13 +4,13 @@ A ``reproduce.py`` grid (seeds x rows, hours of CPU) keeps one folder per run un
 machine does not have. Its finished runs are worth keeping: their ``final_metrics.json`` is the evidence the
 report is built from, and ``resolved_config.json`` lets the grid recognise them as finished under today's
 settings (``common.launch.finished_with``). Checkpoints are not kept (megabytes each, and a finished run
-never needs them again)::
+never needs them again), nor TensorBoard's ``tb/`` (the same numbers as ``metrics.jsonl``)::
 
     python -m common.runrecords save    runs/reproduce/label_efficient_seg reports/label_efficient_seg/run_records
     python -m common.runrecords restore reports/label_efficient_seg/run_records runs/reproduce/label_efficient_seg
 
 ``save`` copies every finished run (a folder holding the done file, ``final_metrics.json`` by default) with
-everything in it except ``checkpoints/`` and files over ``--max-bytes``; an unfinished run is left out, and a
+everything in it except ``checkpoints/``, ``tb/`` and files over ``--max-bytes``; an unfinished run is left out, and a
 record already saved is replaced. ``restore`` copies each record back where the run folder has no done file
 (a run finished here is never overwritten). The grid then skips the restored runs only if they finished
 under the settings it composes now; any other is trained again, as before.
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 DONE_FILE = "final_metrics.json"
-SKIP_DIRS = ("checkpoints",)
+SKIP_DIRS = ("checkpoints", "tb")
 MAX_BYTES = 2 * 1024 * 1024
 
 
@@ -38,7 +38,7 @@ def finished_runs(root: str | Path, done_file: str = DONE_FILE) -> list[Path]:
 
 
 def _copy_run(src: Path, dst: Path, max_bytes: int | None) -> tuple[int, list[str]]:
-    """Copy the files of one run folder, checkpoints and files over ``max_bytes`` left out."""
+    """Copy the files of one run folder, checkpoints, tb/ and files over ``max_bytes`` left out."""
     n, left_out = 0, []
     for f in sorted(src.rglob("*")):
         rel = f.relative_to(src)

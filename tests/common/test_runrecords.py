@@ -33,7 +33,8 @@ def test_save_keeps_finished_runs_without_checkpoints_and_restore_brings_them_ba
     assert out["left_out"] == ["budget_curve/c_s0/big.npz (50 bytes)"]
     assert not (rec / "full_rows_1600" / "a_s1").exists()          # unfinished: not a record
     assert not (rec / "full_rows_1600" / "a_s0" / "checkpoints").exists()
-    assert (rec / "full_rows_1600" / "a_s0" / "tb" / "events").read_bytes() == b"ev"
+    assert not (rec / "full_rows_1600" / "a_s0" / "tb").exists()    # the same numbers as metrics.jsonl
+    assert (rec / "full_rows_1600" / "a_s0" / "metrics.jsonl").read_text() == '{"step": 1}\n'
 
     new = tmp_path / "new_machine"
     _run(new / "full_rows_1600", "a_s0", finished=False)            # begun again here, not finished
