@@ -37,9 +37,9 @@ def finished_runs(root: str | Path, done_file: str = DONE_FILE) -> list[Path]:
                   and not any(part in SKIP_DIRS for part in p.relative_to(root).parts))
 
 
-def _copy_run(src: Path, dst: Path, max_bytes: int | None) -> tuple[int, list[str]]:
-    """Copy the files of one run folder, checkpoints, tb/ and files over ``max_bytes`` left out."""
-    n, left_out = 0, []
+def _copy_run(src: Path, dst: Path, max_bytes: int | None) -> list[str]:
+    """Copy the files of one run folder, checkpoints, tb/ and files over ``max_bytes`` left out (returned)."""
+    left_out = []
     for f in sorted(src.rglob("*")):
         rel = f.relative_to(src)
         if not f.is_file() or any(part in SKIP_DIRS for part in rel.parts):
@@ -49,8 +49,7 @@ def _copy_run(src: Path, dst: Path, max_bytes: int | None) -> tuple[int, list[st
             continue
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(f, dst / rel)
-        n += 1
-    return n, left_out
+    return left_out
 
 
 def save(runs_root: str | Path, records_root: str | Path, done_file: str = DONE_FILE,
@@ -63,9 +62,8 @@ def save(runs_root: str | Path, records_root: str | Path, done_file: str = DONE_
         dst = records_root / rel
         if dst.exists():
             shutil.rmtree(dst)
-        _, skipped = _copy_run(run, dst, max_bytes)
         saved.append(str(rel))
-        left_out += [f"{rel}/{s}" for s in skipped]
+        left_out += [f"{rel}/{s}" for s in _copy_run(run, dst, max_bytes)]
     return {"saved": saved, "left_out": left_out}
 
 
