@@ -26,7 +26,8 @@ would hide a ``full`` report. ``<reports-dir>`` defaults to the untracked ``runs
 subprocesses, writes ``index.md`` (paper claim, our number with its CI, status) and ends by comparing every
 number with the committed ``reports/<pkg>/results.<profile>.json`` (:data:`TOLERANCES`).
 ``--check`` does the same into a temporary folder and exits 1 on any difference beyond tolerance: the
-results regression check CI runs with ``--profile smoke``.
+results regression check CI runs with ``--profile smoke``, against the reference made on the CPU model it runs
+on (:func:`committed_reference`; ``--cpu-reference`` writes one where a model's numbers differ).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -53,7 +55,7 @@ import numpy as np
 
 from common import stats
 from common.lock import environment_status
-from common.runinfo import git_commit, hardware_summary
+from common.runinfo import cpu_model, git_commit, hardware_summary
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMMITTED_REPORTS = REPO_ROOT / "reports"
@@ -453,6 +455,7 @@ def run_profiles(pkg: str, profiles: dict[str, Callable[[ProfileContext], ReproR
     env = environment_status()
     meta = {"command": portable_command(pkg, argv if argv is not None else sys.argv[1:]),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "hardware": hardware_summary(),
+            "cpu": cpu_model(),  # which committed reference a --check on this machine compares with
             "commit": git["commit"], "dirty": git["dirty"], "wall_seconds": time.time() - t0,
             # the pinned environment (requirements.lock): a report made under another lock says so in --check
             "lock_sha256": env["lock_sha256"], "matches_lock": env["matches_lock"]}
@@ -661,6 +664,42 @@ def _load(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+# Seeded runs give the same floats on the same CPU model, not across models: oneMKL takes other sgemm kernels
+# on an AMD EPYC than on an Intel Xeon (MKL_CBWR=COMPATIBLE changes synthesis_pathways' and
+# llm_specialization's smoke numbers on the EPYC; no MKL setting reproduces the Xeon's there), and training on
+# a few hundred examples carries a last-digit difference into discrete outcomes (a recovered molecule, a
+# test triple right or wrong). So a package whose numbers differ on another CPU model keeps that model's own
+# reference beside the main one; --check compares with the reference made on the CPU it runs on.
+CPU_REFERENCES = "cpu_references"
+
+
+def cpu_of(data: dict[str, Any]) -> str | None:
+    """The CPU model a results.json was made on: its ``cpu`` field, or (reports before it) the model inside
+    ``hardware`` ('2 cores (<model>), 23.5 GiB RAM, no GPU')."""
+    if data.get("cpu"):
+        return str(data["cpu"])
+    m = re.match(r"\d+ cores \((.*)\), [^,]* RAM, ", str(data.get("hardware", "")))
+    return m.group(1) if m else None
+
+
+def cpu_slug(cpu: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-") or "unknown-cpu"
+
+
+def cpu_reference_path(name: str, profile: str, cpu: str) -> Path:
+    return COMMITTED_REPORTS / name / CPU_REFERENCES / f"results.{profile}.{cpu_slug(cpu)}.json"
+
+
+def committed_reference(name: str, profile: str, cpu: str) -> tuple[dict[str, Any] | None, Path]:
+    """The committed results a run on ``cpu`` is compared with, and its path: ``results.<profile>.json``,
+    unless that was made on another CPU model and ``cpu_references/`` holds one made on this one."""
+    main = COMMITTED_REPORTS / name / f"results.{profile}.json"
+    data = _load(main)
+    if data is not None and cpu_of(data) != cpu and (alt := cpu_reference_path(name, profile, cpu)).exists():
+        return _load(alt), alt
+    return data, main
+
+
 def lock_line(meta: dict[str, Any]) -> str:
     """How a report's environment relates to requirements.lock, in words (reports before the lock: unknown)."""
     h = meta.get("lock_sha256")
@@ -684,14 +723,21 @@ def lock_difference(committed: dict[str, Any], new: dict[str, Any]) -> str | Non
 
 
 def compare_with_committed(names: list[str], profile: str, reports_dir: Path,
-                           committed: dict[str, dict[str, Any] | None], verbose: bool = False) -> int:
-    """Print how every new number compares with the committed one; return how many failed the tolerance."""
+                           committed: dict[str, tuple[dict[str, Any] | None, Path]], verbose: bool = False) -> int:
+    """Print how every new number compares with the committed one (:func:`committed_reference`); return how
+    many failed the tolerance."""
     print(f"\nComparison with the committed reports/<pkg>/results.{profile}.json "
           f"({'; '.join(f'{k}: {t.why}' for k, t in TOLERANCES.items())}):")
     failures = 0
     for name in names:
         new = _load(reports_dir / name / f"results.{profile}.json")
-        old = committed.get(name)
+        old, old_path = committed.get(name, (None, COMMITTED_REPORTS))
+        if old is not None and old_path.parent.name == CPU_REFERENCES:
+            print(f"{name}: compared with {_arg_path(old_path)}, the reference made on this CPU model "
+                  f"({cpu_of(old)}; the main one was made on another)")
+        elif old is not None and new is not None and cpu_of(old) != cpu_of(new):
+            print(f"{name}: note: the committed numbers were made on {cpu_of(old)}, this run on {cpu_of(new)}; "
+                  f"seeded numbers may differ in the last digits across CPU models (see --cpu-reference)")
         if new is None:
             print(f"{name}: no new results")
             failures += 1
@@ -707,6 +753,32 @@ def compare_with_committed(names: list[str], profile: str, reports_dir: Path,
         for line in comparison_summary(name, comps, verbose):
             print(line)
     return failures
+
+
+def save_cpu_references(names: list[str], profile: str, reports_dir: Path, cpu: str) -> list[Path]:
+    """Commit the new results of each package that differ beyond tolerance from a main reference made on
+    another CPU model as ``cpu``'s reference (:func:`committed_reference`); packages whose numbers agree need
+    none, and a main reference made on this very model is never shadowed (refresh it with
+    --update-committed)."""
+    written = []
+    for name in names:
+        main = _load(COMMITTED_REPORTS / name / f"results.{profile}.json")
+        new = _load(reports_dir / name / f"results.{profile}.json")
+        if main is None or new is None:
+            print(f"{name}: no main reference or no new results: nothing saved")
+            continue
+        if cpu_of(main) == cpu:
+            print(f"{name}: the main reference was made on this CPU model ({cpu}): nothing saved")
+            continue
+        if not any(c.failed for c in compare_results(main, new)):
+            print(f"{name}: same numbers as the main reference (made on {cpu_of(main)}): no CPU reference needed")
+            continue
+        path = cpu_reference_path(name, profile, cpu)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(new, indent=2) + "\n")
+        print(f"{name}: wrote {_arg_path(path)} (this CPU model's reference; the main one: {cpu_of(main)})")
+        written.append(path)
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -728,10 +800,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--index-only", action="store_true",
                     help="run nothing: rebuild index.md from the results.<profile>.json already there")
     ap.add_argument("--verbose", action="store_true", help="print every compared number, not only changed ones")
+    ap.add_argument("--cpu-reference", action="store_true",
+                    help="run into a temporary folder and, for each package whose numbers differ from a main "
+                         f"reference made on another CPU model, commit them as this model's reference "
+                         f"(reports/<pkg>/{CPU_REFERENCES}/results.<profile>.<cpu>.json) that --check uses here")
     args = ap.parse_args(argv)
-    if sum([args.update_committed, args.check, args.reports_dir is not None]) > 1:
-        ap.error("--update-committed, --check and --reports-dir exclude each other")
-    tmp = tempfile.TemporaryDirectory(prefix="reproduce_check_") if args.check else None
+    if sum([args.update_committed, args.check, args.cpu_reference, args.reports_dir is not None]) > 1:
+        ap.error("--update-committed, --check, --cpu-reference and --reports-dir exclude each other")
+    tmp = (tempfile.TemporaryDirectory(prefix="reproduce_check_") if args.check or args.cpu_reference
+           else None)
     if tmp is not None:
         reports_dir = Path(tmp.name) / "reports"
     elif args.update_committed:
@@ -739,7 +816,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         reports_dir = Path(args.reports_dir) if args.reports_dir else REPO_ROOT / LOCAL_REPORTS
     selected = args.only or names
-    committed = {n: _load(COMMITTED_REPORTS / n / f"results.{args.profile}.json") for n in selected}
+    cpu = cpu_model()
+    committed = {n: committed_reference(n, args.profile, cpu) for n in selected}
     rows: dict[str, dict[str, Any]] = {}
     for name in selected:
         if args.index_only:
@@ -768,8 +846,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ran = [n for n in selected if rows[n]["status"] == "ok"]
     differences = compare_with_committed(ran, args.profile, reports_dir, committed, args.verbose)
+    if args.cpu_reference:
+        save_cpu_references(ran, args.profile, reports_dir, cpu)
     if tmp is not None:
         tmp.cleanup()
+    if args.check:
         print(f"results check ({args.profile}): {differences} difference(s) beyond tolerance"
               + ("; a package failed" if failed_runs else ""))
         return 1 if differences or failed_runs else 0

@@ -44,7 +44,8 @@ def package_versions(names: list[str] = _VERSIONED) -> dict[str, str]:
     return out
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU model name ('AMD EPYC', 'Intel(R) Xeon(R) Processor'): /proc/cpuinfo, else platform."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -66,7 +67,7 @@ def _mem_total_gib() -> float | None:
 
 def hardware() -> dict[str, Any]:
     info: dict[str, Any] = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "memory_gib": _mem_total_gib(),
         "platform": platform.platform(),

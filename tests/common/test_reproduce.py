@@ -195,6 +195,59 @@ def test_check_exits_1_when_a_committed_number_differs(tmp_path, monkeypatch):
     assert reproduce.main(["--check", "--profile", "smoke", "--only", "fuyou_offload"]) == 1
 
 
+def test_cpu_of_reads_the_field_or_the_hardware_line_of_older_reports():
+    assert reproduce.cpu_of({"cpu": "AMD EPYC", "hardware": "2 cores (Intel(R) Xeon(R) Processor), 1 GiB RAM, x"}) \
+        == "AMD EPYC"
+    old = {"hardware": "2 cores (Intel(R) Xeon(R) Processor), 23.5 GiB RAM, no GPU"}
+    assert reproduce.cpu_of(old) == "Intel(R) Xeon(R) Processor"
+    assert reproduce.cpu_of({}) is None
+    assert reproduce.cpu_slug("Intel(R) Xeon(R) Processor") == "intel-r-xeon-r-processor"
+
+
+def test_check_compares_with_the_reference_made_on_the_same_cpu_model(tmp_path, monkeypatch):
+    """Stop 37's CI: seeded smoke numbers made on an Intel Xeon differ on an AMD EPYC (oneMKL's kernels), and
+    --check compared every machine with the one main reference. Now a package may keep a reference per CPU
+    model (written by --cpu-reference) and --check uses the one made on the CPU it runs on."""
+    fresh = _results(tmp_path / "fresh", [Row("acc", 0.5, split="test")])
+    committed = tmp_path / "committed"
+    (committed / "fuyou_offload").mkdir(parents=True)
+    monkeypatch.setattr(reproduce, "COMMITTED_REPORTS", committed)
+    monkeypatch.setattr(reproduce, "package_exists", lambda name: True)
+    cpu = {"model": "AMD EPYC"}
+    monkeypatch.setattr(reproduce, "cpu_model", lambda: cpu["model"])
+    new_value = {"acc": 0.5}
+
+    def fake_run(name, profile, reports_dir, *args, **kw):
+        out = json.loads(json.dumps(fresh))
+        out["rows"][0]["value"], out["cpu"] = new_value["acc"], cpu["model"]
+        (reports_dir / name).mkdir(parents=True, exist_ok=True)
+        (reports_dir / name / f"results.{profile}.json").write_text(json.dumps(out))
+        return {"status": "ok", "seconds": 0.0, "headline": out["headline"]}
+
+    monkeypatch.setattr(reproduce, "run_package", fake_run)
+    main = json.loads(json.dumps(fresh))
+    main["rows"][0]["value"], main["hardware"] = 0.51, "2 cores (Intel(R) Xeon(R) Processor), 23.5 GiB RAM, no GPU"
+    main.pop("cpu")  # a report from before the field: the model is read off its hardware line
+    (committed / "fuyou_offload" / "results.smoke.json").write_text(json.dumps(main))
+    check = ["--check", "--profile", "smoke", "--only", "fuyou_offload"]
+    assert reproduce.main(check) == 1  # no reference for the EPYC yet: compared with the Xeon's, which differs
+    alt = committed / "fuyou_offload" / "cpu_references" / "results.smoke.amd-epyc.json"
+    assert reproduce.main(["--cpu-reference", "--profile", "smoke", "--only", "fuyou_offload"]) == 0
+    assert json.loads(alt.read_text())["rows"][0]["value"] == 0.5
+    assert reproduce.main(check) == 0  # the EPYC's own reference
+    new_value["acc"] = 0.49
+    assert reproduce.main(check) == 1  # a change of the code still fails on the EPYC ...
+    cpu["model"], new_value["acc"] = "Intel(R) Xeon(R) Processor", 0.51
+    assert reproduce.main(check) == 0  # ... and the Xeon still compares with the main reference
+    new_value["acc"] = 0.5
+    assert reproduce.main(check) == 1
+    alt.unlink()  # the main reference made on this model is never shadowed, and agreeing numbers need none
+    assert reproduce.main(["--cpu-reference", "--profile", "smoke", "--only", "fuyou_offload"]) == 0
+    cpu["model"], new_value["acc"] = "AMD EPYC", 0.51
+    assert reproduce.main(["--cpu-reference", "--profile", "smoke", "--only", "fuyou_offload"]) == 0
+    assert not alt.exists()
+
+
 def test_default_reports_go_to_an_untracked_folder_and_commands_are_relative(tmp_path, monkeypatch):
     """Defect 11: reproducing wrote into the tracked reports/ and stored the machine's absolute path."""
     monkeypatch.chdir(tmp_path)
@@ -229,7 +282,7 @@ def test_index_shows_the_interval_and_n(tmp_path):
 
 
 def test_every_committed_results_file_follows_the_schema():
-    files = sorted((REPO / "reports").glob("*/results*.json"))
+    files = sorted((REPO / "reports").glob("*/results*.json")) + sorted((REPO / "reports").glob("*/cpu_references/*.json"))
     assert files
     for f in files:
         assert reproduce.validate_results(json.loads(f.read_text())) == [], f
